@@ -1,0 +1,245 @@
+"""KubeSim: the emulator as one object — store, scheduler, kubelet and HTTP server —
+with the lifecycle a test or the command line drives."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tornado.httpserver import HTTPServer
+
+from .kubelet import Kubelet
+from .resources import BY_KIND, BY_PATH
+from .scheduler import Scheduler, event_name
+from .server import Faults, make_app
+from .store import ApiError, Store, now_rfc3339
+
+PODS = BY_PATH[("", "v1", "pods")]
+EVENTS = BY_PATH[("", "v1", "events")]
+NAMESPACES = BY_PATH[("", "v1", "namespaces")]
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class KubeSim:
+    """A small Kubernetes cluster in one process.
+
+    `history_window` is how many writes the watch cache keeps (older watches get 410);
+    `process_runtime` runs pods' commands as real processes (see kubelet.py).
+    """
+
+    def __init__(
+        self,
+        history_window: int = 10000,
+        process_runtime: bool = False,
+        scheduler_retry_s: float = 2.0,
+        bookmark_interval_s: float = 1.0,
+        watch_max_seconds: float = 1800.0,
+        faults: Faults | None = None,
+    ):
+        self.store = Store(history_window)
+        self.faults = faults or Faults()
+        self.injected_errors = 0
+        self.bookmark_interval_s = bookmark_interval_s
+        self.watch_max_seconds = watch_max_seconds
+        self.scheduler = Scheduler(self, scheduler_retry_s)
+        self.kubelet = Kubelet(self, process_runtime)
+        self.server: HTTPServer | None = None
+        self.host = "127.0.0.1"
+        self.port = 0
+        for name in DEFAULT_NAMESPACES:
+            self.store.create(NAMESPACES, None, {"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self, port: int = 0, host: str = "127.0.0.1") -> KubeSim:
+        self.host = host
+        self.port = port or free_port(host)
+        self._listen()
+        self.scheduler.start()
+        return self
+
+    def _listen(self) -> None:
+        self.server = HTTPServer(make_app(self), idle_connection_timeout=3600)
+        self.server.listen(self.port, self.host)
+
+    async def stop(self) -> None:
+        self.store.drop_watches()
+        if self.server is not None:
+            self.server.stop()
+            await self.server.close_all_connections()
+            self.server = None
+        await self.scheduler.stop()
+        await self.kubelet.shutdown()
+
+    async def go_down(self) -> None:
+        """The apiserver becomes unreachable: connections refused, watches cut."""
+        self.store.drop_watches()
+        if self.server is not None:
+            self.server.stop()
+            await self.server.close_all_connections()
+            self.server = None
+
+    def come_back(self, forget_history: bool = True) -> None:
+        """The apiserver returns with its state; with `forget_history` its watch cache is
+        new, so clients watching from an old resourceVersion get 410 and must relist."""
+        if forget_history:
+            self.store.compact()
+        self._listen()
+
+    async def restart(self, downtime_s: float = 0.5) -> None:
+        await self.go_down()
+        await asyncio.sleep(downtime_s)
+        self.come_back()
+
+    def drop_watches(self) -> int:
+        return self.store.drop_watches()
+
+    def write_kubeconfig(self, path: str | Path) -> Path:
+        path = Path(path)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kubesim", "cluster": {"server": self.url}}],
+            "users": [{"name": "kubesim", "user": {"token": "kubesim-token"}}],
+            "contexts": [{"name": "kubesim", "context": {"cluster": "kubesim", "user": "kubesim", "namespace": "default"}}],
+            "current-context": "kubesim",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # -- loading objects ---------------------------------------------------------
+
+    def load(self, manifests: list[dict[str, Any]], admit: bool = True) -> list[dict]:
+        """Create objects as given (a scenario); `admit` validates them like the API does."""
+        from . import admission
+
+        created = []
+        for manifest in manifests:
+            rt = BY_KIND.get((manifest.get("apiVersion"), manifest.get("kind")))
+            if rt is None:
+                raise ValueError(f"kubesim does not serve {manifest.get('apiVersion')} {manifest.get('kind')}")
+            obj = copy.deepcopy(manifest)
+            namespace = obj.get("metadata", {}).get("namespace") or ("default" if rt.namespaced else None)
+            if namespace and self.store.find(NAMESPACES, None, namespace) is None:
+                self.store.create(NAMESPACES, None, {"metadata": {"name": namespace}, "status": {"phase": "Active"}})
+            if admit:
+                if rt.kind == "Pod":
+                    obj = admission.default_pod(obj)
+                causes = admission.validate(obj, rt.kind, rt.api_version)
+                if causes:
+                    raise ApiError(422, "Invalid", admission.invalid_message(rt.kind, obj["metadata"].get("name", ""), causes))
+            status = obj.get("status")
+            new = self.store.create(rt, namespace, obj)
+            if status is not None and rt.has_status:
+                new = copy.deepcopy(new)
+                new["status"] = status
+                new = self.store.replace(rt, namespace, new["metadata"]["name"], new, subresource="all", check_version=False)
+            created.append(new)
+        return created
+
+    def load_file(self, path: str | Path) -> list[dict]:
+        documents = [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc]
+        manifests: list[dict] = []
+        for doc in documents:
+            if isinstance(doc, list):
+                manifests.extend(doc)
+            elif doc.get("kind") == "List":
+                manifests.extend(doc.get("items") or [])
+            else:
+                manifests.append(doc)
+        return self.load(manifests)
+
+    # -- what the API verbs need from the cluster ---------------------------------
+
+    def delete_pod(self, pod: dict, grace_s: int | None) -> dict:
+        meta = pod["metadata"]
+        if grace_s is None:
+            grace_s = pod["spec"].get("terminationGracePeriodSeconds", 30)
+        phase = (pod.get("status") or {}).get("phase")
+        # The apiserver removes at once a pod no kubelet runs (unbound or finished).
+        if grace_s == 0 or not pod["spec"].get("nodeName") or phase in ("Succeeded", "Failed"):
+            if not pod["spec"].get("nodeName") or phase in ("Succeeded", "Failed"):
+                return self.store.remove(PODS, meta["namespace"], meta["name"])
+            if (meta["namespace"], meta["name"]) in self.kubelet.processes:
+                asyncio.ensure_future(self.kubelet.stop_process((meta["namespace"], meta["name"]), 0))
+            return self.store.remove(PODS, meta["namespace"], meta["name"])
+        return self.store.mark_terminating(PODS, pod, grace_s)
+
+    def delete_namespace_contents(self, namespace: str) -> None:
+        for rt in BY_PATH.values():
+            if not rt.namespaced:
+                continue
+            for obj in list(self.store.objects(rt)):
+                if obj["metadata"].get("namespace") == namespace:
+                    if rt is PODS:
+                        self.delete_pod(obj, 0)
+                    else:
+                        self.store.remove(rt, namespace, obj["metadata"]["name"])
+
+    def record_event(
+        self,
+        obj: dict,
+        type_: str,
+        reason: str,
+        message: str,
+        component: str,
+        field_path: str | None = None,
+    ) -> dict:
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or "default"
+        now = now_rfc3339()
+        involved = {
+            "kind": obj.get("kind", "Pod"),
+            "namespace": meta.get("namespace", ""),
+            "name": meta["name"],
+            "uid": meta.get("uid", ""),
+            "apiVersion": obj.get("apiVersion", "v1"),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        }
+        if field_path:
+            involved["fieldPath"] = field_path
+        event = {
+            "metadata": {"name": event_name(meta["name"]), "namespace": namespace},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "source": {"component": component, **({"host": obj.get("spec", {}).get("nodeName")} if component == "kubelet" else {})},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "type": type_,
+            "eventTime": None,
+            "reportingComponent": component,
+            "reportingInstance": "",
+        }
+        return self.store.create(EVENTS, namespace, event)
+
+    def repeat_event(self, namespace: str, name: str) -> None:
+        event = self.store.find(EVENTS, namespace, name)
+        if event is None:
+            return
+        new = copy.deepcopy(event)
+        new["count"] = new.get("count", 1) + 1
+        new["lastTimestamp"] = now_rfc3339()
+        self.store.replace(EVENTS, namespace, name, new, check_version=False)
+
+    def events_for(self, namespace: str, name: str) -> list[dict]:
+        return [
+            e
+            for e in self.store.objects(EVENTS)
+            if e["involvedObject"].get("name") == name and e["involvedObject"].get("namespace") == namespace
+        ]
