@@ -31,6 +31,7 @@ from kubernetes_asyncio import client as k8s_client  # noqa: E402
 from kubernetes_asyncio import config as k8s_config  # noqa: E402
 
 from tests.kubesim import KubeSim  # noqa: E402
+from tests.kubesim.generator import make_node  # noqa: E402
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
@@ -66,7 +67,9 @@ async def kubesim(make_kubesim) -> KubeSim:
 
 async def api_client_for(kubeconfig: Path | str) -> k8s_client.ApiClient:
     configuration = k8s_client.Configuration()
-    await k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    await k8s_config.load_kube_config(
+        config_file=str(kubeconfig), client_configuration=configuration
+    )
     return k8s_client.ApiClient(configuration)
 
 
@@ -96,6 +99,8 @@ async def cluster(request, make_kubesim):
         sim = None
     else:
         sim = await make_kubesim()
+        # Like a one-node k3s: somewhere for pods to run.
+        sim.load([make_node("worker-1", 8, 32)])
         kubeconfig = sim.kubeconfig
     api = await api_client_for(kubeconfig)
     core = k8s_client.CoreV1Api(api)

@@ -1,7 +1,7 @@
 """kubesim: a faithful Kubernetes API emulator (apiserver, scheduler, kubelet) for tests.
 
-    sim = await KubeSim().start()
-    sim.write_kubeconfig(path)
+sim = await KubeSim().start()
+sim.write_kubeconfig(path)
 """
 
 from .server import Faults

@@ -21,18 +21,36 @@ from .sim import KubeSim
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.kubesim", description="A Kubernetes API emulator for thinkube-hub's tests.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.kubesim",
+        description="A Kubernetes API emulator for thinkube-hub's tests.",
+    )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--nodes", type=int, default=0, help="generated nodes in all")
-    parser.add_argument("--gpu-nodes", type=int, default=0, help="how many of them carry NVIDIA GPUs")
+    parser.add_argument(
+        "--gpu-nodes", type=int, default=0, help="how many of them carry NVIDIA GPUs"
+    )
     parser.add_argument("--pods", type=int, default=0, help="generated pods spread over the nodes")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--kubeconfig", help="write a kubeconfig for this server here")
-    parser.add_argument("--scenario", action="append", default=[], help="YAML file of manifests to load (repeatable)")
-    parser.add_argument("--process-runtime", action="store_true", help="run pods' commands as local processes")
-    parser.add_argument("--history-window", type=int, default=10000, help="writes kept for watches before 410 Gone")
-    parser.add_argument("--latency", type=float, default=0.0, help="injected latency per request, seconds")
-    parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500/429")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help="YAML file of manifests to load (repeatable)",
+    )
+    parser.add_argument(
+        "--process-runtime", action="store_true", help="run pods' commands as local processes"
+    )
+    parser.add_argument(
+        "--history-window", type=int, default=10000, help="writes kept for watches before 410 Gone"
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="injected latency per request, seconds"
+    )
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="fraction of requests answered 500/429"
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 

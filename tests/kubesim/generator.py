@@ -32,7 +32,9 @@ GPU_MODELS = (
     GpuModel("NVIDIA-H100-80GB-HBM3", 81559, "hopper", 8, cpu=96, memory_gi=1024),
     GpuModel("NVIDIA-GeForce-RTX-4090", 24564, "ada-lovelace", 2, cpu=32, memory_gi=128),
     GpuModel("NVIDIA-L4", 23034, "ada-lovelace", 1, cpu=16, memory_gi=64),
-    GpuModel("NVIDIA-GeForce-RTX-3090-SHARED", 24576, "ampere", 1, replicas=4, cpu=16, memory_gi=64),
+    GpuModel(
+        "NVIDIA-GeForce-RTX-3090-SHARED", 24576, "ampere", 1, replicas=4, cpu=16, memory_gi=64
+    ),
     GpuModel("NVIDIA-GB10", None, "blackwell", 1, cpu=20, memory_gi=128),
 )
 CPU_SHAPES = ((16, 64), (32, 128), (64, 256))
@@ -46,20 +48,44 @@ def _ready_conditions(now: str) -> list[dict]:
         ("PIDPressure", "KubeletHasSufficientPID"),
     ]
     conditions = [
-        {"type": kind, "status": "False", "reason": reason, "message": "", "lastHeartbeatTime": now, "lastTransitionTime": now}
+        {
+            "type": kind,
+            "status": "False",
+            "reason": reason,
+            "message": "",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
         for kind, reason in pressure
     ]
     conditions.append(
-        {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "kubelet is posting ready status",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
     )
     return conditions
 
 
-def make_node(name: str, cpu: int, memory_gi: int, gpu: GpuModel | None = None, index: int = 0) -> dict:
+def make_node(
+    name: str, cpu: int, memory_gi: int, gpu: GpuModel | None = None, index: int = 0
+) -> dict:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    capacity = {"cpu": str(cpu), "memory": f"{memory_gi * 1024 * 1024}Ki", "pods": "110", "ephemeral-storage": "976284404Ki", "hugepages-2Mi": "0"}
+    capacity = {
+        "cpu": str(cpu),
+        "memory": f"{memory_gi * 1024 * 1024}Ki",
+        "pods": "110",
+        "ephemeral-storage": "976284404Ki",
+        "hugepages-2Mi": "0",
+    }
     # The kubelet reserves a little for the system, as real nodes show.
-    allocatable = dict(capacity, cpu=f"{cpu * 1000 - 100}m", memory=f"{memory_gi * 1024 * 1024 - 1024 * 1024}Ki")
+    allocatable = dict(
+        capacity, cpu=f"{cpu * 1000 - 100}m", memory=f"{memory_gi * 1024 * 1024 - 1024 * 1024}Ki"
+    )
     labels = {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",
@@ -90,13 +116,20 @@ def make_node(name: str, cpu: int, memory_gi: int, gpu: GpuModel | None = None, 
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+        },
         "spec": {"podCIDR": f"10.244.{index % 256}.0/24", **({"taints": taints} if taints else {})},
         "status": {
             "capacity": capacity,
             "allocatable": allocatable,
             "conditions": _ready_conditions(now),
-            "addresses": [{"type": "InternalIP", "address": f"10.0.{octet3}.{octet4}"}, {"type": "Hostname", "address": name}],
+            "addresses": [
+                {"type": "InternalIP", "address": f"10.0.{octet3}.{octet4}"},
+                {"type": "Hostname", "address": name},
+            ],
             "nodeInfo": {
                 "architecture": "amd64",
                 "operatingSystem": "linux",
@@ -174,7 +207,14 @@ def generate_pods(nodes: list[dict], count: int, rng: random.Random) -> list[dic
             if use_gpu:
                 room["gpu"] -= 1
         namespace = NAMESPACE_NAMES[i % len(NAMESPACE_NAMES)]
-        main = _container("main", cpu_m, mem_mi, rng.choice(("nginx:1.27", "python:3.12-slim", "quay.io/jupyter/base-notebook:2025-01-06")))
+        main = _container(
+            "main",
+            cpu_m,
+            mem_mi,
+            rng.choice(
+                ("nginx:1.27", "python:3.12-slim", "quay.io/jupyter/base-notebook:2025-01-06")
+            ),
+        )
         spec: dict = {
             "containers": [main],
             "nodeName": node,
@@ -188,9 +228,15 @@ def generate_pods(nodes: list[dict], count: int, rng: random.Random) -> list[dic
             main["resources"]["limits"]["nvidia.com/gpu"] = "1"
             main["resources"]["requests"]["nvidia.com/gpu"] = "1"
         if room["gpu_node"]:
-            spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            spec["tolerations"] = [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ]
         if i % 10 == 3:  # a classic init container, smaller than the main one
-            spec["initContainers"] = [_container("init-config", max(10, cpu_m // 2), max(16, mem_mi // 2), "busybox:1.36", 1)]
+            spec["initContainers"] = [
+                _container(
+                    "init-config", max(10, cpu_m // 2), max(16, mem_mi // 2), "busybox:1.36", 1
+                )
+            ]
         elif i % 20 == 7:  # a restartable sidecar (log shipper)
             sidecar = _container("log-shipper", 10, 16, "fluent/fluent-bit:3.2", 1)
             sidecar["restartPolicy"] = "Always"
@@ -216,7 +262,14 @@ def generate_pods(nodes: list[dict], count: int, rng: random.Random) -> list[dic
                     "hostIP": "10.0.0.1",
                     "startTime": now,
                     "qosClass": "Burstable",
-                    "conditions": [{"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": now}],
+                    "conditions": [
+                        {
+                            "type": "PodScheduled",
+                            "status": "True",
+                            "lastProbeTime": None,
+                            "lastTransitionTime": now,
+                        }
+                    ],
                 },
             }
         )
@@ -229,7 +282,14 @@ def populate(sim, nodes: int, gpu_nodes: int, pods: int, seed: int = 42) -> tupl
     node_objs = generate_nodes(nodes, min(gpu_nodes, nodes), rng)
     for name in NAMESPACE_NAMES:
         if sim.store.find(NAMESPACES, None, name) is None:
-            sim.store.insert(NAMESPACES, {"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+            sim.store.insert(
+                NAMESPACES,
+                {
+                    "metadata": {"name": name},
+                    "spec": {"finalizers": ["kubernetes"]},
+                    "status": {"phase": "Active"},
+                },
+            )
     for node in node_objs:
         sim.store.insert(NODES, node)
     pod_objs = generate_pods(node_objs, pods, rng)

@@ -110,7 +110,12 @@ class Kubelet:
                 self._spawn(self._terminate(key, pod))
             return
         phase = (pod.get("status") or {}).get("phase", "Pending")
-        if node and phase == "Pending" and key not in self._starting and not (pod.get("status") or {}).get("podIP"):
+        if (
+            node
+            and phase == "Pending"
+            and key not in self._starting
+            and not (pod.get("status") or {}).get("podIP")
+        ):
             self._starting.add(key)
             self._spawn(self._start(key))
 
@@ -130,7 +135,14 @@ class Kubelet:
             containers = pod["spec"]["containers"]
             for container in containers:
                 image = container.get("image", "")
-                self.sim.record_event(pod, "Normal", "Pulling", f'Pulling image "{image}"', "kubelet", f"spec.containers{{{container['name']}}}")
+                self.sim.record_event(
+                    pod,
+                    "Normal",
+                    "Pulling",
+                    f'Pulling image "{image}"',
+                    "kubelet",
+                    f"spec.containers{{{container['name']}}}",
+                )
                 self.sim.record_event(
                     pod,
                     "Normal",
@@ -150,8 +162,22 @@ class Kubelet:
                     self._fail(key, pod, pod_ip, f"failed to start container: {err}")
                     return
             for container in containers:
-                self.sim.record_event(pod, "Normal", "Created", f"Created container: {container['name']}", "kubelet", f"spec.containers{{{container['name']}}}")
-                self.sim.record_event(pod, "Normal", "Started", f"Started container {container['name']}", "kubelet", f"spec.containers{{{container['name']}}}")
+                self.sim.record_event(
+                    pod,
+                    "Normal",
+                    "Created",
+                    f"Created container: {container['name']}",
+                    "kubelet",
+                    f"spec.containers{{{container['name']}}}",
+                )
+                self.sim.record_event(
+                    pod,
+                    "Normal",
+                    "Started",
+                    f"Started container {container['name']}",
+                    "kubelet",
+                    f"spec.containers{{{container['name']}}}",
+                )
             current = self.store.find(PODS, *key)
             if current is None or current["metadata"].get("deletionTimestamp"):
                 return
@@ -165,8 +191,19 @@ class Kubelet:
         spec = pod["spec"]
         status = copy.deepcopy(pod.get("status") or {})
         conditions = {c["type"]: c for c in status.get("conditions") or []}
-        for kind in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"):
-            conditions[kind] = {"type": kind, "status": "True", "lastProbeTime": None, "lastTransitionTime": started_at}
+        for kind in (
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        ):
+            conditions[kind] = {
+                "type": kind,
+                "status": "True",
+                "lastProbeTime": None,
+                "lastTransitionTime": started_at,
+            }
         status.update(
             {
                 "phase": "Running",
@@ -199,7 +236,14 @@ class Kubelet:
                     "state": (
                         {"running": {"startedAt": started_at}}
                         if c.get("restartPolicy") == "Always"
-                        else {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started_at, "finishedAt": started_at}}
+                        else {
+                            "terminated": {
+                                "exitCode": 0,
+                                "reason": "Completed",
+                                "startedAt": started_at,
+                                "finishedAt": started_at,
+                            }
+                        }
                     ),
                     "ready": c.get("restartPolicy") == "Always",
                     "restartCount": 0,
@@ -220,7 +264,9 @@ class Kubelet:
             rt = SECRETS if "secretRef" in source else CONFIGMAPS
             obj = self.store.find(rt, namespace, ref["name"]) or {}
             for name, value in (obj.get("data") or {}).items():
-                env[source.get("prefix", "") + name] = base64.b64decode(value).decode() if rt is SECRETS else value
+                env[source.get("prefix", "") + name] = (
+                    base64.b64decode(value).decode() if rt is SECRETS else value
+                )
         for item in container.get("env") or []:
             name = item["name"]
             if "value" in item:
@@ -237,7 +283,9 @@ class Kubelet:
                 if raw is None:
                     if ref.get("optional"):
                         continue
-                    raise ValueError(f'couldn\'t find key {ref["key"]} in {rt.kind} {namespace}/{ref["name"]}')
+                    raise ValueError(
+                        f"couldn't find key {ref['key']} in {rt.kind} {namespace}/{ref['name']}"
+                    )
                 env[name] = base64.b64decode(raw).decode() if rt is SECRETS else raw
             elif "resourceFieldRef" in value_from:
                 resource = value_from["resourceFieldRef"]["resource"]
@@ -254,7 +302,9 @@ class Kubelet:
         container = pod["spec"]["containers"][0]
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
         if not argv:
-            raise ValueError("the process runtime needs a command or args (images have no entrypoint here)")
+            raise ValueError(
+                "the process runtime needs a command or args (images have no entrypoint here)"
+            )
         workdir = tempfile.mkdtemp(prefix=f"kubesim-{key[1]}-")
         env = {name: os.environ[name] for name in HOST_ENV if name in os.environ}
         env["HOME"] = workdir
@@ -277,7 +327,9 @@ class Kubelet:
         self.output[key] = collections.deque(maxlen=2000)
         self._spawn(self._follow(key, process, pod_ip))
 
-    async def _follow(self, key: tuple[str, str], process: asyncio.subprocess.Process, pod_ip: str) -> None:
+    async def _follow(
+        self, key: tuple[str, str], process: asyncio.subprocess.Process, pod_ip: str
+    ) -> None:
         assert process.stdout is not None
         lines = self.output[key]
         async for line in process.stdout:
@@ -293,17 +345,28 @@ class Kubelet:
         self._finish(key, pod, code)
         self.addresses.give_back(pod_ip)
 
-    def _finish(self, key: tuple[str, str], pod: dict, code: int, message: str | None = None) -> None:
+    def _finish(
+        self, key: tuple[str, str], pod: dict, code: int, message: str | None = None
+    ) -> None:
         now = now_rfc3339()
         new = copy.deepcopy(pod)
         status = new.setdefault("status", {})
         status["phase"] = "Succeeded" if code == 0 else "Failed"
         for condition in status.get("conditions") or []:
             if condition["type"] in ("Ready", "ContainersReady"):
-                condition.update(status="False", reason="PodCompleted" if code == 0 else "PodFailed", lastTransitionTime=now)
+                condition.update(
+                    status="False",
+                    reason="PodCompleted" if code == 0 else "PodFailed",
+                    lastTransitionTime=now,
+                )
         for container_status in status.get("containerStatuses") or []:
             started = (container_status.get("state", {}).get("running") or {}).get("startedAt", now)
-            terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "startedAt": started, "finishedAt": now}
+            terminated = {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "startedAt": started,
+                "finishedAt": now,
+            }
             if message:
                 terminated["message"] = message
             container_status.update(state={"terminated": terminated}, ready=False, started=False)
@@ -325,7 +388,14 @@ class Kubelet:
             grace = pod["metadata"].get("deletionGracePeriodSeconds", 30)
             for container in pod["spec"].get("containers") or []:
                 if (pod.get("status") or {}).get("phase") == "Running":
-                    self.sim.record_event(pod, "Normal", "Killing", f"Stopping container {container['name']}", "kubelet", f"spec.containers{{{container['name']}}}")
+                    self.sim.record_event(
+                        pod,
+                        "Normal",
+                        "Killing",
+                        f"Stopping container {container['name']}",
+                        "kubelet",
+                        f"spec.containers{{{container['name']}}}",
+                    )
             await self.stop_process(key, grace)
             if self.store.find(PODS, *key) is not None:
                 self.store.remove(PODS, *key)

@@ -88,19 +88,29 @@ _EVENT_FIELDS = frozenset(
 )
 
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
-    ResourceType("", "v1", "Namespace", "namespaces", False, ("ns",), frozenset({"status.phase"}), True),
-    ResourceType("", "v1", "Node", "nodes", False, ("no",), frozenset({"spec.unschedulable"}), True),
+    ResourceType(
+        "", "v1", "Namespace", "namespaces", False, ("ns",), frozenset({"status.phase"}), True
+    ),
+    ResourceType(
+        "", "v1", "Node", "nodes", False, ("no",), frozenset({"spec.unschedulable"}), True
+    ),
     ResourceType("", "v1", "Pod", "pods", True, ("po",), _POD_FIELDS, True),
     ResourceType("", "v1", "Event", "events", True, ("ev",), _EVENT_FIELDS),
     ResourceType("", "v1", "Service", "services", True, ("svc",), has_status=True),
     ResourceType("", "v1", "Secret", "secrets", True, (), frozenset({"type"})),
     ResourceType("", "v1", "ConfigMap", "configmaps", True, ("cm",)),
     ResourceType("", "v1", "ServiceAccount", "serviceaccounts", True, ("sa",)),
-    ResourceType("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True, ("pvc",), has_status=True),
-    ResourceType("", "v1", "PersistentVolume", "persistentvolumes", False, ("pv",), has_status=True),
+    ResourceType(
+        "", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True, ("pvc",), has_status=True
+    ),
+    ResourceType(
+        "", "v1", "PersistentVolume", "persistentvolumes", False, ("pv",), has_status=True
+    ),
     ResourceType("batch", "v1", "Job", "jobs", True, (), has_status=True),
     ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
-    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", False),
+    ResourceType(
+        "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", False
+    ),
     ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", True),
     ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True),
     ResourceType("coordination.k8s.io", "v1", "Lease", "leases", True),
@@ -109,7 +119,9 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {
     (rt.group, rt.version, rt.plural): rt for rt in RESOURCE_TYPES
 }
-BY_KIND: dict[tuple[str, str], ResourceType] = {(rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES}
+BY_KIND: dict[tuple[str, str], ResourceType] = {
+    (rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES
+}
 
 
 def groups() -> dict[str, list[ResourceType]]:

@@ -44,7 +44,12 @@ UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 
 # Reasons the scheduler cannot fix by preempting other pods.
-UNRESOLVABLE_PREFIXES = ("node(s) had untolerated taint", "node(s) didn't match", "node(s) were unschedulable", "node(s) didn't satisfy plugin")
+UNRESOLVABLE_PREFIXES = (
+    "node(s) had untolerated taint",
+    "node(s) didn't match",
+    "node(s) were unschedulable",
+    "node(s) didn't satisfy plugin",
+)
 
 
 def node_ready_status(node: Mapping) -> str:
@@ -97,12 +102,9 @@ def matches_node_affinity(pod_spec: Mapping, node: Mapping) -> bool:
     for key, value in (pod_spec.get("nodeSelector") or {}).items():
         if labels.get(key) != value:
             return False
-    required = (
-        ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-            "requiredDuringSchedulingIgnoredDuringExecution"
-        )
-        or {}
-    )
+    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
     terms = required.get("nodeSelectorTerms")
     if not terms:
         return True
@@ -119,7 +121,13 @@ def matches_node_affinity(pod_spec: Mapping, node: Mapping) -> bool:
     return False
 
 
-def filter_node(pod: Mapping, summary: PodSummary, node: Mapping, allocated: Mapping[str, Decimal], pod_count: int) -> list[str]:
+def filter_node(
+    pod: Mapping,
+    summary: PodSummary,
+    node: Mapping,
+    allocated: Mapping[str, Decimal],
+    pod_count: int,
+) -> list[str]:
     """Why the pod cannot go on this node: [] when it fits."""
     spec = pod.get("spec") or {}
     node_spec = node.get("spec") or {}
@@ -132,7 +140,9 @@ def filter_node(pod: Mapping, summary: PodSummary, node: Mapping, allocated: Map
         return ["node(s) didn't match the requested node name"]
     for taint in node_spec.get("taints") or []:
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):
-            return [f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"]
+            return [
+                f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
+            ]
     if not matches_node_affinity(spec, node):
         return ["node(s) didn't match Pod's node affinity/selector"]
     allocatable = node_allocatable(node)
@@ -169,9 +179,12 @@ class Scheduler:
         # node name -> {pod key -> summary} of the pods bound there that count.
         self.bound: dict[str, dict[tuple[str, str], PodSummary]] = {}
         self.pending: dict[tuple[str, str], PodSummary] = {}
-        self.last_failure: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (message, event name)
+        self.last_failure: dict[
+            tuple[str, str], tuple[str, str]
+        ] = {}  # key -> (message, event name)
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.malformed = 0
         self.store.subscribe(self.on_change)
 
@@ -206,7 +219,9 @@ class Scheduler:
             if summary.counts_on_node:
                 self.bound.setdefault(summary.node_name, {})[key] = summary
         elif not summary.terminating and summary.counts_on_node:
-            scheduler_name = (change.obj.get("spec") or {}).get("schedulerName", "default-scheduler")
+            scheduler_name = (change.obj.get("spec") or {}).get(
+                "schedulerName", "default-scheduler"
+            )
             if scheduler_name == "default-scheduler":
                 self.pending[key] = summary
         self.wake()
@@ -249,21 +264,23 @@ class Scheduler:
             self._taint_if_not_ready(node)
 
     async def stop(self) -> None:
+        # A flag, not Task.cancel(): Python 3.11's wait_for can swallow a cancellation
+        # that lands as the event fires, and the loop would then run on.
+        self._stopping = True
+        self.wake()
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
 
     async def _run(self) -> None:
         assert self._wakeup is not None
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self.retry_interval_s)
             except TimeoutError:
                 pass
             self._wakeup.clear()
+            if self._stopping:
+                break
             # Let a burst of writes land before one scheduling pass.
             await asyncio.sleep(0.005)
             try:
@@ -289,7 +306,9 @@ class Scheduler:
             best_score = None
             for node in nodes:
                 name = node["metadata"]["name"]
-                why = filter_node(pod, summary, node, self.allocated(name), len(self.bound.get(name, {})))
+                why = filter_node(
+                    pod, summary, node, self.allocated(name), len(self.bound.get(name, {}))
+                )
                 if why:
                     reasons[name] = why
                     continue
@@ -309,7 +328,9 @@ class Scheduler:
         for resource in ("cpu", "memory"):
             capacity = allocatable.get(resource) or Decimal(0)
             if capacity > 0:
-                used = allocated.get(resource, Decimal(0)) + summary.requests.get(resource, Decimal(0))
+                used = allocated.get(resource, Decimal(0)) + summary.requests.get(
+                    resource, Decimal(0)
+                )
                 score += (capacity - used) / capacity
         return score
 
@@ -317,13 +338,30 @@ class Scheduler:
         meta = pod["metadata"]
         new = copy.deepcopy(pod)
         new["spec"]["nodeName"] = node_name
-        conditions = [c for c in (new.get("status") or {}).get("conditions") or [] if c.get("type") != "PodScheduled"]
-        conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": now_rfc3339()})
+        conditions = [
+            c
+            for c in (new.get("status") or {}).get("conditions") or []
+            if c.get("type") != "PodScheduled"
+        ]
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "True",
+                "lastProbeTime": None,
+                "lastTransitionTime": now_rfc3339(),
+            }
+        )
         new.setdefault("status", {})["conditions"] = conditions
-        self.store.replace(PODS, meta["namespace"], meta["name"], new, subresource="all", check_version=False)
+        self.store.replace(
+            PODS, meta["namespace"], meta["name"], new, subresource="all", check_version=False
+        )
         self.last_failure.pop((meta["namespace"], meta["name"]), None)
         self.sim.record_event(
-            pod, "Normal", "Scheduled", f"Successfully assigned {meta['namespace']}/{meta['name']} to {node_name}", "default-scheduler"
+            pod,
+            "Normal",
+            "Scheduled",
+            f"Successfully assigned {meta['namespace']}/{meta['name']} to {node_name}",
+            "default-scheduler",
         )
 
     def _report_failure(self, pod: dict, reasons: dict[str, list[str]]) -> None:
@@ -338,7 +376,9 @@ class Scheduler:
         scheduled = [c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"]
         if not scheduled or scheduled[0].get("message") != message:
             new = copy.deepcopy(pod)
-            conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+            conditions = [
+                c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"
+            ]
             conditions.append(
                 {
                     "type": "PodScheduled",
@@ -350,8 +390,17 @@ class Scheduler:
                 }
             )
             new.setdefault("status", {})["conditions"] = conditions
-            self.store.replace(PODS, meta["namespace"], meta["name"], new, subresource="status", check_version=False)
-        event = self.sim.record_event(pod, "Warning", "FailedScheduling", message, "default-scheduler")
+            self.store.replace(
+                PODS,
+                meta["namespace"],
+                meta["name"],
+                new,
+                subresource="status",
+                check_version=False,
+            )
+        event = self.sim.record_event(
+            pod, "Warning", "FailedScheduling", message, "default-scheduler"
+        )
         self.last_failure[key] = (message, event["metadata"]["name"])
 
 

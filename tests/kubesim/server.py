@@ -4,6 +4,7 @@ kubectl, kubernetes_asyncio and kubespawner use, served by tornado."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from . import admission, patch
+from . import admission, openapi, patch, tables
 from .resources import BY_PATH, RESOURCE_TYPES, ResourceType, groups
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import ApiError, dumps, not_found
@@ -68,7 +69,11 @@ class BaseHandler(web.RequestHandler):
             code = faults.random.choice(faults.error_codes)
             if code == 429:
                 self.set_header("Retry-After", "1")
-                err = ApiError(429, "TooManyRequests", "the server has received too many requests and has asked us to try again later")
+                err = ApiError(
+                    429,
+                    "TooManyRequests",
+                    "the server has received too many requests and has asked us to try again later",
+                )
             else:
                 err = ApiError(code, "InternalError", "Internal error occurred: injected fault")
             self.send_status(err)
@@ -147,6 +152,17 @@ class GroupHandler(BaseHandler):
             self.send_json({"kind": "APIGroup", "apiVersion": "v1", **group_entry(group, types)})
 
 
+class OpenAPIV3Handler(BaseHandler):
+    def get(self, group_version: str | None = None) -> None:
+        if not group_version:
+            self.send_json(openapi.root())
+            return
+        doc = openapi.document(group_version.strip("/"))
+        if doc is None:
+            raise web.HTTPError(404)
+        self.send_json(doc)
+
+
 class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain")
@@ -163,7 +179,11 @@ class ResourceHandler(BaseHandler):
     def _route(self, group: str, version: str, rest: str) -> None:
         segments = [s for s in rest.split("/") if s]
         namespace = name = subresource = None
-        if len(segments) >= 3 and segments[0] == "namespaces" and segments[2] not in ("status", "finalize"):
+        if (
+            len(segments) >= 3
+            and segments[0] == "namespaces"
+            and segments[2] not in ("status", "finalize")
+        ):
             namespace, plural, *tail = segments[1:]
         else:
             plural, *tail = segments
@@ -218,21 +238,25 @@ class ResourceHandler(BaseHandler):
         try:
             return json.loads(self.request.body or b"null")
         except ValueError as err:
-            raise ApiError(400, "BadRequest", f"the body of the request was in an unknown format: {err}") from err
+            raise ApiError(
+                400, "BadRequest", f"the body of the request was in an unknown format: {err}"
+            ) from err
 
     def _object_body(self) -> dict:
         body = self._body()
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
         kind, api_version = body.get("kind"), body.get("apiVersion")
-        if kind is not None and (kind != self.rt.kind or api_version not in (None, self.rt.api_version)):
+        if kind is not None and (
+            kind != self.rt.kind or api_version not in (None, self.rt.api_version)
+        ):
             raise ApiError(
                 400,
                 "BadRequest",
                 f"the API version in the data ({api_version}) does not match the expected "
                 f"API version ({self.rt.api_version})"
                 if kind == self.rt.kind
-                else f"{kind} in version \"{self.rt.version}\" cannot be handled as a {self.rt.kind}",
+                else f'{kind} in version "{self.rt.version}" cannot be handled as a {self.rt.kind}',
             )
         return body
 
@@ -241,18 +265,35 @@ class ResourceHandler(BaseHandler):
             return
         ns_type = BY_PATH[("", "v1", "namespaces")]
         if self.sim.store.find(ns_type, None, namespace) is None:
-            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"})
+            raise ApiError(
+                404,
+                "NotFound",
+                f'namespaces "{namespace}" not found',
+                {"name": namespace, "kind": "namespaces"},
+            )
 
     def _admit(self, obj: dict) -> dict:
         if self.rt.kind == "Pod":
             obj = admission.default_pod(obj)
+        elif self.rt.kind == "Secret" and isinstance(obj.get("stringData"), dict):
+            # The apiserver folds write-only stringData into data.
+            obj = dict(obj)
+            data = dict(obj.get("data") or {})
+            for key, value in obj.pop("stringData").items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+            obj["data"] = data
         causes = admission.validate(obj, self.rt.kind, self.rt.api_version)
         if causes:
-            name = obj.get("metadata", {}).get("name") or obj.get("metadata", {}).get("generateName", "")
+            name = obj.get("metadata", {}).get("name") or obj.get("metadata", {}).get(
+                "generateName", ""
+            )
+            code, reason, message = admission.request_error(
+                self.rt.kind, self.rt.api_version, name, causes, self.rt.group
+            )
             raise ApiError(
-                422,
-                "Invalid",
-                admission.invalid_message(self.rt.kind, name, causes),
+                code,
+                reason,
+                message,
                 {
                     "name": name,
                     "group": self.rt.group,
@@ -262,7 +303,7 @@ class ResourceHandler(BaseHandler):
                     ],
                 },
             )
-        return obj
+        return admission.canonicalize_quantities(obj, self.rt.kind, self.rt.api_version)
 
     def _dry_run(self) -> bool:
         return self.get_query_argument("dryRun", "") == "All"
@@ -276,16 +317,26 @@ class ResourceHandler(BaseHandler):
                 self.set_header("Content-Type", "text/plain")
                 self.finish(self.sim.kubelet.logs(self.namespace, self.name))
                 return
+            if tables.wants_table(self.request.headers.get("Accept", "")):
+                obj = store.get(self.rt, self.namespace, self.name)
+                self.send_json(tables.table(self.rt, [obj], obj["metadata"]["resourceVersion"]))
+                return
             self.send_json(store.raw(self.rt, self.namespace, self.name))
             return
         labels = parse_label_selector(self.get_query_argument("labelSelector", ""))
-        fields = parse_field_selector(self.get_query_argument("fieldSelector", ""), self.rt.supported_fields)
+        fields = parse_field_selector(
+            self.get_query_argument("fieldSelector", ""), self.rt.supported_fields
+        )
         if truthy(self.get_query_argument("watch", None)):
             await self._watch(labels, fields)
             return
         rv = self.get_query_argument("resourceVersion", "")
         if rv not in ("", "0") and rv.isdigit() and int(rv) > store.resource_version:
-            raise ApiError(504, "Timeout", f"Too large resource version: {rv}, current: {store.resource_version}")
+            raise ApiError(
+                504,
+                "Timeout",
+                f"Too large resource version: {rv}, current: {store.resource_version}",
+            )
         limit_arg = self.get_query_argument("limit", "0")
         try:
             limit = max(0, int(limit_arg))
@@ -294,11 +345,17 @@ class ResourceHandler(BaseHandler):
         items, list_rv, token, remaining = store.list(
             self.rt, self.namespace, labels, fields, limit, self.get_query_argument("continue", "")
         )
+        if tables.wants_table(self.request.headers.get("Accept", "")):
+            objects = [json.loads(item) for item in items]
+            self.send_json(tables.table(self.rt, objects, str(list_rv), token))
+            return
         meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
         if token:
             meta["continue"] = token
             meta["remainingItemCount"] = remaining
-        head = dumps({"kind": f"{self.rt.kind}List", "apiVersion": self.rt.api_version, "metadata": meta})
+        head = dumps(
+            {"kind": f"{self.rt.kind}List", "apiVersion": self.rt.api_version, "metadata": meta}
+        )
         self.send_json(head[:-1] + b',"items":[' + b",".join(items) + b"]}")
 
     async def _watch(self, labels, fields) -> None:
@@ -309,7 +366,6 @@ class ResourceHandler(BaseHandler):
         rv = self.get_query_argument("resourceVersion", "")
         self.set_status(200)
         self.set_header("Content-Type", "application/json")
-        self.set_header("Transfer-Encoding", "chunked")
         try:
             watcher = store.watch(self.rt, self.namespace, labels, fields, rv)
         except ApiError as err:
@@ -320,6 +376,7 @@ class ResourceHandler(BaseHandler):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s
         try:
+            await self.flush()  # headers now, as the apiserver does, before any event
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -354,16 +411,19 @@ class ResourceHandler(BaseHandler):
             store.unwatch(watcher)
 
     def _bookmark(self) -> bytes:
-        return dumps(
-            {
-                "type": "BOOKMARK",
-                "object": {
-                    "kind": self.rt.kind,
-                    "apiVersion": self.rt.api_version,
-                    "metadata": {"resourceVersion": str(self.sim.store.resource_version)},
-                },
-            }
-        ) + b"\n"
+        return (
+            dumps(
+                {
+                    "type": "BOOKMARK",
+                    "object": {
+                        "kind": self.rt.kind,
+                        "apiVersion": self.rt.api_version,
+                        "metadata": {"resourceVersion": str(self.sim.store.resource_version)},
+                    },
+                }
+            )
+            + b"\n"
+        )
 
     async def do_post(self) -> None:
         if self.subresource == "binding":
@@ -373,10 +433,16 @@ class ResourceHandler(BaseHandler):
             if not node:
                 raise ApiError(400, "BadRequest", "binding target name is required")
             self.sim.scheduler.bind(pod, node)
-            self.send_json({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, 201)
+            self.send_json(
+                {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, 201
+            )
             return
         if self.name is not None:
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
         obj = self._object_body()
         body_ns = obj.get("metadata", {}).get("namespace")
         if self.rt.namespaced:
@@ -394,21 +460,35 @@ class ResourceHandler(BaseHandler):
             self.send_json(obj, 201)
             return
         created = self.sim.store.create(self.rt, self.namespace, obj)
-        self.send_json(self.sim.store.raw(self.rt, self.namespace, created["metadata"]["name"]), 201)
+        self.send_json(
+            self.sim.store.raw(self.rt, self.namespace, created["metadata"]["name"]), 201
+        )
 
     async def do_put(self) -> None:
         if self.name is None:
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
         obj = self._object_body()
         self._store_update(obj, check_version=True)
 
     async def do_patch(self) -> None:
         if self.name is None:
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip()
         kind = PATCH_TYPES.get(content_type)
         if kind is None:
-            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: {', '.join(PATCH_TYPES)}")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types include: {', '.join(PATCH_TYPES)}",
+            )
         current = self.sim.store.get(self.rt, self.namespace, self.name)
         body = self._body()
         try:
@@ -418,19 +498,31 @@ class ResourceHandler(BaseHandler):
                 patched = patch.strategic_merge_patch(current, body, self.rt.kind)
             else:
                 patched = patch.json_patch(current, body)
+        except patch.UnsupportedPatchError as err:
+            raise ApiError(415, "UnsupportedMediaType", str(err)) from err
         except (patch.PatchError, ValueError, TypeError) as err:
-            raise ApiError(422, "Invalid", f"the patch could not be applied: {err}") from err
+            raise ApiError(422, "Invalid", str(err)) from err
         if not isinstance(patched, dict):
             raise ApiError(422, "Invalid", "the patch did not produce an object")
         # A patch names a version only if the client asked for optimistic locking.
-        wanted = (body or {}).get("metadata", {}).get("resourceVersion") if isinstance(body, dict) else None
-        patched.setdefault("metadata", {})["resourceVersion"] = wanted or current["metadata"]["resourceVersion"]
+        wanted = (
+            (body or {}).get("metadata", {}).get("resourceVersion")
+            if isinstance(body, dict)
+            else None
+        )
+        patched.setdefault("metadata", {})["resourceVersion"] = (
+            wanted or current["metadata"]["resourceVersion"]
+        )
         self._store_update(patched, check_version=True)
 
     def _store_update(self, obj: dict, check_version: bool) -> None:
         store = self.sim.store
         if self.subresource not in (None, "status"):
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
         if self.subresource is None:
             obj = self._admit(obj)
         if self._dry_run():
@@ -451,7 +543,11 @@ class ResourceHandler(BaseHandler):
         meta = current["metadata"]
         for key, field_name in (("uid", "uid"), ("resourceVersion", "resourceVersion")):
             if preconditions.get(key) and preconditions[key] != meta.get(field_name):
-                raise ApiError(409, "Conflict", f"Precondition failed: {key} in precondition: {preconditions[key]}, {key} in object meta: {meta.get(field_name)}")
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"Precondition failed: {key} in precondition: {preconditions[key]}, {key} in object meta: {meta.get(field_name)}",
+                )
         grace = self.get_query_argument("gracePeriodSeconds", None)
         grace_s = int(grace) if grace is not None else options.get("gracePeriodSeconds")
         if self._dry_run():
@@ -470,13 +566,17 @@ class ResourceHandler(BaseHandler):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
-        self.send_status(ApiError(404, "NotFound", "the server could not find the requested resource"))
+        self.send_status(
+            ApiError(404, "NotFound", "the server could not find the requested resource")
+        )
 
 
 def make_app(sim: KubeSim) -> web.Application:
     return web.Application(
         [
             (r"/version/?", VersionHandler),
+            (r"/openapi/v3/?", OpenAPIV3Handler),
+            (r"/openapi/v3/(.+)", OpenAPIV3Handler),
             (r"/(?:healthz|livez|readyz)", HealthHandler),
             (r"/api/?", CoreDiscoveryHandler),
             (r"/api/v1/?", CoreResourcesHandler),

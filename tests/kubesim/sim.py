@@ -57,7 +57,15 @@ class KubeSim:
         self.host = "127.0.0.1"
         self.port = 0
         for name in DEFAULT_NAMESPACES:
-            self.store.create(NAMESPACES, None, {"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+            self.store.create(
+                NAMESPACES,
+                None,
+                {
+                    "metadata": {"name": name},
+                    "spec": {"finalizers": ["kubernetes"]},
+                    "status": {"phase": "Active"},
+                },
+            )
 
     @property
     def url(self) -> str:
@@ -115,7 +123,12 @@ class KubeSim:
             "kind": "Config",
             "clusters": [{"name": "kubesim", "cluster": {"server": self.url}}],
             "users": [{"name": "kubesim", "user": {"token": "kubesim-token"}}],
-            "contexts": [{"name": "kubesim", "context": {"cluster": "kubesim", "user": "kubesim", "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": "kubesim",
+                    "context": {"cluster": "kubesim", "user": "kubesim", "namespace": "default"},
+                }
+            ],
             "current-context": "kubesim",
         }
         path.write_text(yaml.safe_dump(config))
@@ -131,23 +144,47 @@ class KubeSim:
         for manifest in manifests:
             rt = BY_KIND.get((manifest.get("apiVersion"), manifest.get("kind")))
             if rt is None:
-                raise ValueError(f"kubesim does not serve {manifest.get('apiVersion')} {manifest.get('kind')}")
+                raise ValueError(
+                    f"kubesim does not serve {manifest.get('apiVersion')} {manifest.get('kind')}"
+                )
             obj = copy.deepcopy(manifest)
-            namespace = obj.get("metadata", {}).get("namespace") or ("default" if rt.namespaced else None)
+            namespace = obj.get("metadata", {}).get("namespace") or (
+                "default" if rt.namespaced else None
+            )
             if namespace and self.store.find(NAMESPACES, None, namespace) is None:
-                self.store.create(NAMESPACES, None, {"metadata": {"name": namespace}, "status": {"phase": "Active"}})
+                self.store.create(
+                    NAMESPACES,
+                    None,
+                    {"metadata": {"name": namespace}, "status": {"phase": "Active"}},
+                )
             if admit:
                 if rt.kind == "Pod":
                     obj = admission.default_pod(obj)
                 causes = admission.validate(obj, rt.kind, rt.api_version)
                 if causes:
-                    raise ApiError(422, "Invalid", admission.invalid_message(rt.kind, obj["metadata"].get("name", ""), causes))
+                    raise ApiError(
+                        *admission.request_error(
+                            rt.kind,
+                            rt.api_version,
+                            obj["metadata"].get("name", ""),
+                            causes,
+                            rt.group,
+                        )
+                    )
+                obj = admission.canonicalize_quantities(obj, rt.kind, rt.api_version)
             status = obj.get("status")
             new = self.store.create(rt, namespace, obj)
             if status is not None and rt.has_status:
                 new = copy.deepcopy(new)
                 new["status"] = status
-                new = self.store.replace(rt, namespace, new["metadata"]["name"], new, subresource="all", check_version=False)
+                new = self.store.replace(
+                    rt,
+                    namespace,
+                    new["metadata"]["name"],
+                    new,
+                    subresource="all",
+                    check_version=False,
+                )
             created.append(new)
         return created
 
@@ -175,7 +212,9 @@ class KubeSim:
             if not pod["spec"].get("nodeName") or phase in ("Succeeded", "Failed"):
                 return self.store.remove(PODS, meta["namespace"], meta["name"])
             if (meta["namespace"], meta["name"]) in self.kubelet.processes:
-                asyncio.ensure_future(self.kubelet.stop_process((meta["namespace"], meta["name"]), 0))
+                asyncio.ensure_future(
+                    self.kubelet.stop_process((meta["namespace"], meta["name"]), 0)
+                )
             return self.store.remove(PODS, meta["namespace"], meta["name"])
         return self.store.mark_terminating(PODS, pod, grace_s)
 
@@ -217,7 +256,10 @@ class KubeSim:
             "involvedObject": involved,
             "reason": reason,
             "message": message,
-            "source": {"component": component, **({"host": obj.get("spec", {}).get("nodeName")} if component == "kubelet" else {})},
+            "source": {
+                "component": component,
+                **({"host": obj.get("spec", {}).get("nodeName")} if component == "kubelet" else {}),
+            },
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
@@ -241,5 +283,6 @@ class KubeSim:
         return [
             e
             for e in self.store.objects(EVENTS)
-            if e["involvedObject"].get("name") == name and e["involvedObject"].get("namespace") == namespace
+            if e["involvedObject"].get("name") == name
+            and e["involvedObject"].get("namespace") == namespace
         ]

@@ -249,9 +249,7 @@ class Store:
         token = ""
         remaining = None
         if limit and matched_after_limit and last_key is not None:
-            token = base64.b64encode(
-                dumps({"rv": list_rv, "start": list(last_key)})
-            ).decode()
+            token = base64.b64encode(dumps({"rv": list_rv, "start": list(last_key)})).decode()
             remaining = matched_after_limit
         return items, list_rv, token, remaining
 
@@ -293,7 +291,7 @@ class Store:
             raise ApiError(
                 422,
                 "Invalid",
-                f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
                 "name or generateName is required",
             )
         if rt.namespaced:
@@ -365,7 +363,13 @@ class Store:
         elif rt.has_status and subresource != "all":
             new["status"] = copy.deepcopy(current.get("status", {}))
         # Server-owned metadata cannot be changed by a client.
-        for owned in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"):
+        for owned in (
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+        ):
             if owned in current["metadata"]:
                 new["metadata"][owned] = current["metadata"][owned]
             else:
@@ -417,7 +421,9 @@ class Store:
             try:
                 since = int(resource_version)
             except ValueError as err:
-                raise ApiError(400, "BadRequest", f"invalid resource version: {resource_version}") from err
+                raise ApiError(
+                    400, "BadRequest", f"invalid resource version: {resource_version}"
+                ) from err
             if since < self.compacted_rv:
                 raise gone(f"too old resource version: {since} ({self.compacted_rv + 1})")
             for change in self.history:
@@ -441,6 +447,8 @@ class Store:
         return dropped
 
     def compact(self) -> None:
-        """Forget the history, so that clients watching from an old version must relist."""
+        """Forget the history, so that every client watching from a version it already
+        has gets 410 Gone and must relist (the version moves on past all of them)."""
+        self.resource_version += 1
         self.compacted_rv = self.resource_version
         self.history.clear()

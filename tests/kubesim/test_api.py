@@ -70,7 +70,9 @@ async def test_crud_versions_and_errors(cluster):
     patched = await core.patch_namespaced_config_map("settings", ns, {"data": {"extra": "1"}})
     assert patched.data == {"k": "changed", "extra": "1"}
 
-    generated = await core.create_namespaced_config_map(ns, {"metadata": {"generateName": "gen-"}, "data": {}})
+    generated = await core.create_namespaced_config_map(
+        ns, {"metadata": {"generateName": "gen-"}, "data": {}}
+    )
     assert generated.metadata.name.startswith("gen-") and len(generated.metadata.name) > 4
 
     await core.delete_namespaced_config_map("settings", ns)
@@ -152,12 +154,18 @@ async def test_watch_from_resource_version(cluster):
 
     events = []
     w = watch.Watch()
-    async with w.stream(core.list_namespaced_config_map, ns, resource_version=start, timeout_seconds=2) as stream:
+    async with w.stream(
+        core.list_namespaced_config_map, ns, resource_version=start, timeout_seconds=2
+    ) as stream:
         async for event in stream:
             events.append((event["type"], event["object"].metadata.name, event["object"].data))
             if len(events) == 3:
                 w.stop()
-    assert events == [("ADDED", "w", {"k": "v"}), ("MODIFIED", "w", {"k": "2"}), ("DELETED", "w", {"k": "2"})]
+    assert events == [
+        ("ADDED", "w", {"k": "v"}),
+        ("MODIFIED", "w", {"k": "2"}),
+        ("DELETED", "w", {"k": "2"}),
+    ]
 
 
 async def test_watch_timeout_and_bookmarks(cluster):
@@ -180,7 +188,9 @@ async def test_watch_timeout_and_bookmarks(cluster):
     assert 1.5 <= elapsed < 10
     if cluster.sim is not None:  # a real apiserver sends bookmarks about once a minute
         bookmarks = [e for e in raw_events if e["type"] == "BOOKMARK"]
-        assert bookmarks and int(bookmarks[-1]["object"]["metadata"]["resourceVersion"]) >= int(listed.metadata.resource_version)
+        assert bookmarks and int(bookmarks[-1]["object"]["metadata"]["resourceVersion"]) >= int(
+            listed.metadata.resource_version
+        )
 
 
 async def test_watch_too_old_resource_version_is_gone(make_kubesim):
@@ -191,7 +201,10 @@ async def test_watch_too_old_resource_version_is_gone(make_kubesim):
     for i in range(1, 10):
         await core.create_namespaced_config_map("default", configmap(f"x{i}"))
     response = await core.list_namespaced_config_map(
-        "default", watch=True, resource_version=first.metadata.resource_version, _preload_content=False
+        "default",
+        watch=True,
+        resource_version=first.metadata.resource_version,
+        _preload_content=False,
     )
     lines = [json.loads(line) async for line in response.content]
     assert lines[0]["type"] == "ERROR"
@@ -199,7 +212,11 @@ async def test_watch_too_old_resource_version_is_gone(make_kubesim):
     # kubernetes_asyncio's Watch turns that into an ApiException(410), which reflectors relist on.
     w = watch.Watch()
     with pytest.raises(ApiException) as gone:
-        async with w.stream(core.list_namespaced_config_map, "default", resource_version=first.metadata.resource_version) as stream:
+        async with w.stream(
+            core.list_namespaced_config_map,
+            "default",
+            resource_version=first.metadata.resource_version,
+        ) as stream:
             async for _ in stream:
                 pass
     assert gone.value.status == 410
@@ -215,7 +232,10 @@ async def test_watch_latency_and_selector_transitions(kubesim):
 
     async def follow():
         async with w.stream(
-            core.list_namespaced_config_map, "default", label_selector="team=a", resource_version=listed.metadata.resource_version
+            core.list_namespaced_config_map,
+            "default",
+            label_selector="team=a",
+            resource_version=listed.metadata.resource_version,
         ) as stream:
             async for event in stream:
                 received.append((event["type"], event["object"].metadata.name))
@@ -225,9 +245,13 @@ async def test_watch_latency_and_selector_transitions(kubesim):
     task = asyncio.ensure_future(follow())
     await asyncio.sleep(0.1)
     await core.create_namespaced_config_map("default", configmap("moves", {"team": "b"}))
-    await core.patch_namespaced_config_map("moves", "default", {"metadata": {"labels": {"team": "a"}}})
+    await core.patch_namespaced_config_map(
+        "moves", "default", {"metadata": {"labels": {"team": "a"}}}
+    )
     await core.patch_namespaced_config_map("moves", "default", {"data": {"k": "3"}})
-    await core.patch_namespaced_config_map("moves", "default", {"metadata": {"labels": {"team": "c"}}})
+    await core.patch_namespaced_config_map(
+        "moves", "default", {"metadata": {"labels": {"team": "c"}}}
+    )
     await asyncio.wait_for(task, 5)
     # Entering the selector is ADDED, leaving it is DELETED, as the apiserver's watch cache does.
     assert received == [("ADDED", "moves"), ("MODIFIED", "moves"), ("DELETED", "moves")]
@@ -245,7 +269,10 @@ async def test_pod_defaults_status_subresource_and_graceful_delete(cluster):
             break
         await asyncio.sleep(0.1)
     assert current.status.phase == "Running" and current.status.pod_ip
-    assert current.status.container_statuses[0].ready and current.status.container_statuses[0].state.running
+    assert (
+        current.status.container_statuses[0].ready
+        and current.status.container_statuses[0].state.running
+    )
     deleted = await core.delete_namespaced_pod("graceful", ns)
     assert deleted.metadata.deletion_timestamp is not None
     for _ in range(100):
@@ -264,12 +291,24 @@ async def test_status_subresource_keeps_spec(kubesim):
     core = client.CoreV1Api(api)
     await core.create_namespaced_persistent_volume_claim(
         "default",
-        {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}},
+        {
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
     )
     # A status write through the main resource is ignored; the status subresource sets it.
-    await core.patch_namespaced_persistent_volume_claim("data", "default", {"status": {"phase": "Bound"}})
-    assert (await core.read_namespaced_persistent_volume_claim("data", "default")).status.phase != "Bound"
-    await core.patch_namespaced_persistent_volume_claim_status("data", "default", {"status": {"phase": "Bound"}})
+    await core.patch_namespaced_persistent_volume_claim(
+        "data", "default", {"status": {"phase": "Bound"}}
+    )
+    assert (
+        await core.read_namespaced_persistent_volume_claim("data", "default")
+    ).status.phase != "Bound"
+    await core.patch_namespaced_persistent_volume_claim_status(
+        "data", "default", {"status": {"phase": "Bound"}}
+    )
     claim = await core.read_namespaced_persistent_volume_claim("data", "default")
     assert claim.status.phase == "Bound" and claim.spec.access_modes == ["ReadWriteMany"]
     await api.close()
@@ -278,10 +317,19 @@ async def test_status_subresource_keeps_spec(kubesim):
 @pytest.mark.parametrize(
     ("resources", "message"),
     [
-        ({"requests": {"nvidia.com/gpu": "1"}}, "Limit must be set for non overcommitable resources"),
-        ({"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "2"}}, "must be equal to nvidia.com/gpu limit"),
+        (
+            {"requests": {"nvidia.com/gpu": "1"}},
+            "Limit must be set for non overcommitable resources",
+        ),
+        (
+            {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "2"}},
+            "must be equal to nvidia.com/gpu limit",
+        ),
         ({"limits": {"nvidia.com/gpu": "500m"}}, "must be an integer"),
-        ({"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}, "must be less than or equal to cpu limit"),
+        (
+            {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}},
+            "must be less than or equal to cpu limit",
+        ),
         ({"requests": {"memory": "lots"}}, "quantities must match the regular expression"),
     ],
 )

@@ -1,0 +1,334 @@
+"""thinkube-resources: the availability service, managed by JupyterHub.
+
+Run by the hub as a managed service (`python -m hub_service`); it reads the JUPYTERHUB_*
+environment the hub gives it. Every option is a traitlet, settable in a config file
+(`--config thinkube_service_config.py`) or on the command line
+(`--ThinkubeService.inventory=local`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
+from traitlets.config import Application
+
+from .catalog import DEFAULT_IMAGES, Catalog
+from .handlers import OPENAPI_PATH, routes
+from .inventory import Inventory, KubernetesInventory
+
+
+class ThinkubeService(Application):
+    name = "thinkube-resources"
+    description = (
+        "Live GPU and node availability, the image catalog and cloud offers, for JupyterHub."
+    )
+    examples = """
+    python -m hub_service --ThinkubeService.kubeconfig=~/.kube/config
+    python -m hub_service --config /etc/thinkube/service_config.py
+    """
+
+    aliases = {
+        "config": "ThinkubeService.config_file",
+        "port": "ThinkubeService.port",
+        "ip": "ThinkubeService.ip",
+        "inventory": "ThinkubeService.inventory",
+        "kubeconfig": "ThinkubeService.kubeconfig",
+        "db-url": "ThinkubeService.db_url",
+        "log-level": "Application.log_level",
+    }
+
+    config_file = Unicode(
+        "",
+        config=True,
+        help="A Python config file to load, e.g. `/etc/thinkube/service_config.py`.",
+    )
+    service_name = Unicode(
+        config=True,
+        help="The service's name in the hub (from JUPYTERHUB_SERVICE_NAME), e.g. `thinkube-resources`.",
+    )
+
+    @default("service_name")
+    def _default_service_name(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_NAME", "thinkube-resources")
+
+    service_url = Unicode(
+        config=True,
+        help="Where the hub's proxy reaches this service (from JUPYTERHUB_SERVICE_URL), e.g. `http://hub:8181`.",
+    )
+
+    @default("service_url")
+    def _default_service_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8181")
+
+    service_prefix = Unicode(
+        config=True,
+        help="URL prefix of every route (from JUPYTERHUB_SERVICE_PREFIX), e.g. `/services/thinkube-resources/`.",
+    )
+
+    @default("service_prefix")
+    def _default_service_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{self.service_name}/")
+
+    ip = Unicode(
+        config=True,
+        help="Address to listen on. Default: the host of service_url when it is an IP address or "
+        "localhost, else all interfaces (as in z2jh, where service_url is `http://hub:8181`). E.g. `0.0.0.0`.",
+    )
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        host = urlparse(self.service_url).hostname or ""
+        if host == "localhost":
+            return "127.0.0.1"
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            return "0.0.0.0"
+
+    port = Integer(
+        config=True, help="Port to listen on. Default: the port of service_url, e.g. `8181`."
+    )
+
+    @default("port")
+    def _default_port(self) -> int:
+        return urlparse(self.service_url).port or 8181
+
+    inventory = Unicode(
+        "kubernetes",
+        config=True,
+        help="Where availability comes from: `kubernetes` (watch Nodes and Pods) or `local` (this machine).",
+    )
+    kubeconfig = Unicode(
+        "",
+        config=True,
+        help="kubeconfig file for the Kubernetes inventory; empty: in-cluster config (the hub's "
+        "ServiceAccount), else ~/.kube/config. E.g. `/home/me/.kube/config`.",
+    )
+    debounce_seconds = Float(
+        0.1,
+        config=True,
+        help="Wait this long after a change before publishing new documents, so a burst of "
+        "events is serialised once. E.g. `0.1`.",
+    )
+    list_page_size = Integer(500, config=True, help="Objects per page when listing, e.g. `500`.")
+    watch_timeout_seconds = Integer(
+        300,
+        config=True,
+        help="Ask the API server to end each watch after this long (it is then resumed), e.g. `300`.",
+    )
+    dcgm_endpoints = List(
+        Unicode(),
+        config=True,
+        help="DCGM exporter metrics URLs to scrape for live GPU utilisation and memory; off when "
+        "empty. E.g. `['http://nvidia-dcgm-exporter.gpu-operator:9400/metrics']`.",
+    )
+    dcgm_interval_seconds = Float(
+        15.0, config=True, help="Seconds between DCGM scrapes, e.g. `15`."
+    )
+    db_url = Unicode(
+        "sqlite:///thinkube_catalog.sqlite",
+        config=True,
+        help="SQLAlchemy URL of the image catalog, e.g. `sqlite:///thinkube_catalog.sqlite` or "
+        "`postgresql+psycopg://user:pass@db/thinkube`.",
+    )
+    seed_images = List(
+        Dict(),
+        config=True,
+        help="Catalog entries stored on first start (when the catalog is empty), e.g. "
+        "`[{'name': 'scipy', 'image': 'quay.io/jupyter/scipy-notebook:2025-01-06', 'default': True}]`.",
+    )
+
+    @default("seed_images")
+    def _default_seed_images(self) -> list[dict]:
+        return list(DEFAULT_IMAGES)
+
+    images_write_scope = Unicode(
+        "custom:thinkube:images:write",
+        config=True,
+        help="Hub scope needed to register or delete images (declare it in "
+        "`c.JupyterHub.custom_scopes`), e.g. `custom:thinkube:images:write`.",
+    )
+    extra_access_scopes = List(
+        Unicode(),
+        config=True,
+        help="Hub scopes that also grant read access, beyond access to this service, e.g. `['admin:users']`.",
+    )
+
+    hub_auth = Instance(HubOAuth)
+    catalog = Instance(Catalog, allow_none=True)
+    registry = Instance(CollectorRegistry)
+    # The live inventory the handlers answer from (the `inventory` option picks its kind).
+    source = Instance(Inventory, allow_none=True)
+
+    @property
+    def access_scopes(self) -> set[str]:
+        return set(
+            self.hub_auth.access_scopes or {f"access:services!service={self.service_name}"}
+        ) | set(self.extra_access_scopes)
+
+    # -- start-up ------------------------------------------------------------------
+
+    def initialize(self, argv=None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+            # The command line wins over the file.
+            if self.cli_config:
+                self.update_config(self.cli_config)
+        self.hub_auth = HubOAuth(parent=self, cache_max_age=60)
+        self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="thinkube-db")
+        self.openapi_bytes = OPENAPI_PATH.read_bytes()
+        self._setup_metrics()
+
+    def _setup_metrics(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_latency = Histogram(
+            "thinkube_request_duration_seconds",
+            "Request latency",
+            ["handler", "code"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.watch_restarts = Gauge(
+            "thinkube_watch_restarts", "Watch restarts since start", registry=self.registry
+        )
+        self.watch_errors = Gauge(
+            "thinkube_watch_errors", "Watch errors since start", registry=self.registry
+        )
+        self.inventory_age = Gauge(
+            "thinkube_inventory_age_seconds",
+            "Seconds since the published data was built",
+            registry=self.registry,
+        )
+        self.inventory_stale = Gauge(
+            "thinkube_inventory_stale",
+            "1 while the inventory may be out of date",
+            registry=self.registry,
+        )
+        self.node_count = Gauge("thinkube_nodes", "Nodes in the inventory", registry=self.registry)
+        self.pod_count = Gauge("thinkube_pods", "Pods in the inventory", registry=self.registry)
+        self.skipped_objects = Gauge(
+            "thinkube_skipped_objects",
+            "Malformed objects skipped",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.requests_total = Counter(
+            "thinkube_requests", "Requests served", ["handler"], registry=self.registry
+        )
+
+    def observe_request(self, handler: web.RequestHandler, seconds: float) -> None:
+        name = type(handler).__name__
+        self.request_latency.labels(name, str(handler.get_status())).observe(seconds)
+        self.requests_total.labels(name).inc()
+
+    def update_gauges(self) -> None:
+        inventory = self.source
+        published = inventory.published
+        stats = inventory.stats()
+        self.watch_restarts.set(stats.get("watch_restarts", 0))
+        self.watch_errors.set(stats.get("watch_errors", 0))
+        self.inventory_age.set(time.monotonic() - published.built_at if published.built_at else 0)
+        self.inventory_stale.set(1 if inventory.stale_since() is not None else 0)
+        self.node_count.set(published.node_count)
+        self.pod_count.set(published.pod_count)
+        for kind, count in (stats.get("skipped") or {}).items():
+            self.skipped_objects.labels(kind).set(count)
+
+    async def run_db(self, fn, *args):
+        """Catalog calls are short, blocking SQLAlchemy transactions: keep them off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
+
+    def make_inventory(self) -> Inventory:
+        if self.inventory == "kubernetes":
+            return KubernetesInventory(
+                kubeconfig=os.path.expanduser(self.kubeconfig),
+                debounce_s=self.debounce_seconds,
+                page_size=self.list_page_size,
+                watch_timeout_s=self.watch_timeout_seconds,
+                dcgm_endpoints=self.dcgm_endpoints,
+                dcgm_interval_s=self.dcgm_interval_seconds,
+            )
+        raise ValueError(f"unknown inventory {self.inventory!r}: use 'kubernetes' or 'local'")
+
+    def make_app(self) -> web.Application:
+        return web.Application(
+            routes(self.service_prefix),
+            service=self,
+            cookie_secret=secrets.token_bytes(32),
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = (
+            logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        )
+        # Never the query string: it may carry a token.
+        self.log.log(
+            level,
+            "%d %s %s %.1fms",
+            status,
+            handler.request.method,
+            handler.request.path,
+            1000 * handler.request.request_time(),
+        )
+
+    async def start_async(self) -> HTTPServer:
+        self.catalog = Catalog(self.db_url)
+        self.catalog.seed(self.seed_images)
+        self.source = self.make_inventory()
+        server = HTTPServer(self.make_app(), xheaders=True)
+        server.listen(self.port, self.ip)
+        await self.source.start()
+        self.log.info(
+            "%s listening on %s:%d%s (inventory: %s)",
+            self.name,
+            self.ip,
+            self.port,
+            self.service_prefix,
+            type(self.source).__name__,
+        )
+        return server
+
+    async def stop_async(self, server: HTTPServer) -> None:
+        server.stop()
+        if self.source is not None:
+            await self.source.stop()
+        self._db_pool.shutdown(wait=False)
+
+    def start(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        import signal
+
+        server = await self.start_async()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop_async(server)
+
+
+def main(argv=None) -> None:
+    app = ThinkubeService.instance()
+    app.initialize(argv)
+    app.start()
+
+
+__all__ = ["ThinkubeService", "main"]

@@ -1,0 +1,168 @@
+"""List-then-watch of Nodes and Pods cluster-wide, on raw JSON, feeding ClusterState.
+
+Each resource runs the informer loop client-go's reflector runs: list (in pages), then
+watch from the list's resourceVersion with bookmarks; a 410 Gone, a dropped stream or any
+error leads to a fresh list (with backoff after errors), so a reconnect always resyncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger("thinkube.kube")
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old: relist."""
+
+
+@dataclass
+class WatchHealth:
+    synced_once: bool = False
+    connected: bool = False
+    last_sync: float | None = None  # monotonic time of the last full list
+    last_event: float | None = None  # monotonic time of the last event or bookmark
+    restarts: int = 0
+    errors: int = 0
+    last_error: str = ""
+    unhealthy_since: float | None = field(default=None)  # wall-clock time
+
+
+class ResourceWatcher:
+    """Keeps one resource type (nodes or pods, all namespaces) in sync."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        kind: str,
+        replace: Callable[[list[dict]], None],
+        apply: Callable[[str, dict], None],
+        on_change: Callable[[], None],
+        on_health: Callable[[], None],
+        page_size: int = 500,
+        watch_timeout_s: int = 300,
+        request_timeout_s: float = 30,
+        max_backoff_s: float = 30,
+    ):
+        self.core = client.CoreV1Api(api)
+        self.kind = kind
+        self.replace, self.apply = replace, apply
+        self.on_change, self.on_health = on_change, on_health
+        self.page_size = page_size
+        self.watch_timeout_s = watch_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.health = WatchHealth()
+        self.resource_version = ""
+        self._list = (
+            self.core.list_node if kind == "nodes" else self.core.list_pod_for_all_namespaces
+        )
+
+    async def list_all(self) -> tuple[list[dict], str]:
+        items: list[dict] = []
+        token = None
+        while True:
+            kwargs = {
+                "limit": self.page_size,
+                "_preload_content": False,
+                "_request_timeout": self.request_timeout_s,
+            }
+            if token:
+                kwargs["_continue"] = token
+            response = await self._list(**kwargs)
+            body = json.loads(await response.read())
+            items.extend(body.get("items") or [])
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                return items, body["metadata"]["resourceVersion"]
+
+    async def watch(self) -> None:
+        """Follow events until the stream ends (timeout, drop) or fails."""
+        response = await self._list(
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_timeout_s,
+            _preload_content=False,
+            # Bookmarks arrive well within this; silence longer than it is a dead stream.
+            _request_timeout=self.watch_timeout_s + 30,
+        )
+        try:
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                self.health.last_event = time.monotonic()
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone(obj.get("message", "410 Gone"))
+                    raise ApiException(
+                        status=obj.get("code", 500), reason=obj.get("message", "watch error")
+                    )
+                version = (obj.get("metadata") or {}).get("resourceVersion")
+                if version:
+                    self.resource_version = version
+                if kind == "BOOKMARK":
+                    continue
+                self.apply(kind, obj)
+                self.on_change()
+        finally:
+            response.release()
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                items, self.resource_version = await self.list_all()
+                self.replace(items)
+                self.health.synced_once = True
+                self.health.connected = True
+                self.health.last_sync = self.health.last_event = time.monotonic()
+                if self.health.unhealthy_since is not None:
+                    log.info("%s watch recovered: %d listed", self.kind, len(items))
+                self.health.unhealthy_since = None
+                self.on_change()
+                self.on_health()
+                backoff = 0.5
+                while True:
+                    await self.watch()
+                    # The server ended the watch (timeout): carry on from where we are.
+                    self.health.restarts += 1
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                self.health.restarts += 1
+                log.info("%s watch expired (410 Gone): relisting", self.kind)
+                continue
+            except Exception as err:  # network errors, 5xx, timeouts, bad JSON
+                self.health.errors += 1
+                self.health.last_error = describe_error(err)
+                if self.health.connected or self.health.unhealthy_since is None:
+                    # Log once per change of state, not once per retry.
+                    log.warning(
+                        "%s watch failed (%s); keeping the last known state and retrying",
+                        self.kind,
+                        self.health.last_error,
+                    )
+                    self.health.unhealthy_since = time.time()
+                self.health.connected = False
+                self.on_health()
+                await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+
+def describe_error(err: Exception) -> str:
+    if isinstance(err, ApiException):
+        return f"HTTP {err.status} {err.reason or ''}".strip()
+    text = str(err) or err.__class__.__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,157 @@
+"""Server-side printing: the meta.k8s.io/v1 Table kubectl asks for (`Accept: ...;as=Table`),
+with the columns the real apiserver's printers give the types kubectl users look at."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from .resources import ResourceType
+
+
+def age(timestamp: str | None) -> str:
+    """kubectl's short durations: 45s, 12m, 5h, 3d."""
+    if not timestamp:
+        return "<unknown>"
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    seconds = max(0, int((datetime.now(UTC) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "d" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _node_status(node: dict) -> str:
+    ready = next(
+        (c for c in node.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"),
+        None,
+    )
+    status = (
+        "Ready" if ready and ready.get("status") == "True" else "NotReady" if ready else "Unknown"
+    )
+    if node.get("spec", {}).get("unschedulable"):
+        status += ",SchedulingDisabled"
+    return status
+
+
+def _node_roles(node: dict) -> str:
+    prefix = "node-role.kubernetes.io/"
+    roles = sorted(
+        k[len(prefix) :] for k in (node["metadata"].get("labels") or {}) if k.startswith(prefix)
+    )
+    return ",".join(roles) or "<none>"
+
+
+def _pod_status(pod: dict) -> str:
+    status = pod.get("status") or {}
+    if pod["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if "waiting" in state and state["waiting"].get("reason"):
+            return state["waiting"]["reason"]
+        if "terminated" in state and status.get("phase") not in ("Succeeded",):
+            return state["terminated"].get("reason", "Error")
+    if status.get("phase") == "Succeeded":
+        return "Completed"
+    return status.get("phase", "Pending")
+
+
+def _pod_ready(pod: dict) -> str:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    total = len(pod.get("spec", {}).get("containers") or [])
+    return f"{sum(1 for s in statuses if s.get('ready'))}/{total}"
+
+
+Column = tuple[str, str, Callable[[dict], Any]]  # name, type, cell
+
+COLUMNS: dict[str, list[Column]] = {
+    "nodes": [
+        ("Name", "string", lambda o: o["metadata"]["name"]),
+        ("Status", "string", _node_status),
+        ("Roles", "string", _node_roles),
+        ("Age", "string", lambda o: age(o["metadata"].get("creationTimestamp"))),
+        (
+            "Version",
+            "string",
+            lambda o: o.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", ""),
+        ),
+    ],
+    "pods": [
+        ("Name", "string", lambda o: o["metadata"]["name"]),
+        ("Ready", "string", _pod_ready),
+        ("Status", "string", _pod_status),
+        (
+            "Restarts",
+            "string",
+            lambda o: str(
+                sum(
+                    s.get("restartCount", 0)
+                    for s in (o.get("status") or {}).get("containerStatuses") or []
+                )
+            ),
+        ),
+        ("Age", "string", lambda o: age(o["metadata"].get("creationTimestamp"))),
+    ],
+    "events": [
+        (
+            "Last Seen",
+            "string",
+            lambda o: age(o.get("lastTimestamp") or o["metadata"].get("creationTimestamp")),
+        ),
+        ("Type", "string", lambda o: o.get("type", "")),
+        ("Reason", "string", lambda o: o.get("reason", "")),
+        (
+            "Object",
+            "string",
+            lambda o: (
+                f"{o['involvedObject'].get('kind', '').lower()}/{o['involvedObject'].get('name', '')}"
+            ),
+        ),
+        ("Message", "string", lambda o: o.get("message", "")),
+    ],
+}
+DEFAULT_COLUMNS: list[Column] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Created At", "date", lambda o: o["metadata"].get("creationTimestamp", "")),
+]
+
+
+def wants_table(accept: str) -> bool:
+    return "as=Table" in accept
+
+
+def table(
+    rt: ResourceType, objects: list[dict], resource_version: str, continue_token: str = ""
+) -> dict:
+    columns = COLUMNS.get(rt.plural, DEFAULT_COLUMNS)
+    metadata: dict[str, Any] = {"resourceVersion": resource_version}
+    if continue_token:
+        metadata["continue"] = continue_token
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": [
+            {
+                "name": name,
+                "type": kind,
+                "format": "name" if name == "Name" else "",
+                "description": name,
+                "priority": 0,
+            }
+            for name, kind, _ in columns
+        ],
+        "rows": [
+            {
+                "cells": [cell(obj) for _, _, cell in columns],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": obj["metadata"],
+                },
+            }
+            for obj in objects
+        ],
+    }
