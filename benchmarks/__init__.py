@@ -1,0 +1,1 @@
+"""Benchmarks: each prints JSON figures, with its baseline measured in the same run."""
