@@ -1,0 +1,563 @@
+"""form.menu_profile / unavailable_profile / progress_message, and the template rendered the
+way kubespawner renders it (KubeSpawner._render_options_form)."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
+
+from tests.kubesim.generator import make_node
+from tests.spawner_unit.cluster import (
+    A100,
+    FakeAvailability,
+    lab_menu,
+    lab_pods,
+    make_spawner,
+    pod,
+)
+from thinkube_spawner.form import menu_profile, progress_message, unavailable_profile
+from thinkube_spawner.menu import MenuSettings, check_choice
+from thinkube_spawner.spawner import TEMPLATES
+
+FIELDS = [
+    f"profile-option-thinkube--{name}" for name in ("image", "where", "cpu", "memory", "gpus")
+]
+FRESH = {"generated_at": "2026-01-02T03:04:05Z", "stale": False, "age_seconds": 3.2}
+STALE = {"generated_at": "2026-01-02T03:03:00Z", "stale": True, "age_seconds": 67.6}
+
+
+def render(profile_list: list[dict], user_options: dict | None = None) -> str:
+    """What KubeSpawner._render_options_form does (kubespawner 7.1), step by step."""
+    loader = ChoiceLoader(
+        [FileSystemLoader([str(TEMPLATES)]), PackageLoader("kubespawner", "templates")]
+    )
+    env = Environment(loader=loader)
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False}
+    return env.get_template("form.html").render(
+        profile_list=profile_list, user_options=user_options
+    )
+
+
+class Form(HTMLParser):
+    """The parts of the rendered form a browser would submit or show."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.selects: dict[str, list[dict]] = {}
+        self.hidden: dict[str, str] = {}
+        self.ids: dict[str, str] = {}  # element id -> its text
+        self.scripts: dict[str, str] = {}
+        self._select: str | None = None
+        self._group: str | None = None
+        self._option: dict | None = None
+        self._text_of: list[tuple[str | None, list[str]]] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "select":
+            self._select = a["name"]
+            self.selects[self._select] = []
+        elif tag == "optgroup":
+            self._group = a["label"]
+        elif tag == "option":
+            self._option = {
+                "value": a["value"],
+                "selected": "selected" in a,
+                "disabled": "disabled" in a,
+                "group": self._group,
+                "title": a.get("title"),
+                "text": "",
+            }
+            self.selects[self._select].append(self._option)
+        elif tag == "input" and a.get("type") == "hidden":
+            self.hidden[a["name"]] = a["value"]
+        if tag in ("p", "script"):  # text-bearing elements, by id (None: not recorded)
+            self._text_of.append((a.get("id"), []))
+
+    def handle_endtag(self, tag):
+        if tag == "select":
+            self._select = None
+        elif tag == "optgroup":
+            self._group = None
+        elif tag == "option":
+            self._option = None
+        if self._text_of and tag in ("p", "script"):
+            element, parts = self._text_of.pop()
+            text = "".join(parts)
+            if element is not None:
+                (self.scripts if tag == "script" else self.ids)[element] = (
+                    text.strip() if tag == "p" else text
+                )
+
+    def handle_data(self, data):
+        if self._option is not None:
+            self._option["text"] += data
+        for _, parts in self._text_of:
+            parts.append(data)
+
+    def values(self, field: str, **where) -> list[str]:
+        return [o["value"] for o in self.selects[field] if all(o[k] == v for k, v in where.items())]
+
+    def selected(self) -> dict[str, str]:
+        return {
+            name: next(o["value"] for o in options if o["selected"])
+            for name, options in self.selects.items()
+        }
+
+    def groups(self) -> list[str]:
+        seen = []
+        for option in self.selects["profile-option-thinkube--where"]:
+            if option["group"] not in seen:
+                seen.append(option["group"])
+        return seen
+
+
+def choices(profile: dict, option: str) -> dict[str, dict]:
+    return profile["profile_options"][option]["choices"]
+
+
+def defaults(profile: dict) -> dict[str, str]:
+    return {
+        name: next(key for key, c in option["choices"].items() if c["default"])
+        for name, option in profile["profile_options"].items()
+    }
+
+
+def disabled(profile: dict, option: str) -> list[str]:
+    return [key for key, c in choices(profile, option).items() if c.get("disabled")]
+
+
+@pytest.fixture
+def menu():
+    return lab_menu(freshness=FRESH)
+
+
+# --- the profile -------------------------------------------------------------------------
+
+
+def test_the_profile_has_the_five_options_and_the_forms_defaults(menu):
+    profile = menu_profile(menu, {})
+    assert (profile["slug"], profile["display_name"], profile["default"]) == (
+        "thinkube",
+        "Thinkube",
+        True,
+    )
+    assert list(profile["profile_options"]) == ["image", "where", "cpu", "memory", "gpus"]
+    assert defaults(profile) == {
+        "image": "scipy",
+        "where": "cpu",
+        "cpu": "2",
+        "memory": "8",
+        "gpus": "0",
+    }
+    assert list(choices(profile, "image")) == ["scipy", "minimal", "pytorch-cuda"]
+    assert choices(profile, "image")["pytorch-cuda"]["gpu_required"] is True
+    assert choices(profile, "image")["pytorch-cuda"]["display_name"] == "PyTorch (CUDA 12)"
+    assert list(choices(profile, "cpu")) == ["1", "2", "4", "8", "16", "32"]
+    assert [c["display_name"] for c in choices(profile, "cpu").values()][:2] == ["1 CPU", "2 CPUs"]
+    assert list(choices(profile, "memory")) == ["2", "4", "8", "16", "32", "64", "128"]
+    assert choices(profile, "memory")["16"]["display_name"] == "16 GiB"
+    assert {k: c["display_name"] for k, c in choices(profile, "gpus").items()} == {
+        "0": "No GPU",
+        "1": "1 GPU",
+        "2": "2 GPUs",
+        "4": "4 GPUs",
+        "8": "8 GPUs",
+    }
+    where = choices(profile, "where")
+    assert list(where) == [p.key for p in menu.placements]
+    assert where["node:gpu-node-3"] == {
+        "display_name": "gpu-node-3: 12/32 CPU, 40/127 GiB, 1/2 × NVIDIA GeForce RTX 4090 free",
+        "default": False,
+        "disabled": False,
+        "group": "Nodes with NVIDIA GeForce RTX 4090",
+        "kind": "node",
+    }
+    assert disabled(profile, "where") == ["gpu:nvidia-l4", "node:gpu-l4", "node:infra-1"]
+
+
+def test_choices_that_fit_nowhere_are_disabled():
+    # One node with 12 CPU and 40 GiB free, no GPUs. With the default ratios a server asks
+    # for half its CPUs and all of its memory.
+    small = lab_menu(nodes=[make_node("cpu-node-1", 16, 64, None, 1)], pods=lab_pods())
+    profile = menu_profile(small, {})
+    assert disabled(profile, "cpu") == ["32"]
+    assert disabled(profile, "memory") == ["64", "128"]
+    assert disabled(profile, "gpus") == ["1", "2", "4", "8"]
+    assert disabled(profile, "where") == []
+    # in the lab the largest free GPU count on one node is 4 (gpu-b)
+    assert disabled(menu_profile(lab_menu(), {}), "gpus") == ["8"]
+    # ratios are part of "fits": at a CPU ratio of 1.0, 16 CPUs no longer fit either
+    strict = lab_menu(
+        nodes=[make_node("cpu-node-1", 16, 64, None, 1)],
+        pods=lab_pods(),
+        settings=MenuSettings(cpu_guarantee_ratio=1.0),
+    )
+    assert disabled(menu_profile(strict, {}), "cpu") == ["16", "32"]
+
+
+def test_the_last_choices_are_preselected(menu):
+    last = {
+        "profile": "thinkube",
+        "image": "pytorch-cuda",
+        "where": "node:gpu-b",
+        "cpu": "8",
+        "memory": "32",
+        "gpus": "2",
+    }
+    assert defaults(menu_profile(menu, last)) == {
+        "image": "pytorch-cuda",
+        "where": "node:gpu-b",
+        "cpu": "8",
+        "memory": "32",
+        "gpus": "2",
+    }
+    # what kubespawner keeps from a REST call: numbers, not strings
+    assert defaults(
+        menu_profile(
+            menu, {"cpu": 4, "memory": 16, "gpus": 1, "where": "gpu:nvidia-a100-sxm4-80gb"}
+        )
+    ) == {
+        "image": "scipy",
+        "where": "gpu:nvidia-a100-sxm4-80gb",
+        "cpu": "4",
+        "memory": "16",
+        "gpus": "1",
+    }
+
+
+def test_last_choices_that_are_gone_or_full_fall_back_to_what_is_offered(menu):
+    gone = {"image": "retired", "where": "node:vanished", "cpu": "3", "memory": "9", "gpus": "-1"}
+    assert defaults(menu_profile(menu, gone)) == {
+        "image": "scipy",
+        "where": "cpu",
+        "cpu": "2",
+        "memory": "8",
+        "gpus": "0",
+    }
+    # a disabled option is not submitted by a browser: never preselect one
+    assert defaults(menu_profile(menu, {"where": "node:gpu-l4"}))["where"] == "cpu"
+    small = lab_menu(nodes=[make_node("cpu-node-1", 16, 64, None, 1)], pods=lab_pods())
+    assert defaults(menu_profile(small, {"cpu": "32", "memory": "128", "gpus": "2"})) == {
+        "image": "scipy",
+        "where": "cpu",
+        "cpu": "16",
+        "memory": "32",
+        "gpus": "0",
+    }
+
+
+def test_a_gpu_only_cluster_preselects_a_gpu_model_with_one_gpu():
+    menu = lab_menu(nodes=[make_node("gpu-1", 64, 512, A100, 1)], pods=[])
+    profile = menu_profile(menu, {})
+    assert choices(profile, "where")["cpu"]["disabled"] is True
+    assert defaults(profile) == {
+        "image": "scipy",
+        "where": "gpu:nvidia-a100-sxm4-80gb",
+        "cpu": "2",
+        "memory": "8",
+        "gpus": "1",
+    }
+    # what a browser without JavaScript submits is a valid choice
+    submitted = {"profile": "thinkube", **defaults(profile)}
+    assert check_choice(submitted, menu).placement.key == "gpu:nvidia-a100-sxm4-80gb"
+
+
+def test_the_page_data_lets_the_browser_narrow_the_choices(menu):
+    data = menu_profile(menu, {})["thinkube"]
+    assert {
+        k: data[k]
+        for k in ("generated_at", "stale", "age_seconds", "nodes_hidden", "cpu_ratio", "mem_ratio")
+    } == {
+        "generated_at": "2026-01-02T03:04:05Z",
+        "stale": False,
+        "age_seconds": 3.2,
+        "nodes_hidden": 0,
+        "cpu_ratio": 0.5,
+        "mem_ratio": 1.0,
+    }
+    assert data["images"]["pytorch-cuda"] == {
+        "gpu_required": True,
+        "cpu_limit": 8,
+        "mem_limit": "32Gi",
+        "mem_limit_bytes": 32 * 1024**3,
+        "cloud_image": "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
+    }
+    assert list(data["placements"]) == [p.key for p in menu.placements]
+    assert data["placements"]["gpu:nvidia-a100-sxm4-80gb"] == {
+        "kind": "gpu",
+        "gpu_resource": "nvidia.com/gpu",
+        "slots": [
+            {
+                "node": "gpu-a",
+                "cpu": 55.9,
+                "memory": 447 * 1024**3,
+                "gpus": {"nvidia.com/gpu": 0},
+                "gpu_ok": True,
+                "cpu_ok": False,
+            },
+            {
+                "node": "gpu-b",
+                "cpu": 63.9,
+                "memory": 511 * 1024**3,
+                "gpus": {"nvidia.com/gpu": 4},
+                "gpu_ok": True,
+                "cpu_ok": False,
+            },
+        ],
+    }
+    assert data["placements"]["cpu"]["slots"] == [
+        {
+            "node": "cpu-node-1",
+            "cpu": 12.0,
+            "memory": 40 * 1024**3,
+            "gpus": {},
+            "gpu_ok": True,
+            "cpu_ok": True,
+        }
+    ]
+    json.dumps(data)  # JSON-ready as it is
+
+
+def test_unavailable_profile_offers_nothing():
+    profile = unavailable_profile("The availability service cannot be reached (ConnectError).")
+    assert profile == {
+        "display_name": "Thinkube",
+        "slug": "thinkube",
+        "default": True,
+        "profile_options": {},
+        "thinkube": {"error": "The availability service cannot be reached (ConnectError)."},
+    }
+
+
+def test_progress_messages_name_the_step_and_the_event(menu):
+    choice = check_choice(
+        {"image": "pytorch-cuda", "where": "gpu:nvidia-a100-sxm4-80gb", "gpus": "1"}, menu
+    )
+    scheduled = {
+        "reason": "Scheduled",
+        "message": "Successfully assigned jupyterhub/jupyter-alice to gpu-b",
+        "type": "Normal",
+    }
+    assert progress_message(scheduled, choice) == "Scheduled on gpu-b (NVIDIA A100 SXM4 80GB)"
+    assert progress_message(scheduled, check_choice({}, menu)) == "Scheduled on gpu-b"
+    assert progress_message(scheduled, None) == "Scheduled on gpu-b"
+    waiting = {
+        "reason": "FailedScheduling",
+        "type": "Warning",
+        "message": "0/9 nodes are available: 9 Insufficient nvidia.com/gpu.",
+    }
+    assert (
+        progress_message(waiting, choice)
+        == "Waiting for a node: 0/9 nodes are available: 9 Insufficient nvidia.com/gpu."
+    )
+    pulling = {
+        "reason": "Pulling",
+        "message": 'Pulling image "quay.io/jupyter/pytorch-notebook:cuda12-2025-08-18"',
+    }
+    assert (
+        progress_message(pulling, choice)
+        == 'Pulling image: Pulling image "quay.io/jupyter/pytorch-notebook:cuda12-2025-08-18"'
+    )
+    assert progress_message(
+        {"reason": "Started", "message": "Started container notebook"}, choice
+    ) == ("Starting: Started container notebook")
+    assert progress_message(
+        {"reason": "BackOff", "type": "Warning", "message": "Back-off pulling image"}, choice
+    ) == ("[Warning] BackOff: Back-off pulling image")
+
+
+# --- the rendered page -------------------------------------------------------------------
+
+
+def test_the_rendered_form_has_kubespawners_field_names_groups_and_flags(menu):
+    profile = menu_profile(menu, {})
+    form = Form(render([profile], {}))
+    assert form.hidden == {"profile": "thinkube"}
+    assert list(form.selects) == FIELDS
+    assert form.values("profile-option-thinkube--image") == ["scipy", "minimal", "pytorch-cuda"]
+    where = "profile-option-thinkube--where"
+    assert form.values(where) == [p.key for p in menu.placements]
+    assert set(form.groups()) == {
+        "Anywhere",
+        "GPU models",
+        "Nodes with NVIDIA A100 SXM4 80GB",
+        "Nodes with NVIDIA GB10",
+        "Nodes with NVIDIA GeForce RTX 3090",
+        "Nodes with NVIDIA GeForce RTX 4090",
+        "Nodes with NVIDIA L4",
+        "CPU nodes",
+    }
+    assert form.values(where, group="Nodes with NVIDIA A100 SXM4 80GB") == [
+        "node:gpu-b",
+        "node:gpu-a",
+    ]
+    assert form.values(where, disabled=True) == ["gpu:nvidia-l4", "node:gpu-l4", "node:infra-1"]
+    assert form.values("profile-option-thinkube--gpus", disabled=True) == ["8"]
+    texts = {o["value"]: o["text"] for o in form.selects[where]}
+    assert (
+        texts["node:gpu-node-3"]
+        == "gpu-node-3: 12/32 CPU, 40/127 GiB, 1/2 × NVIDIA GeForce RTX 4090 free"
+    )
+    assert (
+        texts["gpu:nvidia-a100-sxm4-80gb"]
+        == "Any node with a free NVIDIA A100 SXM4 80GB (4 free on 1 node, 80 GiB)"
+    )
+    image_texts = {o["value"]: o["text"] for o in form.selects["profile-option-thinkube--image"]}
+    assert image_texts["pytorch-cuda"] == "PyTorch (CUDA 12) (GPU)"
+    assert form.selected() == dict(zip(FIELDS, ["scipy", "cpu", "2", "8", "0"], strict=True))
+    assert "thinkube-stale" not in form.ids and "thinkube-unavailable" not in form.ids
+    assert json.loads(form.scripts["thinkube-data"]) == profile["thinkube"]
+
+
+def test_the_rendered_form_preselects_the_last_choices(menu):
+    last = {
+        "profile": "thinkube",
+        "image": "pytorch-cuda",
+        "where": "node:gpu-b",
+        "cpu": "8",
+        "memory": "32",
+        "gpus": "2",
+    }
+    form = Form(render([menu_profile(menu, last)], last))
+    assert form.selected() == dict(
+        zip(FIELDS, ["pytorch-cuda", "node:gpu-b", "8", "32", "2"], strict=True)
+    )
+    # exactly one option selected per field
+    assert all(sum(o["selected"] for o in options) == 1 for options in form.selects.values())
+
+
+def test_the_rendered_form_says_when_the_data_is_stale():
+    menu = lab_menu(freshness=STALE)
+    form = Form(render([menu_profile(menu, {})], {}))
+    assert form.ids["thinkube-stale"].startswith(
+        "The availability data is 68 s old: the cluster cannot be reached right now"
+    )
+    assert "Your choice is checked again when you start." in form.ids["thinkube-stale"]
+    assert form.ids["thinkube-age"] == "Availability as of 68 s ago."
+    assert json.loads(form.scripts["thinkube-data"])["stale"] is True
+
+
+def test_the_rendered_form_shows_the_age_of_fresh_data(menu):
+    form = Form(render([menu_profile(menu, {})], {}))
+    assert form.ids["thinkube-age"] == "Availability as of 3 s ago."
+
+
+def test_the_rendered_form_keeps_the_menus_group_order(menu):
+    form = Form(render([menu_profile(menu, {})], {}))
+    assert form.groups() == list(dict.fromkeys(p.group for p in menu.placements))
+
+
+def test_catalog_text_is_escaped_in_the_rendered_form(menu):
+    menu.images[0] = dict(
+        menu.images[0], display_name="Sci<b>Py</b>", description='Say "hi" & <script>x()</script>'
+    )
+    form = Form(render([menu_profile(menu, {})], {}))
+    option = form.selects["profile-option-thinkube--image"][0]
+    assert (option["text"], option["title"]) == ("Sci<b>Py</b>", 'Say "hi" & <script>x()</script>')
+
+
+def test_the_embedded_json_survives_markup_in_catalog_text(menu):
+    menu.images[0] = dict(
+        menu.images[0], metadata={**menu.images[0]["metadata"], "mem_limit": "</script><b>"}
+    )
+    html = render([menu_profile(menu, {})], {})
+    data = json.loads(Form(html).scripts["thinkube-data"])
+    assert data["images"]["scipy"]["mem_limit"] == "</script><b>"
+    assert "</script><b>" not in html
+
+
+def test_a_long_node_list_says_how_many_are_left_out():
+    nodes = [make_node(f"node-{i:04d}", 16, 64, None, i) for i in range(60)]
+    menu = lab_menu(nodes=nodes, pods=[], settings=MenuSettings(max_nodes_listed=25))
+    html = render([menu_profile(menu, {})], {})
+    form = Form(html)
+    assert len(form.values("profile-option-thinkube--where", group="CPU nodes")) == 25
+    assert '35 more nodes are not listed; "Any node with a free …" considers them all.' in html
+
+
+def test_the_rendered_form_when_the_service_is_down_offers_nothing():
+    message = "The availability service cannot be reached (ConnectError)."
+    html = render([unavailable_profile(message)], {})
+    form = Form(html)
+    assert form.selects == {}
+    assert form.ids["thinkube-unavailable"] == (
+        f"{message} Nothing can be started until it answers; reload this page to try again."
+    )
+    assert "thinkube-data" not in form.scripts
+    assert "#spawn_form button[type=submit] { display: none; }" in html
+
+
+# --- through the spawner: kubespawner's own rendering and profile handling ---------------
+
+
+async def test_the_spawner_renders_this_form_through_kubespawner():
+    availability = FakeAvailability(freshness=FRESH)
+    spawner = make_spawner(availability)
+    html = await spawner._render_options_form_dynamically(spawner)
+    profile = menu_profile(lab_menu(freshness=FRESH), {})
+    assert html == render([profile], {})
+    assert availability.calls == 1
+    # kubespawner evaluates the profile list again at start: the cached menu answers
+    await spawner._render_options_form_dynamically(spawner)
+    assert availability.calls == 1
+
+
+async def test_the_spawner_preselects_its_last_user_options():
+    spawner = make_spawner()
+    spawner.user_options = {
+        "profile": "thinkube",
+        "image": "minimal",
+        "where": "node:cpu-node-1",
+        "cpu": "1",
+        "memory": "4",
+        "gpus": "0",
+    }
+    form = Form(await spawner._render_options_form_dynamically(spawner))
+    assert form.selected() == dict(
+        zip(FIELDS, ["minimal", "node:cpu-node-1", "1", "4", "0"], strict=True)
+    )
+
+
+async def test_the_spawner_renders_the_unavailable_page_when_the_service_is_down():
+    spawner = make_spawner(
+        FakeAvailability(error="The availability service cannot be reached (ConnectError).")
+    )
+    form = Form(await spawner._render_options_form_dynamically(spawner))
+    assert form.selects == {}
+    assert form.ids["thinkube-unavailable"].startswith(
+        "The availability service cannot be reached (ConnectError)."
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {
+            "image": "pytorch-cuda",
+            "where": "gpu:nvidia-a100-sxm4-80gb",
+            "cpu": "8",
+            "memory": "32",
+            "gpus": "4",
+        },
+        {"image": "pytorch-cuda", "where": "node:ts-3090", "cpu": "4", "memory": "16", "gpus": 2},
+        {"image": "minimal", "where": "node:gpu-a", "cpu": 1.0, "memory": " 4", "gpus": "0e0"},
+    ],
+)
+async def test_kubespawner_finds_every_canonical_choice_in_the_profile(options):
+    """kubespawner looks each user option up in the profile's choices (KeyError otherwise):
+    the canonical options of a checked choice are always there."""
+    menu = lab_menu(pods=[*lab_pods(), pod("gpu-b", "x", "1", "1Gi")])
+    spawner = make_spawner()
+    canonical = check_choice(options, menu).as_user_options()
+    profile_list = spawner._get_initialized_profile_list([menu_profile(menu, canonical)])
+    spawner.user_options = canonical
+    spawner._validate_user_options(profile_list)
+    spawner._load_profile(canonical["profile"], profile_list)
+    assert defaults(profile_list[0]) == {k: v for k, v in canonical.items() if k != "profile"}

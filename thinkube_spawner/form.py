@@ -1,0 +1,203 @@
+"""What the form template gets: the menu as a kubespawner profile (its options are the
+form's fields, named as kubespawner names them), plus the data the page's script uses to
+narrow the choices in the browser. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub_service.quantity import QuantityError, parse_quantity
+
+from .menu import GIB, PROFILE_SLUG, Choice, Menu, Placement
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def _slots_data(placement: Placement) -> dict:
+    return {
+        "slots": [
+            {
+                "node": s.node,
+                "cpu": s.cpu,
+                "memory": s.memory,
+                "gpus": s.gpus,
+                "gpu_ok": s.gpu_taint_only,
+                "cpu_ok": s.untainted,
+            }
+            for s in placement.slots
+        ]
+    }
+
+
+def fits_anywhere(
+    menu: Menu, cpu: float | None = None, memory_gib: int | None = None, gpus: int = 0
+) -> bool:
+    settings = menu.settings
+    cpu_request = (cpu or 0) * settings.cpu_guarantee_ratio
+    memory_request = int((memory_gib or 0) * GIB * settings.mem_guarantee_ratio)
+    return any(
+        p.fits(cpu_request, memory_request, gpus)
+        for p in menu.placements
+        if (p.gpu_resource or not gpus)
+    )
+
+
+def _choices(values, label, selected: str | None, fits, default_index: int) -> dict[str, dict]:
+    keys = [_fmt(v) for v in values]
+    usable = {key: fits(value) for key, value in zip(keys, values, strict=True)}
+    chosen = (
+        selected if selected in keys else keys[min(default_index, len(keys) - 1)] if keys else None
+    )
+    if chosen is not None and not usable[chosen] and any(usable.values()):
+        # A disabled option is not submitted: preselect the largest usable value below it
+        # (the first usable one when there is none), as the page's script does.
+        below = [key for key in keys[: keys.index(chosen)] if usable[key]]
+        chosen = below[-1] if below else next(key for key in keys if usable[key])
+    return {
+        key: {"display_name": label(value), "default": key == chosen, "disabled": not usable[key]}
+        for key, value in zip(keys, values, strict=True)
+    }
+
+
+def menu_profile(menu: Menu, user_options: dict[str, Any]) -> dict:
+    """One kubespawner profile whose options are the menu, last choices preselected."""
+    settings = menu.settings
+    last = {k: str(v) for k, v in (user_options or {}).items() if v is not None}
+    default_image = next(
+        (i["name"] for i in menu.images if i.get("default")),
+        menu.images[0]["name"] if menu.images else None,
+    )
+    image_choice = (
+        last.get("image")
+        if any(i["name"] == last.get("image") for i in menu.images)
+        else default_image
+    )
+    where_choice = last.get("where") if menu.placement(last.get("where", "")) else "cpu"
+    where = menu.placement(where_choice)
+    if where is None or where.disabled:  # not submittable: preselect one that is offered
+        where = next((p for p in menu.placements if not p.disabled), where)
+        where_choice = where.key if where else where_choice
+    # A GPU model placement needs GPUs: without a last choice, preselect the fewest offered.
+    gpu_default = (
+        next((i for i, v in enumerate(settings.gpu_choices) if v > 0), 0)
+        if where and where.kind == "gpu"
+        else 0
+    )
+    return {
+        "display_name": "Thinkube",
+        "slug": PROFILE_SLUG,
+        "default": True,
+        "profile_options": {
+            "image": {
+                "display_name": "Image",
+                "choices": {
+                    i["name"]: {
+                        "display_name": i.get("display_name", i["name"]),
+                        "description": i.get("description", ""),
+                        "default": i["name"] == image_choice,
+                        "gpu_required": bool((i.get("metadata") or {}).get("gpu_required")),
+                    }
+                    for i in menu.images
+                },
+            },
+            "where": {
+                "display_name": "Where",
+                "groups": list(dict.fromkeys(p.group for p in menu.placements)),
+                "choices": {
+                    p.key: {
+                        "display_name": p.label,
+                        "default": p.key == where_choice,
+                        "disabled": p.disabled,
+                        "group": p.group,
+                        "kind": p.kind,
+                    }
+                    for p in menu.placements
+                },
+            },
+            "cpu": {
+                "display_name": "CPUs",
+                "choices": _choices(
+                    settings.cpu_choices,
+                    lambda v: f"{_fmt(v)} CPU{'s' if v != 1 else ''}",
+                    last.get("cpu"),
+                    lambda v: fits_anywhere(menu, cpu=v),
+                    1,
+                ),
+            },
+            "memory": {
+                "display_name": "Memory",
+                "choices": _choices(
+                    settings.memory_choices_gib,
+                    lambda v: f"{v} GiB",
+                    last.get("memory"),
+                    lambda v: fits_anywhere(menu, memory_gib=v),
+                    2,
+                ),
+            },
+            "gpus": {
+                "display_name": "GPUs",
+                "choices": _choices(
+                    settings.gpu_choices,
+                    lambda v: f"{v} GPU{'s' if v != 1 else ''}" if v else "No GPU",
+                    last.get("gpus"),
+                    lambda v: fits_anywhere(menu, gpus=v),
+                    gpu_default,
+                ),
+            },
+        },
+        "thinkube": {
+            "generated_at": menu.generated_at,
+            "stale": menu.stale,
+            "age_seconds": menu.age_seconds,
+            "nodes_hidden": menu.nodes_hidden,
+            "cpu_ratio": settings.cpu_guarantee_ratio,
+            "mem_ratio": settings.mem_guarantee_ratio,
+            "images": {i["name"]: _image_limits(i) for i in menu.images},
+            "placements": {
+                p.key: {"kind": p.kind, "gpu_resource": p.gpu_resource, **_slots_data(p)}
+                for p in menu.placements
+            },
+        },
+    }
+
+
+def _image_limits(image: dict) -> dict:
+    metadata = dict(image.get("metadata") or {})
+    try:
+        if metadata.get("mem_limit"):
+            metadata["mem_limit_bytes"] = int(parse_quantity(metadata["mem_limit"]))
+    except QuantityError:
+        pass  # the catalog validates entries; the server checks the choice either way
+    return metadata
+
+
+def unavailable_profile(message: str) -> dict:
+    """What the form shows when the availability service cannot be reached: no choices."""
+    return {
+        "display_name": "Thinkube",
+        "slug": PROFILE_SLUG,
+        "default": True,
+        "profile_options": {},
+        "thinkube": {"error": message},
+    }
+
+
+def progress_message(event: dict, choice: Choice | None) -> str:
+    reason, message = event.get("reason", ""), event.get("message", "")
+    if reason == "Scheduled":
+        node = message.rsplit(" to ", 1)[-1]
+        model = (
+            f" ({choice.placement.gpu_model})"
+            if choice and choice.gpus and choice.placement.gpu_model
+            else ""
+        )
+        return f"Scheduled on {node}{model}"
+    if reason == "FailedScheduling":
+        return f"Waiting for a node: {message}"
+    if reason in ("Pulling", "Pulled"):
+        return f"Pulling image: {message}"
+    if reason in ("Created", "Started"):
+        return f"Starting: {message}"
+    return f"[{event.get('type', 'Normal')}] {reason}: {message}"

@@ -1,0 +1,389 @@
+"""ThinkubeSpawner: kubespawner with a spawn form built from live availability.
+
+The form is kubespawner's own mechanism: `profile_list` is a callable that returns one
+profile ("thinkube") whose options come from the availability service, rendered with our
+template. At start, `load_user_options` fetches fresh availability, checks the choice
+(`menu.check_choice`), then applies it to the pod through the pure builders in
+`shaping.py`. While the pod waits for a node, the scheduler's events are watched; a
+scheduling failure that outlasts a short grace period deletes the pod and fails the spawn
+with the scheduler's reason and where there is room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from kubespawner import KubeSpawner
+from traitlets import Dict, Float, Integer, List, Unicode, Union, default
+
+from .availability import AvailabilityClient, ServiceUnavailable
+from .errors import spawn_error
+from .menu import PROFILE_SLUG, ChoiceError, Menu, MenuSettings, build_menu, check_choice
+from .shaping import PodSettings, SharedVolume, StorageSettings, merge_by_name, spawner_overrides
+
+TEMPLATES = Path(__file__).parent / "templates"
+# Scheduler reasons that waiting will not fix (short of a node being added).
+UNSCHEDULABLE_MARKERS = (
+    "Insufficient ",
+    "didn't match Pod's node affinity/selector",
+    "had untolerated taint",
+    "Too many pods",
+)
+
+
+def _service_from_hub_config(name: str) -> dict:
+    """The hub's own entry for the availability service, when it manages it."""
+    try:
+        from jupyterhub.app import JupyterHub
+
+        if JupyterHub.initialized():
+            return next((s for s in JupyterHub.instance().services if s.get("name") == name), {})
+    except Exception:  # the hub's config is optional here; fall back to our defaults
+        return {}
+    return {}
+
+
+class ThinkubeSpawner(KubeSpawner):
+    # -- the availability service ------------------------------------------------------
+
+    availability_service_name = Unicode(
+        "thinkube-resources",
+        config=True,
+        help="Name of the availability service in `c.JupyterHub.services`, e.g. `thinkube-resources`.",
+    )
+    availability_url = Unicode(
+        config=True,
+        help="Base URL of the availability service, reached directly (not through the proxy), "
+        "e.g. `http://hub:8181/services/thinkube-resources/`. Default: from the service's "
+        "entry in `c.JupyterHub.services`.",
+    )
+
+    @default("availability_url")
+    def _default_availability_url(self) -> str:
+        service = _service_from_hub_config(self.availability_service_name)
+        base = (service.get("url") or "http://127.0.0.1:8181").rstrip("/")
+        prefix = getattr(self.hub, "base_url", "/") if self.hub else "/"
+        return f"{base}{prefix.rstrip('/')}/services/{self.availability_service_name}/"
+
+    availability_token = Unicode(
+        config=True,
+        help="Hub API token with access to the availability service (a role with "
+        "`access:services!service=thinkube-resources`). Default: the `api_token` of the "
+        "service's entry in `c.JupyterHub.services`, else $THINKUBE_SERVICE_TOKEN.",
+    )
+
+    @default("availability_token")
+    def _default_availability_token(self) -> str:
+        import os
+
+        service = _service_from_hub_config(self.availability_service_name)
+        return service.get("api_token") or os.environ.get("THINKUBE_SERVICE_TOKEN", "")
+
+    availability_timeout = Float(
+        5.0, config=True, help="Seconds to wait for the availability service, e.g. `5`."
+    )
+    menu_cache_seconds = Float(
+        10.0,
+        config=True,
+        help="Reuse availability fetched for the form this long (kubespawner evaluates the "
+        "profile list more than once per spawn), e.g. `10`. The check at submit always fetches.",
+    )
+
+    # -- the form ------------------------------------------------------------------------
+
+    cpu_choices = List(
+        Float(), [1, 2, 4, 8, 16, 32], config=True, help="CPU limits offered, e.g. `[1, 2, 4, 8]`."
+    )
+    memory_choices = List(
+        Integer(),
+        [2, 4, 8, 16, 32, 64, 128],
+        config=True,
+        help="Memory limits offered in GiB, e.g. `[4, 16, 64]`.",
+    )
+    gpu_choices = List(
+        Integer(), [0, 1, 2, 4, 8], config=True, help="GPU counts offered, e.g. `[0, 1, 2]`."
+    )
+    cpu_guarantee_ratio = Float(
+        0.5,
+        config=True,
+        help="CPU guarantee (request) as a fraction of the chosen limit, e.g. `0.5`.",
+    )
+    mem_guarantee_ratio = Float(
+        1.0,
+        config=True,
+        help="Memory guarantee (request) as a fraction of the chosen limit, e.g. `1.0`.",
+    )
+    max_nodes_listed = Integer(
+        50,
+        config=True,
+        help="Most specific nodes listed in the form (the roomiest first); 'any node with a "
+        "free <model>' is always offered. E.g. `50`.",
+    )
+    tolerated_gpu_taints = List(
+        Unicode(),
+        ["nvidia.com/gpu"],
+        config=True,
+        help="Taint keys GPU servers tolerate (NoSchedule), e.g. `['nvidia.com/gpu']`.",
+    )
+
+    # -- storage -------------------------------------------------------------------------
+
+    shared_volumes = List(
+        Dict(),
+        [
+            {"claim": "thinkube-notebooks", "mount_path": "/home/jovyan/notebooks"},
+            {"claim": "thinkube-datasets", "mount_path": "/datasets"},
+            {"claim": "thinkube-models", "mount_path": "/models"},
+        ],
+        config=True,
+        help="ReadWriteMany claims mounted into every server: dicts with `claim`, "
+        "`mount_path` and optional `read_only`, e.g. "
+        "`[{'claim': 'thinkube-datasets', 'mount_path': '/datasets', 'read_only': True}]`. "
+        "`[]` mounts none.",
+    )
+    scratch_size_limit = Union(
+        [Unicode(), Integer()],
+        default_value="100Gi",
+        allow_none=True,
+        config=True,
+        help="sizeLimit of the emptyDir scratch volume, e.g. `'50Gi'`; None for no scratch volume.",
+    )
+    scratch_path = Unicode(
+        "/home/jovyan/scratch", config=True, help="Where scratch is mounted, e.g. `/scratch`."
+    )
+
+    # -- failing fast --------------------------------------------------------------------
+
+    fail_fast_seconds = Float(
+        10.0,
+        config=True,
+        help="How long the scheduler may report a pod unschedulable (insufficient resources, "
+        "unmatched affinity) before the spawn fails with its reason, instead of waiting "
+        "out start_timeout. E.g. `10`; 0 turns fail-fast off.",
+    )
+    scale_up_grace_seconds = Float(
+        300.0,
+        config=True,
+        help="Extra wait when a cluster autoscaler reports a scale-up for the pod "
+        "(event TriggeredScaleUp), e.g. `300`.",
+    )
+
+    # -- profile_list wiring -------------------------------------------------------------
+
+    @default("profile_list")
+    def _default_profile_list(self):
+        return self._thinkube_profile_list
+
+    @default("additional_profile_form_template_paths")
+    def _default_template_paths(self) -> list[str]:
+        return [str(TEMPLATES)]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._menu_cache: tuple[float, Menu] | None = None
+        self._availability_client: AvailabilityClient | None = None
+
+    @property
+    def availability(self) -> AvailabilityClient:
+        if self._availability_client is None:
+            self._availability_client = AvailabilityClient(
+                self.availability_url, self.availability_token, self.availability_timeout
+            )
+        return self._availability_client
+
+    def menu_settings(self) -> MenuSettings:
+        return MenuSettings(
+            cpu_choices=tuple(self.cpu_choices),
+            memory_choices_gib=tuple(self.memory_choices),
+            gpu_choices=tuple(self.gpu_choices),
+            cpu_guarantee_ratio=self.cpu_guarantee_ratio,
+            mem_guarantee_ratio=self.mem_guarantee_ratio,
+            max_nodes_listed=self.max_nodes_listed,
+            tolerated_taints=tuple(self.tolerated_gpu_taints),
+        )
+
+    def pod_settings(self) -> PodSettings:
+        shared = tuple(
+            SharedVolume(v["claim"], v["mount_path"], bool(v.get("read_only")))
+            for v in self.shared_volumes
+        )
+        limit = self.scratch_size_limit
+        return PodSettings(
+            StorageSettings(
+                shared,
+                self.scratch_path,
+                str(limit) if limit else None,
+                bool(shared) or bool(limit),
+            )
+        )
+
+    async def menu(self, fresh: bool = False) -> Menu:
+        if (
+            not fresh
+            and self._menu_cache
+            and time.monotonic() - self._menu_cache[0] < self.menu_cache_seconds
+        ):
+            return self._menu_cache[1]
+        data = await self.availability.fetch()
+        freshness = {k: data.get(k) for k in ("generated_at", "stale", "age_seconds")}
+        menu = build_menu(
+            data["nodes"], data["summary"], data["images"], self.menu_settings(), freshness
+        )
+        self._menu_cache = (time.monotonic(), menu)
+        return menu
+
+    async def _thinkube_profile_list(self, spawner: KubeSpawner) -> list[dict]:
+        """kubespawner's callable profile_list: one profile whose options are the menu."""
+        from .form import menu_profile, unavailable_profile
+
+        try:
+            menu = await self.menu()
+        except ServiceUnavailable as err:
+            self.log.warning("Spawn form for %s: %s", self.user.name, err)
+            return [unavailable_profile(str(err))]
+        return [menu_profile(menu, self.user_options or {})]
+
+    # -- start ---------------------------------------------------------------------------
+
+    async def load_user_options(self) -> None:
+        """Check the choice against fresh availability, then shape the pod from it."""
+        try:
+            menu = await self.menu(fresh=True)
+        except ServiceUnavailable as err:
+            raise spawn_error(
+                f"{err} Nothing was started; try again in a moment.",
+                reason="availability",
+                status_code=503,
+            ) from None
+        options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
+        try:
+            choice = check_choice(options, menu)
+        except ChoiceError as err:
+            self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
+            raise spawn_error(
+                str(err),
+                reason="invalid-choice" if "now" not in str(err) else "capacity",
+                status_code=409 if "now" in str(err) else 400,
+            ) from None
+        # The menu's own keys, which kubespawner then finds in the profile's choices.
+        self.user_options = choice.as_user_options()
+        await super().load_user_options()
+        overrides = spawner_overrides(choice, self.pod_settings())
+        for name in ("volumes", "volume_mounts", "tolerations"):
+            overrides[name] = merge_by_name(
+                list(getattr(self, name)),
+                overrides[name],
+                "mountPath"
+                if name == "volume_mounts"
+                else "key"
+                if name == "tolerations"
+                else "name",
+            )
+        for name, value in overrides.items():
+            setattr(self, name, value)
+        self.thinkube_choice = choice
+        self.log.info(
+            "Spawning %s: %s on %s, %s CPU, %s GiB, %d GPU(s)",
+            self._log_name,
+            choice.image["name"],
+            choice.node or choice.placement.label,
+            choice.cpu,
+            choice.memory_gib,
+            choice.gpus,
+        )
+
+    def start(self):
+        start_future = super().start()
+        if not self.fail_fast_seconds:
+            return start_future
+        return asyncio.ensure_future(self._start_or_fail_fast(start_future))
+
+    async def _start_or_fail_fast(self, start_future: asyncio.Future):
+        watcher = asyncio.ensure_future(self._watch_scheduling())
+        try:
+            done, _ = await asyncio.wait(
+                {start_future, watcher}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if start_future in done:
+                return start_future.result()
+            failure = watcher.result()
+        finally:
+            watcher.cancel()
+        start_future.cancel()
+        await asyncio.gather(start_future, return_exceptions=True)
+        await self.stop(now=True)
+        raise spawn_error(
+            await self._unschedulable_message(failure), reason="unschedulable", status_code=503
+        )
+
+    def _scheduling_events(self) -> list[dict]:
+        return list(self.events)  # kubespawner's: this pod's events since this start
+
+    async def _watch_scheduling(self) -> str:
+        """Return the scheduler's message once the pod has been unschedulable for too long."""
+        first_seen: float | None = None
+        while True:
+            await asyncio.sleep(0.25)
+            pod = (
+                self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}")
+                if self.pod_reflector
+                else None
+            )
+            if pod is not None and (pod.get("spec") or {}).get("nodeName"):
+                # Scheduled: the rest is kubespawner's; wait to be cancelled when start ends.
+                await asyncio.Event().wait()
+            events = self._scheduling_events()
+            failures = [e for e in events if e.get("reason") == "FailedScheduling"]
+            if not failures:
+                continue
+            latest = failures[-1]
+            if not any(marker in (latest.get("message") or "") for marker in UNSCHEDULABLE_MARKERS):
+                continue
+            if first_seen is None:
+                first_seen = time.monotonic()
+            grace = self.fail_fast_seconds
+            if any(e.get("reason") == "TriggeredScaleUp" for e in events):
+                grace += self.scale_up_grace_seconds
+            if time.monotonic() - first_seen >= grace:
+                return latest["message"]
+
+    async def _unschedulable_message(self, scheduler_message: str) -> str:
+        text = f"The scheduler could not place your server: {scheduler_message}"
+        choice = getattr(self, "thinkube_choice", None)
+        if choice is None:
+            return text
+        try:
+            menu = await self.menu(fresh=True)
+        except ServiceUnavailable:
+            return text
+        from .menu import no_room_message
+
+        placement = menu.placement(choice.placement.key)
+        if placement is not None:
+            return f"{text} {no_room_message(placement, menu, choice.cpu_request, choice.memory_request, choice.gpus)}"
+        return text
+
+    async def progress(self):
+        """Real steps: waiting for a node, scheduled, pulling, starting, with the events."""
+        from .form import progress_message
+
+        await self._start_watching_events()
+        yield {"progress": 5, "message": "Waiting for a node"}
+        seen: set[tuple] = set()
+        percent = 10
+        # JupyterHub stops reading once the spawn ends.
+        while True:
+            for event in self._scheduling_events():
+                key = (event["metadata"].get("uid"), event.get("count"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                percent = min(95, percent + 10)
+                yield {
+                    "progress": percent,
+                    "message": progress_message(event, getattr(self, "thinkube_choice", None)),
+                }
+            await asyncio.sleep(0.5)
