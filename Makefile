@@ -14,15 +14,16 @@ help:
 	@echo "make test  - install everything and run the test suite"
 	@echo "make test-jh55 - the end-to-end tests on JupyterHub 5.5"
 	@echo "make lint  - ruff"
-	@echo "make dev   - a real hub + the availability service against kubesim"
+	@echo "make dev   - a real hub + the availability service against kubesim (http://127.0.0.1:8000/)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Reinstall when the package metadata changes.
+# Reinstall when the package metadata changes. torch is pinned to the CPU build this
+# machine image carries (the notebooks' LoRA test); an unpinned torch pulls a CUDA build.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,notebooks]' 'torch==2.13.0'
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -54,6 +55,18 @@ test-jh55: $(JH55_VENV)/.installed node_modules/.installed
 run: deps
 	@echo "make run: the single-machine hub ('thinkube hub') arrives with the single-machine issue."
 	@echo "Until then, 'make dev' runs a real hub against the Kubernetes emulator."
+
+# A real JupyterHub with thinkube-resources as a managed service, against kubesim started
+# alongside (20 nodes, 6 with GPUs, 300 pods). Log in with any name; Ctrl-C stops both.
+DEV_DIR ?= /tmp/thinkube-dev
+dev: deps
+	@mkdir -p $(DEV_DIR)
+	@rm -f $(DEV_DIR)/kubeconfig
+	@$(PY) -m tests.kubesim --port 0 --nodes 20 --gpu-nodes 6 --pods 300 \
+		--kubeconfig $(DEV_DIR)/kubeconfig & KUBESIM=$$!; \
+	trap 'kill $$KUBESIM 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq 100); do [ -s $(DEV_DIR)/kubeconfig ] && break; sleep 0.1; done; \
+	THINKUBE_DEV_DIR=$(DEV_DIR) $(VENV)/bin/jupyterhub -f examples/kubesim/jupyterhub_config.py
 
 clean:
 	rm -rf $(VENV) $(JH55_VENV) node_modules test-artifacts .pytest_cache .ruff_cache

@@ -3,7 +3,7 @@
 Run by the hub as a managed service (`python -m hub_service`); it reads the JUPYTERHUB_*
 environment the hub gives it. Every option is a traitlet, settable in a config file
 (`--config thinkube_service_config.py`) or on the command line
-(`--ThinkubeService.inventory=local`).
+(`--ThinkubeService.debounce_seconds=0.05`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from tornado.httpserver import HTTPServer
 from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import Application
 
-from .catalog import DEFAULT_IMAGES, Catalog
-from .handlers import OPENAPI_PATH, routes
+from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
+from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
 from .inventory import Inventory, KubernetesInventory
 
 
@@ -47,7 +47,20 @@ class ThinkubeService(Application):
         "kubeconfig": "ThinkubeService.kubeconfig",
         "db-url": "ThinkubeService.db_url",
         "log-level": "Application.log_level",
+        "log-file": "ThinkubeService.log_file",
     }
+
+    @default("log_format")
+    def _default_log_format(self) -> str:
+        return "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s] %(message)s"
+
+    @default("log_datefmt")
+    def _default_log_datefmt(self) -> str:
+        return "%Y-%m-%d %H:%M:%S"
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
 
     config_file = Unicode(
         "",
@@ -109,7 +122,8 @@ class ThinkubeService(Application):
     inventory = Unicode(
         "kubernetes",
         config=True,
-        help="Where availability comes from: `kubernetes` (watch Nodes and Pods) or `local` (this machine).",
+        help="Where availability comes from: `kubernetes` (watch Nodes and Pods cluster-wide). "
+        "E.g. `kubernetes`.",
     )
     kubeconfig = Unicode(
         "",
@@ -128,6 +142,18 @@ class ThinkubeService(Application):
         300,
         config=True,
         help="Ask the API server to end each watch after this long (it is then resumed), e.g. `300`.",
+    )
+    max_backoff_seconds = Float(
+        10.0,
+        config=True,
+        help="Longest wait between attempts to reach the Kubernetes API after a failure (the "
+        "wait doubles from 0.5 s up to this). E.g. `10`.",
+    )
+    log_file = Unicode(
+        "",
+        config=True,
+        help="Also append the log to this file; empty: stderr only (the hub's log). "
+        "E.g. `/var/log/thinkube-resources.log`.",
     )
     dcgm_endpoints = List(
         Unicode(),
@@ -188,10 +214,33 @@ class ThinkubeService(Application):
             # The command line wins over the file.
             if self.cli_config:
                 self.update_config(self.cli_config)
+        self._init_logging()
+        if not os.environ.get("JUPYTERHUB_API_TOKEN"):
+            raise ServiceConfigError(
+                "JUPYTERHUB_API_TOKEN is not set: run this service from JupyterHub "
+                "(c.JupyterHub.services, see docs/service.md)"
+            )
         self.hub_auth = HubOAuth(parent=self, cache_max_age=60)
         self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="thinkube-db")
         self.openapi_bytes = OPENAPI_PATH.read_bytes()
         self._setup_metrics()
+
+    def _init_logging(self) -> None:
+        """The service's own loggers (thinkube.*), tornado's and asyncio's go where the
+        application log goes (stderr, i.e. the hub's log, plus `log_file` if set)."""
+        handlers = list(self.log.handlers)
+        if self.log_file:
+            file_handler = logging.FileHandler(os.path.expanduser(self.log_file))
+            file_handler.setLevel(self.log_level)
+            if handlers:
+                file_handler.setFormatter(handlers[0].formatter)
+            self.log.addHandler(file_handler)
+            handlers.append(file_handler)
+        for name in ("thinkube", "tornado", "asyncio"):
+            logger = logging.getLogger(name)
+            logger.handlers = handlers
+            logger.setLevel(self.log_level)
+            logger.propagate = False
 
     def _setup_metrics(self) -> None:
         self.registry = CollectorRegistry()
@@ -203,14 +252,28 @@ class ThinkubeService(Application):
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.watch_restarts = Gauge(
-            "thinkube_watch_restarts", "Watch restarts since start", registry=self.registry
+            "thinkube_watch_restarts",
+            "Watches resumed or relisted since start",
+            registry=self.registry,
+        )
+        self.watch_relists = Gauge(
+            "thinkube_watch_relists",
+            "Full relists after 410 Gone since start",
+            registry=self.registry,
         )
         self.watch_errors = Gauge(
-            "thinkube_watch_errors", "Watch errors since start", registry=self.registry
+            "thinkube_watch_errors",
+            "Failed lists or watches (Kubernetes unreachable, errors) since start",
+            registry=self.registry,
         )
         self.inventory_age = Gauge(
             "thinkube_inventory_age_seconds",
-            "Seconds since the published data was built",
+            "How long the data may have been out of date: 0 while the watches are healthy",
+            registry=self.registry,
+        )
+        self.inventory_ready = Gauge(
+            "thinkube_inventory_ready",
+            "1 once listed and while the watches are connected",
             registry=self.registry,
         )
         self.inventory_stale = Gauge(
@@ -240,9 +303,12 @@ class ThinkubeService(Application):
         published = inventory.published
         stats = inventory.stats()
         self.watch_restarts.set(stats.get("watch_restarts", 0))
+        self.watch_relists.set(stats.get("watch_relists", 0))
         self.watch_errors.set(stats.get("watch_errors", 0))
-        self.inventory_age.set(time.monotonic() - published.built_at if published.built_at else 0)
-        self.inventory_stale.set(1 if inventory.stale_since() is not None else 0)
+        since = inventory.stale_since()
+        self.inventory_age.set(max(0.0, time.time() - since) if since is not None else 0)
+        self.inventory_stale.set(1 if since is not None else 0)
+        self.inventory_ready.set(1 if inventory.ready else 0)
         self.node_count.set(published.node_count)
         self.pod_count.set(published.pod_count)
         for kind, count in (stats.get("skipped") or {}).items():
@@ -261,12 +327,16 @@ class ThinkubeService(Application):
                 watch_timeout_s=self.watch_timeout_seconds,
                 dcgm_endpoints=self.dcgm_endpoints,
                 dcgm_interval_s=self.dcgm_interval_seconds,
+                max_backoff_s=self.max_backoff_seconds,
             )
-        raise ValueError(f"unknown inventory {self.inventory!r}: use 'kubernetes' or 'local'")
+        raise ServiceConfigError(
+            f"unknown inventory {self.inventory!r}: this version serves 'kubernetes'"
+        )
 
     def make_app(self) -> web.Application:
         return web.Application(
             routes(self.service_prefix),
+            default_handler_class=NotFoundHandler,
             service=self,
             cookie_secret=secrets.token_bytes(32),
             log_function=self._log_request,
@@ -274,9 +344,10 @@ class ThinkubeService(Application):
 
     def _log_request(self, handler: web.RequestHandler) -> None:
         status = handler.get_status()
-        level = (
-            logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-        )
+        if status < 400 or (status == 503 and isinstance(handler, ReadyHandler)):
+            level = logging.DEBUG  # not ready is logged once, when it happens, by the inventory
+        else:
+            level = logging.WARNING if status < 500 else logging.ERROR
         # Never the query string: it may carry a token.
         self.log.log(
             level,
@@ -288,9 +359,12 @@ class ThinkubeService(Application):
         )
 
     async def start_async(self) -> HTTPServer:
+        """Open the catalog, listen, and start the inventory in the background. Kubernetes
+        being unreachable is not an error here (the service serves not-ready until it is
+        reachable); a bad catalog URL or seed is, since it will not fix itself."""
+        self.source = self.make_inventory()
         self.catalog = Catalog(self.db_url)
         self.catalog.seed(self.seed_images)
-        self.source = self.make_inventory()
         server = HTTPServer(self.make_app(), xheaders=True)
         server.listen(self.port, self.ip)
         await self.source.start()
@@ -309,6 +383,8 @@ class ThinkubeService(Application):
         if self.source is not None:
             await self.source.stop()
         self._db_pool.shutdown(wait=False)
+        if self.catalog is not None:
+            self.catalog.close()
 
     def start(self) -> None:
         asyncio.run(self._serve())
@@ -325,10 +401,49 @@ class ThinkubeService(Application):
         await self.stop_async(server)
 
 
+def options_markdown() -> str:
+    """The table of ThinkubeService options for docs/service.md, made from the traits (a
+    test keeps the document in step with it)."""
+    flags = {
+        target.split(".", 1)[1]: f"--{alias}"
+        for alias, target in ThinkubeService.aliases.items()
+        if target.startswith("ThinkubeService.")
+    }
+    dynamic = {
+        name
+        for cls in ThinkubeService.__mro__
+        for name in getattr(cls, "_trait_default_generators", {})
+    }
+    rows = [
+        "| option | command line | type | default | what it does |",
+        "|---|---|---|---|---|",
+    ]
+    for name, trait in sorted(ThinkubeService.class_own_traits(config=True).items()):
+        if name in dynamic:
+            default = "computed: see its description"
+        else:
+            default = f"`{trait.default()!r}`"
+        help_text = " ".join(trait.help.split()).replace("|", "\\|")
+        flag = flags.get(name, f"--ThinkubeService.{name}=...")
+        rows.append(
+            f"| `ThinkubeService.{name}` | `{flag}` | {type(trait).__name__} | {default} "
+            f"| {help_text} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+class ServiceConfigError(Exception):
+    """A configuration the service cannot start with; `main` reports it without a traceback."""
+
+
 def main(argv=None) -> None:
     app = ThinkubeService.instance()
-    app.initialize(argv)
-    app.start()
+    try:
+        app.initialize(argv)
+        app.start()
+    except (ServiceConfigError, CatalogError) as err:
+        app.log.critical("thinkube-resources cannot start: %s", err)
+        raise SystemExit(1) from None
 
 
-__all__ = ["ThinkubeService", "main"]
+__all__ = ["ServiceConfigError", "ThinkubeService", "main", "options_markdown"]

@@ -1,5 +1,10 @@
 """HTTP handlers of the availability service. Thin: they authenticate, then answer from
-the inventory's published bytes or the catalog."""
+the inventory's published bytes or the catalog.
+
+Authentication is the hub's: an API token (``Authorization: token ...``) or the OAuth cookie
+a browser gets by logging in through the hub (:class:`HubOAuth`). Tokens in the URL are
+ignored (HubAuth's default), and no log line carries a query string or a header.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +25,46 @@ if TYPE_CHECKING:
 
 OPENAPI_PATH = Path(__file__).parent / "openapi.json"
 
+# The list endpoint's body is a bare JSON list (compatible with the service it replaces), so
+# its freshness travels in these headers; the other inventory answers carry it in the body.
+FRESHNESS_HEADERS = {
+    "generated_at": "X-Thinkube-Generated-At",
+    "resource_version": "X-Thinkube-Resource-Version",
+    "stale": "X-Thinkube-Stale",
+    "age_seconds": "X-Thinkube-Age-Seconds",
+}
 
-class JSONHandler(HubOAuthenticated, web.RequestHandler):
-    """Hub tokens or hub OAuth cookies; plain JSON errors."""
 
-    required_scopes: tuple[str, ...] = ()  # beyond access to the service
-    public = False
+class ServiceAuth(HubOAuthenticated):
+    """Every handler shares the service's one HubOAuth (its token cache and settings),
+    instead of HubOAuthenticated's default ``HubOAuth.instance()``."""
 
     @property
     def service(self) -> ThinkubeService:
         return self.settings["service"]
+
+    @property
+    def hub_auth(self) -> HubOAuth:
+        return self.service.hub_auth
+
+    def log_exception(self, typ, value, tb) -> None:
+        # tornado's default logs the full URI, query string included; the access log line
+        # (ThinkubeService._log_request) already records every 4xx.
+        if isinstance(value, web.HTTPError):
+            return
+        self.service.log.error(
+            "Uncaught exception in %s %s",
+            self.request.method,
+            self.request.path,
+            exc_info=(typ, value, tb),
+        )
+
+
+class JSONHandler(ServiceAuth, web.RequestHandler):
+    """Hub tokens or hub OAuth cookies; plain JSON errors."""
+
+    required_scopes: tuple[str, ...] = ()  # beyond access to the service
+    public = False
 
     @property
     def hub_scopes(self) -> set[str]:
@@ -49,23 +84,19 @@ class JSONHandler(HubOAuthenticated, web.RequestHandler):
                 return
             raise web.HTTPError(
                 401,
-                "authentication required: send a hub API token (Authorization: token ...) or log in through the hub",
+                "authentication required: send a hub API token (Authorization: token ...) "
+                "or log in through the hub",
             )
         if not self.hub_auth.check_scopes(self.hub_scopes, model):
             raise web.HTTPError(
-                403, f"{model.get('kind', 'user')} {model.get('name')} may not use this service"
+                403,
+                f"{model.get('kind', 'user')} {model.get('name')} may not use this service "
+                f"(needs the scope access:services!service={self.service.service_name})",
             )
         missing = [s for s in self.required_scopes if not self.hub_auth.check_scopes({s}, model)]
         if missing:
             raise web.HTTPError(403, f"this needs the scope {', '.join(missing)}")
         self.current_user = model
-
-    def check_xsrf_cookie(self) -> None:
-        # Writes come from scripts with tokens; cookie-authenticated writes must carry the
-        # hub's XSRF token as usual.
-        if self.request.headers.get("Authorization"):
-            return
-        super().check_xsrf_cookie()
 
     def on_finish(self) -> None:
         self.service.observe_request(
@@ -85,28 +116,55 @@ class JSONHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.finish(body if isinstance(body, bytes) else json.dumps(body).encode())
 
+    def send_bad_request(self, field: str | None, message: str) -> None:
+        self.send_json({"status": 400, "error": message, "field": field}, 400)
+
     def freshness(self) -> dict:
-        """generated_at / resource_version / stale / age_seconds for the inventory data."""
-        published = self.service.source.published
-        since = self.service.source.stale_since()
+        """generated_at / resource_version / stale / age_seconds of the inventory data, also
+        set as X-Thinkube-* headers."""
+        source = self.service.source
+        published = source.published
+        since = source.stale_since()
         fields = {
             "generated_at": published.generated_at,
             "resource_version": published.resource_version,
             "stale": since is not None,
-            "age_seconds": round(time.time() - since, 3) if since is not None else 0.0,
+            "age_seconds": round(max(0.0, time.time() - since), 3) if since is not None else 0.0,
         }
-        self.set_header("X-Thinkube-Generated-At", fields["generated_at"])
-        self.set_header("X-Thinkube-Resource-Version", fields["resource_version"])
-        self.set_header("X-Thinkube-Stale", "true" if fields["stale"] else "false")
-        self.set_header("X-Thinkube-Age-Seconds", str(fields["age_seconds"]))
+        for name, header in FRESHNESS_HEADERS.items():
+            value = fields[name]
+            self.set_header(
+                header, ("true" if value else "false") if name == "stale" else str(value)
+            )
         return fields
 
     def send_document(self, cached: bytes) -> None:
         """A cached JSON object with the freshness fields spliced in (they change with time,
         the cached part only with the data)."""
-        extra = json.dumps(self.freshness()).encode()
-        body = b"{" + extra[1:-1] + (b"," + cached[1:] if cached != b"{}" else b"}")
-        self.send_json(body)
+        self.send_json(with_fields(self.freshness(), cached))
+
+
+class RootHandler(JSONHandler):
+    """The service's front door (the hub's start-up check and its Services menu land here):
+    where the API and its description are. Public: it says nothing about the cluster."""
+
+    public = True
+
+    def get(self) -> None:
+        prefix = self.service.service_prefix
+        self.send_json(
+            {
+                "name": self.service.service_name,
+                "api": url_path_join(prefix, "api/v1/"),
+                "openapi": url_path_join(prefix, "api/v1/openapi.json"),
+            }
+        )
+
+
+def with_fields(fields: dict, cached: bytes) -> bytes:
+    """The JSON object `cached` (bytes) with `fields` added in front."""
+    extra = json.dumps(fields).encode()
+    return b"{" + extra[1:-1] + (b"," + cached[1:] if cached != b"{}" else b"}")
 
 
 class HealthHandler(JSONHandler):
@@ -120,7 +178,8 @@ class ReadyHandler(JSONHandler):
     def get(self) -> None:
         inventory = self.service.source
         ready = inventory.ready
-        self.send_json({"ready": ready, **self.freshness()}, 200 if ready else 503)
+        body = {"ready": ready, "reason": inventory.not_ready_reason, **self.freshness()}
+        self.send_json(body, 200 if ready else 503)
 
 
 class ResourcesHandler(JSONHandler):
@@ -142,6 +201,28 @@ class SummaryHandler(JSONHandler):
         self.send_document(self.service.source.published.summary)
 
 
+class AvailabilityHandler(JSONHandler):
+    """What a spawn form needs in one request: the nodes, the summary and the Jupyter
+    images, with the freshness of the (one) inventory snapshot they come from."""
+
+    async def get(self) -> None:
+        images = await self.service.run_db(self.service.catalog.list, "jupyter")
+        published = self.service.source.published  # after the await: the newest
+        fresh = self.freshness()
+        self.send_json(
+            with_fields(
+                fresh,
+                b'{"nodes":'
+                + published.resources
+                + b',"summary":'
+                + with_fields(fresh, published.summary)
+                + b',"images":'
+                + json.dumps(images).encode()
+                + b"}",
+            )
+        )
+
+
 class ImagesHandler(JSONHandler):
     kind: str | None = None
 
@@ -151,7 +232,19 @@ class ImagesHandler(JSONHandler):
 
 
 class JupyterImagesHandler(ImagesHandler):
+    """``images/jupyter`` is the Jupyter list, so no single image can be called ``jupyter``."""
+
     kind = "jupyter"
+
+    @property
+    def required_scopes(self) -> tuple[str, ...]:
+        return () if self.request.method == "GET" else (self.service.images_write_scope,)
+
+    def put(self) -> None:
+        self.send_bad_request("name", "'jupyter' is reserved (images/jupyter lists Jupyter images)")
+
+    def delete(self) -> None:
+        raise web.HTTPError(404, "no image named 'jupyter'")
 
 
 class ImageHandler(JSONHandler):
@@ -169,19 +262,18 @@ class ImageHandler(JSONHandler):
         try:
             body = json.loads(self.request.body or b"")
         except ValueError:
-            self.send_json(
-                {"status": 400, "error": "the body is not valid JSON", "field": None}, 400
-            )
+            self.send_bad_request(None, "the body is not valid JSON")
             return
         try:
             entry, created = await self.service.run_db(self.service.catalog.put, name, body)
         except CatalogError as err:
-            self.send_json({"status": 400, "error": str(err), "field": err.field}, 400)
+            self.send_bad_request(err.field, str(err))
             return
         self.service.log.info(
-            "image %s %s by %s",
+            "image %s %s by %s %s",
             name,
             "registered" if created else "updated",
+            self.current_user.get("kind", "user"),
             self.current_user["name"],
         )
         self.send_json(entry, 201 if created else 200)
@@ -189,7 +281,12 @@ class ImageHandler(JSONHandler):
     async def delete(self, name: str) -> None:
         if not await self.service.run_db(self.service.catalog.delete, name):
             raise web.HTTPError(404, f"no image named {name!r}")
-        self.service.log.info("image %s deleted by %s", name, self.current_user["name"])
+        self.service.log.info(
+            "image %s deleted by %s %s",
+            name,
+            self.current_user.get("kind", "user"),
+            self.current_user["name"],
+        )
         self.set_status(204)
         self.finish()
 
@@ -206,18 +303,30 @@ class OpenAPIHandler(JSONHandler):
         self.send_json(self.service.openapi_bytes)
 
 
-class OAuthCallbackHandler(HubOAuthCallbackHandler):
+class NotFoundHandler(JSONHandler):
+    """Any other path under the prefix: a JSON 404, not tornado's HTML page."""
+
+    public = True
+
+    def prepare(self) -> None:
+        self.started = time.perf_counter()
+        raise web.HTTPError(404, "no such route")
+
+
+class OAuthCallbackHandler(ServiceAuth, HubOAuthCallbackHandler):
     pass
 
 
 def routes(prefix: str) -> list[tuple]:
     api = url_path_join(prefix, "api/v1")
     return [
+        (prefix if prefix.endswith("/") else prefix + "/", RootHandler),
         (url_path_join(api, "health"), HealthHandler),
         (url_path_join(api, "ready"), ReadyHandler),
         (url_path_join(api, "cluster/resources"), ResourcesHandler),
         (url_path_join(api, r"cluster/resources/([^/]+)"), NodeHandler),
         (url_path_join(api, "cluster/summary"), SummaryHandler),
+        (url_path_join(api, "availability"), AvailabilityHandler),
         (url_path_join(api, "images"), ImagesHandler),
         (url_path_join(api, "images/jupyter"), JupyterImagesHandler),
         (url_path_join(api, r"images/([^/]+)"), ImageHandler),
@@ -227,4 +336,4 @@ def routes(prefix: str) -> list[tuple]:
     ]
 
 
-__all__ = ["HubOAuth", "routes"]
+__all__ = ["FRESHNESS_HEADERS", "NotFoundHandler", "routes"]

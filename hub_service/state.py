@@ -4,18 +4,30 @@ events. Pure: no I/O, so it is tested without any server.
 It keeps raw Node objects (there are few, and the documents need their labels and
 conditions) but only a compact summary per pod (its node, phase and requests/limits,
 computed once when the pod arrives), never whole pod objects.
+
+Malformed objects (a pod whose spec cannot be counted, a node with a bad quantity) are left
+out of every document and counted in :attr:`ClusterState.skipped`, by kind. The count is of
+objects currently malformed, not of events: a bad pod modified ten times counts once, and it
+stops counting when it is fixed or deleted.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .accounting import MalformedObject, PodSummary, summarize_pod
+from .accounting import PodSummary, summarize_pod
+from .dcgm import DcgmMetrics, metrics_for_node
 from .nodes import node_document
 
 PodKey = tuple[str, str]
+
+
+def _version(obj: Mapping[str, Any]) -> str | None:
+    meta = obj.get("metadata")
+    version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+    return version if isinstance(version, str) and version else None
 
 
 class ClusterState:
@@ -23,16 +35,30 @@ class ClusterState:
         self.nodes: dict[str, dict] = {}
         self.pods: dict[PodKey, PodSummary] = {}
         self.pods_by_node: dict[str, dict[PodKey, PodSummary]] = {}
+        # The resourceVersion each summary was made from: a relist reuses unchanged ones.
+        self._pod_versions: dict[PodKey, str] = {}
         # Node names whose documents must be rebuilt; None means all of them.
         self.dirty: set[str] | None = None
-        self.skipped: Counter[str] = Counter()  # malformed objects, by kind
         self.version = 0  # bumped on every change that can alter a document
         self._documents: dict[str, dict] = {}
+        self._bad_pods: set[PodKey] = set()
+        self._bad_nodes: set[str] = set()
+        self._unnamed: Counter[str] = Counter()  # objects without a name, per full list
+        self.dcgm: DcgmMetrics = {}
         self.metrics_by_node: dict[str, dict[int, dict]] = {}
+
+    @property
+    def skipped(self) -> Counter[str]:
+        """Malformed objects left out, by kind (``Node``, ``Pod``)."""
+        counts: Counter[str] = Counter()
+        counts["Node"] = len(self._bad_nodes) + self._unnamed["Node"]
+        counts["Pod"] = len(self._bad_pods) + self._unnamed["Pod"]
+        return counts
 
     # -- pods ----------------------------------------------------------------------
 
     def _unlink_pod(self, key: PodKey) -> None:
+        self._pod_versions.pop(key, None)
         old = self.pods.pop(key, None)
         if old is not None and old.node_name:
             self.pods_by_node.get(old.node_name, {}).pop(key, None)
@@ -41,33 +67,55 @@ class ClusterState:
     def apply_pod(self, event_type: str, pod: Any) -> None:
         try:
             meta = pod["metadata"]
-            key = (meta.get("namespace", ""), meta["name"])
-        except (KeyError, TypeError):
-            self.skipped["Pod"] += 1
+            key = (meta.get("namespace") or "", meta["name"])
+            if not isinstance(key[0], str) or not isinstance(key[1], str) or not key[1]:
+                raise TypeError("bad name")
+        except (KeyError, TypeError, AttributeError):
+            # Without a name it cannot be followed by later events; count it once per list.
+            self._unnamed["Pod"] += 1
             return
         if event_type == "DELETED":
+            self._bad_pods.discard(key)
             self._unlink_pod(key)
             return
+        version = _version(pod)
+        if version is not None and self._pod_versions.get(key) == version:
+            return  # a relist: this pod has not changed since its summary was made
         try:
             summary = summarize_pod(pod)
-        except MalformedObject:
-            self.skipped["Pod"] += 1
+        except Exception:  # MalformedObject; anything else would be a bug, still not fatal
+            self._bad_pods.add(key)
             self._unlink_pod(key)
             return
+        self._bad_pods.discard(key)
         old = self.pods.get(key)
         if old == summary:
+            if version is not None:
+                self._pod_versions[key] = version
             return  # a status-only change the accounting does not see
         self._unlink_pod(key)
         self.pods[key] = summary
+        if version is not None:
+            self._pod_versions[key] = version
         if summary.node_name:
             self.pods_by_node.setdefault(summary.node_name, {})[key] = summary
             self._touch(summary.node_name)
 
     def replace_pods(self, pods: Iterable[Any]) -> None:
-        """A full relist: what is not in it is gone."""
-        self.pods.clear()
-        self.pods_by_node.clear()
-        self.skipped["Pod"] = 0
+        """A full relist: what is not in it is gone. Pods whose resourceVersion did not
+        change keep their summary; only new or changed pods are summarised again."""
+        pods = list(pods)
+        listed: set[PodKey] = set()
+        for pod in pods:
+            try:
+                meta = pod["metadata"]
+                listed.add((meta.get("namespace") or "", meta["name"]))
+            except (KeyError, TypeError, AttributeError):
+                continue
+        for key in [key for key in self.pods if key not in listed]:
+            self._unlink_pod(key)
+        self._bad_pods &= listed
+        self._unnamed["Pod"] = 0
         for pod in pods:
             self.apply_pod("ADDED", pod)
         self._touch_all()
@@ -77,33 +125,39 @@ class ClusterState:
     def apply_node(self, event_type: str, node: Any) -> None:
         try:
             name = node["metadata"]["name"]
-        except (KeyError, TypeError):
-            self.skipped["Node"] += 1
+            if not isinstance(name, str) or not name:
+                raise TypeError("bad name")
+        except (KeyError, TypeError, AttributeError):
+            self._unnamed["Node"] += 1
             return
         if event_type == "DELETED":
             self.nodes.pop(name, None)
             self._documents.pop(name, None)
+            self._bad_nodes.discard(name)
         else:
             self.nodes[name] = node
+            self.metrics_by_node[name] = metrics_for_node(self.dcgm, name) or {}
         self._touch(name)
 
     def replace_nodes(self, nodes: Iterable[Any]) -> None:
         self.nodes.clear()
         self._documents.clear()
-        self.skipped["Node"] = 0
+        self._bad_nodes.clear()
+        self.metrics_by_node.clear()
+        self._unnamed["Node"] = 0
         for node in nodes:
             self.apply_node("ADDED", node)
         self._touch_all()
 
-    def set_metrics(self, metrics_by_node: dict[str, dict[int, dict]]) -> None:
-        changed = {
-            n
-            for n in set(metrics_by_node) | set(self.metrics_by_node)
-            if metrics_by_node.get(n) != self.metrics_by_node.get(n)
-        }
-        self.metrics_by_node = metrics_by_node
-        for name in changed:
-            self._touch(name)
+    def set_dcgm(self, merged: DcgmMetrics) -> None:
+        """Live GPU metrics from DCGM, by hostname (as :mod:`hub_service.dcgm` merges them);
+        each node takes its own, and only nodes whose metrics changed are rebuilt."""
+        self.dcgm = merged
+        for name in self.nodes:
+            metrics = metrics_for_node(merged, name) or {}
+            if metrics != self.metrics_by_node.get(name):
+                self.metrics_by_node[name] = metrics
+                self._touch(name)
 
     # -- documents -----------------------------------------------------------------
 
@@ -128,8 +182,9 @@ class ClusterState:
                 self._documents[name] = node_document(
                     node, self.pods_by_node.get(name, {}).values(), self.metrics_by_node.get(name)
                 )
-            except MalformedObject:
-                self.skipped["Node"] += 1
+                self._bad_nodes.discard(name)
+            except Exception:  # MalformedObject; anything else would be a bug, still not fatal
+                self._bad_nodes.add(name)
                 self._documents.pop(name, None)
         self.dirty = set()
         return [self._documents[name] for name in sorted(self._documents)]

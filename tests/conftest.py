@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.hub_fixtures"]
+
 REAL_CLUSTER = os.environ.get("KUBESIM_REAL_CLUSTER") == "1"
 _session_dir = Path(tempfile.mkdtemp(prefix="thinkube-tests-"))
 if not REAL_CLUSTER:

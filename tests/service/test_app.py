@@ -1,0 +1,93 @@
+"""The service as a program: its command line, its refusal to start without a hub, the
+documentation of its options, and the example hub configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from traitlets.config import Config
+
+from hub_service.app import ThinkubeService, options_markdown
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_service(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "hub_service", *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_without_a_hub_token_it_says_so_and_exits_1():
+    result = run_service("--db-url", "sqlite://")
+    assert result.returncode == 1
+    assert "JUPYTERHUB_API_TOKEN is not set: run this service from JupyterHub" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_inventory_is_a_clear_error(tmp_path):
+    result = run_service(
+        "--inventory",
+        "local",
+        "--db-url",
+        f"sqlite:///{tmp_path / 'c.sqlite'}",
+        env={
+            "JUPYTERHUB_API_TOKEN": "not-a-real-token",
+            "JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:9",
+        },
+    )
+    assert result.returncode == 1
+    assert "unknown inventory 'local'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not-a-real-token" not in result.stderr
+
+
+def test_help_all_lists_every_option():
+    result = run_service("--help-all")
+    assert result.returncode == 0
+    for name in ThinkubeService.class_own_traits(config=True):
+        assert f"--ThinkubeService.{name}" in result.stdout
+
+
+def test_docs_list_every_option_as_the_traits_say():
+    doc = (REPO / "docs" / "service.md").read_text()
+    assert options_markdown() in doc, (
+        "docs/service.md is out of date: paste hub_service.app.options_markdown() into its "
+        "Options section"
+    )
+
+
+def test_example_hub_config_wires_the_service(tmp_path):
+    config = Config()
+    path = REPO / "examples" / "kubesim" / "jupyterhub_config.py"
+    env = {"THINKUBE_DEV_DIR": str(tmp_path), "THINKUBE_SERVICE_PORT": "18181"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        namespace = {"get_config": lambda: config, "__file__": str(path)}  # as traitlets does
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    [service] = config.JupyterHub.services
+    assert service["name"] == "thinkube-resources"
+    assert service["url"] == "http://127.0.0.1:18181"
+    assert service["command"][:3] == [sys.executable, "-m", "hub_service"]
+    assert service["command"][3:5] == ["--kubeconfig", str(tmp_path / "kubeconfig")]
+    assert "custom:thinkube:images:write" in config.JupyterHub.custom_scopes
+    roles = {role["name"]: role for role in config.JupyterHub.load_roles}
+    assert "access:services!service=thinkube-resources" in roles["user"]["scopes"]
+    assert "custom:thinkube:images:write" in roles["thinkube-image-writers"]["scopes"]

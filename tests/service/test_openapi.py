@@ -1,0 +1,101 @@
+"""schemathesis against hub_service/openapi.json and the live service behind a real hub:
+every operation, with generated valid and invalid inputs, answers without a 5xx and as the
+spec says (status code, content type, body schema, headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import hypothesis
+import hypothesis.errors
+import pytest
+import pytest_asyncio
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from hub_service.handlers import OPENAPI_PATH
+from tests.hub_fixtures import ACCESS_SCOPE, IMAGE_WRITERS_ROLE, IMAGES_WRITE_SCOPE
+from tests.kubesim.generator import populate
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+MAX_EXAMPLES = 12  # per operation and mode: enough to find shape errors, fast enough to keep
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hub(module_kubesim, module_hub_factory):
+    sim = await module_kubesim()
+    populate(sim, nodes=6, gpu_nodes=6, pods=40)  # every GPU model of the generator
+    return await module_hub_factory(sim=sim)
+
+
+def run_schemathesis(base_url: str, token: str) -> tuple[list[str], int]:
+    """Every operation, positive and negative cases; returns the failures and the number of
+    requests made. Runs in a thread: the hub answering the service's token checks lives on
+    the test's event loop, which must keep running."""
+    schema = schemathesis.openapi.from_path(OPENAPI_PATH)
+    session = requests.Session()
+    headers = {"Authorization": f"token {token}"}
+    failures: list[str] = []
+    calls = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            @hypothesis.settings(
+                max_examples=MAX_EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def check(case):
+                nonlocal calls
+                # the schema's security is the Authorization header; send a valid token
+                response = case.call(
+                    base_url=base_url, session=session, headers=headers, timeout=10
+                )
+                calls += 1
+                case.validate_response(response, checks=CHECKS, headers=headers)
+
+            try:
+                check()
+            except hypothesis.errors.Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE  # no input to get wrong (health, ...)
+            # schemathesis' FailureGroup is a BaseExceptionGroup
+            except (Exception, BaseExceptionGroup) as err:
+                failures.append(f"{operation.label} [{mode.value}]: {err}")
+    session.close()
+    return failures, calls
+
+
+async def test_the_live_service_matches_its_openapi_document(hub):
+    token = hub.token(
+        "schemathesis", [ACCESS_SCOPE, IMAGES_WRITE_SCOPE], roles_=[IMAGE_WRITERS_ROLE]
+    )
+    base_url = hub.service_url.rstrip("/")
+    failures, calls = await asyncio.to_thread(run_schemathesis, base_url, token)
+    assert not failures, "\n\n".join(failures)
+    assert calls >= 13  # at least one request per operation
+    # the service it checked is the one the document describes
+    served = await hub.client(token).get("api/v1/openapi.json")
+    assert served.json() == json.loads(OPENAPI_PATH.read_text())
