@@ -23,7 +23,12 @@ ANY_CPU = "cpu"
 
 
 class ChoiceError(ValueError):
-    """A choice that cannot be spawned; the message is meant for the person who made it."""
+    """A choice that cannot be spawned; the message is meant for the person who made it.
+    `capacity` is true when the choice is valid but does not fit right now."""
+
+    def __init__(self, message: str, capacity: bool = False):
+        super().__init__(message)
+        self.capacity = capacity
 
 
 @dataclass(frozen=True)
@@ -430,7 +435,9 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu) -> Choice:
     cpu_request = cpu * settings.cpu_guarantee_ratio
     memory_request = int(memory * GIB * settings.mem_guarantee_ratio)
     if not placement.fits(cpu_request, memory_request, gpus):
-        raise ChoiceError(no_room_message(placement, menu, cpu_request, memory_request, gpus))
+        raise ChoiceError(
+            no_room_message(placement, menu, cpu_request, memory_request, gpus), capacity=True
+        )
     return Choice(image, placement, cpu, memory, gpus, placement.node, cpu_request, memory_request)
 
 

@@ -120,6 +120,38 @@ def spawner_overrides(choice: Choice, settings: PodSettings) -> dict[str, Any]:
     }
 
 
+# Traits an admin may configure too: the choice adds to them rather than replacing them.
+MERGED_TRAITS = {
+    "volumes": "name",
+    "volume_mounts": "mountPath",
+    "tolerations": "key",
+    "node_selector": None,
+    "node_affinity_required": None,
+    "extra_resource_limits": None,
+    "extra_resource_guarantees": None,
+}
+
+
+def apply_to_configured(overrides: dict[str, Any], configured: dict[str, Any]) -> dict[str, Any]:
+    """The overrides combined with the admin's configured values of the same traits:
+    dicts merged (ours win), lists joined (ours replace entries with the same key)."""
+    combined = dict(overrides)
+    for name, key in MERGED_TRAITS.items():
+        if name not in overrides or name not in configured:
+            continue
+        base = configured[name]
+        if isinstance(base, dict) and key is not None:
+            # kubespawner (and z2jh) also take these lists as dicts, used in key order.
+            base = [base[k] for k in sorted(base)]
+        if isinstance(base, dict):
+            combined[name] = {**base, **overrides[name]}
+        elif key is None:
+            combined[name] = [*base, *overrides[name]]
+        else:
+            combined[name] = merge_by_name(list(base), overrides[name], key)
+    return combined
+
+
 def merge_by_name(configured: list, ours: list, key: str = "name") -> list:
     """Admin-configured list entries first; ours replace any of the same name."""
     names = {item.get(key) for item in ours if isinstance(item, dict)}

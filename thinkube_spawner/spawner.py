@@ -12,6 +12,7 @@ with the scheduler's reason and where there is room.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 from .availability import AvailabilityClient, ServiceUnavailable
 from .errors import spawn_error
 from .menu import PROFILE_SLUG, ChoiceError, Menu, MenuSettings, build_menu, check_choice
-from .shaping import PodSettings, SharedVolume, StorageSettings, merge_by_name, spawner_overrides
+from .shaping import (
+    MERGED_TRAITS,
+    PodSettings,
+    SharedVolume,
+    StorageSettings,
+    apply_to_configured,
+    spawner_overrides,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Scheduler reasons that waiting will not fix (short of a node being added).
@@ -34,16 +42,20 @@ UNSCHEDULABLE_MARKERS = (
 )
 
 
-def _service_from_hub_config(name: str) -> dict:
-    """The hub's own entry for the availability service, when it manages it."""
+def _running_hub():
+    """The JupyterHub application this spawner runs in, if any."""
     try:
         from jupyterhub.app import JupyterHub
 
-        if JupyterHub.initialized():
-            return next((s for s in JupyterHub.instance().services if s.get("name") == name), {})
-    except Exception:  # the hub's config is optional here; fall back to our defaults
-        return {}
-    return {}
+        return JupyterHub.instance() if JupyterHub.initialized() else None
+    except Exception:  # outside a hub (tests, tools): fall back to our defaults
+        return None
+
+
+def _service_from_hub_config(name: str) -> dict:
+    """The hub's own entry for the availability service, when it manages it."""
+    hub = _running_hub()
+    return next((s for s in hub.services if s.get("name") == name), {}) if hub else {}
 
 
 class ThinkubeSpawner(KubeSpawner):
@@ -65,7 +77,8 @@ class ThinkubeSpawner(KubeSpawner):
     def _default_availability_url(self) -> str:
         service = _service_from_hub_config(self.availability_service_name)
         base = (service.get("url") or "http://127.0.0.1:8181").rstrip("/")
-        prefix = getattr(self.hub, "base_url", "/") if self.hub else "/"
+        hub = _running_hub()
+        prefix = hub.base_url if hub else "/"
         return f"{base}{prefix.rstrip('/')}/services/{self.availability_service_name}/"
 
     availability_token = Unicode(
@@ -88,8 +101,9 @@ class ThinkubeSpawner(KubeSpawner):
     menu_cache_seconds = Float(
         10.0,
         config=True,
-        help="Reuse availability fetched for the form this long (kubespawner evaluates the "
-        "profile list more than once per spawn), e.g. `10`. The check at submit always fetches.",
+        help="How long the availability fetched by the check at submit is reused when "
+        "kubespawner evaluates the profile list again during the same start, e.g. `10`. "
+        "Form renders and the check at submit always fetch.",
     )
 
     # -- the form ------------------------------------------------------------------------
@@ -184,7 +198,11 @@ class ThinkubeSpawner(KubeSpawner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._menu_cache: tuple[float, Menu] | None = None
+        self._loading_options = False
         self._availability_client: AvailabilityClient | None = None
+        # What the admin configured, before any choice: each spawn starts from these, so
+        # one spawn's node or GPUs never leak into the next.
+        self._configured = {name: copy.deepcopy(getattr(self, name)) for name in MERGED_TRAITS}
 
     @property
     def availability(self) -> AvailabilityClient:
@@ -240,7 +258,9 @@ class ThinkubeSpawner(KubeSpawner):
         from .form import menu_profile, unavailable_profile
 
         try:
-            menu = await self.menu()
+            # A form render always fetches; kubespawner's second evaluation, inside
+            # load_user_options, reuses what the check at submit just fetched.
+            menu = await self.menu(fresh=not self._loading_options)
         except ServiceUnavailable as err:
             self.log.warning("Spawn form for %s: %s", self.user.name, err)
             return [unavailable_profile(str(err))]
@@ -265,23 +285,19 @@ class ThinkubeSpawner(KubeSpawner):
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             raise spawn_error(
                 str(err),
-                reason="invalid-choice" if "now" not in str(err) else "capacity",
-                status_code=409 if "now" in str(err) else 400,
+                reason="capacity" if err.capacity else "invalid-choice",
+                status_code=409 if err.capacity else 400,
             ) from None
         # The menu's own keys, which kubespawner then finds in the profile's choices.
         self.user_options = choice.as_user_options()
-        await super().load_user_options()
-        overrides = spawner_overrides(choice, self.pod_settings())
-        for name in ("volumes", "volume_mounts", "tolerations"):
-            overrides[name] = merge_by_name(
-                list(getattr(self, name)),
-                overrides[name],
-                "mountPath"
-                if name == "volume_mounts"
-                else "key"
-                if name == "tolerations"
-                else "name",
-            )
+        self._loading_options = True
+        try:
+            await super().load_user_options()
+        finally:
+            self._loading_options = False
+        overrides = apply_to_configured(
+            spawner_overrides(choice, self.pod_settings()), self._configured
+        )
         for name, value in overrides.items():
             setattr(self, name, value)
         self.thinkube_choice = choice
@@ -362,9 +378,11 @@ class ThinkubeSpawner(KubeSpawner):
         from .menu import no_room_message
 
         placement = menu.placement(choice.placement.key)
-        if placement is not None:
-            return f"{text} {no_room_message(placement, menu, choice.cpu_request, choice.memory_request, choice.gpus)}"
-        return text
+        if placement is None or placement.fits(
+            choice.cpu_request, choice.memory_request, choice.gpus
+        ):
+            return text  # by our accounting it fits: the reason is the scheduler's alone
+        return f"{text} {no_room_message(placement, menu, choice.cpu_request, choice.memory_request, choice.gpus)}"
 
     async def progress(self):
         """Real steps: waiting for a node, scheduled, pulling, starting, with the events."""

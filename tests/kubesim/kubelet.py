@@ -78,6 +78,21 @@ def field_ref(pod: dict, path: str) -> str:
     return values.get(path) or ""
 
 
+def run_as(pod: dict, container: dict) -> tuple[int, int] | None:
+    """The uid/gid a container runs as (securityContext runAsUser/runAsGroup, container
+    over pod), applied when kubesim itself runs as root, as a container runtime would."""
+    if os.geteuid() != 0:
+        return None
+    merged = {
+        **((pod.get("spec") or {}).get("securityContext") or {}),
+        **(container.get("securityContext") or {}),
+    }
+    uid = merged.get("runAsUser")
+    if uid is None or uid == 0:
+        return None
+    return int(uid), int(merged.get("runAsGroup", merged.get("fsGroup", uid)))
+
+
 class Kubelet:
     def __init__(self, sim: KubeSim, process_runtime: bool = False, start_delay_s: float = 0.02):
         self.sim = sim
@@ -88,6 +103,7 @@ class Kubelet:
         self.processes: dict[tuple[str, str], asyncio.subprocess.Process] = {}
         self.workdirs: dict[tuple[str, str], str] = {}
         self.output: dict[tuple[str, str], collections.deque] = {}
+        self.all_processes: set[asyncio.subprocess.Process] = set()
         self._starting: set[tuple[str, str]] = set()
         self._stopping: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -313,6 +329,9 @@ class Kubelet:
         # Containers bind to all interfaces; here each pod has its own loopback address.
         argv = [arg.replace("0.0.0.0", pod_ip) for arg in argv]
         argv[0] = shutil.which(argv[0], path=env.get("PATH")) or argv[0]
+        identity = run_as(pod, container)
+        if identity:
+            os.chown(workdir, *identity)
         process = await asyncio.create_subprocess_exec(
             *argv,
             env=env,
@@ -321,8 +340,10 @@ class Kubelet:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            **({"user": identity[0], "group": identity[1], "extra_groups": []} if identity else {}),
         )
         self.processes[key] = process
+        self.all_processes.add(process)
         self.workdirs[key] = workdir
         self.output[key] = collections.deque(maxlen=2000)
         self._spawn(self._follow(key, process, pod_ip))
@@ -427,6 +448,14 @@ class Kubelet:
     async def shutdown(self) -> None:
         for key in list(self.processes):
             await self.stop_process(key, 5)
+        # Pods still in their grace period when the emulator stops: their processes too.
+        for process in list(self.all_processes):
+            if process.returncode is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    await process.wait()
+                except ProcessLookupError:
+                    pass
         for task in list(self._tasks):
             task.cancel()
 

@@ -11,6 +11,7 @@ from kubernetes_asyncio import client
 from kubespawner import KubeSpawner
 
 from tests.conftest import api_client_for
+from tests.hub_fixtures import stop_kubespawner_reflectors
 from tests.kubesim.generator import make_node
 
 
@@ -50,3 +51,4 @@ async def test_kubespawner_starts_and_stops_a_pod(kubesim):
     assert listed.items == []
     assert await spawner.poll() is not None
     await api.close()
+    await stop_kubespawner_reflectors()

@@ -503,9 +503,13 @@ async def test_the_spawner_renders_this_form_through_kubespawner():
     profile = menu_profile(lab_menu(freshness=FRESH), {})
     assert html == render([profile], {})
     assert availability.calls == 1
-    # kubespawner evaluates the profile list again at start: the cached menu answers
+    # Every render shows what is free now.
     await spawner._render_options_form_dynamically(spawner)
-    assert availability.calls == 1
+    assert availability.calls == 2
+    # At start: one fresh check; kubespawner's own evaluation inside it reuses that.
+    spawner.user_options = {"image": "scipy", "where": "cpu", "cpu": "1", "memory": "2"}
+    await spawner.load_user_options()
+    assert availability.calls == 3
 
 
 async def test_the_spawner_preselects_its_last_user_options():
