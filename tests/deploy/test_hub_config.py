@@ -1,0 +1,200 @@
+"""The hub's configuration as Zero to JupyterHub builds it from values.yaml and keycloak.yaml
+(hub.config passed through, then the hub.extraConfig snippets in sorted key order), and what
+it yields: ThinkubeSpawner with the values' settings, the managed service, roles and the
+custom scope, GenericOAuthenticator against the realm, and the cloud price cap hook."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from jupyterhub.objects import Hub
+from traitlets.config import Config
+
+from tests.deploy.z2jh import (
+    KEYCLOAK,
+    VALUES,
+    chart_values,
+    environment,
+    get_path,
+    helm_merge,
+    hub_config,
+    hub_env,
+)
+
+REALM = "https://auth.example.test/realms/lab"
+SECRETS = {"thinkube-keycloak/client-secret": "keycloak-client-secret-for-tests"}
+
+
+@pytest.fixture
+def values(shared_dir):
+    return chart_values(shared_dir, VALUES, KEYCLOAK)
+
+
+@pytest.fixture
+def config(values) -> Config:
+    env = {**hub_env(values, SECRETS), "KEYCLOAK_REALM_URL": REALM}
+    with environment(env):
+        c, _ = hub_config(values)
+    return c
+
+
+def test_extra_config_runs_in_sorted_key_order(values):
+    keys = list(get_path(values, "hub.extraConfig"))
+    assert keys == sorted(keys)  # written in the order z2jh runs them
+    probe = {
+        "hub": {
+            "extraConfig": {
+                key: f"c.Probe.seen = c.Probe.get('seen', []) + [{key!r}]"
+                for key in ("99-last", "00-first", "50-middle")
+            }
+        }
+    }
+    with environment({"KEYCLOAK_REALM_URL": REALM}):
+        c, _ = hub_config(helm_merge(values, probe))
+    assert c.Probe.seen == ["00-first", "50-middle", "99-last"]
+
+
+def test_the_spawner_is_thinkube_spawner_with_the_values_settings(config, values):
+    from thinkube_spawner import ThinkubeSpawner
+
+    assert config.JupyterHub.spawner_class is ThinkubeSpawner
+    wanted = get_path(values, "hub.config.ThinkubeSpawner")
+    assert wanted  # the values set them
+    for name, value in wanted.items():
+        assert config.ThinkubeSpawner[name] == value, name
+
+
+async def test_thinkube_spawner_instantiates_with_that_config(config, values, kubesim):
+    from thinkube_spawner import ThinkubeSpawner
+
+    user = SimpleNamespace(name="alice", id=7, url="/user/alice/")
+    spawner = ThinkubeSpawner(
+        config=config,
+        hub=Hub(),
+        user=user,
+        api_token="not-a-real-token",
+        oauth_client_id="jupyterhub-user-alice",
+        _mock=True,
+        k8s_api_host=kubesim.url,
+        namespace="jupyterhub",
+    )
+    for name, value in get_path(values, "hub.config.ThinkubeSpawner").items():
+        if name in spawner.trait_names():
+            assert getattr(spawner, name) == value, name
+    assert spawner.availability_url == "http://127.0.0.1:8181/services/thinkube-resources/"
+    # The form is ThinkubeSpawner's own callable profile list: the chart's
+    # singleuser.profileList ([] by default) must not replace it.
+    assert spawner.profile_list == spawner._thinkube_profile_list
+    settings = spawner.pod_settings()
+    assert [(v.claim, v.mount_path) for v in settings.storage.shared] == [
+        ("thinkube-notebooks", "/home/jovyan/notebooks"),
+        ("thinkube-datasets", "/datasets"),
+        ("thinkube-models", "/models"),
+    ]
+    assert settings.storage.scratch_size_limit == "100Gi"
+    menu = spawner.menu_settings()
+    assert menu.gpu_choices == (0, 1, 2) and menu.tolerated_taints == ("nvidia.com/gpu",)
+    # z2jh's settings reach it through KubeSpawner's config section.
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+        spawner.tolerations
+    )
+    assert spawner.environment["THINKUBE_DATASETS_BUCKET"] == "datasets"
+    assert spawner.environment["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "thinkube-s3"
+    )
+    assert spawner.start_timeout == get_path(values, "singleuser.startTimeout")
+
+
+def test_the_managed_service_and_its_token(values):
+    with environment({"KEYCLOAK_REALM_URL": REALM}):
+        c, seeded = hub_config(values)
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    service = services["thinkube-resources"]
+    assert service["url"] == "http://hub:8181"
+    assert service["command"][:3] == ["python3", "-m", "hub_service"]
+    assert service["api_token"] == seeded["hub.services.thinkube-resources.apiToken"]
+    assert set(services) == {"thinkube-resources", "image-pipeline"}
+
+
+def test_the_managed_service_can_load_the_in_cluster_config(config, tmp_path):
+    """JupyterHub starts a managed service with its `environment` and only a few of the
+    hub's variables (Spawner.env_keep), so KUBERNETES_SERVICE_HOST/PORT, which the in-cluster
+    config needs, must come from the service's own environment."""
+    from jupyterhub.spawner import LocalProcessSpawner
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+
+    service = next(s for s in config.JupyterHub.services if s["name"] == "thinkube-resources")
+    kept = set(LocalProcessSpawner().env_keep)
+    assert not {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"} & kept
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("service-account-token")
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    configuration = client.Configuration()
+    InClusterConfigLoader(str(token), str(ca), environ=dict(service["environment"])).load_and_set(
+        configuration
+    )
+    assert configuration.host == "https://kubernetes.default.svc:443"
+
+
+def test_roles_and_the_custom_scope(config):
+    scope = "custom:thinkube:images:write"
+    assert scope in config.JupyterHub.custom_scopes
+    roles = {role["name"]: role for role in config.JupyterHub.load_roles}
+    assert scope in roles["image-publisher"]["scopes"]
+    assert "self" in roles["user"]["scopes"]
+
+
+def test_generic_oauthenticator_against_the_realm(config):
+    from oauthenticator.generic import GenericOAuthenticator
+
+    assert config.JupyterHub.authenticator_class == "generic-oauth"
+    with environment({"OAUTH_CLIENT_SECRET": "from-the-secret"}):
+        auth = GenericOAuthenticator(config=config)
+        # From the env var the Secret fills, never from the values.
+        assert auth.client_secret == "from-the-secret"
+    assert auth.authorize_url == f"{REALM}/protocol/openid-connect/auth"
+    assert auth.token_url == f"{REALM}/protocol/openid-connect/token"
+    assert auth.userdata_url == f"{REALM}/protocol/openid-connect/userinfo"
+    assert auth.username_claim == "preferred_username"
+    assert auth.manage_groups and auth.enable_auth_state
+    assert auth.allowed_groups == {"lab-members"} and auth.admin_groups == {"lab-admins"}
+    assert "admin" in auth.admin_users
+
+
+def test_the_realm_url_may_end_with_a_slash(values):
+    with environment({"KEYCLOAK_REALM_URL": REALM + "/"}):
+        c, _ = hub_config(values)
+    assert c.GenericOAuthenticator.token_url == f"{REALM}/protocol/openid-connect/token"
+
+
+@pytest.mark.parametrize(
+    "user,groups,cap",
+    [
+        ("alice", ["lab-members"], 0.5),
+        ("alice", ["lab-members", "gpu-users"], 2.0),  # the highest of the user's groups
+        ("alice", ["/lab-members", "/lab-admins"], 10.0),  # Keycloak's full group paths
+        ("alice", ["visitors"], None),  # no cap: no cloud GPUs
+        ("alice", [], None),
+        ("bob", ["lab-admins"], 0.25),  # a user's own cap wins
+    ],
+)
+async def test_cloud_price_cap_from_groups(config, user, groups, cap):
+    config.ThinkubeSpawner.cloud_user_price_caps = {"bob": 0.25}
+    hook = config.Spawner.auth_state_hook
+    spawner = SimpleNamespace(
+        config=config,
+        user=SimpleNamespace(name=user),
+        log=SimpleNamespace(info=lambda *args: None),
+    )
+    hook(spawner, {"access_token": "x", "oauth_user": {"sub": "1", "groups": groups}})
+    assert spawner.cloud_price_cap == cap
+
+
+def test_cloud_price_cap_without_auth_state(config):
+    spawner = SimpleNamespace(
+        config=config, user=SimpleNamespace(name="alice"), log=SimpleNamespace(info=print)
+    )
+    config.Spawner.auth_state_hook(spawner, None)
+    assert spawner.cloud_price_cap is None

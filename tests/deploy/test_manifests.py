@@ -1,0 +1,149 @@
+"""helm-values/manifests/*.yaml: valid Kubernetes 1.32 objects (kubernetes-validate, strict:
+unknown fields are errors), created through the API of kubesim, and saying what they must:
+read-only RBAC on nodes and pods for the hub's ServiceAccount, ReadWriteMany SeaweedFS
+volumes bound to the claims ThinkubeSpawner mounts."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+from kubernetes_asyncio import client
+
+from tests.conftest import api_client_for
+from tests.deploy.z2jh import MANIFESTS, all_manifests, manifest_documents
+
+K8S_VERSION = "1.32"
+NAMESPACE = "jupyterhub"
+CLAIMS = {
+    "thinkube-notebooks": "/home/jovyan/notebooks",
+    "thinkube-datasets": "/datasets",
+    "thinkube-models": "/models",
+}
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [doc for _, doc in all_manifests() if doc["kind"] == kind]
+
+
+def test_there_are_manifests():
+    names = sorted(p.name for p in MANIFESTS.glob("*.yaml"))
+    assert names == ["hub-cluster-rbac.yaml", "storage.yaml"]
+    kinds = sorted(doc["kind"] for _, doc in all_manifests())
+    assert (
+        kinds
+        == ["ClusterRole", "ClusterRoleBinding"]
+        + ["PersistentVolume"] * 3
+        + ["PersistentVolumeClaim"] * 3
+    )
+
+
+@pytest.mark.parametrize("name,doc", all_manifests(), ids=[n for n, _ in all_manifests()])
+def test_manifest_is_valid_kubernetes(name, doc):
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_strict_validation_rejects_unknown_fields():
+    pv = dict(by_kind("PersistentVolume")[0])
+    pv["spec"] = {**pv["spec"], "acessModes": ["ReadWriteMany"]}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pv, K8S_VERSION, strict=True)
+
+
+def test_cluster_role_reads_nodes_and_pods_only():
+    (role,) = by_kind("ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}
+    ]
+    (binding,) = by_kind("ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "hub", "namespace": NAMESPACE}
+    ]
+
+
+def test_storage_matches_the_spawner_defaults():
+    from thinkube_spawner import ThinkubeSpawner
+
+    trait = ThinkubeSpawner.class_traits()["shared_volumes"]
+    defaults = {v["claim"]: v["mount_path"] for v in trait.default()}
+    assert defaults == CLAIMS
+    volumes = {pv["metadata"]["name"]: pv for pv in by_kind("PersistentVolume")}
+    claims = {pvc["metadata"]["name"]: pvc for pvc in by_kind("PersistentVolumeClaim")}
+    assert set(volumes) == set(claims) == set(CLAIMS)
+    for name, pvc in claims.items():
+        pv = volumes[name]
+        assert pvc["metadata"]["namespace"] == NAMESPACE
+        assert pv["spec"]["accessModes"] == pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert pv["spec"]["csi"]["driver"] == "seaweedfs-csi"
+        assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+        # Bound to each other, not to whatever a storage class would provision.
+        assert pvc["spec"]["volumeName"] == name and pvc["spec"]["storageClassName"] == ""
+        assert pv["spec"]["claimRef"] == {"namespace": NAMESPACE, "name": name}
+        assert pv["spec"]["storageClassName"] == ""
+        assert pvc["spec"]["resources"]["requests"]["storage"] == pv["spec"]["capacity"]["storage"]
+    # Distinct folders and handles.
+    assert len({pv["spec"]["csi"]["volumeHandle"] for pv in volumes.values()}) == 3
+    assert len({pv["spec"]["csi"]["volumeAttributes"]["path"] for pv in volumes.values()}) == 3
+
+
+async def create(api: client.ApiClient, doc: dict) -> dict:
+    """Create one manifest through the typed client, as kubectl create would."""
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    kind = doc["kind"]
+    if kind == "ClusterRole":
+        made = await rbac.create_cluster_role(doc)
+    elif kind == "ClusterRoleBinding":
+        made = await rbac.create_cluster_role_binding(doc)
+    elif kind == "PersistentVolume":
+        made = await core.create_persistent_volume(doc)
+    elif kind == "PersistentVolumeClaim":
+        made = await core.create_namespaced_persistent_volume_claim(
+            doc["metadata"]["namespace"], doc
+        )
+    else:
+        raise AssertionError(f"no create call for {kind}")
+    return api.sanitize_for_serialization(made)
+
+
+async def test_kubesim_accepts_every_manifest(kubesim):
+    api = await api_client_for(kubesim.kubeconfig)
+    try:
+        core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+        await core.create_namespace({"metadata": {"name": NAMESPACE}})
+        for path in sorted(MANIFESTS.glob("*.yaml")):
+            for doc in manifest_documents(path):
+                made = await create(api, doc)
+                assert made["metadata"]["name"] == doc["metadata"]["name"]
+                assert made["metadata"].get("uid")
+        role = await rbac.read_cluster_role("thinkube-hub-cluster-reader")
+        assert role.rules[0].resources == ["nodes", "pods"]
+        pvs = await core.list_persistent_volume()
+        assert sorted(pv.metadata.name for pv in pvs.items) == sorted(CLAIMS)
+        pvcs = await core.list_namespaced_persistent_volume_claim(NAMESPACE)
+        for pvc in pvcs.items:
+            assert pvc.spec.access_modes == ["ReadWriteMany"]
+            assert pvc.spec.volume_name == pvc.metadata.name
+    finally:
+        await api.close()
+
+
+async def test_kubesim_rejects_a_broken_manifest(kubesim):
+    # The acceptance above means something: kubesim refuses what an apiserver refuses.
+    api = await api_client_for(kubesim.kubeconfig)
+    try:
+        pv = by_kind("PersistentVolume")[0]
+        broken = {**pv, "spec": {**pv["spec"], "capacity": {"storage": "lots"}}}
+        with pytest.raises(client.ApiException) as caught:
+            await create(api, broken)
+        assert caught.value.status in (400, 422)
+    finally:
+        await api.close()
+
+
+def test_kubesim_load_accepts_the_manifests(kubesim):
+    created = kubesim.load([doc for _, doc in all_manifests()])
+    assert len(created) == len(all_manifests())
