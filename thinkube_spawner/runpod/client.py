@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import random
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -396,6 +397,45 @@ class RunPodClient:
             "podRentInterruptable", queries.RENT_INTERRUPTABLE, values, request
         )
 
+    async def create_first_available(
+        self,
+        offers: Sequence[Offer],
+        make_request: Callable[[Offer], PodRequest],
+        *,
+        spot: bool = False,
+        attempts: int = 3,
+        on_try: Callable[[Offer], Any] | None = None,
+        on_capacity: Callable[[Offer, CapacityError], Any] | None = None,
+    ) -> tuple[Pod, Offer]:
+        """Try `offers` in order (cheapest first, as `offers()` returns them), at most
+        `attempts` of them, moving to the next one on a capacity error, as established
+        brokers do. `make_request(offer)` builds each request; with `spot` the pod is
+        rented at the offer's minimum bid. The callbacks (plain or async) report progress.
+        Returns the pod and the offer it came from; CapacityError if none had capacity.
+        Any other error is raised at once."""
+        tried = list(offers)[: max(1, attempts)]
+        if not tried:
+            raise ValueError("no offers to try")
+        for offer in tried:
+            await _call(on_try, offer)
+            request = make_request(offer)
+            try:
+                if spot:
+                    bid = offer.bid_per_gpu()
+                    if bid is None:
+                        raise ValueError(f"offer {offer.key} has no spot price")
+                    pod = await self.create_spot_pod(request, bid)
+                else:
+                    pod = await self.create_pod(request)
+            except CapacityError as err:
+                await _call(on_capacity, offer, err)
+                continue
+            return pod, offer
+        raise CapacityError(
+            f"none of the {len(tried)} cheapest matching offer(s) had capacity",
+            code="SUPPLY_CONSTRAINT",
+        )
+
     async def _create(
         self, field: str, query: str, values: dict[str, Any], request: PodRequest
     ) -> Pod:
@@ -476,6 +516,17 @@ class RunPodClient:
         """The HTTP URL of the pod's `port` by this client's proxy_url_template."""
         return pod.proxy_url(port, self.proxy_url_template)
 
+    @staticmethod
+    def _check_alive(pod_id: str, pod: Pod | None) -> Pod:
+        if pod is None:
+            raise NotFoundError(f"pod {pod_id} disappeared while starting", field="pod")
+        if pod.desired_status in ENDED_STATUSES:
+            raise RunPodError(
+                f"pod {pod_id} ended while starting (desiredStatus {pod.desired_status})",
+                field="pod",
+            )
+        return pod
+
     async def wait_for_pod(
         self,
         pod_id: str,
@@ -491,18 +542,8 @@ class RunPodClient:
         interval = self.poll_interval_s if interval_s is None else interval_s
         deadline = time.monotonic() + timeout_s
         while True:
-            pod = await self.get_pod(pod_id)
-            if pod is None:
-                raise NotFoundError(f"pod {pod_id} disappeared while starting", field="pod")
-            if on_poll is not None:
-                result = on_poll(pod)
-                if asyncio.iscoroutine(result):
-                    await result
-            if pod.desired_status in ENDED_STATUSES:
-                raise RunPodError(
-                    f"pod {pod_id} ended while starting (desiredStatus {pod.desired_status})",
-                    field="pod",
-                )
+            pod = self._check_alive(pod_id, await self.get_pod(pod_id))
+            await _call(on_poll, pod)
             if pod.is_running and (port is None or pod.port(port) is not None):
                 return pod
             if time.monotonic() + interval > deadline:
@@ -523,11 +564,13 @@ class RunPodClient:
         interval_s: float = 2.0,
         expect: Iterable[int] = (200,),
         request_timeout_s: float = 10.0,
+        pod_id: str | None = None,
     ) -> int:
         """Poll `url` (a server in a pod, usually through its proxy URL) until it answers
         one of `expect`. The RunPod key is never sent there. Put a server token in
         `headers` (`Authorization: token ...`), not in the URL, so that no log shows it.
-        PodWaitTimeout after `timeout_s`."""
+        With `pod_id`, stop early (NotFoundError / RunPodError) if that pod disappears or
+        ends meanwhile. PodWaitTimeout after `timeout_s`."""
         wanted = set(expect)
         deadline = time.monotonic() + timeout_s
         last = "no answer"
@@ -540,11 +583,20 @@ class RunPodClient:
                     last = f"HTTP {response.status_code}"
                 except httpx.HTTPError as err:
                     last = type(err).__name__
+                if pod_id is not None:
+                    self._check_alive(pod_id, await self.get_pod(pod_id))
                 if time.monotonic() + interval_s > deadline:
                     raise PodWaitTimeout(
                         f"the server did not answer within {timeout_s:.0f}s (last: {last})"
                     )
                 await asyncio.sleep(interval_s)
+
+
+async def _call(callback: Callable[..., Any] | None, *args: Any) -> None:
+    if callback is not None:
+        result = callback(*args)
+        if inspect.isawaitable(result):
+            await result
 
 
 def _operation_name(query: str) -> str | None:
