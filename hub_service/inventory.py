@@ -25,7 +25,7 @@ from kubernetes_asyncio import client, config
 from .dcgm import DcgmMetrics, DcgmScraper
 from .kube import ResourceWatcher, describe_error
 from .nodes import summary_document
-from .state import ClusterState
+from .state import ClusterState, slim_pod
 
 log = logging.getLogger("thinkube.inventory")
 
@@ -171,7 +171,12 @@ class KubernetesInventory(Inventory):
                 self._api, "nodes", self.state.replace_nodes, self.state.apply_node, **common
             ),
             ResourceWatcher(
-                self._api, "pods", self.state.replace_pods, self.state.apply_pod, **common
+                self._api,
+                "pods",
+                self.state.replace_pods,
+                self.state.apply_pod,
+                slim=slim_pod,
+                **common,
             ),
         ]
         await asyncio.gather(*(w.run() for w in self.watchers))

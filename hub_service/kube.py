@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -74,8 +75,12 @@ class ResourceWatcher:
         request_timeout_s: float = 30,
         min_backoff_s: float = 0.5,
         max_backoff_s: float = 10,
+        slim: Callable[[Any], Any] | None = None,
     ):
         self.core = client.CoreV1Api(api)
+        # Applied to each listed object page by page, so a 50,000-pod list never sits in
+        # memory as whole objects.
+        self.slim = slim
         self.kind = kind
         self.replace, self.apply = replace, apply
         self.on_change, self.on_health = on_change, on_health
@@ -106,7 +111,8 @@ class ResourceWatcher:
             body = json.loads(await response.read())
             if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
                 raise ValueError(f"the {self.kind} list is not a Kubernetes list")
-            items.extend(body.get("items") or [])
+            page = body.get("items") or []
+            items.extend(map(self.slim, page) if self.slim else page)
             token = (body.get("metadata") or {}).get("continue")
             if not token:
                 return items, body["metadata"]["resourceVersion"]

@@ -13,6 +13,8 @@ stops counting when it is fixed or deleted.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -30,10 +32,35 @@ def _version(obj: Mapping[str, Any]) -> str | None:
     return version if isinstance(version, str) and version else None
 
 
+_POD_METADATA = ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
+_CONTAINER_FIELDS = ("name", "resources", "restartPolicy")
+
+
+def slim_pod(pod: Any) -> Any:
+    """What accounting reads of a pod, and nothing else (env, volumes, status details go).
+    Anything odd is passed on unchanged, for the accounting to reject and count."""
+    try:
+        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+        slim_spec = {k: spec[k] for k in ("nodeName", "overhead", "resources") if k in spec}
+        for kind in ("containers", "initContainers"):
+            if kind in spec:
+                slim_spec[kind] = [
+                    {k: c[k] for k in _CONTAINER_FIELDS if k in c} for c in spec[kind]
+                ]
+        return {
+            "metadata": {k: meta[k] for k in _POD_METADATA if k in meta},
+            "spec": slim_spec,
+            "status": {"phase": status["phase"]} if "phase" in status else {},
+        }
+    except (KeyError, TypeError, AttributeError):
+        return pod
+
+
 class ClusterState:
     def __init__(self) -> None:
         self.nodes: dict[str, dict] = {}
         self.pods: dict[PodKey, PodSummary] = {}
+        self._resource_sets: dict[tuple, tuple] = {}
         self.pods_by_node: dict[str, dict[PodKey, PodSummary]] = {}
         # The resourceVersion each summary was made from: a relist reuses unchanged ones.
         self._pod_versions: dict[PodKey, str] = {}
@@ -82,7 +109,7 @@ class ClusterState:
         if version is not None and self._pod_versions.get(key) == version:
             return  # a relist: this pod has not changed since its summary was made
         try:
-            summary = summarize_pod(pod)
+            summary = self._shared(summarize_pod(pod))
         except Exception:  # MalformedObject; anything else would be a bug, still not fatal
             self._bad_pods.add(key)
             self._unlink_pod(key)
@@ -100,6 +127,22 @@ class ClusterState:
         if summary.node_name:
             self.pods_by_node.setdefault(summary.node_name, {})[key] = summary
             self._touch(summary.node_name)
+
+    def _shared(self, summary: PodSummary) -> PodSummary:
+        """Pods mostly ask for the same few amounts: keep one copy of each requests/limits
+        mapping (and of the strings), not one per pod."""
+        key = (tuple(sorted(summary.requests.items())), tuple(sorted(summary.limits.items())))
+        shared = self._resource_sets.get(key)
+        if shared is None:
+            shared = self._resource_sets[key] = (summary.requests, summary.limits)
+        return dataclasses.replace(
+            summary,
+            namespace=sys.intern(summary.namespace),
+            node_name=sys.intern(summary.node_name) if summary.node_name else summary.node_name,
+            phase=sys.intern(summary.phase),
+            requests=shared[0],
+            limits=shared[1],
+        )
 
     def replace_pods(self, pods: Iterable[Any]) -> None:
         """A full relist: what is not in it is gone. Pods whose resourceVersion did not

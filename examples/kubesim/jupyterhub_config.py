@@ -42,12 +42,31 @@ c.ConfigurableHTTPProxy.pid_file = str(state / "jupyterhub-proxy.pid")
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {"admin"}
-# Notebook servers run as local processes of this user (the spawners of this project come
-# with their own issues); the point here is the availability service.
-c.JupyterHub.spawner_class = "simple"
+# --- ThinkubeSpawner against kubesim: pods run as real local jupyterhub-singleuser processes
+c.JupyterHub.spawner_class = "thinkube"
+try:
+    import yaml
+
+    with open(kubeconfig) as f:
+        c.ThinkubeSpawner.k8s_api_host = yaml.safe_load(f)["clusters"][0]["cluster"]["server"]
+except (OSError, KeyError, IndexError, TypeError):
+    pass  # no kubesim yet: the service reports it, and the form offers nothing
+c.ThinkubeSpawner.namespace = "default"
+c.ThinkubeSpawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
+if os.geteuid() == 0:  # kubesim runs servers as this user; jupyter-server refuses root unless told
+    c.ThinkubeSpawner.args = ["--allow-root"]
+c.ThinkubeSpawner.shared_volumes = []  # kubesim has no storage to mount
+c.ThinkubeSpawner.start_timeout = 60
 
 # --- the availability service, managed by the hub (see docs/service.md) ---------------------
 SERVICE = "thinkube-resources"
+token_file = state / "service_token"
+if not token_file.exists():
+    import secrets
+
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
+service_token = token_file.read_text().strip()
 c.JupyterHub.services = [
     {
         "name": SERVICE,
@@ -64,6 +83,8 @@ c.JupyterHub.services = [
             "INFO",
         ],
         "cwd": str(repo),
+        # ThinkubeSpawner reaches the service with this token (role below).
+        "api_token": service_token,
         "display": True,  # listed in the hub's Services menu
         "oauth_no_confirm": True,  # a service of this hub: no "authorize" page
     }
@@ -76,6 +97,8 @@ c.JupyterHub.custom_scopes = {
 c.JupyterHub.load_roles = [
     # every user may read availability and the catalog
     {"name": "user", "scopes": ["self", f"access:services!service={SERVICE}"]},
+    # the service's own token, which the spawner uses to read availability
+    {"name": SERVICE, "scopes": [f"access:services!service={SERVICE}"], "services": [SERVICE]},
     # image builders (CI, admins) may write the catalog
     {
         "name": "thinkube-image-writers",
