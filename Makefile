@@ -71,7 +71,7 @@ dev: deps
 		--kubeconfig $(DEV_DIR)/kubeconfig & KUBESIM=$$!; \
 	trap 'kill $$KUBESIM 2>/dev/null' EXIT INT TERM; \
 	for i in $$(seq 100); do [ -s $(DEV_DIR)/kubeconfig ] && break; sleep 0.1; done; \
-	THINKUBE_DEV_DIR=$(DEV_DIR) $(VENV)/bin/jupyterhub -f examples/kubesim/jupyterhub_config.py
+	KUBECONFIG=$(DEV_DIR)/kubeconfig THINKUBE_DEV_DIR=$(DEV_DIR) $(VENV)/bin/jupyterhub -f examples/kubesim/jupyterhub_config.py
 
 clean:
 	rm -rf $(VENV) $(JH55_VENV) node_modules test-artifacts .pytest_cache .ruff_cache
