@@ -16,19 +16,36 @@ def _fmt(value: float) -> str:
 
 
 def _slots_data(placement: Placement) -> dict:
-    return {
-        "slots": [
-            {
-                "node": s.node,
-                "cpu": s.cpu,
-                "memory": s.memory,
-                "gpus": s.gpus,
-                "gpu_ok": s.gpu_taint_only,
-                "cpu_ok": s.untainted,
-            }
-            for s in placement.slots
-        ]
-    }
+    """The free room the page's script checks choices against. Only the slots no other slot
+    beats in every dimension matter for "does it fit anywhere" (if a pod fits a slot, it fits
+    the one that dominates it), so the page carries those: a handful, not 1,000 nodes."""
+    rows = [
+        {
+            "node": s.node,
+            "cpu": s.cpu,
+            "memory": s.memory,
+            "gpus": s.gpus,
+            "gpu_ok": s.gpu_taint_only,
+            "cpu_ok": s.untainted,
+        }
+        for s in placement.slots
+    ]
+
+    def room(row: dict) -> tuple:
+        gpu = row["gpus"].get(placement.gpu_resource or "", 0) if row["gpu_ok"] else -1
+        return (row["cpu"], row["memory"], gpu, row["cpu_ok"], row["gpu_ok"])
+
+    def dominated(a: tuple, b: tuple) -> bool:  # b at least as roomy as a everywhere
+        return all(y >= x for x, y in zip(a, b, strict=True)) and a != b
+
+    rooms = [room(r) for r in rows]
+    frontier, seen = [], set()
+    for row, this in sorted(zip(rows, rooms, strict=True), key=lambda pair: pair[1], reverse=True):
+        if this in seen or any(dominated(this, other) for other in seen):
+            continue
+        seen.add(this)
+        frontier.append(row)
+    return {"slots": frontier}
 
 
 def fits_anywhere(

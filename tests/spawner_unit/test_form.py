@@ -13,13 +13,14 @@ from tests.kubesim.generator import make_node
 from tests.spawner_unit.cluster import (
     A100,
     FakeAvailability,
+    images,
     lab_menu,
     lab_pods,
     make_spawner,
     pod,
 )
 from thinkube_spawner.form import menu_profile, progress_message, unavailable_profile
-from thinkube_spawner.menu import MenuSettings, check_choice
+from thinkube_spawner.menu import MenuSettings, build_menu, check_choice
 from thinkube_spawner.spawner import TEMPLATES
 
 FIELDS = [
@@ -292,15 +293,8 @@ def test_the_page_data_lets_the_browser_narrow_the_choices(menu):
     assert data["placements"]["gpu:nvidia-a100-sxm4-80gb"] == {
         "kind": "gpu",
         "gpu_resource": "nvidia.com/gpu",
+        # gpu-a (55.9 CPU, 447 GiB, 0 GPUs free) fits nothing gpu-b does not: left out.
         "slots": [
-            {
-                "node": "gpu-a",
-                "cpu": 55.9,
-                "memory": 447 * 1024**3,
-                "gpus": {"nvidia.com/gpu": 0},
-                "gpu_ok": True,
-                "cpu_ok": False,
-            },
             {
                 "node": "gpu-b",
                 "cpu": 63.9,
@@ -322,6 +316,32 @@ def test_the_page_data_lets_the_browser_narrow_the_choices(menu):
         }
     ]
     json.dumps(data)  # JSON-ready as it is
+
+
+def test_the_page_data_keeps_only_slots_no_other_slot_beats():
+    """At 1,000 nodes the page carries the few undominated slots, and still answers every
+    "does it fit" exactly as the full list would."""
+    from tests.spawner_unit.test_menu import big_cluster
+
+    node_docs, summary = big_cluster()
+    menu = build_menu(node_docs, summary, images(), MenuSettings())
+    data = menu_profile(menu, {})["thinkube"]
+    for placement in menu.placements:
+        kept = data["placements"][placement.key]["slots"]
+        assert len(kept) <= len(placement.slots)
+        for slot in placement.slots:
+            gpus = slot.gpus.get(placement.gpu_resource or "", 0)
+            assert any(
+                k["cpu"] >= slot.cpu
+                and k["memory"] >= slot.memory
+                and (
+                    not slot.gpu_taint_only
+                    or (k["gpu_ok"] and k["gpus"].get(placement.gpu_resource or "", 0) >= gpus)
+                )
+                and (not slot.untainted or k["cpu_ok"])
+                for k in kept
+            )
+    assert len(data["placements"]["cpu"]["slots"]) < 50
 
 
 def test_unavailable_profile_offers_nothing():

@@ -1,0 +1,187 @@
+"""The hub configuration Zero to JupyterHub builds from helm-values/values.yaml (chart
+defaults, singleuser.* mapped to KubeSpawner traits, hub.config passed through, then the
+hub.extraConfig snippets in order) spawns a GPU server in kubesim: a real hub behind the
+real proxy, the managed availability service, the storage manifests loaded, and the pod
+running as a real `jupyterhub-singleuser` process.
+
+Only what a local run cannot take from the values file is overridden, each with its reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+from kubernetes_asyncio import client
+
+from tests.conftest import api_client_for
+from tests.deploy.z2jh import (
+    MANIFESTS,
+    VALUES,
+    chart_values,
+    get_path,
+    hub_config,
+    manifest_documents,
+)
+from tests.hub_fixtures import ACCESS_SCOPE, IMAGE_WRITERS_ROLE, IMAGES_WRITE_SCOPE, SERVICE_NAME
+from tests.kubesim.generator import GPU_MODELS, make_node
+from tests.utils import eventually
+
+SINGLEUSER = str(Path(sys.executable).parent / "jupyterhub-singleuser")
+A100 = GPU_MODELS[0]
+# The placement the spawn form and the REST API take for "any node with this GPU model".
+WHERE = f"gpu:{A100.product.lower()}"
+# The storage manifests put their claims here, so the user servers run here too.
+NAMESPACE = "jupyterhub"
+
+
+def spawner_config(values: dict, sim) -> dict:
+    """The spawner part of the hub configuration the chart builds from `values`, with the
+    few settings a local run needs."""
+    c, _ = hub_config(values)
+    spawner_class = c.JupyterHub.spawner_class
+    kubespawner = dict(c.KubeSpawner)  # singleuser.* (tolerations, image, env, ...)
+    thinkube = dict(c.ThinkubeSpawner)  # hub.config.ThinkubeSpawner
+    # The values point the spawner at the service on the hub pod's loopback port 8181,
+    # where z2jh runs it; the harness runs the managed service on a free port, and without
+    # availability_url the spawner takes it (and the token) from the service's entry.
+    thinkube.pop("availability_url", None)
+    thinkube.update(
+        {
+            # kubesim is the cluster (in the hub pod, kubespawner uses the in-cluster config).
+            "k8s_api_host": sim.url,
+            # The namespace of the storage manifests' claims (the chart's is the release's).
+            "namespace": NAMESPACE,
+            # kubesim runs pods as local processes and pulls no image: run the venv's
+            # jupyterhub-singleuser, which the values' image would provide.
+            "cmd": [SINGLEUSER],
+            # The interpreter lives under /root and the processes run as this test's user
+            # (root): jupyter-server refuses root unless told, and the chart's uid 1000
+            # (singleuser.uid) could not read the interpreter.
+            "args": ["--allow-root"],
+            "uid": None,
+        }
+    )
+    return {
+        "JupyterHub": {
+            "spawner_class": spawner_class,
+            # The harness's service and roles stay (its service runs against kubesim); the
+            # spawner calls the service with the service's own token, as the values'
+            # hub.loadRoles thinkube-resources role allows.
+            "load_roles": [
+                {"name": "user", "scopes": ["self", ACCESS_SCOPE]},
+                {"name": IMAGE_WRITERS_ROLE, "scopes": [ACCESS_SCOPE, IMAGES_WRITE_SCOPE]},
+                {
+                    "name": "thinkube-resources",
+                    "scopes": [ACCESS_SCOPE],
+                    "services": [SERVICE_NAME],
+                },
+            ],
+        },
+        "KubeSpawner": kubespawner,
+        "ThinkubeSpawner": thinkube,
+    }
+
+
+async def server_pods(sim) -> list:
+    api = await api_client_for(sim.kubeconfig)
+    try:
+        return (
+            await client.CoreV1Api(api).list_namespaced_pod(
+                NAMESPACE, label_selector="component=singleuser-server"
+            )
+        ).items
+    finally:
+        await api.close()
+
+
+async def test_values_config_spawns_a_gpu_server_in_kubesim(
+    shared_dir, make_kubesim, hub_with_service
+):
+    from thinkube_spawner import ThinkubeSpawner
+
+    values = chart_values(shared_dir, VALUES)
+    settings = get_path(values, "hub.config.ThinkubeSpawner")
+    sim = await make_kubesim(process_runtime=True)
+    sim.load(
+        [
+            make_node("gpu-a", A100.cpu, A100.memory_gi, A100, 0),
+            make_node("cpu-1", 16, 64, None, 1),
+            *manifest_documents(MANIFESTS / "storage.yaml"),  # the PVs and claims
+        ]
+    )
+    config = spawner_config(values, sim)
+    assert config["JupyterHub"]["spawner_class"] is ThinkubeSpawner  # from hub.extraConfig
+    hub = await hub_with_service(sim=sim, config=config)
+
+    # What the values offer: 2 CPUs (so the guarantee ratio shows), the smallest memory
+    # choice, one GPU.
+    cpu, memory, gpus = settings["cpu_choices"][1], settings["memory_choices"][0], 1
+    assert gpus in settings["gpu_choices"]
+    admin = hub.token("admin-probe", roles_=["admin"])
+    hub.user("alice")
+    async with httpx.AsyncClient(
+        base_url=urljoin(hub.url, "hub/api/"),
+        headers={"Authorization": f"token {admin}"},
+        timeout=30,
+    ) as api:
+        response = await api.post(
+            "users/alice/server",
+            json={"where": WHERE, "gpus": gpus, "cpu": cpu, "memory": memory},
+        )
+        assert response.status_code in (201, 202), response.text
+
+        async def ready():
+            model = (await api.get("users/alice")).json()
+            server = model["servers"].get("")
+            return model if server and server["ready"] else None
+
+        await eventually(ready, within=90, interval=0.2)
+
+        (pod,) = await server_pods(sim)
+        container = pod.spec.containers[0]
+        assert pod.spec.node_name == "gpu-a"
+        resources = container.resources
+        assert resources.limits["nvidia.com/gpu"] == resources.requests["nvidia.com/gpu"] == "1"
+        assert resources.limits["cpu"] == str(cpu)
+        assert float(resources.requests["cpu"]) == cpu * settings["cpu_guarantee_ratio"]
+        gib = 1024**3
+        assert int(resources.limits["memory"]) == memory * gib
+        assert int(resources.requests["memory"]) == memory * gib * settings["mem_guarantee_ratio"]
+        # The values' storage: the shared claims of manifests/storage.yaml and the scratch.
+        mounts = {m.mount_path: m.name for m in container.volume_mounts}
+        volumes = {v.name: v for v in pod.spec.volumes}
+        for shared in settings["shared_volumes"]:
+            volume = volumes[mounts[shared["mount_path"]]]
+            assert volume.persistent_volume_claim.claim_name == shared["claim"]
+        scratch = volumes[mounts[settings["scratch_path"]]]
+        assert scratch.empty_dir.size_limit == settings["scratch_size_limit"]
+        # The GPU taint the values tolerate, and the placement on the chosen model.
+        assert any(
+            t.key == "nvidia.com/gpu" and t.effect == "NoSchedule" for t in pod.spec.tolerations
+        )
+        terms = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+        assert terms.node_selector_terms[0].match_expressions[0].values == [A100.product]
+        # singleuser.* from the values: the image and the environment.
+        image = get_path(values, "singleuser.image")
+        assert container.image == f"{image['name']}:{image['tag']}"
+        env = {e.name: e for e in container.env}
+        assert env["THINKUBE_DATASETS_BUCKET"].value == "datasets"
+        assert env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name == "thinkube-s3"
+
+        # The real jupyterhub-singleuser answers through the hub's proxy.
+        token = hub.token("alice")
+        async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as http:
+            answer = await http.get(urljoin(hub.url, "user/alice/api/status"))
+        assert answer.status_code == 200, answer.text[:300]
+
+        response = await api.delete("users/alice/server")
+        assert response.status_code in (202, 204), response.text
+
+        async def stopped():
+            return (await api.get("users/alice")).json()["servers"] == {}
+
+        await eventually(stopped, within=60, interval=0.2)
+    assert await server_pods(sim) == []
