@@ -14,40 +14,20 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
-
-async def start_kubesim(nodes: int, gpu_nodes: int, pods: int, kubeconfig: Path):
-    started = time.perf_counter()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.kubesim",
-        "--nodes",
-        str(nodes),
-        "--gpu-nodes",
-        str(gpu_nodes),
-        "--pods",
-        str(pods),
-        "--kubeconfig",
-        str(kubeconfig),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    line = (await process.stdout.readline()).decode()
-    if "kubesim listening on" not in line:
-        raise RuntimeError(f"kubesim did not start: {line!r}")
-    return process, time.perf_counter() - started
+from benchmarks.common import start_kubesim
 
 
 async def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         kubeconfig = Path(tmp) / "kubeconfig"
-        process, startup_s = await start_kubesim(args.nodes, args.gpu_nodes, args.pods, kubeconfig)
+        kubesim = await start_kubesim(args.nodes, args.gpu_nodes, args.pods, kubeconfig)
+        startup_s = kubesim.startup_s
         try:
             configuration = client.Configuration()
             await config.load_kube_config(
@@ -66,8 +46,7 @@ async def measure(args) -> dict:
                     core, body["metadata"]["resourceVersion"], args.watch_events
                 )
         finally:
-            process.terminate()
-            await process.wait()
+            await kubesim.stop()
     latencies.sort()
     return {
         "nodes": args.nodes,

@@ -51,6 +51,7 @@ import aiohttp
 import psutil
 from kubernetes_asyncio import client, config
 
+from benchmarks.common import percentile, start_kubesim
 from tests.kubesim.sim import free_port
 
 SERVICE = "thinkube-resources"
@@ -59,11 +60,6 @@ REPO = Path(__file__).resolve().parent.parent
 REQUEST_LINE = re.compile(
     rb"(?:^|\r\n)(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) \S+ HTTP/1\.[01]\r\n"
 )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 class CountingProxy:
@@ -120,29 +116,6 @@ class CountingProxy:
         self._tasks.update(tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.difference_update(tasks)
-
-
-async def start_kubesim(args, kubeconfig: Path):
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.kubesim",
-        "--nodes",
-        str(args.nodes),
-        "--gpu-nodes",
-        str(args.gpu_nodes),
-        "--pods",
-        str(args.pods),
-        "--kubeconfig",
-        str(kubeconfig),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=str(REPO),
-    )
-    line = (await process.stdout.readline()).decode()
-    if "kubesim listening on" not in line:
-        raise RuntimeError(f"kubesim did not start: {line!r}")
-    port = int(line.strip().rsplit(":", 1)[1].strip("/"))
-    return process, port
 
 
 def hub_config(workdir: Path, kubeconfig: Path, service_port: int, hub_port: int, token: str):
@@ -335,7 +308,8 @@ async def naive(core, sample: int, repeat: int) -> dict:
 async def measure(args, workdir: Path) -> dict:
     figures: dict = {"nodes": args.nodes, "pods": args.pods}
     kubeconfig = workdir / "kubeconfig"
-    kubesim, kube_port = await start_kubesim(args, kubeconfig)
+    kubesim = await start_kubesim(args.nodes, args.gpu_nodes, args.pods, kubeconfig)
+    kube_port = kubesim.port
     proxy = CountingProxy(kube_port)
     hub = None
     try:
@@ -460,9 +434,7 @@ async def measure(args, workdir: Path) -> dict:
                 hub.kill()
                 await hub.wait()
         await proxy.stop()
-        if kubesim.returncode is None:
-            kubesim.terminate()
-            await kubesim.wait()
+        await kubesim.stop()
     figures["targets"] = {
         "p99_ms": 50,
         "freshness_p99_ms": 1000,

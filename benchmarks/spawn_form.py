@@ -61,6 +61,7 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 import tests.conftest  # noqa: E402  (sets its own placeholder; removed at exit)
+from benchmarks.common import percentile, start_kubesim  # noqa: E402
 from tests.e2e.test_thinkube_spawner import (  # noqa: E402
     CLAIMS,
     SINGLEUSER,
@@ -134,11 +135,6 @@ def merge(base: dict, extra: dict) -> dict:
     for key, value in extra.items():
         out[key] = merge(out[key], value) if isinstance(out.get(key), dict) else value
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 async def wait_failed(api: httpx.AsyncClient, user: str, within: float) -> tuple[float, dict]:
@@ -304,32 +300,11 @@ async def singleuser_pods(kubeconfig: Path) -> list:
         await api.close()
 
 
-async def start_kubesim(args, workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """`python -m tests.kubesim` with the generated cluster and the form's claims."""
+def write_claims(workdir: Path) -> Path:
+    """The storage claims the spawner mounts, as a kubesim scenario file."""
     scenario = workdir / "claims.yaml"
     scenario.write_text(yaml.safe_dump([claim(name) for name in CLAIMS]))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.kubesim",
-        "--nodes",
-        str(args.nodes),
-        "--gpu-nodes",
-        str(args.gpu_nodes),
-        "--pods",
-        str(args.pods),
-        "--kubeconfig",
-        str(workdir / "kubeconfig"),
-        "--scenario",
-        str(scenario),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    line = (await process.stdout.readline()).decode()
-    if "kubesim listening on" not in line:
-        process.terminate()
-        await process.wait()
-        raise RuntimeError(f"kubesim did not start: {line!r}")
-    return process, line.split("kubesim listening on", 1)[1].strip()
+    return scenario
 
 
 async def count_pods(kubeconfig: Path) -> int:
@@ -348,11 +323,12 @@ async def measure(args) -> dict:
     result: dict = {"nodes": args.nodes, "gpu_nodes": args.gpu_nodes}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        started = time.perf_counter()
-        process, url = await start_kubesim(args, workdir)
+        sim_process = await start_kubesim(
+            args.nodes, args.gpu_nodes, args.pods, workdir / "kubeconfig", write_claims(workdir)
+        )
         try:
-            result["kubesim_startup_s"] = round(time.perf_counter() - started, 2)
-            kubesim = SimpleNamespace(url=url, kubeconfig=workdir / "kubeconfig")
+            result["kubesim_startup_s"] = round(sim_process.startup_s, 2)
+            kubesim = SimpleNamespace(url=sim_process.url, kubeconfig=workdir / "kubeconfig")
             result["pods"] = await count_pods(kubesim.kubeconfig)
             with FetchCounter() as counter:
                 started = time.perf_counter()
@@ -367,13 +343,7 @@ async def measure(args) -> dict:
                 )
                 result["kubespawner_hub_run_s"] = round(time.perf_counter() - started, 1)
         finally:
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 30)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await sim_process.stop()
     result["kubespawner_default_note"] = (
         f"plain kubespawner.KubeSpawner, start_timeout = {args.start_timeout} s (z2jh's default "
         "is 300 s), same node_selector; it waits the full start_timeout, as there is no "

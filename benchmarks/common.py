@@ -1,0 +1,58 @@
+"""What the benchmarks share: a kubesim subprocess, and percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class KubesimProcess:
+    process: asyncio.subprocess.Process
+    url: str  # http://127.0.0.1:PORT
+    startup_s: float  # process start until it listens, generated objects loaded
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].strip("/"))
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 30)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def start_kubesim(
+    nodes: int, gpu_nodes: int, pods: int, kubeconfig: Path, scenario: Path | None = None
+) -> KubesimProcess:
+    """`python -m tests.kubesim` with a generated cluster, in a process of its own (as a
+    real API server is), returned once it listens."""
+    started = time.perf_counter()
+    argv = ["--nodes", str(nodes), "--gpu-nodes", str(gpu_nodes), "--pods", str(pods)]
+    argv += ["--kubeconfig", str(kubeconfig)]
+    if scenario is not None:
+        argv += ["--scenario", str(scenario)]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.kubesim", *argv, stdout=asyncio.subprocess.PIPE, cwd=str(REPO)
+    )
+    line = (await process.stdout.readline()).decode()
+    if "kubesim listening on" not in line:
+        process.terminate()
+        await process.wait()
+        raise RuntimeError(f"kubesim did not start: {line!r}")
+    url = line.split("kubesim listening on", 1)[1].strip()
+    return KubesimProcess(process, url, time.perf_counter() - started)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
