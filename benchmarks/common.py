@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -56,3 +58,23 @@ async def start_kubesim(
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def cluster_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the generated cluster's size and `--json`, shared by the benchmarks."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--gpu-nodes", type=int, default=60)
+    parser.add_argument("--pods", type=int, default=50000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    return parser
+
+
+def emit(figures: dict, path: Path | None) -> None:
+    """Print the figures as JSON, and write them to `path` when given."""
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")

@@ -10,7 +10,6 @@ API until its ADDED event reaches a watching client).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
-from benchmarks.common import start_kubesim
+from benchmarks.common import cluster_arguments, emit, start_kubesim
 
 
 async def measure(args) -> dict:
@@ -99,21 +98,12 @@ async def watch_latencies(core, resource_version: str, count: int) -> list[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--gpu-nodes", type=int, default=60)
-    parser.add_argument("--pods", type=int, default=50000)
+    parser = cluster_arguments(__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="full lists to time")
     parser.add_argument("--watch-events", type=int, default=200)
-    parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     figures = asyncio.run(measure(args))
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ Figures (all requests go straight to the service's own URL, not through the prox
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -51,7 +50,7 @@ import aiohttp
 import psutil
 from kubernetes_asyncio import client, config
 
-from benchmarks.common import percentile, start_kubesim
+from benchmarks.common import cluster_arguments, emit, percentile, start_kubesim
 from tests.kubesim.sim import free_port
 
 SERVICE = "thinkube-resources"
@@ -445,12 +444,7 @@ async def measure(args, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--gpu-nodes", type=int, default=60)
-    parser.add_argument("--pods", type=int, default=50000)
+    parser = cluster_arguments(__doc__)
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=400, help="measured requests per route")
     parser.add_argument("--warmup", type=int, default=50)
@@ -458,14 +452,10 @@ def main() -> None:
     parser.add_argument("--naive-nodes", type=int, default=50, help="nodes the naive side lists")
     parser.add_argument("--naive-repeat", type=int, default=3, help="list_node calls timed")
     parser.add_argument("--sync-timeout", type=float, default=180)
-    parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="thinkube-bench-") as tmp:
         figures = asyncio.run(measure(args, Path(tmp)))
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(figures, args.json)
 
 
 if __name__ == "__main__":

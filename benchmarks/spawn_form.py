@@ -27,7 +27,6 @@ Figures:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import atexit
 import gc
@@ -61,7 +60,7 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 import tests.conftest  # noqa: E402  (sets its own placeholder; removed at exit)
-from benchmarks.common import percentile, start_kubesim  # noqa: E402
+from benchmarks.common import cluster_arguments, emit, percentile, start_kubesim  # noqa: E402
 from tests.e2e.test_thinkube_spawner import (  # noqa: E402
     CLAIMS,
     SINGLEUSER,
@@ -364,20 +363,12 @@ async def measure(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--gpu-nodes", type=int, default=60)
-    parser.add_argument("--pods", type=int, default=50000)
+    parser = cluster_arguments(__doc__)
     parser.add_argument("--renders", type=int, default=200, help="timed GET /hub/spawn")
     parser.add_argument("--start-timeout", type=int, default=60)
     parser.add_argument("--skip-kubespawner", action="store_true")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    result = asyncio.run(measure(args))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit(asyncio.run(measure(args)), args.json)
     return 0
 
 

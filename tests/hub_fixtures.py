@@ -110,6 +110,15 @@ def service_hub_config(
     return c
 
 
+# The harness's roles plus the service's own, whose token ThinkubeSpawner uses to read
+# availability (as helm-values' hub.loadRoles grants it).
+SPAWNER_HUB_ROLES = [
+    {"name": "user", "scopes": ["self", ACCESS_SCOPE]},
+    {"name": IMAGE_WRITERS_ROLE, "scopes": [ACCESS_SCOPE, IMAGES_WRITE_SCOPE]},
+    {"name": SERVICE_NAME, "scopes": [ACCESS_SCOPE], "services": [SERVICE_NAME]},
+]
+
+
 @dataclass
 class HubWithService:
     app: MockHub

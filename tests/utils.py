@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 
@@ -18,3 +20,20 @@ async def eventually(predicate, within: float = 10.0, interval: float = 0.05):
         if loop.time() > deadline:
             pytest.fail(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+async def stop_process_group(
+    process: asyncio.subprocess.Process | None, grace_s: float = 5.0
+) -> None:
+    """SIGTERM a process started with start_new_session, SIGKILL its group after the grace."""
+    if process is None or process.returncode is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    except ProcessLookupError:
+        pass

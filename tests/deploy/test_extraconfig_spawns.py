@@ -25,7 +25,7 @@ from tests.deploy.z2jh import (
     hub_config,
     manifest_documents,
 )
-from tests.hub_fixtures import ACCESS_SCOPE, IMAGE_WRITERS_ROLE, IMAGES_WRITE_SCOPE, SERVICE_NAME
+from tests.hub_fixtures import SPAWNER_HUB_ROLES
 from tests.kubesim.generator import GPU_MODELS, make_node
 from tests.utils import eventually
 
@@ -70,15 +70,7 @@ def spawner_config(values: dict, sim) -> dict:
             # The harness's service and roles stay (its service runs against kubesim); the
             # spawner calls the service with the service's own token, as the values'
             # hub.loadRoles thinkube-resources role allows.
-            "load_roles": [
-                {"name": "user", "scopes": ["self", ACCESS_SCOPE]},
-                {"name": IMAGE_WRITERS_ROLE, "scopes": [ACCESS_SCOPE, IMAGES_WRITE_SCOPE]},
-                {
-                    "name": "thinkube-resources",
-                    "scopes": [ACCESS_SCOPE],
-                    "services": [SERVICE_NAME],
-                },
-            ],
+            "load_roles": SPAWNER_HUB_ROLES,
         },
         "KubeSpawner": kubespawner,
         "ThinkubeSpawner": thinkube,

@@ -20,7 +20,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from tests.conftest import api_client_for
-from tests.hub_fixtures import ACCESS_SCOPE, IMAGE_WRITERS_ROLE, IMAGES_WRITE_SCOPE, SERVICE_NAME
+from tests.hub_fixtures import SPAWNER_HUB_ROLES
 from tests.kubesim.generator import GPU_MODELS, make_node
 from tests.utils import eventually
 
@@ -46,16 +46,7 @@ def hub_config(sim, **spawner) -> dict:
     return {
         "JupyterHub": {
             "spawner_class": "thinkube",
-            "load_roles": [
-                {"name": "user", "scopes": ["self", ACCESS_SCOPE]},
-                {"name": IMAGE_WRITERS_ROLE, "scopes": [ACCESS_SCOPE, IMAGES_WRITE_SCOPE]},
-                # The spawner reaches the service with the service's own token.
-                {
-                    "name": "thinkube-resources",
-                    "scopes": [ACCESS_SCOPE],
-                    "services": [SERVICE_NAME],
-                },
-            ],
+            "load_roles": SPAWNER_HUB_ROLES,
         },
         "ThinkubeSpawner": {
             "k8s_api_host": sim.url,

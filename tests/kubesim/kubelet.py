@@ -20,9 +20,10 @@ import logging
 import os
 import random
 import shutil
-import signal
 import tempfile
 from typing import TYPE_CHECKING, Any
+
+from tests.utils import stop_process_group
 
 from .resources import BY_PATH
 from .store import Change, now_rfc3339
@@ -427,17 +428,7 @@ class Kubelet:
             self._stopping.discard(key)
 
     async def stop_process(self, key: tuple[str, str], grace_s: float) -> None:
-        process = self.processes.pop(key, None)
-        if process is not None and process.returncode is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), grace_s)
-                except TimeoutError:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    await process.wait()
-            except ProcessLookupError:
-                pass
+        await stop_process_group(self.processes.pop(key, None), grace_s)
         workdir = self.workdirs.pop(key, None)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -450,12 +441,7 @@ class Kubelet:
             await self.stop_process(key, 5)
         # Pods still in their grace period when the emulator stops: their processes too.
         for process in list(self.all_processes):
-            if process.returncode is None:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    await process.wait()
-                except ProcessLookupError:
-                    pass
+            await stop_process_group(process, 0)
         for task in list(self._tasks):
             task.cancel()
 

@@ -14,10 +14,11 @@ import os
 import random
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
+
+from tests.utils import stop_process_group
 
 log = logging.getLogger("runpod_fake.runtime")
 
@@ -129,20 +130,6 @@ async def start_process(
     return process
 
 
-async def stop_process(process: asyncio.subprocess.Process | None, grace_s: float = 5.0) -> None:
-    if process is None or process.returncode is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), grace_s)
-        except TimeoutError:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    except ProcessLookupError:
-        pass
-
-
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
@@ -170,7 +157,7 @@ async def open_forwarder(target_host: str, target_port: int) -> asyncio.Server:
 
 
 async def close_container(container: Container, grace_s: float = 5.0) -> None:
-    await stop_process(container.process, grace_s)
+    await stop_process_group(container.process, grace_s)
     for server in container.forwarders.values():
         server.close()
         with contextlib.suppress(Exception):
