@@ -13,7 +13,11 @@ service as a hub-managed subprocess watching the kubesim: the harness of the end
 Figures:
 
 - `form_p50_ms` / `form_p99_ms`: `GET /hub/spawn` through the proxy by a logged-in user
-  (a browser's cookies), the whole page read; each render fetches availability once.
+  (a browser's cookies), the whole page read; each render asks the service once. While the
+  cluster is unchanged the service answers 304 and the hub reuses the menu it built.
+- `form_changing_p50_ms` / `form_changing_p99_ms`: the same, with a pod created before each
+  render, so that every render gets a new version of the availability document (about 1 MB
+  at 1,000 nodes), parses it and builds the menu anew: a busy cluster's case.
 - `service_calls_per_spawn`: the availability service requests the spawner made for one
   form render plus one submit (counted by wrapping `AvailabilityClient.fetch` for the whole
   process, checked against the spawner's own `AvailabilityClient.calls`).
@@ -72,6 +76,7 @@ from tests.e2e.test_thinkube_spawner import (  # noqa: E402
 )
 from tests.hub_fixtures import running_hub  # noqa: E402
 from thinkube_spawner.availability import AvailabilityClient  # noqa: E402
+from thinkube_spawner.spawner import _built_menus  # noqa: E402
 
 atexit.register(shutil.rmtree, tests.conftest._session_dir, ignore_errors=True)
 os.environ["KUBECONFIG"] = os.path.join(_placeholder_dir, "kubeconfig")
@@ -148,8 +153,58 @@ async def wait_failed(api: httpx.AsyncClient, user: str, within: float) -> tuple
     raise TimeoutError(f"the spawn of {user} had not failed within {within}s")
 
 
+async def renders_while_the_cluster_changes(
+    kubesim: SimpleNamespace, browser: httpx.AsyncClient, spawn_url: str, spawner, renders: int
+) -> dict:
+    """`GET /hub/spawn` after each of `renders` pod creations: every render then gets a new
+    availability version (the service answers in full, the hub parses it and builds the menu
+    anew), the path a busy cluster takes."""
+    async with httpx.AsyncClient(base_url=f"{kubesim.url}/api/v1/", timeout=30) as kube:
+        node = (await kube.get("nodes", params={"limit": 1})).json()["items"][0]["metadata"]["name"]
+        times, versions = [], set()
+        for index in range(renders):
+            name = f"churn-{index}"
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeName": node,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "busybox:1.36",
+                            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                        }
+                    ],
+                },
+            }
+            (await kube.post("namespaces/default/pods", json=pod)).raise_for_status()
+            await asyncio.sleep(0.3)  # the service's debounce (0.1 s) and rebuild
+            started = time.perf_counter()
+            page = await browser.get(spawn_url)
+            times.append((time.perf_counter() - started) * 1000)
+            page.raise_for_status()
+            versions.add(_built_menus.get(spawner.menu_settings())[0])  # the version rendered
+        for index in range(renders):
+            await kube.delete(
+                f"namespaces/default/pods/churn-{index}", params={"gracePeriodSeconds": 0}
+            )
+    return {
+        "form_changing_renders": renders,
+        "form_changing_versions_seen": len(versions),
+        "form_changing_p50_ms": round(statistics.median(times), 1),
+        "form_changing_p99_ms": round(percentile(times, 0.99), 1),
+        "form_changing_max_ms": round(max(times), 1),
+    }
+
+
 async def thinkube_run(
-    kubesim: SimpleNamespace, workdir: Path, renders: int, counter: FetchCounter
+    kubesim: SimpleNamespace,
+    workdir: Path,
+    renders: int,
+    changing_renders: int,
+    counter: FetchCounter,
 ) -> dict:
     config = merge(
         # hub_config reads only `.url` (the spawner's k8s_api_host)
@@ -178,6 +233,9 @@ async def thinkube_run(
                     raise RuntimeError(f"GET /hub/spawn: HTTP {page.status_code}")
         full = [ms for generation, ms in gc_pauses.pauses if generation == 2]
         page_bytes = len(page.content)
+        changing = await renders_while_the_cluster_changes(
+            kubesim, browser, spawn_url, spawner, changing_renders
+        )
 
         # one render + one submit of an unschedulable choice
         before_process, before_spawner = counter.count, spawner.availability.calls
@@ -225,6 +283,7 @@ async def thinkube_run(
             "form_p90_ms": round(percentile(times, 0.90), 1),
             "form_max_ms": round(max(times), 1),
             "form_renders_over_150_ms": sum(ms > 150 for ms in times),
+            **changing,
             "gc_full_collections_during_renders": len(full),
             "gc_full_collection_ms_max": round(max(full), 1) if full else 0,
             "service_calls_per_spawn": calls - suggestion,
@@ -332,7 +391,13 @@ async def measure(args) -> dict:
             with FetchCounter() as counter:
                 started = time.perf_counter()
                 result.update(
-                    await thinkube_run(kubesim, workdir / "hub-thinkube", args.renders, counter)
+                    await thinkube_run(
+                        kubesim,
+                        workdir / "hub-thinkube",
+                        args.renders,
+                        args.changing_renders,
+                        counter,
+                    )
                 )
                 result["thinkube_hub_run_s"] = round(time.perf_counter() - started, 1)
             if not args.skip_kubespawner:
@@ -365,6 +430,12 @@ async def measure(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = cluster_arguments(__doc__)
     parser.add_argument("--renders", type=int, default=200, help="timed GET /hub/spawn")
+    parser.add_argument(
+        "--changing-renders",
+        type=int,
+        default=50,
+        help="timed GET /hub/spawn, each after a pod was created (a new availability version)",
+    )
     parser.add_argument("--start-timeout", type=int, default=60)
     parser.add_argument("--skip-kubespawner", action="store_true")
     args = parser.parse_args(argv)

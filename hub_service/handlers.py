@@ -8,6 +8,7 @@ ignored (HubAuth's default), and no log line carries a query string or a header.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -110,10 +111,10 @@ class JSONHandler(ServiceAuth, web.RequestHandler):
             message = exc.log_message % exc.args if exc.args else exc.log_message
         self.send_json({"status": status_code, "error": message}, status_code)
 
-    def send_json(self, body: Any, status: int = 200) -> None:
+    def send_json(self, body: Any, status: int = 200, cache_control: str = "no-store") -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
+        self.set_header("Cache-Control", cache_control)
         self.finish(body if isinstance(body, bytes) else json.dumps(body).encode())
 
     def send_bad_request(self, field: str | None, message: str) -> None:
@@ -209,17 +210,31 @@ class AvailabilityHandler(JSONHandler):
         images = await self.service.run_db(self.service.catalog.list, "jupyter")
         published = self.service.source.published  # after the await: the newest
         fresh = self.freshness()
+        images_json = json.dumps(images).encode()
+        # The version changes with the documents and the catalog, not with time (freshness
+        # is in the X-Thinkube-* headers too): a spawner that holds this version gets a 304
+        # and skips parsing a document that is about 1 MB at 1,000 nodes.
+        version = hashlib.blake2b(
+            published.content_digest.encode() + b"|" + images_json, digest_size=12
+        ).hexdigest()
+        self.set_header("ETag", f'"{version}"')
+        if self.check_etag_header():
+            self.set_status(304)
+            self.set_header("Cache-Control", "no-cache")
+            self.finish()
+            return
         self.send_json(
             with_fields(
-                fresh,
+                {**fresh, "version": version},
                 b'{"nodes":'
                 + published.resources
                 + b',"summary":'
                 + with_fields(fresh, published.summary)
                 + b',"images":'
-                + json.dumps(images).encode()
+                + images_json
                 + b"}",
-            )
+            ),
+            cache_control="no-cache",  # kept, but revalidated (If-None-Match) before each use
         )
 
 

@@ -13,6 +13,8 @@ it is back), never once per retry or per request.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import logging
 import random
@@ -50,6 +52,14 @@ class Published:
     node_count: int = 0
     pod_count: int = 0
     built_at: float = 0.0  # monotonic
+
+    @functools.cached_property
+    def content_digest(self) -> str:
+        """Changes when the documents do: a rebuild after an event that changed nothing we
+        publish (a pod's status, a node's heartbeat) keeps it, so clients keep their copy."""
+        digest = hashlib.blake2b(self.resources, digest_size=16)
+        digest.update(b"\0" + self.summary)
+        return digest.hexdigest()
 
 
 class Inventory:

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import functools
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
-from .availability import AvailabilityClient, ServiceUnavailable
+from .availability import AvailabilityClient, ServiceUnavailable, paused_gc
 from .errors import spawn_error
 from .menu import PROFILE_SLUG, ChoiceError, Menu, MenuSettings, build_menu, check_choice
 from .shaping import (
@@ -40,6 +44,53 @@ UNSCHEDULABLE_MARKERS = (
     "had untolerated taint",
     "Too many pods",
 )
+
+
+class _BuiltMenus:
+    """The newest menu per menu settings, with the version of the service's answer it was
+    built from, shared by the hub's spawners: while the cluster and catalog are unchanged,
+    a form render or a check at submit reuses it (the service answers 304) instead of
+    rebuilding it from 1,000 node documents. Menus are not modified after build_menu, so
+    sharing them is safe."""
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._menus: OrderedDict[MenuSettings, tuple[str, Menu]] = OrderedDict()
+
+    def get(self, settings: MenuSettings) -> tuple[str, Menu] | None:
+        held = self._menus.get(settings)
+        if held is not None:
+            self._menus.move_to_end(settings)
+        return held
+
+    def put(self, settings: MenuSettings, version: str, menu: Menu) -> None:
+        self._menus[settings] = (version, menu)
+        self._menus.move_to_end(settings)
+        while len(self._menus) > self.size:
+            self._menus.popitem(last=False)
+
+
+_built_menus = _BuiltMenus()
+
+
+@functools.lru_cache(maxsize=8)
+def _form_template(search_path: tuple[str, ...], template_source: str) -> jinja2.Template:
+    """The spawn form's template, as kubespawner finds it (`profile_form_template`, else
+    form.html on `additional_profile_form_template_paths`, else kubespawner's own), compiled
+    once. jinja still notices a changed file on disk."""
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.FileSystemLoader(list(search_path)),
+                jinja2.PackageLoader("kubespawner", "templates"),
+            ]
+        )
+    )
+    # As kubespawner: keep the profile's key order in `tojson` (it is the display order).
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False}
+    if template_source:
+        return env.from_string(template_source)
+    return env.get_template("form.html")
 
 
 def _running_hub():
@@ -245,11 +296,21 @@ class ThinkubeSpawner(KubeSpawner):
             and time.monotonic() - self._menu_cache[0] < self.menu_cache_seconds
         ):
             return self._menu_cache[1]
-        data = await self.availability.fetch()
-        freshness = {k: data.get(k) for k in ("generated_at", "stale", "age_seconds")}
-        menu = build_menu(
-            data["nodes"], data["summary"], data["images"], self.menu_settings(), freshness
-        )
+        settings = self.menu_settings()
+        held = _built_menus.get(settings)
+        answer = await self.availability.fetch(held[0] if held else None)
+        if held and answer.unchanged:
+            built = held[1]
+        else:
+            with paused_gc():
+                data = answer.document()
+                built = build_menu(
+                    data["nodes"], data["summary"], data["images"], settings, answer.freshness
+                )
+                del data  # freed here, by reference counting
+            if answer.version:
+                _built_menus.put(settings, answer.version, built)
+        menu = dataclasses.replace(built, **answer.freshness)
         self._menu_cache = (time.monotonic(), menu)
         return menu
 
@@ -265,6 +326,24 @@ class ThinkubeSpawner(KubeSpawner):
             self.log.warning("Spawn form for %s: %s", self.user.name, err)
             return [unavailable_profile(str(err))]
         return [menu_profile(menu, self.user_options or {})]
+
+    def _render_options_form(self, profile_list: list[dict]) -> str:
+        """kubespawner's form rendering, with the jinja environment and the compiled template
+        kept for the process: kubespawner builds both anew for every render, which costs more
+        than rendering the page."""
+        profile_list = self._get_initialized_profile_list(profile_list)
+        template = _form_template(
+            tuple(self.additional_profile_form_template_paths), self.profile_form_template
+        )
+        # menu_profile preselects only what is still offered; an answer kubespawner would
+        # not validate is not passed on (as kubespawner does).
+        user_options = self.user_options or {}
+        if user_options:
+            try:
+                self._validate_user_options(profile_list)
+            except ValueError:
+                user_options = {}
+        return template.render(profile_list=profile_list, user_options=user_options)
 
     # -- start ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import pytest_asyncio
 from tests.hub_fixtures import ACCESS_SCOPE
 from tests.kubesim.generator import make_node
 from tests.utils import eventually
+from thinkube_spawner.availability import Answer, AvailabilityClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -124,6 +125,55 @@ async def test_pods_created_and_deleted_show_within_a_second(client, kube):
 
     assert await wait_until(gone, within=1.0) < 1.0
     assert (await kube.delete("pods/fresh-2", params={"gracePeriodSeconds": "0"})).is_success
+
+
+async def test_availability_is_revalidated_and_every_change_is_seen(hub, client, kube):
+    """Spawners hold the last answer and ask with If-None-Match: 304 while nothing changed
+    (with the freshness in the headers), the new document as soon as a pod changes."""
+    # the previous test's last pod is gone first
+    await wait_until(lambda: _pod_count_is(client, "worker-2", 0), within=2.0)
+    first = await client.get("api/v1/availability")
+    version = first.json()["version"]
+    assert first.headers["etag"] == f'"{version}"'
+    assert first.headers["cache-control"] == "no-cache"
+    again = await client.get("api/v1/availability", headers={"If-None-Match": f'"{version}"'})
+    assert (again.status_code, again.content) == (304, b"")
+    assert again.headers["x-thinkube-stale"] == "false"
+    assert again.headers["x-thinkube-generated-at"] == first.json()["generated_at"]
+    other = await client.get("api/v1/availability", headers={"If-None-Match": '"0123"'})
+    assert other.status_code == 200 and other.json()["version"] == version
+    # auth comes first: a stranger holding the version gets 401, not 304
+    stranger = hub.client()
+    refused = await stranger.get("api/v1/availability", headers={"If-None-Match": f'"{version}"'})
+    assert refused.status_code == 401
+
+    # the spawners' client: the second fetch reuses the parsed answer
+    availability = AvailabilityClient(
+        hub.service_direct_url, hub.token("spawner-like", [ACCESS_SCOPE])
+    )
+    held = await availability.fetch()
+    assert held.version == version and not held.unchanged
+    assert len(held.document()["nodes"]) == 2
+    assert await availability.fetch(version) == Answer(
+        version, generated_at=held.generated_at, stale=False, age_seconds=0.0, unchanged=True
+    )
+    assert availability.calls == 2  # each fetch asked the service
+
+    created = await kube.post("pods", json=pod_manifest("seen-1", "worker-2", "3", "1Gi"))
+    assert created.status_code == 201
+
+    async def new_answer():
+        answer = await availability.fetch(version)
+        if answer.unchanged:
+            return None
+        body = {**answer.document(), "version": answer.version}
+        worker_2 = next(node for node in body["nodes"] if node["name"] == "worker-2")
+        return body if worker_2["allocated"]["cpu"] == 3.0 else None
+
+    changed = await eventually(new_answer, within=2.0, interval=0.05)
+    assert changed["version"] != version
+    assert (await kube.delete("pods/seen-1", params={"gracePeriodSeconds": "0"})).is_success
+    await wait_until(lambda: _pod_count_is(client, "worker-2", 0), within=2.0)
 
 
 async def test_410_gone_makes_it_relist_and_stay_current(hub, sim, client, kube):

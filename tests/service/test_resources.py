@@ -589,6 +589,7 @@ async def test_availability_is_nodes_summary_and_images_from_one_snapshot(client
         "resource_version",
         "stale",
         "age_seconds",
+        "version",
         "nodes",
         "summary",
         "images",

@@ -5,6 +5,7 @@ service builds its documents: generator manifests -> ``summarize_pod`` ->
 from __future__ import annotations
 
 import copy
+import json
 from collections import defaultdict
 
 from hub_service.accounting import summarize_pod
@@ -164,17 +165,22 @@ class FakeAvailability:
         self.nodes, self.pods, self.freshness, self.error = nodes, pods, freshness or {}, error
         self.calls = 0
 
-    async def fetch(self) -> dict:
-        from thinkube_spawner.availability import ServiceUnavailable
+    async def fetch(self, held_version: str | None = None):
+        from thinkube_spawner.availability import Answer, ServiceUnavailable
 
         self.calls += 1
         if self.error:
             raise ServiceUnavailable(self.error)
+        version = self.freshness.get("version")
+        freshness = {k: v for k, v in self.freshness.items() if k != "version"}
+        if held_version and version == held_version:
+            return Answer(version, unchanged=True, **freshness)  # the service's 304
         node_docs, summary = documents(
             lab_nodes() if self.nodes is None else self.nodes,
             lab_pods() if self.pods is None else self.pods,
         )
-        return {"nodes": node_docs, "summary": summary, "images": images(), **self.freshness}
+        body = {"nodes": node_docs, "summary": summary, "images": images(), **self.freshness}
+        return Answer(version, raw=json.dumps(body).encode(), **freshness)
 
 
 def make_spawner(availability: FakeAvailability | None = None, **traits):

@@ -532,6 +532,41 @@ async def test_the_spawner_renders_this_form_through_kubespawner():
     assert availability.calls == 3
 
 
+async def test_spawners_share_the_menu_of_one_service_version(monkeypatch):
+    import thinkube_spawner.spawner as spawner_module
+
+    builds = []
+
+    def counting_build_menu(*args, **kwargs):
+        builds.append(args)
+        return build_menu(*args, **kwargs)
+
+    monkeypatch.setattr(spawner_module, "build_menu", counting_build_menu)
+    monkeypatch.setattr(spawner_module, "_built_menus", spawner_module._BuiltMenus())
+    first = FakeAvailability(freshness={**FRESH, "version": "v1"})
+    alice, bob = make_spawner(first), make_spawner(first)
+    await alice.menu(fresh=True)
+    bob_menu = await bob.menu(fresh=True)
+    assert len(builds) == 1  # the same version: built once for both
+    # the freshness is always the newest answer's, even for a shared menu
+    first.freshness = {**FRESH, "version": "v1", "stale": True, "age_seconds": 42.0}
+    stale_menu = await alice.menu(fresh=True)
+    assert len(builds) == 1
+    assert (stale_menu.stale, stale_menu.age_seconds) == (True, 42.0)
+    assert (bob_menu.stale, bob_menu.age_seconds) == (False, 3.2)
+    # other menu settings, or a new version, are built anew
+    carol = make_spawner(first, cpu_choices=[1, 2])
+    await carol.menu(fresh=True)
+    first.freshness = {**FRESH, "version": "v2"}
+    await alice.menu(fresh=True)
+    assert len(builds) == 3
+    # an answer without a version is never shared
+    unversioned = FakeAvailability(freshness=FRESH)
+    await make_spawner(unversioned).menu(fresh=True)
+    await make_spawner(unversioned).menu(fresh=True)
+    assert len(builds) == 5
+
+
 async def test_the_spawner_preselects_its_last_user_options():
     spawner = make_spawner()
     spawner.user_options = {
