@@ -25,6 +25,7 @@ from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
+from .cloud import Cloud
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
 from .inventory import Inventory, KubernetesInventory
 
@@ -192,12 +193,57 @@ class ThinkubeService(Application):
         config=True,
         help="Hub scopes that also grant read access, beyond access to this service, e.g. `['admin:users']`.",
     )
+    runpod_api_key = Unicode(
+        "",
+        config=True,
+        help="RunPod API key for cloud GPU offers and the reaper; empty: runpod_api_key_file, "
+        "else RUNPOD_API_KEY, else the file named by RUNPOD_API_KEY_FILE; none: cloud is off. "
+        "Never logged. E.g. `c.ThinkubeService.runpod_api_key = open('/secrets/runpod').read()`.",
+    )
+    runpod_api_key_file = Unicode(
+        "",
+        config=True,
+        help="A file holding the RunPod API key (see runpod_api_key), e.g. "
+        "`/etc/thinkube/runpod-api-key`.",
+    )
+    runpod_api_url = Unicode(
+        "",
+        config=True,
+        help="RunPod's GraphQL endpoint; empty: RUNPOD_API_URL, else "
+        "`https://api.runpod.io/graphql`. E.g. `https://api.runpod.io/graphql`.",
+    )
+    cloud_offers_ttl_seconds = Float(
+        300.0,
+        config=True,
+        help="Seconds between background refreshes of RunPod's offers (requests never wait "
+        "on RunPod), e.g. `300`.",
+    )
+    cloud_pod_prefix = Unicode(
+        "thinkube",
+        config=True,
+        help="This hub's mark on its cloud pods (their THINKUBE_HUB metadata); the reaper ends "
+        "only pods with this mark. Must match the spawner's cloud_pod_name_prefix. E.g. `lab-hub`.",
+    )
+    cloud_reaper_interval_seconds = Float(
+        300.0,
+        config=True,
+        help="Seconds between reaper passes, which terminate cloud pods of this hub that no "
+        "active server owns (needs the hub scopes list:users, read:servers and "
+        "admin:server_state); 0: off. E.g. `300`.",
+    )
+    cloud_reaper_grace_seconds = Float(
+        600.0,
+        config=True,
+        help="The reaper leaves pods younger than this alone, e.g. `600`.",
+    )
 
     hub_auth = Instance(HubOAuth)
     catalog = Instance(Catalog, allow_none=True)
     registry = Instance(CollectorRegistry)
     # The live inventory the handlers answer from (the `inventory` option picks its kind).
     source = Instance(Inventory, allow_none=True)
+    # RunPod offers and the reaper (not configured without an API key).
+    cloud = Instance(Cloud, allow_none=True)
 
     @property
     def access_scopes(self) -> set[str]:
@@ -365,9 +411,23 @@ class ThinkubeService(Application):
         self.source = self.make_inventory()
         self.catalog = Catalog(self.db_url)
         self.catalog.seed(self.seed_images)
+        # before listening: the cloud route answers from it (not configured: it says why)
+        self.cloud = Cloud.from_settings(
+            api_key=self.runpod_api_key,
+            key_file=self.runpod_api_key_file,  # ~ is expanded when read
+            api_url=self.runpod_api_url,
+            offers_ttl_s=self.cloud_offers_ttl_seconds,
+            prefix=self.cloud_pod_prefix,
+            reaper_interval_s=self.cloud_reaper_interval_seconds,
+            reaper_grace_s=self.cloud_reaper_grace_seconds,
+            hub_api_url=self.hub_auth.api_url,
+            hub_token=self.hub_auth.api_token,
+            environ=os.environ,
+        )
         server = HTTPServer(self.make_app(), xheaders=True)
         server.listen(self.port, self.ip)
         await self.source.start()
+        await self.cloud.start()
         self.log.info(
             "%s listening on %s:%d%s (inventory: %s)",
             self.name,
@@ -382,6 +442,8 @@ class ThinkubeService(Application):
         server.stop()
         if self.source is not None:
             await self.source.stop()
+        if self.cloud is not None:
+            await self.cloud.aclose()
         self._db_pool.shutdown(wait=False)
         if self.catalog is not None:
             self.catalog.close()

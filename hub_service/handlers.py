@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
 from .catalog import CatalogError
+from .cloud import FILTER_NAMES, FilterError, offer_filters
 
 if TYPE_CHECKING:
     from .app import ThinkubeService
@@ -203,19 +204,25 @@ class SummaryHandler(JSONHandler):
 
 
 class AvailabilityHandler(JSONHandler):
-    """What a spawn form needs in one request: the nodes, the summary and the Jupyter
-    images, with the freshness of the (one) inventory snapshot they come from."""
+    """What a spawn form needs in one request: the nodes, the summary, the Jupyter images
+    and the cloud offers (null when the service has no cloud part), with the freshness of
+    the (one) inventory snapshot they come from."""
 
     async def get(self) -> None:
         images = await self.service.run_db(self.service.catalog.list, "jupyter")
         published = self.service.source.published  # after the await: the newest
         fresh = self.freshness()
         images_json = json.dumps(images).encode()
-        # The version changes with the documents and the catalog, not with time (freshness
-        # is in the X-Thinkube-* headers too): a spawner that holds this version gets a 304
-        # and skips parsing a document that is about 1 MB at 1,000 nodes.
+        cloud = self.service.cloud.offers.state() if self.service.cloud else None
+        if cloud is not None:
+            cloud.pop("age_seconds", None)  # it changes with time; fetched_at says the same
+        cloud_json = json.dumps(cloud).encode()
+        # The version changes with the documents, the catalog and the cloud offers, not with
+        # time (freshness is in the X-Thinkube-* headers too): a spawner that holds this
+        # version gets a 304 and skips parsing a document of about 1 MB at 1,000 nodes.
         version = hashlib.blake2b(
-            published.content_digest.encode() + b"|" + images_json, digest_size=12
+            published.content_digest.encode() + b"|" + images_json + b"|" + cloud_json,
+            digest_size=12,
         ).hexdigest()
         self.set_header("ETag", f'"{version}"')
         if self.check_etag_header():
@@ -232,10 +239,35 @@ class AvailabilityHandler(JSONHandler):
                 + with_fields(fresh, published.summary)
                 + b',"images":'
                 + images_json
+                + b',"cloud":'
+                + cloud_json
                 + b"}",
             ),
             cache_control="no-cache",  # kept, but revalidated (If-None-Match) before each use
         )
+
+
+class CloudOffersHandler(JSONHandler):
+    """RunPod's offers from the service's cache (never a request to RunPod), filtered by the
+    query arguments and cheapest first; 404 when cloud is not configured."""
+
+    def get(self) -> None:
+        arguments = {
+            name: self.get_query_argument(name)
+            for name in FILTER_NAMES
+            if name in self.request.query_arguments
+        }
+        try:
+            filters = offer_filters(arguments)
+        except FilterError as err:
+            self.send_bad_request(err.field, str(err))
+            return
+        offers = self.service.cloud.offers
+        if not offers.configured:
+            raise web.HTTPError(
+                404, f"cloud GPUs are not configured on this hub: {offers.not_configured_reason}"
+            )
+        self.send_json(offers.state(**filters))
 
 
 class ImagesHandler(JSONHandler):
@@ -342,6 +374,7 @@ def routes(prefix: str) -> list[tuple]:
         (url_path_join(api, r"cluster/resources/([^/]+)"), NodeHandler),
         (url_path_join(api, "cluster/summary"), SummaryHandler),
         (url_path_join(api, "availability"), AvailabilityHandler),
+        (url_path_join(api, "cloud/offers"), CloudOffersHandler),
         (url_path_join(api, "images"), ImagesHandler),
         (url_path_join(api, "images/jupyter"), JupyterImagesHandler),
         (url_path_join(api, r"images/([^/]+)"), ImageHandler),

@@ -60,8 +60,10 @@ def service_hub_config(
     service_port: int,
     base_url: str = "/",
     service_args: Iterable[str] = (),
+    service_env: dict[str, str] | None = None,
 ) -> Config:
-    """The hub configuration these tests run with, as docs/service.md documents it."""
+    """The hub configuration these tests run with, as docs/service.md documents it.
+    `service_env` is the service entry's `environment` (e.g. RUNPOD_API_KEY)."""
     c = Config()
     c.JupyterHub.bind_url = f"http://127.0.0.1:{free_port()}{base_url}"
     # keep the hub's files out of the working tree
@@ -91,6 +93,7 @@ def service_hub_config(
             "cwd": str(REPO_ROOT),
             "display": False,
             "oauth_no_confirm": True,
+            "environment": dict(service_env or {}),
         }
     ]
     # JupyterHub keeps custom scopes per process and refuses a second, different
@@ -278,13 +281,15 @@ async def running_hub(
     config: Config | dict | None = None,
     base_url: str = "/",
     service_args: Iterable[str] = (),
+    service_env: dict[str, str] | None = None,
     wait_ready: bool = True,
 ) -> AsyncIterator[HubWithService]:
     """Start MockHub + configurable-http-proxy + the managed service; stop them after.
 
     `kubeconfig` defaults to the sim's; `config` (a traitlets Config or a plain nested dict)
     is merged over the service configuration; `service_args` are added to the service's
-    command line. With `wait_ready`, returns once the service has listed Kubernetes.
+    command line and `service_env` to its environment. With `wait_ready`, returns once the
+    service has listed Kubernetes.
     """
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a test fixture, once)
     if kubeconfig is None and sim is not None:
@@ -299,6 +304,7 @@ async def running_hub(
         service_port=service_port,
         base_url=base_url,
         service_args=service_args,
+        service_env=service_env,
     )
     if config:
         hub_config.merge(Config(config) if not isinstance(config, Config) else config)

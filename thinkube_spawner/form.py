@@ -8,7 +8,22 @@ from typing import Any
 
 from hub_service.quantity import QuantityError, parse_quantity
 
-from .menu import GIB, PROFILE_SLUG, Choice, Menu, Placement
+from .menu import (
+    GIB,
+    ON_DEMAND,
+    PROFILE_SLUG,
+    SPOT,
+    Choice,
+    Menu,
+    Placement,
+    within_cap,
+)
+
+CLOUD_STORAGE_NOTE = (
+    "A RunPod cloud server runs outside the lab: it does not have the lab's shared storage "
+    "(notebooks, datasets, models), and its files are gone when it stops. Keep your work "
+    "in git or download it before you stop."
+)
 
 
 def _fmt(value: float) -> str:
@@ -78,9 +93,13 @@ def _choices(values, label, selected: str | None, fits, default_index: int) -> d
     }
 
 
-def menu_profile(menu: Menu, user_options: dict[str, Any]) -> dict:
-    """One kubespawner profile whose options are the menu, last choices preselected."""
+def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.0) -> dict:
+    """One kubespawner profile whose options are the menu, last choices preselected.
+    Cloud offers are listed when within `cloud_cap` (this person's USD/h; 0: none)."""
     settings = menu.settings
+    placements = [p for p in menu.placements if p.kind != "cloud" or within_cap(p, cloud_cap)]
+    offered = {p.key: p for p in placements}
+    cloud_listed = any(p.kind == "cloud" for p in placements)
     last = {k: str(v) for k, v in (user_options or {}).items() if v is not None}
     default_image = next(
         (i["name"] for i in menu.images if i.get("default")),
@@ -91,10 +110,10 @@ def menu_profile(menu: Menu, user_options: dict[str, Any]) -> dict:
         if any(i["name"] == last.get("image") for i in menu.images)
         else default_image
     )
-    where_choice = last.get("where") if menu.placement(last.get("where", "")) else "cpu"
-    where = menu.placement(where_choice)
+    where_choice = last.get("where") if last.get("where") in offered else "cpu"
+    where = offered.get(where_choice)
     if where is None or where.disabled:  # not submittable: preselect one that is offered
-        where = next((p for p in menu.placements if not p.disabled), where)
+        where = next((p for p in placements if not p.disabled), where)
         where_choice = where.key if where else where_choice
     # A GPU model placement needs GPUs: without a last choice, preselect the fewest offered.
     gpu_default = (
@@ -121,7 +140,7 @@ def menu_profile(menu: Menu, user_options: dict[str, Any]) -> dict:
             },
             "where": {
                 "display_name": "Where",
-                "groups": list(dict.fromkeys(p.group for p in menu.placements)),
+                "groups": list(dict.fromkeys(p.group for p in placements)),
                 "choices": {
                     p.key: {
                         "display_name": p.label,
@@ -130,9 +149,10 @@ def menu_profile(menu: Menu, user_options: dict[str, Any]) -> dict:
                         "group": p.group,
                         "kind": p.kind,
                     }
-                    for p in menu.placements
+                    for p in placements
                 },
             },
+            **({"pricing": _pricing_option(last.get("pricing"))} if cloud_listed else {}),
             "cpu": {
                 "display_name": "CPUs",
                 "choices": _choices(
@@ -174,8 +194,25 @@ def menu_profile(menu: Menu, user_options: dict[str, Any]) -> dict:
             "images": {i["name"]: _image_limits(i) for i in menu.images},
             "placements": {
                 p.key: {"kind": p.kind, "gpu_resource": p.gpu_resource, **_slots_data(p)}
-                for p in menu.placements
+                for p in placements
             },
+            "cloud_note": CLOUD_STORAGE_NOTE if cloud_listed else None,
+            "cloud_unavailable": menu.cloud_note if cloud_cap > 0 else None,
+        },
+    }
+
+
+def _pricing_option(selected: str | None) -> dict:
+    """How a cloud GPU is rented; the server ignores it for the lab's own nodes."""
+    chosen = selected if selected in (ON_DEMAND, SPOT) else ON_DEMAND
+    labels = {
+        ON_DEMAND: "On demand (runs until you stop it)",
+        SPOT: "Spot (cheaper; RunPod may interrupt it)",
+    }
+    return {
+        "display_name": "Cloud pricing",
+        "choices": {
+            key: {"display_name": label, "default": key == chosen} for key, label in labels.items()
         },
     }
 

@@ -6,6 +6,11 @@ A choice is `user_options` as kubespawner's form posts it and the REST API takes
 `{"profile": "thinkube", "image": "scipy", "where": "gpu:nvidia-a100-sxm4-80gb",
 "cpu": "4", "memory": "16", "gpus": "1"}`. Every value is looked up in the menu; nothing a
 user sends reaches a pod spec without being one of the menu's own values.
+
+Cloud GPUs (RunPod offers, when the hub has cloud configured) are placements too, keyed
+`cloud:<offer key>`, with a `pricing` of `on-demand` or `spot`. The menu holds every offer;
+what one person may choose depends on their price cap, given to `check_choice` (and to the
+form) per person, since a menu is shared by all.
 """
 
 from __future__ import annotations
@@ -16,10 +21,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .runpod.offers import Offer
+
 GIB = 1024**3
 GPU_TAINT_KEY = "nvidia.com/gpu"
 PROFILE_SLUG = "thinkube"
 ANY_CPU = "cpu"
+CLOUD_PREFIX = "cloud:"
+CLOUD_GROUP = "RunPod cloud"
+ON_DEMAND, SPOT = "on-demand", "spot"
 
 
 class ChoiceError(ValueError):
@@ -57,7 +67,7 @@ class Slot:
 @dataclass
 class Placement:
     key: str
-    kind: str  # "cpu" | "gpu" | "node"
+    kind: str  # "cpu" | "gpu" | "node" | "cloud"
     label: str
     node: str | None = None
     gpu_resource: str | None = None
@@ -69,6 +79,7 @@ class Placement:
     disabled: bool = False
     reason: str | None = None
     group: str = ""
+    offer: Offer | None = None  # a cloud placement's RunPod offer
 
     def fits(self, cpu_request: float, memory_request: int, gpus: int) -> list[Slot]:
         """The nodes of this placement where such a pod fits now."""
@@ -97,6 +108,7 @@ class Menu:
     generated_at: str = ""
     stale: bool = False
     age_seconds: float = 0.0
+    cloud_note: str | None = None  # why no cloud offer is listed although cloud is on
 
     def placement(self, key: str) -> Placement | None:
         return next((p for p in self.placements if p.key == key), None)
@@ -168,14 +180,61 @@ def _room(node: Mapping[str, Any]) -> tuple:
     )
 
 
+def cloud_placements(cloud: Mapping[str, Any] | None) -> tuple[list[Placement], str | None]:
+    """The service's cloud section (`{"configured", "offers", "error", ...}`) as placements,
+    in the service's order (cheapest first), and a note when cloud is on but nothing can be offered. Malformed
+    offers are left out."""
+    if not cloud or not cloud.get("configured"):
+        return [], None
+    placements = []
+    for raw in cloud.get("offers") or []:
+        try:
+            offer = Offer(**raw)
+            if not offer.gpu_type_id or offer.cloud_type not in ("SECURE", "COMMUNITY"):
+                raise ValueError
+        except (TypeError, ValueError):
+            continue
+        placements.append(
+            Placement(
+                CLOUD_PREFIX + offer.key,
+                "cloud",
+                f"RunPod {offer.cloud_type.lower()} cloud: {offer.label()}",
+                gpu_model=offer.display_name,
+                gpu_memory_mib=int(offer.vram_gb * 1024) if offer.vram_gb else None,
+                disabled=offer.price_per_hour is None and offer.spot_price_per_hour is None,
+                reason=None,
+                group=CLOUD_GROUP,
+                offer=offer,
+            )
+        )
+    note = None
+    if not placements:
+        note = "No cloud GPU offers are known right now" + (
+            f" ({cloud['error']})." if cloud.get("error") else "."
+        )
+    return placements, note
+
+
+def cloud_price(placement: Placement, spot: bool) -> float | None:
+    return placement.offer.price(spot) if placement.offer else None
+
+
+def within_cap(placement: Placement, cap: float) -> bool:
+    """Whether a cloud placement has a price (on demand or spot) within `cap` USD/h."""
+    prices = [cloud_price(placement, spot) for spot in (False, True)]
+    return cap > 0 and any(price is not None and price <= cap for price in prices)
+
+
 def build_menu(
     nodes: list[dict],
     summary: Mapping[str, Any],
     images: list[dict],
     settings: MenuSettings,
     freshness: Mapping[str, Any] | None = None,
+    cloud: Mapping[str, Any] | None = None,
 ) -> Menu:
-    """Everything the form offers, with the choices that cannot fit anywhere disabled."""
+    """Everything the form offers, with the choices that cannot fit anywhere disabled;
+    `cloud` is the service's cloud section, if any."""
     freshness = freshness or {}
     smallest = _smallest_request(settings)
     usable = [n for n in nodes if n.get("schedulable")]
@@ -271,15 +330,17 @@ def build_menu(
                 else "CPU nodes",
             )
         )
+    cloud_listed, cloud_note = cloud_placements(cloud)
     return Menu(
         images=ordered_images,
-        placements=placements,
+        placements=placements + cloud_listed,
         settings=settings,
         nodes_hidden=hidden,
         unlisted_nodes=unlisted,
         generated_at=str(freshness.get("generated_at", "")),
         stale=bool(freshness.get("stale")),
         age_seconds=float(freshness.get("age_seconds") or 0.0),
+        cloud_note=cloud_note,
     )
 
 
@@ -311,11 +372,16 @@ class Choice:
     node: str | None  # pinned node, if the person chose one
     cpu_request: float
     memory_request: int
+    spot: bool = False  # a cloud choice's pricing
+
+    @property
+    def cloud(self) -> bool:
+        return self.placement.kind == "cloud"
 
     def as_user_options(self) -> dict[str, str]:
         """The choice as the form's own values: the keys kubespawner looks up in the profile's
         choices (a REST call may send `4`, `"4.0"` or `" 4"`; the profile only has `"4"`)."""
-        return {
+        options = {
             "profile": PROFILE_SLUG,
             "image": self.image["name"],
             "where": self.placement.key,
@@ -323,6 +389,9 @@ class Choice:
             "memory": _fmt(self.memory_gib),
             "gpus": _fmt(self.gpus),
         }
+        if self.cloud:
+            options["pricing"] = SPOT if self.spot else ON_DEMAND
+        return options
 
 
 def _number(
@@ -353,8 +422,9 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def check_choice(user_options: Mapping[str, Any], menu: Menu) -> Choice:
-    """Validate a choice against (fresh) availability; ChoiceError says what is wrong."""
+def check_choice(user_options: Mapping[str, Any], menu: Menu, cloud_cap: float = 0.0) -> Choice:
+    """Validate a choice against (fresh) availability; ChoiceError says what is wrong.
+    `cloud_cap` is this person's cloud price cap in USD/h (0: no cloud)."""
     if not isinstance(user_options, Mapping):
         raise ChoiceError("The server options must be an object.")
     profile = user_options.get("profile", PROFILE_SLUG)
@@ -362,7 +432,7 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu) -> Choice:
         raise ChoiceError(
             f"Unknown profile {str(profile)[:40]!r}: this hub offers {PROFILE_SLUG!r}."
         )
-    known = {"profile", "image", "where", "cpu", "memory", "gpus"}
+    known = {"profile", "image", "where", "cpu", "memory", "gpus", "pricing"}
     unknown = sorted(str(k)[:40] for k in user_options if k not in known)
     if unknown:
         raise ChoiceError(f"Unknown server option(s): {', '.join(unknown)}.")
@@ -399,6 +469,11 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu) -> Choice:
         )
     )
     gpus = int(_number(user_options, "gpus", settings.gpu_choices, "GPUs", 0))
+
+    if placement.kind == "cloud":
+        return _check_cloud_choice(user_options, placement, image, cpu, memory, cloud_cap)
+    if user_options.get("pricing") not in (None, "", ON_DEMAND):
+        raise ChoiceError("Pricing (on demand or spot) is for cloud GPUs only.")
 
     metadata = image.get("metadata") or {}
     if metadata.get("gpu_required") and gpus == 0:
@@ -439,6 +514,35 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu) -> Choice:
             no_room_message(placement, menu, cpu_request, memory_request, gpus), capacity=True
         )
     return Choice(image, placement, cpu, memory, gpus, placement.node, cpu_request, memory_request)
+
+
+def _check_cloud_choice(
+    user_options: Mapping[str, Any],
+    placement: Placement,
+    image: dict,
+    cpu: float,
+    memory: int,
+    cloud_cap: float,
+) -> Choice:
+    """A RunPod offer: within this person's cap at the chosen pricing. The GPU count is the
+    offer's; CPU and memory come with the machine (the values are kept for the record)."""
+    offer = placement.offer
+    assert offer is not None
+    pricing = str(user_options.get("pricing") or ON_DEMAND)
+    if pricing not in (ON_DEMAND, SPOT):
+        raise ChoiceError(f"Pricing must be {ON_DEMAND!r} or {SPOT!r}; got {pricing[:20]!r}.")
+    spot = pricing == SPOT
+    if cloud_cap <= 0:
+        raise ChoiceError("Cloud GPUs are not available to you on this hub.")
+    price = offer.price(spot)
+    if price is None:
+        raise ChoiceError(f"{offer.display_name} has no {pricing} price on RunPod right now.")
+    if price > cloud_cap:
+        raise ChoiceError(
+            f"{offer.display_name} costs ${price:.2f}/h {pricing.replace('-', ' ')}, over your "
+            f"cloud limit of ${cloud_cap:.2f}/h."
+        )
+    return Choice(image, placement, cpu, memory, offer.gpu_count, None, 0.0, 0, spot)
 
 
 def no_room_message(

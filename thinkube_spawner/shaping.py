@@ -34,6 +34,10 @@ class StorageSettings:
 @dataclass(frozen=True)
 class PodSettings:
     storage: StorageSettings = field(default_factory=StorageSettings)
+    # The hub's public origin, when its proxy runs with --change-origin (needed to reach
+    # cloud servers through RunPod's proxy): the server then sees its own address as Host,
+    # and must be told that pages from the hub's origin may call it.
+    hub_origin: str | None = None
 
 
 def gpu_toleration() -> dict:
@@ -110,6 +114,13 @@ def storage_overrides(storage: StorageSettings) -> dict[str, list]:
     return {"volumes": volumes, "volume_mounts": mounts}
 
 
+def server_overrides(settings: PodSettings) -> dict[str, Any]:
+    """jupyterhub-singleuser's own options."""
+    if not settings.hub_origin:
+        return {}
+    return {"args": [f"--ServerApp.allow_origin={settings.hub_origin}"]}
+
+
 def spawner_overrides(choice: Choice, settings: PodSettings) -> dict[str, Any]:
     """All KubeSpawner trait values for this choice."""
     return {
@@ -117,6 +128,7 @@ def spawner_overrides(choice: Choice, settings: PodSettings) -> dict[str, Any]:
         **placement_overrides(choice),
         **resource_overrides(choice),
         **storage_overrides(settings.storage),
+        **server_overrides(settings),
     }
 
 
@@ -129,6 +141,7 @@ MERGED_TRAITS = {
     "node_affinity_required": None,
     "extra_resource_limits": None,
     "extra_resource_guarantees": None,
+    "args": None,
 }
 
 

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from kubespawner import KubeSpawner
@@ -26,7 +27,18 @@ from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
 from .availability import AvailabilityClient, ServiceUnavailable, paused_gc
 from .errors import spawn_error
-from .menu import PROFILE_SLUG, ChoiceError, Menu, MenuSettings, build_menu, check_choice
+from .menu import (
+    CLOUD_PREFIX,
+    PROFILE_SLUG,
+    Choice,
+    ChoiceError,
+    Menu,
+    MenuSettings,
+    build_menu,
+    check_choice,
+)
+from .runpod.backend import STATE_KEY, CloudStartError, RunPodBackend, spawn_error_for
+from .runpod.settings import RunPodCloudSettings, missing_public_url_message
 from .shaping import (
     MERGED_TRAITS,
     PodSettings,
@@ -109,7 +121,11 @@ def _service_from_hub_config(name: str) -> dict:
     return next((s for s in hub.services if s.get("name") == name), {}) if hub else {}
 
 
-class ThinkubeSpawner(KubeSpawner):
+class ThinkubeSpawner(RunPodCloudSettings, KubeSpawner):
+    """KubeSpawner with the live spawn form; a RunPod offer chosen in the same form runs on
+    RunPod instead, through the same backend as RemoteRunPodSpawner (the `cloud_*` and
+    `runpod_*` settings are shared with it)."""
+
     # -- the availability service ------------------------------------------------------
 
     availability_service_name = Unicode(
@@ -254,6 +270,9 @@ class ThinkubeSpawner(KubeSpawner):
         # What the admin configured, before any choice: each spawn starts from these, so
         # one spawn's node or GPUs never leak into the next.
         self._configured = {name: copy.deepcopy(getattr(self, name)) for name in MERGED_TRAITS}
+        if self.cloud_enabled and not self.cloud_public_url(self.public_hub_url):
+            # Said as soon as a spawner exists; cloud offers stay off until it is set.
+            self.log.error(missing_public_url_message(type(self).__name__))
 
     @property
     def availability(self) -> AvailabilityClient:
@@ -286,8 +305,17 @@ class ThinkubeSpawner(KubeSpawner):
                 self.scratch_path,
                 str(limit) if limit else None,
                 bool(shared) or bool(limit),
-            )
+            ),
+            hub_origin=self.hub_origin() if self.cloud_enabled else None,
         )
+
+    def hub_origin(self) -> str | None:
+        """The hub's public origin (`https://hub.example.org`), when known."""
+        public = self.cloud_public_url(self.public_hub_url)
+        if not public:
+            return None
+        parts = urlsplit(public)
+        return f"{parts.scheme}://{parts.netloc}"
 
     async def menu(self, fresh: bool = False) -> Menu:
         if (
@@ -305,7 +333,12 @@ class ThinkubeSpawner(KubeSpawner):
             with paused_gc():
                 data = answer.document()
                 built = build_menu(
-                    data["nodes"], data["summary"], data["images"], settings, answer.freshness
+                    data["nodes"],
+                    data["summary"],
+                    data["images"],
+                    settings,
+                    answer.freshness,
+                    data.get("cloud"),
                 )
                 del data  # freed here, by reference counting
             if answer.version:
@@ -325,7 +358,7 @@ class ThinkubeSpawner(KubeSpawner):
         except ServiceUnavailable as err:
             self.log.warning("Spawn form for %s: %s", self.user.name, err)
             return [unavailable_profile(str(err))]
-        return [menu_profile(menu, self.user_options or {})]
+        return [menu_profile(menu, self.user_options or {}, self.cloud_cap())]
 
     def _render_options_form(self, profile_list: list[dict]) -> str:
         """kubespawner's form rendering, with the jinja environment and the compiled template
@@ -347,8 +380,9 @@ class ThinkubeSpawner(KubeSpawner):
 
     # -- start ---------------------------------------------------------------------------
 
-    async def load_user_options(self) -> None:
-        """Check the choice against fresh availability, then shape the pod from it."""
+    async def checked_choice(self) -> Choice:
+        """The user's options checked against fresh availability; the spawn error to show
+        (nothing started) when they do not fit or are not offered."""
         try:
             menu = await self.menu(fresh=True)
         except ServiceUnavailable as err:
@@ -359,7 +393,7 @@ class ThinkubeSpawner(KubeSpawner):
             ) from None
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
         try:
-            choice = check_choice(options, menu)
+            return check_choice(options, menu, self.cloud_cap())
         except ChoiceError as err:
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             raise spawn_error(
@@ -367,6 +401,14 @@ class ThinkubeSpawner(KubeSpawner):
                 reason="capacity" if err.capacity else "invalid-choice",
                 status_code=409 if err.capacity else 400,
             ) from None
+
+    async def load_user_options(self) -> None:
+        """Check the choice against fresh availability, then shape the pod from it."""
+        choice = await self.checked_choice()
+        if choice.cloud:  # the form's cloud choice reached kubespawner's start: refuse
+            raise spawn_error(
+                "A cloud GPU cannot be started as a Kubernetes pod.", reason="invalid-choice"
+            )
         # The menu's own keys, which kubespawner then finds in the profile's choices.
         self.user_options = choice.as_user_options()
         self._loading_options = True
@@ -391,6 +433,9 @@ class ThinkubeSpawner(KubeSpawner):
         )
 
     def start(self):
+        if str((self.user_options or {}).get("where") or "").startswith(CLOUD_PREFIX):
+            self._start_future = asyncio.ensure_future(self._start_on_cloud())
+            return self._start_future
         start_future = super().start()
         if not self.fail_fast_seconds:
             return start_future
@@ -463,9 +508,116 @@ class ThinkubeSpawner(KubeSpawner):
             return text  # by our accounting it fits: the reason is the scheduler's alone
         return f"{text} {no_room_message(placement, menu, choice.cpu_request, choice.memory_request, choice.gpus)}"
 
+    # -- cloud GPUs (RunPod) ---------------------------------------------------------------
+
+    _cloud_backend: RunPodBackend | None = None
+    _cloud_state: dict = {}
+    _cloud_starting = False
+
+    @property
+    def cloud(self) -> RunPodBackend:
+        """The RunPod backend for this server (built on first use, with the saved state)."""
+        if self._cloud_backend is None:
+            self._cloud_backend = RunPodBackend(
+                self, self.cloud_config(self.public_hub_url), type(self).__name__
+            )
+            self._cloud_backend.load_state(self._cloud_state)
+        return self._cloud_backend
+
+    @property
+    def on_cloud(self) -> bool:
+        """Whether this server is (or was last) a RunPod pod, not a Kubernetes one."""
+        if self._cloud_backend is not None:
+            return bool(self._cloud_backend.pod_id)
+        return bool(self._cloud_state.get(STATE_KEY))
+
+    def cloud_cap(self) -> float:
+        """This person's cloud price cap in USD/h; 0 when cloud GPUs are off for them or
+        not set up on this hub (no RunPod key, or no public hub URL for pods to call)."""
+        if not self.cloud_enabled:
+            return 0.0
+        config = self.cloud.config
+        if config.api_key is None or not config.public_hub_url:
+            return 0.0
+        groups = [g.name for g in getattr(self.user, "groups", None) or []]
+        return self.cloud_price_cap_for(self.user.name, groups)
+
+    async def _start_on_cloud(self) -> str:
+        """A RunPod offer from the form: checked like any choice, then rented. The offer
+        chosen first; the same GPU in RunPod's other cloud next, if within the cap."""
+        self._cloud_starting = True
+        try:
+            choice = await self.checked_choice()
+            self.user_options = choice.as_user_options()
+            self.thinkube_choice = choice
+            chosen = choice.placement.offer
+            menu = await self.menu()
+            cap = self.cloud_cap()
+            alike = [
+                p.offer
+                for p in menu.placements
+                if p.offer is not None
+                and p.offer != chosen
+                and p.offer.gpu_type_id == chosen.gpu_type_id
+                and p.offer.gpu_count == chosen.gpu_count
+                and (p.offer.price(choice.spot) or cap + 1) <= cap
+            ]
+            image = (choice.image.get("metadata") or {}).get("cloud_image") or self.cloud_image
+            self.log.info(
+                "Spawning %s on RunPod: %s (%s), image %s",
+                self._log_name,
+                chosen.key,
+                "spot" if choice.spot else "on demand",
+                image,
+            )
+            try:
+                return await self.cloud.start([chosen, *alike], image, spot=choice.spot)
+            except CloudStartError as err:
+                raise spawn_error_for(err) from None
+        finally:
+            self._cloud_starting = False
+
+    async def poll(self):
+        if self.on_cloud:
+            return await self.cloud.poll()
+        return await super().poll()
+
+    async def stop(self, now: bool = False):
+        if self.on_cloud:
+            await self.cloud.stop()
+            return
+        await super().stop(now=now)
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self._cloud_backend is not None:
+            state.update(self._cloud_backend.get_state())
+        elif self._cloud_state.get(STATE_KEY):
+            state.update({k: v for k, v in self._cloud_state.items() if k.startswith("runpod_")})
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        # Runs while the spawner is built: the backend is made on first use, from this.
+        self._cloud_state = dict(state)
+        if self._cloud_backend is not None:
+            self._cloud_backend.load_state(state)
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._cloud_state = {}
+        if self._cloud_backend is not None:
+            self._cloud_backend.clear_state()
+
     async def progress(self):
-        """Real steps: waiting for a node, scheduled, pulling, starting, with the events."""
+        """Real steps: waiting for a node, scheduled, pulling, starting, with the events;
+        for a cloud server, the RunPod backend's steps."""
         from .form import progress_message
+
+        if self._cloud_starting:
+            async for event in self.cloud.progress():
+                yield event
+            return
 
         await self._start_watching_events()
         yield {"progress": 5, "message": "Waiting for a node"}

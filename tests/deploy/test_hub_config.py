@@ -1,7 +1,7 @@
 """The hub's configuration as Zero to JupyterHub builds it from values.yaml and keycloak.yaml
 (hub.config passed through, then the hub.extraConfig snippets in sorted key order), and what
 it yields: ThinkubeSpawner with the values' settings, the managed service, roles and the
-custom scope, GenericOAuthenticator against the realm, and the cloud price cap hook."""
+custom scope, GenericOAuthenticator against the realm, and the cloud price caps by group."""
 
 from __future__ import annotations
 
@@ -169,32 +169,47 @@ def test_the_realm_url_may_end_with_a_slash(values):
     assert c.GenericOAuthenticator.token_url == f"{REALM}/protocol/openid-connect/token"
 
 
+def spawner_for(config: Config, name: str, groups: list[str]):
+    """ThinkubeSpawner as the hub builds it from this configuration, for a user in these
+    hub groups (oauthenticator's manage_groups makes Keycloak's groups hub groups)."""
+    from thinkube_spawner import ThinkubeSpawner
+
+    user = SimpleNamespace(
+        name=name, id=1, url=f"/user/{name}/", groups=[SimpleNamespace(name=g) for g in groups]
+    )
+    return ThinkubeSpawner(
+        config=config,
+        hub=Hub(),
+        user=user,
+        _mock=True,
+        k8s_api_host="http://127.0.0.1:9",
+        namespace="jupyterhub",
+    )
+
+
 @pytest.mark.parametrize(
     "user,groups,cap",
     [
         ("alice", ["lab-members"], 0.5),
         ("alice", ["lab-members", "gpu-users"], 2.0),  # the highest of the user's groups
-        ("alice", ["/lab-members", "/lab-admins"], 10.0),  # Keycloak's full group paths
-        ("alice", ["visitors"], None),  # no cap: no cloud GPUs
-        ("alice", [], None),
+        ("alice", ["lab-admins"], 10.0),
+        ("alice", ["visitors"], 0.0),  # no cap: no cloud GPUs
+        ("alice", [], 0.0),
         ("bob", ["lab-admins"], 0.25),  # a user's own cap wins
     ],
 )
-async def test_cloud_price_cap_from_groups(config, user, groups, cap):
+async def test_cloud_price_cap_from_hub_groups(config, user, groups, cap):
     config.ThinkubeSpawner.cloud_user_price_caps = {"bob": 0.25}
-    hook = config.Spawner.auth_state_hook
-    spawner = SimpleNamespace(
-        config=config,
-        user=SimpleNamespace(name=user),
-        log=SimpleNamespace(info=lambda *args: None),
-    )
-    hook(spawner, {"access_token": "x", "oauth_user": {"sub": "1", "groups": groups}})
-    assert spawner.cloud_price_cap == cap
+    spawner = spawner_for(config, user, groups)
+    assert spawner.cloud_price_cap_for(user, [g.name for g in spawner.user.groups]) == cap
 
 
-def test_cloud_price_cap_without_auth_state(config):
-    spawner = SimpleNamespace(
-        config=config, user=SimpleNamespace(name="alice"), log=SimpleNamespace(info=print)
-    )
-    config.Spawner.auth_state_hook(spawner, None)
-    assert spawner.cloud_price_cap is None
+async def test_cloud_gpus_need_a_key_and_a_public_url(config, monkeypatch):
+    """With caps but no RunPod key or public URL in the values, nobody is offered cloud."""
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    monkeypatch.delenv("RUNPOD_API_KEY_FILE", raising=False)
+    spawner = spawner_for(config, "alice", ["lab-admins"])
+    assert spawner.cloud_enabled and spawner.cloud_cap() == 0.0
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_" + "x" * 40)
+    config.ThinkubeSpawner.cloud_public_hub_url = "https://hub.thinkube.lab/"
+    assert spawner_for(config, "alice", ["lab-admins"]).cloud_cap() == 10.0

