@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: help deps test test-jh55 lint run dev clean
 
 help:
-	@echo "make run   - run thinkube-hub"
+	@echo "make run   - run thinkube-hub on this machine (http://127.0.0.1:8000/, password printed)"
 	@echo "make test  - install everything and run the test suite"
 	@echo "make test-jh55 - the end-to-end tests on JupyterHub 5.5"
 	@echo "make lint  - ruff"
@@ -46,7 +46,8 @@ test: deps /usr/bin/chromium lint
 
 # The end-to-end tests again on JupyterHub 5.5, the version Zero to JupyterHub ships.
 JH55_VENV := .venv-jh55
-E2E_TESTS ?= tests/e2e tests/service tests/deploy/test_keycloak_login.py
+E2E_TESTS ?= tests/e2e tests/service tests/deploy/test_keycloak_login.py \
+	tests/runpod/test_spawner_hub.py tests/runpod/test_thinkube_cloud.py tests/local
 
 $(JH55_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(JH55_VENV)
@@ -57,9 +58,18 @@ $(JH55_VENV)/.installed: pyproject.toml
 test-jh55: $(JH55_VENV)/.installed node_modules/.installed
 	$(JH55_VENV)/bin/python -m pytest $(E2E_TESTS) $(PYTEST_ARGS)
 
-# Until the single-machine mode lands, `make run` shows the product on an emulated cluster:
-# kubesim with GPU nodes, a real hub, the availability service and ThinkubeSpawner.
-run: dev
+# `make run`: thinkube-hub on this machine (`thinkube hub`, docs/local.md): JupyterHub with
+# the spawn form, this machine's live CPUs, memory and GPUs, servers pinned to what they
+# chose. It needs the package with its `local` extra (JupyterLab for the servers) and
+# configurable-http-proxy, not the test tools.
+# RUN_ARGS passes options, e.g. make run RUN_ARGS="--port 8080 --ip 0.0.0.0".
+RUN_ARGS ?=
+$(VENV)/.run-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[local]'
+	touch $@
+
+run: $(VENV)/.run-installed node_modules/.installed
+	$(VENV)/bin/thinkube hub $(RUN_ARGS)
 
 # A real JupyterHub with thinkube-resources as a managed service, against kubesim started
 # alongside (20 nodes, 6 with GPUs, 300 pods). Log in with any name; Ctrl-C stops both.

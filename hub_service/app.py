@@ -28,6 +28,7 @@ from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
 from .cloud import Cloud
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
 from .inventory import Inventory, KubernetesInventory
+from .local import LocalInventory
 
 
 class ThinkubeService(Application):
@@ -123,8 +124,15 @@ class ThinkubeService(Application):
     inventory = Unicode(
         "kubernetes",
         config=True,
-        help="Where availability comes from: `kubernetes` (watch Nodes and Pods cluster-wide). "
-        "E.g. `kubernetes`.",
+        help="Where availability comes from: `kubernetes` (watch Nodes and Pods cluster-wide) "
+        "or `local` (this machine as the one node: psutil, NVML and the hub's active servers; "
+        "see docs/local.md). E.g. `local`.",
+    )
+    local_refresh_seconds = Float(
+        2.0,
+        config=True,
+        help="With `inventory = 'local'`: seconds between re-reading this machine (CPU, memory, "
+        "GPUs through NVML) and the hub's active servers, e.g. `2`.",
     )
     kubeconfig = Unicode(
         "",
@@ -375,8 +383,14 @@ class ThinkubeService(Application):
                 dcgm_interval_s=self.dcgm_interval_seconds,
                 max_backoff_s=self.max_backoff_seconds,
             )
+        if self.inventory == "local":
+            return LocalInventory(
+                hub_api_url=os.environ.get("JUPYTERHUB_API_URL", ""),
+                api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+                refresh_s=self.local_refresh_seconds,
+            )
         raise ServiceConfigError(
-            f"unknown inventory {self.inventory!r}: this version serves 'kubernetes'"
+            f"unknown inventory {self.inventory!r}: this version serves 'kubernetes' and 'local'"
         )
 
     def make_app(self) -> web.Application:

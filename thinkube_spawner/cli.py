@@ -1,9 +1,10 @@
 """The `thinkube` command.
 
     thinkube cloud offers|colab|ls|rm ...     cloud GPUs on RunPod (thinkube_spawner.runpod)
+    thinkube hub [--ip] [--port] [--data-dir]  JupyterHub on this machine (thinkube_spawner.hub)
 
 Each command group lives in its own module and adds itself to the parser with a
-`register(subparsers)` function listed in COMMAND_GROUPS (later: `thinkube hub`). A command
+`register(subparsers)` function listed in COMMAND_GROUPS. A command
 is a `func(args) -> int` set with `set_defaults`; it raises `CommandError` for a failure to
 report. `main()` turns failures into one line on stderr and a non-zero exit status: this is
 the only place that exits; library and hub code never do.
@@ -18,12 +19,14 @@ import traceback
 from collections.abc import Callable
 from importlib import metadata
 
+from thinkube_spawner import hub as hub_commands
 from thinkube_spawner.runpod import commands as cloud_commands
 from thinkube_spawner.runpod.commands import CommandError
 
 PROG = "thinkube"
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], object]] = [
     cloud_commands.register,
+    hub_commands.register,
 ]
 
 

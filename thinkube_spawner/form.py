@@ -4,7 +4,11 @@ narrow the choices in the browser. Pure."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from hub_service.quantity import QuantityError, parse_quantity
 
@@ -18,6 +22,8 @@ from .menu import (
     Placement,
     within_cap,
 )
+
+TEMPLATES = Path(__file__).parent / "templates"
 
 CLOUD_STORAGE_NOTE = (
     "A RunPod cloud server runs outside the lab: it does not have the lab's shared storage "
@@ -255,3 +261,83 @@ def progress_message(event: dict, choice: Choice | None) -> str:
     if reason in ("Created", "Started"):
         return f"Starting: {message}"
     return f"[{event.get('type', 'Normal')}] {reason}: {message}"
+
+
+# -- the same form outside kubespawner (ThinkubeLocalSpawner) -----------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def form_template(search_path: tuple[str, ...], template_source: str = "") -> jinja2.Template:
+    """The spawn form's template, found as kubespawner finds it (`template_source`, else
+    form.html on `search_path`, else kubespawner's own) and compiled once per process:
+    building it for every render costs more than rendering the page. jinja still notices
+    a changed file on disk."""
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.FileSystemLoader(list(search_path)),
+                jinja2.PackageLoader("kubespawner", "templates"),
+            ]
+        )
+    )
+    # As kubespawner: keep the profile's key order in `tojson` (it is the display order).
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False}
+    if template_source:
+        return env.from_string(template_source)
+    return env.get_template("form.html")
+
+
+def render_form(profile: dict, user_options: dict | None = None, before: str = "") -> str:
+    """templates/form.html rendered as kubespawner renders it (`profile_list`, `user_options`),
+    for spawners that are not kubespawner. `before` is HTML put above the form (already
+    escaped by the caller)."""
+    html = form_template((str(TEMPLATES),)).render(
+        profile_list=[profile], user_options=user_options or {}
+    )
+    return before + html
+
+
+def options_from_formdata(formdata: dict[str, list[str]]) -> dict[str, str]:
+    """The form's fields (`profile`, `profile-option-thinkube--<key>`) as user_options, the
+    same dict kubespawner makes of them. Nothing is checked here: `check_choice` does."""
+    prefix = f"profile-option-{PROFILE_SLUG}--"
+    options = {"profile": (formdata.get("profile") or [PROFILE_SLUG])[0]}
+    for key, values in formdata.items():
+        if key.startswith(prefix) and values:
+            options[key[len(prefix) :]] = values[0]
+    return options
+
+
+def _gib_text(amount: float) -> str:
+    return f"{amount / GIB:.1f}".removesuffix(".0")
+
+
+def machine_summary_html(node: dict, memory_enforced: bool) -> str:
+    """A line above the single-machine form: this machine's CPUs, memory and GPUs (or why
+    there are none), and whether the memory choice is enforced or advisory."""
+    from html import escape
+
+    capacity, available = node["capacity"], node["available"]
+    local = node.get("local") or {}
+    cpus = int(capacity["cpu"])
+    parts = [
+        f"{cpus} CPU{'s' if cpus != 1 else ''} ({int(available['cpu'])} free)",
+        f"{_gib_text(capacity['memory'])} GiB memory ({_gib_text(available['memory'])} GiB free)",
+    ]
+    gpus = local.get("gpus") or []
+    if gpus:
+        free = sum(1 for g in gpus if not g.get("taken"))
+        names = ", ".join(dict.fromkeys(g["name"] for g in gpus))
+        parts.append(f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''} ({names}; {free} free)")
+    else:
+        parts.append(f"no GPU ({local.get('gpu_status') or 'none found'})")
+    memory = (
+        "Memory is enforced: a server that uses more than its choice is stopped by the kernel."
+        if memory_enforced
+        else "Memory is advisory on this machine (no cgroup v2 / systemd scope to enforce it): "
+        "please stay within your choice."
+    )
+    return (
+        f'<p id="thinkube-machine" class="alert alert-info">This machine ({escape(node["name"])}): '
+        f'{escape(", ".join(parts))}.<br><span id="thinkube-memory-note">{escape(memory)}</span></p>'
+    )

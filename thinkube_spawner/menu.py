@@ -50,6 +50,8 @@ class MenuSettings:
     mem_guarantee_ratio: float = 1.0
     max_nodes_listed: int = 50
     tolerated_taints: tuple[str, ...] = (GPU_TAINT_KEY,)
+    # One machine, no cluster (ThinkubeLocalSpawner): say "this machine", not "any node".
+    single_machine: bool = False
 
 
 @dataclass
@@ -243,7 +245,14 @@ def build_menu(
         images, key=lambda i: (not i.get("default"), i.get("display_name", i["name"]).lower())
     )
     cpu_slots = [s for s in slots.values() if s.untainted]
-    anywhere = Placement(ANY_CPU, "cpu", "Any node (CPU only)", slots=cpu_slots, group="Anywhere")
+    one = settings.single_machine
+    anywhere = Placement(
+        ANY_CPU,
+        "cpu",
+        "CPU only (no GPU)" if one else "Any node (CPU only)",
+        slots=cpu_slots,
+        group="This machine" if one else "Anywhere",
+    )
     if not cpu_slots:
         anywhere.disabled, anywhere.reason = True, "no node without GPUs is schedulable"
     elif not anywhere.fits(smallest[0], smallest[1], 0):
@@ -275,15 +284,17 @@ def build_menu(
         placement = Placement(
             key,
             "gpu",
-            f"Any node with a free {model['model']} ({model['free']} free on {model['nodes_with_free']} "
-            f"node{'s' if model['nodes_with_free'] != 1 else ''}{memory})",
+            f"A free {model['model']} ({model['free']} free{memory})"
+            if one
+            else f"Any node with a free {model['model']} ({model['free']} free on "
+            f"{model['nodes_with_free']} node{'s' if model['nodes_with_free'] != 1 else ''}{memory})",
             gpu_resource=model["resource"],
             gpu_product=model.get("product"),
             gpu_product_label=_product_label(model["resource"]),
             gpu_model=model["model"],
             gpu_memory_mib=model.get("memory_mib"),
             slots=[slots[n["name"]] for n in members],
-            group="GPU models",
+            group="This machine's GPUs" if one else "GPU models",
         )
         if model["free"] == 0:
             placement.disabled, placement.reason = True, "none free right now"
@@ -325,7 +336,9 @@ def build_menu(
                 else None
                 if slots[node["name"]].gpu_taint_only
                 else "tainted",
-                group=f"Nodes with {model_of_node[node['name']]}"
+                group="This machine"
+                if one
+                else f"Nodes with {model_of_node[node['name']]}"
                 if node["name"] in model_of_node
                 else "CPU nodes",
             )
@@ -493,7 +506,7 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu, cloud_cap: float =
             )
     if placement.kind == "cpu" and gpus:
         raise ChoiceError(
-            "'Any node (CPU only)' has no GPUs: choose a GPU model or a GPU node, or 0 GPUs."
+            f"'{placement.label}' has no GPUs: choose a GPU model or a GPU node, or 0 GPUs."
         )
     if placement.kind == "gpu" and not gpus:
         raise ChoiceError(

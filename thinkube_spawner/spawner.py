@@ -14,19 +14,17 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import functools
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import jinja2
 from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
 from .availability import AvailabilityClient, ServiceUnavailable, paused_gc
 from .errors import spawn_error
+from .form import TEMPLATES, form_template
 from .menu import (
     CLOUD_PREFIX,
     PROFILE_SLUG,
@@ -48,7 +46,6 @@ from .shaping import (
     spawner_overrides,
 )
 
-TEMPLATES = Path(__file__).parent / "templates"
 # Scheduler reasons that waiting will not fix (short of a node being added).
 UNSCHEDULABLE_MARKERS = (
     "Insufficient ",
@@ -83,26 +80,6 @@ class _BuiltMenus:
 
 
 _built_menus = _BuiltMenus()
-
-
-@functools.lru_cache(maxsize=8)
-def _form_template(search_path: tuple[str, ...], template_source: str) -> jinja2.Template:
-    """The spawn form's template, as kubespawner finds it (`profile_form_template`, else
-    form.html on `additional_profile_form_template_paths`, else kubespawner's own), compiled
-    once. jinja still notices a changed file on disk."""
-    env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader(
-            [
-                jinja2.FileSystemLoader(list(search_path)),
-                jinja2.PackageLoader("kubespawner", "templates"),
-            ]
-        )
-    )
-    # As kubespawner: keep the profile's key order in `tojson` (it is the display order).
-    env.policies["json.dumps_kwargs"] = {"sort_keys": False}
-    if template_source:
-        return env.from_string(template_source)
-    return env.get_template("form.html")
 
 
 def _running_hub():
@@ -365,7 +342,7 @@ class ThinkubeSpawner(RunPodCloudSettings, KubeSpawner):
         kept for the process: kubespawner builds both anew for every render, which costs more
         than rendering the page."""
         profile_list = self._get_initialized_profile_list(profile_list)
-        template = _form_template(
+        template = form_template(
             tuple(self.additional_profile_form_template_paths), self.profile_form_template
         )
         # menu_profile preselects only what is still offered; an answer kubespawner would

@@ -38,7 +38,7 @@ def test_without_a_hub_token_it_says_so_and_exits_1():
 def test_an_unknown_inventory_is_a_clear_error(tmp_path):
     result = run_service(
         "--inventory",
-        "local",
+        "nomad",
         "--db-url",
         f"sqlite:///{tmp_path / 'c.sqlite'}",
         env={
@@ -47,7 +47,7 @@ def test_an_unknown_inventory_is_a_clear_error(tmp_path):
         },
     )
     assert result.returncode == 1
-    assert "unknown inventory 'local'" in result.stderr
+    assert "unknown inventory 'nomad'" in result.stderr
     assert "Traceback" not in result.stderr
     assert "not-a-real-token" not in result.stderr
 

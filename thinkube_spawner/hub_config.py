@@ -1,0 +1,117 @@
+"""JupyterHub configuration of `thinkube hub` (single-machine mode).
+
+Loaded by `thinkube hub` as `jupyterhub -f <this file>`, with $THINKUBE_HUB_SETTINGS naming
+the settings file it wrote (addresses, data directory). To customise, copy this file,
+change it, and run `THINKUBE_HUB_SETTINGS=<data dir>/settings.json jupyterhub -f <copy>`;
+docs/local.md shows PAM and OAuth logins.
+"""
+
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
+
+settings = json.loads(Path(os.environ["THINKUBE_HUB_SETTINGS"]).read_text())
+data = Path(settings["data_dir"])
+python = settings.get("python") or sys.executable
+SERVICE = "thinkube-resources"
+
+# --- where the hub listens and keeps its state --------------------------------------------
+c.JupyterHub.bind_url = f"http://{settings['ip']}:{settings['port']}/"
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{settings['hub_port']}"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings['proxy_api_port']}"
+c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
+c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(data / "cookie_secret")
+c.JupyterHub.cleanup_servers = True  # Ctrl-C stops every server
+c.JupyterHub.cleanup_proxy = True
+
+# --- who may log in: anyone with the shared password (see docs/local.md for PAM, OAuth) -----
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = (data / "password").read_text().strip()
+c.Authenticator.allow_all = True
+
+# --- servers: local processes placed by the thinkube form ---------------------------------
+c.JupyterHub.spawner_class = "thinkube-local"
+c.ThinkubeLocalSpawner.home_dir_template = str(data / "users" / "{username}")
+c.ThinkubeLocalSpawner.environments = {
+    "local": {"cmd": [str(Path(python).parent / "jupyterhub-singleuser")]}
+}
+if os.geteuid() == 0:  # jupyter-server refuses to run as root unless told
+    c.ThinkubeLocalSpawner.args = ["--allow-root"]
+c.ThinkubeLocalSpawner.start_timeout = 60
+if importlib.util.find_spec("jupyterlab") is not None:
+    c.ThinkubeLocalSpawner.default_url = "/lab"
+
+# --- the availability service, managed by the hub -------------------------------------------
+
+
+class QuietAllocationReads(logging.Filter):
+    """The service reads the active servers every couple of seconds: keep those successful
+    reads out of the hub's log (failures are still logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("200 GET /hub/api/users?state=") and f"({SERVICE}@" in message
+        )
+
+
+logging.getLogger("tornado.access").addFilter(QuietAllocationReads())
+token_file = data / "service_token"
+if not token_file.exists():
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+version = f"{sys.version_info.major}.{sys.version_info.minor}"
+seed = [
+    {
+        "name": "local",
+        "display_name": f"This machine's Python {version}",
+        "description": f"JupyterLab from {Path(python).parent.parent} (the Python that runs the hub).",
+        "default": True,
+        # The catalog wants an image reference; locally the entry names an environment
+        # (c.ThinkubeLocalSpawner.environments), and this reference is only a label.
+        "image": f"localhost/thinkube-local:python{version}",
+        "tags": ["python", "local"],
+        "kind": "jupyter",
+    }
+]
+service_config = data / "service_config.py"
+service_config.write_text(
+    "c = get_config()  # noqa: F821\n"
+    "c.ThinkubeService.inventory = 'local'\n"
+    f"c.ThinkubeService.db_url = {('sqlite:///' + str(data / 'catalog.sqlite'))!r}\n"
+    f"c.ThinkubeService.seed_images = {seed!r}\n"
+)
+c.JupyterHub.services = [
+    {
+        "name": SERVICE,
+        "url": f"http://127.0.0.1:{settings['service_port']}",
+        "command": [python, "-m", "hub_service", "--config", str(service_config)],
+        "cwd": str(data),
+        "api_token": token_file.read_text().strip(),
+        "display": True,
+        "oauth_no_confirm": True,
+    }
+]
+c.JupyterHub.custom_scopes = {
+    "custom:thinkube:images:write": {
+        "description": "Register, replace and delete images in the thinkube-resources image catalog."
+    }
+}
+c.JupyterHub.load_roles = [
+    {"name": "user", "scopes": ["self", f"access:services!service={SERVICE}"]},
+    # The service reads which servers run and what they were given (user_options): the
+    # single-machine allocation. list:users + read:servers, on JupyterHub 5.5 and 6.x.
+    {
+        "name": SERVICE,
+        "scopes": [f"access:services!service={SERVICE}", "list:users", "read:servers"],
+        "services": [SERVICE],
+    },
+]
