@@ -100,6 +100,8 @@ def test_the_service_is_wired_as_z2jh_documents(shared_dir):
 def test_roles_grant_what_the_service_needs(shared_dir):
     roles = get_path(chart_values(shared_dir, VALUES), "hub.loadRoles")
     assert roles[SERVICE]["services"] == [SERVICE] and ACCESS in roles[SERVICE]["scopes"]
+    # the cloud reaper's: the users' servers and the pod id in their state (docs/service.md)
+    assert {"list:users", "read:servers", "admin:server_state"} <= set(roles[SERVICE]["scopes"])
     assert set(roles["user"]["scopes"]) == {"self", ACCESS}
     publisher = roles["image-publisher"]
     assert set(publisher["scopes"]) == {WRITE_SCOPE, ACCESS}
