@@ -17,12 +17,15 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import httpx
+from traitlets import Float, Unicode, default
+from traitlets.config import Configurable
 
 
 class ServiceUnavailable(Exception):
@@ -134,3 +137,71 @@ class AvailabilityClient:
             )
         version = response.headers.get("ETag", "").strip('"') or None
         return Answer(version, raw=response.content, **freshness)
+
+
+def running_hub():
+    """The JupyterHub application this code runs in, if any."""
+    try:
+        from jupyterhub.app import JupyterHub
+
+        return JupyterHub.instance() if JupyterHub.initialized() else None
+    except Exception:  # outside a hub (tests, tools): fall back to defaults
+        return None
+
+
+class AvailabilitySettings(Configurable):
+    """Where a spawner finds the availability service. Mixed into ThinkubeSpawner and
+    ThinkubeLocalSpawner (listed before the Spawner class)."""
+
+    availability_service_name = Unicode(
+        "thinkube-resources",
+        config=True,
+        help="Name of the availability service in `c.JupyterHub.services`, e.g. "
+        "`thinkube-resources`.",
+    )
+    availability_url = Unicode(
+        config=True,
+        help="Base URL of the availability service, reached directly (not through the proxy), "
+        "e.g. `http://hub:8181/services/thinkube-resources/`. Default: from the service's "
+        "entry in `c.JupyterHub.services`.",
+    )
+
+    @default("availability_url")
+    def _default_availability_url(self) -> str:
+        base = (self._service_entry().get("url") or "http://127.0.0.1:8181").rstrip("/")
+        hub = running_hub()
+        prefix = hub.base_url if hub else "/"
+        return f"{base}{prefix.rstrip('/')}/services/{self.availability_service_name}/"
+
+    availability_token = Unicode(
+        config=True,
+        help="Hub API token with access to the availability service (a role with "
+        "`access:services!service=thinkube-resources`). Default: the `api_token` of the "
+        "service's entry in `c.JupyterHub.services`, else $THINKUBE_SERVICE_TOKEN.",
+    )
+
+    @default("availability_token")
+    def _default_availability_token(self) -> str:
+        return self._service_entry().get("api_token") or os.environ.get(
+            "THINKUBE_SERVICE_TOKEN", ""
+        )
+
+    availability_timeout = Float(
+        5.0, config=True, help="Seconds to wait for the availability service, e.g. `5`."
+    )
+
+    _availability_client: AvailabilityClient | None = None
+
+    def _service_entry(self) -> dict:
+        """The hub's own entry for the availability service, when it manages it."""
+        hub = running_hub()
+        services = hub.services if hub else []
+        return next((s for s in services if s.get("name") == self.availability_service_name), {})
+
+    @property
+    def availability(self) -> AvailabilityClient:
+        if self._availability_client is None:
+            self._availability_client = AvailabilityClient(
+                self.availability_url, self.availability_token, self.availability_timeout
+            )
+        return self._availability_client

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Integer, List, Unicode, default
 
 from hub_service.local import ALLOCATION_KEY
 
-from .availability import AvailabilityClient, ServiceUnavailable
+from .availability import AvailabilitySettings, ServiceUnavailable, running_hub
 from .errors import spawn_error
 from .menu import (
     GIB,
@@ -182,15 +182,6 @@ def memory_enforcement(
     return "systemd-user" if user_bus else None
 
 
-def _running_hub():
-    try:
-        from jupyterhub.app import JupyterHub
-
-        return JupyterHub.instance() if JupyterHub.initialized() else None
-    except Exception:  # outside a hub (tools, tests): no other servers to look at
-        return None
-
-
 def _default_environments() -> dict[str, dict]:
     singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
     return {"local": {"cmd": [str(singleuser)]}}
@@ -199,45 +190,8 @@ def _default_environments() -> dict[str, dict]:
 # --- the spawner ------------------------------------------------------------------------------
 
 
-class ThinkubeLocalSpawner(LocalProcessSpawner):
+class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
     """Local processes, placed by the thinkube spawn form (`spawner_class = "thinkube-local"`)."""
-
-    availability_service_name = Unicode(
-        "thinkube-resources",
-        config=True,
-        help="Name of the availability service in `c.JupyterHub.services`, e.g. `thinkube-resources`.",
-    )
-    availability_url = Unicode(
-        config=True,
-        help="Base URL of the availability service, e.g. "
-        "`http://127.0.0.1:8181/services/thinkube-resources/`. Default: from the service's "
-        "entry in `c.JupyterHub.services`.",
-    )
-
-    @default("availability_url")
-    def _default_availability_url(self) -> str:
-        hub = _running_hub()
-        service = self._service_entry()
-        base = (service.get("url") or "http://127.0.0.1:8181").rstrip("/")
-        prefix = hub.base_url if hub else "/"
-        return f"{base}{prefix.rstrip('/')}/services/{self.availability_service_name}/"
-
-    availability_token = Unicode(
-        config=True,
-        help="Hub API token with access to the availability service. Default: the `api_token` "
-        "of the service's entry in `c.JupyterHub.services`, else $THINKUBE_SERVICE_TOKEN. "
-        "E.g. `'0123abcd...'`.",
-    )
-
-    @default("availability_token")
-    def _default_availability_token(self) -> str:
-        return self._service_entry().get("api_token") or os.environ.get(
-            "THINKUBE_SERVICE_TOKEN", ""
-        )
-
-    availability_timeout = Float(
-        5.0, config=True, help="Seconds to wait for the availability service, e.g. `5`."
-    )
 
     cpu_choices = List(
         Integer(),
@@ -300,24 +254,10 @@ class ThinkubeLocalSpawner(LocalProcessSpawner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.allocation: LocalAllocation | None = None
-        self._client: AvailabilityClient | None = None
         self._configured_cmd = list(self.cmd)
         self._extra_env: dict[str, str] = {}  # set per start from the choice
 
     # -- the form ------------------------------------------------------------------------
-
-    def _service_entry(self) -> dict:
-        hub = _running_hub()
-        services = hub.services if hub else []
-        return next((s for s in services if s.get("name") == self.availability_service_name), {})
-
-    @property
-    def availability(self) -> AvailabilityClient:
-        if self._client is None:
-            self._client = AvailabilityClient(
-                self.availability_url, self.availability_token, self.availability_timeout
-            )
-        return self._client
 
     def menu_settings(self) -> MenuSettings:
         return MenuSettings(
@@ -361,7 +301,7 @@ class ThinkubeLocalSpawner(LocalProcessSpawner):
         """Cores and GPUs held by the hub's other active local servers."""
         cores: set[int] = set()
         gpus: set[str] = set()
-        hub = _running_hub()
+        hub = running_hub()
         for user in list(hub.users.values()) if hub else []:
             for spawner in list(user.spawners.values()):
                 held = getattr(spawner, "allocation", None)

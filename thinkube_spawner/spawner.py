@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
-from .availability import AvailabilityClient, ServiceUnavailable, paused_gc
+from .availability import AvailabilitySettings, ServiceUnavailable, paused_gc
 from .errors import spawn_error
 from .form import TEMPLATES, form_template
 from .menu import (
@@ -82,66 +82,13 @@ class _BuiltMenus:
 _built_menus = _BuiltMenus()
 
 
-def _running_hub():
-    """The JupyterHub application this spawner runs in, if any."""
-    try:
-        from jupyterhub.app import JupyterHub
-
-        return JupyterHub.instance() if JupyterHub.initialized() else None
-    except Exception:  # outside a hub (tests, tools): fall back to our defaults
-        return None
-
-
-def _service_from_hub_config(name: str) -> dict:
-    """The hub's own entry for the availability service, when it manages it."""
-    hub = _running_hub()
-    return next((s for s in hub.services if s.get("name") == name), {}) if hub else {}
-
-
-class ThinkubeSpawner(RunPodCloudSettings, KubeSpawner):
+class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
     """KubeSpawner with the live spawn form; a RunPod offer chosen in the same form runs on
     RunPod instead, through the same backend as RemoteRunPodSpawner (the `cloud_*` and
     `runpod_*` settings are shared with it)."""
 
-    # -- the availability service ------------------------------------------------------
+    # -- the availability service (AvailabilitySettings) and its answers -----------------
 
-    availability_service_name = Unicode(
-        "thinkube-resources",
-        config=True,
-        help="Name of the availability service in `c.JupyterHub.services`, e.g. `thinkube-resources`.",
-    )
-    availability_url = Unicode(
-        config=True,
-        help="Base URL of the availability service, reached directly (not through the proxy), "
-        "e.g. `http://hub:8181/services/thinkube-resources/`. Default: from the service's "
-        "entry in `c.JupyterHub.services`.",
-    )
-
-    @default("availability_url")
-    def _default_availability_url(self) -> str:
-        service = _service_from_hub_config(self.availability_service_name)
-        base = (service.get("url") or "http://127.0.0.1:8181").rstrip("/")
-        hub = _running_hub()
-        prefix = hub.base_url if hub else "/"
-        return f"{base}{prefix.rstrip('/')}/services/{self.availability_service_name}/"
-
-    availability_token = Unicode(
-        config=True,
-        help="Hub API token with access to the availability service (a role with "
-        "`access:services!service=thinkube-resources`). Default: the `api_token` of the "
-        "service's entry in `c.JupyterHub.services`, else $THINKUBE_SERVICE_TOKEN.",
-    )
-
-    @default("availability_token")
-    def _default_availability_token(self) -> str:
-        import os
-
-        service = _service_from_hub_config(self.availability_service_name)
-        return service.get("api_token") or os.environ.get("THINKUBE_SERVICE_TOKEN", "")
-
-    availability_timeout = Float(
-        5.0, config=True, help="Seconds to wait for the availability service, e.g. `5`."
-    )
     menu_cache_seconds = Float(
         10.0,
         config=True,
@@ -243,21 +190,12 @@ class ThinkubeSpawner(RunPodCloudSettings, KubeSpawner):
         super().__init__(*args, **kwargs)
         self._menu_cache: tuple[float, Menu] | None = None
         self._loading_options = False
-        self._availability_client: AvailabilityClient | None = None
         # What the admin configured, before any choice: each spawn starts from these, so
         # one spawn's node or GPUs never leak into the next.
         self._configured = {name: copy.deepcopy(getattr(self, name)) for name in MERGED_TRAITS}
         if self.cloud_enabled and not self.cloud_public_url(self.public_hub_url):
             # Said as soon as a spawner exists; cloud offers stay off until it is set.
             self.log.error(missing_public_url_message(type(self).__name__))
-
-    @property
-    def availability(self) -> AvailabilityClient:
-        if self._availability_client is None:
-            self._availability_client = AvailabilityClient(
-                self.availability_url, self.availability_token, self.availability_timeout
-            )
-        return self._availability_client
 
     def menu_settings(self) -> MenuSettings:
         return MenuSettings(

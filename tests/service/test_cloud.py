@@ -15,18 +15,12 @@ import time
 from urllib.parse import urljoin
 
 import httpx
-import hypothesis
 import pytest
 import pytest_asyncio
-import requests
-import schemathesis
-from hypothesis import HealthCheck, Phase
 from jupyterhub.tests.mocking import MockSpawner
-from schemathesis import GenerationMode
 from traitlets.config import Config
 
 from hub_service.cloud import NO_KEY_REASON, FilterError, make_runpod_client, offer_filters
-from hub_service.handlers import OPENAPI_PATH
 from hub_service.reaper import (
     ActiveServer,
     HubClient,
@@ -46,7 +40,7 @@ from tests.hub_fixtures import (
 from tests.kubesim.generator import make_node
 from tests.kubesim.sim import free_port
 from tests.runpod_fake import DEFAULT_GPU_TYPES, RunPodFake
-from tests.service.test_openapi import CHECKS
+from tests.service.test_openapi import run_schemathesis
 from thinkube_spawner.runpod import Pod, PodRequest, RunPodClient
 
 # The hub tests share the module's event loop (and its hub); the pure tests at the end are plain.
@@ -466,49 +460,13 @@ async def test_runpod_down_keeps_the_last_offers_with_the_error(reader, fake, hu
     assert body["fetched_at"] > good["fetched_at"]
 
 
-def check_offers_operation(base_url: str, token: str) -> tuple[list[str], int]:
-    """schemathesis on GET api/v1/cloud/offers alone, valid and invalid filters, with the
-    checks of test_openapi (there the service has no key, so only its 404 is seen)."""
-    schema = schemathesis.openapi.from_path(OPENAPI_PATH).include(path="/api/v1/cloud/offers")
-    session = requests.Session()
-    headers = {"Authorization": f"token {token}"}
-    failures: list[str] = []
-    calls = 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-            @hypothesis.settings(
-                max_examples=30,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            def check(case):
-                nonlocal calls
-                response = case.call(
-                    base_url=base_url, session=session, headers=headers, timeout=10
-                )
-                calls += 1
-                case.validate_response(response, checks=CHECKS, headers=headers)
-
-            try:
-                check()
-            except (Exception, BaseExceptionGroup) as err:
-                failures.append(f"{operation.label} [{mode.value}]: {err}")
-    session.close()
-    return failures, calls
-
-
 @in_module_loop
 async def test_the_offers_route_matches_its_openapi_description(hub, reader):
     await fetched_offers(reader)
     token = hub.token("schemathesis", [ACCESS_SCOPE])
+    # with the checks of test_openapi (there the service has no key: only its 404 is seen)
     failures, calls = await asyncio.to_thread(
-        check_offers_operation, hub.service_url.rstrip("/"), token
+        run_schemathesis, hub.service_url.rstrip("/"), token, "/api/v1/cloud/offers", 30
     )
     assert not failures, "\n\n".join(failures)
     assert calls >= 30

@@ -46,11 +46,15 @@ async def hub(module_kubesim, module_hub_factory):
     return await module_hub_factory(sim=sim)
 
 
-def run_schemathesis(base_url: str, token: str) -> tuple[list[str], int]:
-    """Every operation, positive and negative cases; returns the failures and the number of
-    requests made. Runs in a thread: the hub answering the service's token checks lives on
-    the test's event loop, which must keep running."""
+def run_schemathesis(
+    base_url: str, token: str, path: str | None = None, max_examples: int = MAX_EXAMPLES
+) -> tuple[list[str], int]:
+    """Every operation (or those of `path`), positive and negative cases; returns the
+    failures and the number of requests made. Runs in a thread: the hub answering the
+    service's token checks lives on the test's event loop, which must keep running."""
     schema = schemathesis.openapi.from_path(OPENAPI_PATH)
+    if path is not None:
+        schema = schema.include(path=path)
     session = requests.Session()
     headers = {"Authorization": f"token {token}"}
     failures: list[str] = []
@@ -61,7 +65,7 @@ def run_schemathesis(base_url: str, token: str) -> tuple[list[str], int]:
 
             @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
             @hypothesis.settings(
-                max_examples=MAX_EXAMPLES,
+                max_examples=max_examples,
                 deadline=None,
                 database=None,
                 derandomize=True,
