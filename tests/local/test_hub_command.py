@@ -17,22 +17,12 @@ from urllib.parse import urljoin
 import psutil
 import pytest
 
+from tests.e2e.test_thinkube_spawner import form_fields
 from tests.local.hubproc import REPO_ROOT, local_hub, option, server_processes
 from tests.utils import eventually
 from thinkube_spawner.form import _gib_text
 
 CORES = sorted(os.sched_getaffinity(0))
-
-
-def form_fields(html: str) -> dict[str, str]:
-    """What a browser submits: each select's selected option and the hidden inputs."""
-    fields = {}
-    for name, body in re.findall(r'<select name="([^"]+)"[^>]*>(.*?)</select>', html, re.S):
-        selected = re.search(r'<option value="([^"]*)" selected', body)
-        fields[name] = unescape(selected.group(1)) if selected else ""
-    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html):
-        fields[name] = unescape(value)
-    return fields
 
 
 def options_of(html: str, name: str) -> dict[str, bool]:

@@ -11,22 +11,12 @@ from urllib.parse import urljoin
 
 import pytest
 
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.local.hubproc import local_hub, option, server_processes
 from tests.utils import eventually
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CORES = len(os.sched_getaffinity(0))
 
 pytestmark = [
