@@ -349,6 +349,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
 
     def start(self):
         if str((self.user_options or {}).get("where") or "").startswith(CLOUD_PREFIX):
+            self._cloud_starting = True  # now: progress() may be asked before the task runs
             self._start_future = asyncio.ensure_future(self._start_on_cloud())
             return self._start_future
         start_future = super().start()
@@ -460,7 +461,6 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
     async def _start_on_cloud(self) -> str:
         """A RunPod offer from the form: checked like any choice, then rented. The offer
         chosen first; the same GPU in RunPod's other cloud next, if within the cap."""
-        self._cloud_starting = True
         try:
             choice = await self.checked_choice()
             self.user_options = choice.as_user_options()
