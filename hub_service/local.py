@@ -311,6 +311,8 @@ class LocalInventory(Inventory):
         self._host: dict | None = None  # the last reading of this machine
         self._nvml: dict = {}
         self._allocations: list[dict] = []  # the last allocation read from the hub
+        # One client for the inventory's life: the hub is asked every refresh_s.
+        self._http: httpx.AsyncClient | None = None
         self.refreshes = 0
         self.published = Published()
         self._publish([])
@@ -327,33 +329,35 @@ class LocalInventory(Inventory):
             "Authorization": f"token {self._token}",
             "Accept": "application/jupyterhub-pagination+json",
         }
-        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-            while True:
-                try:
-                    response = await http.get(
-                        f"{self.hub_api_url}/users",
-                        params={"state": "active", "offset": offset, "limit": 200},
-                        headers=headers,
-                    )
-                except httpx.HTTPError as err:
-                    raise HubServersError(f"hub API unreachable ({type(err).__name__})") from None
-                if response.status_code == 403:
-                    raise HubServersError(
-                        "the service's token may not list servers: give its role the scopes "
-                        "list:users and read:servers"
-                    )
-                if response.status_code != 200:
-                    raise HubServersError(f"hub API answered HTTP {response.status_code}")
-                try:
-                    body = response.json()
-                except json.JSONDecodeError:
-                    raise HubServersError("hub API sent something that is not JSON") from None
-                items = body.get("items", []) if isinstance(body, dict) else body
-                users.extend(u for u in items if isinstance(u, dict))
-                pagination = body.get("_pagination") if isinstance(body, dict) else None
-                if not pagination or not pagination.get("next"):
-                    return users
-                offset = int(pagination["next"].get("offset") or (offset + len(items)))
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.timeout_s)
+        http = self._http
+        while True:
+            try:
+                response = await http.get(
+                    f"{self.hub_api_url}/users",
+                    params={"state": "active", "offset": offset, "limit": 200},
+                    headers=headers,
+                )
+            except httpx.HTTPError as err:
+                raise HubServersError(f"hub API unreachable ({type(err).__name__})") from None
+            if response.status_code == 403:
+                raise HubServersError(
+                    "the service's token may not list servers: give its role the scopes "
+                    "list:users and read:servers"
+                )
+            if response.status_code != 200:
+                raise HubServersError(f"hub API answered HTTP {response.status_code}")
+            try:
+                body = response.json()
+            except json.JSONDecodeError:
+                raise HubServersError("hub API sent something that is not JSON") from None
+            items = body.get("items", []) if isinstance(body, dict) else body
+            users.extend(u for u in items if isinstance(u, dict))
+            pagination = body.get("_pagination") if isinstance(body, dict) else None
+            if not pagination or not pagination.get("next"):
+                return users
+            offset = int(pagination["next"].get("offset") or (offset + len(items)))
 
     async def refresh(self) -> None:
         """One pass: machine, GPUs, servers; publish."""
@@ -430,6 +434,9 @@ class LocalInventory(Inventory):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     @property
     def ready(self) -> bool:

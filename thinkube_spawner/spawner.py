@@ -455,8 +455,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         config = self.cloud.config
         if config.api_key is None or not config.public_hub_url:
             return 0.0
-        groups = [g.name for g in getattr(self.user, "groups", None) or []]
-        return self.cloud_price_cap_for(self.user.name, groups)
+        return self.user_price_cap()
 
     async def _start_on_cloud(self) -> str:
         """A RunPod offer from the form: checked like any choice, then rented. The offer

@@ -20,6 +20,7 @@ from tests.deploy.z2jh import (
     helm_merge,
     hub_config,
     hub_env,
+    spawner_for,
 )
 
 REALM = "https://auth.example.test/realms/lab"
@@ -169,24 +170,6 @@ def test_the_realm_url_may_end_with_a_slash(values):
     assert c.GenericOAuthenticator.token_url == f"{REALM}/protocol/openid-connect/token"
 
 
-def spawner_for(config: Config, name: str, groups: list[str]):
-    """ThinkubeSpawner as the hub builds it from this configuration, for a user in these
-    hub groups (oauthenticator's manage_groups makes Keycloak's groups hub groups)."""
-    from thinkube_spawner import ThinkubeSpawner
-
-    user = SimpleNamespace(
-        name=name, id=1, url=f"/user/{name}/", groups=[SimpleNamespace(name=g) for g in groups]
-    )
-    return ThinkubeSpawner(
-        config=config,
-        hub=Hub(),
-        user=user,
-        _mock=True,
-        k8s_api_host="http://127.0.0.1:9",
-        namespace="jupyterhub",
-    )
-
-
 @pytest.mark.parametrize(
     "user,groups,cap",
     [
@@ -201,7 +184,7 @@ def spawner_for(config: Config, name: str, groups: list[str]):
 async def test_cloud_price_cap_from_hub_groups(config, user, groups, cap):
     config.ThinkubeSpawner.cloud_user_price_caps = {"bob": 0.25}
     spawner = spawner_for(config, user, groups)
-    assert spawner.cloud_price_cap_for(user, [g.name for g in spawner.user.groups]) == cap
+    assert spawner.user_price_cap() == cap
 
 
 async def test_cloud_gpus_need_a_key_and_a_public_url(config, monkeypatch):

@@ -32,9 +32,16 @@ import werkzeug.serving
 from jupyterhub import orm, scopes
 from jupyterhub.tests.mocking import MockHub, MockSpawner
 
-from tests.deploy.z2jh import KEYCLOAK, REPO, VALUES, chart_values, environment, hub_config
+from tests.deploy.z2jh import (
+    KEYCLOAK,
+    REPO,
+    VALUES,
+    chart_values,
+    environment,
+    hub_config,
+    spawner_for,
+)
 from tests.kubesim.sim import free_port
-from thinkube_spawner.runpod.settings import price_cap_for
 
 oidc_provider_mock = pytest.importorskip("oidc_provider_mock")
 
@@ -236,16 +243,10 @@ async def test_login_through_keycloak_lands_on_the_spawn_form_and_caps_apply(run
         auth_state = await user.get_auth_state()
         assert auth_state["oauth_user"]["groups"] == ["lab-members", "gpu-users"]
 
-        # ThinkubeSpawner's cloud price cap comes from these hub groups.
-        caps = hub.app.config.ThinkubeSpawner
-        cap = price_cap_for(
-            "alice",
-            [g.name for g in alice.groups],
-            0.0,
-            caps.cloud_user_price_caps,
-            caps.cloud_group_price_caps,
-        )
-        assert cap == 2.0  # max(lab-members 0.5, gpu-users 2.0)
+        # ThinkubeSpawner, built from the hub's configuration for this user, takes its cloud
+        # price cap from these hub groups.
+        spawner = spawner_for(hub.app.config, alice.name, [g.name for g in alice.groups])
+        assert spawner.user_price_cap() == 2.0  # max(lab-members 0.5, gpu-users 2.0)
 
         # Start a server from the form.
         spawned = await browser.post(

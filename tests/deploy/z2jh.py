@@ -28,6 +28,7 @@ import types
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -262,3 +263,23 @@ def all_manifests() -> list[tuple[str, dict]]:
         for path in sorted(MANIFESTS.glob("*.yaml"))
         for index, doc in enumerate(manifest_documents(path))
     ]
+
+
+def spawner_for(config: Config, name: str, groups: list[str]):
+    """ThinkubeSpawner as the hub builds it from this configuration, for a user in these
+    hub groups (oauthenticator's manage_groups makes Keycloak's groups hub groups)."""
+    from jupyterhub.objects import Hub
+
+    from thinkube_spawner import ThinkubeSpawner
+
+    user = SimpleNamespace(
+        name=name, id=1, url=f"/user/{name}/", groups=[SimpleNamespace(name=g) for g in groups]
+    )
+    return ThinkubeSpawner(
+        config=config,
+        hub=Hub(),
+        user=user,
+        _mock=True,
+        k8s_api_host="http://127.0.0.1:9",
+        namespace="jupyterhub",
+    )

@@ -306,6 +306,11 @@ class RunPodCloudSettings(Configurable):
             self.cloud_group_price_caps,
         )
 
+    def user_price_cap(self) -> float:
+        """The cap of the spawner's user, from their name and hub groups (a spawner's)."""
+        groups = [g.name for g in getattr(self.user, "groups", None) or []]
+        return self.cloud_price_cap_for(self.user.name, groups)
+
     @property
     def cloud_enabled(self) -> bool:
         return cloud_enabled(

@@ -86,10 +86,6 @@ class RemoteRunPodSpawner(RunPodCloudSettings, Spawner):
             self._backend.load_state(self._pending_state)
         return self._backend
 
-    def user_price_cap(self) -> float:
-        groups = [g.name for g in getattr(self.user, "groups", None) or []]
-        return self.cloud_price_cap_for(self.user.name, groups)
-
     async def fetch_offers(self):
         async with self.backend.client() as client:
             return await client.offers(gpu_count=self.cloud_gpu_count)
