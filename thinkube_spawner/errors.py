@@ -17,3 +17,22 @@ def spawn_error(message: str, reason: str, status_code: int = 400) -> web.HTTPEr
     error = web.HTTPError(status_code, message)
     error.jupyterhub_message = message  # what JupyterHub 5 shows instead of a generic text
     return error
+
+
+def service_unavailable_error(err: Exception) -> web.HTTPError:
+    """The availability service could not be asked at start: nothing was started."""
+    return spawn_error(
+        f"{err} Nothing was started; try again in a moment.",
+        reason="availability",
+        status_code=503,
+    )
+
+
+def choice_error(err: Exception) -> web.HTTPError:
+    """A refused choice (menu.ChoiceError): 409 when it is valid but does not fit now."""
+    capacity = bool(getattr(err, "capacity", False))
+    return spawn_error(
+        str(err),
+        reason="capacity" if capacity else "invalid-choice",
+        status_code=409 if capacity else 400,
+    )

@@ -35,7 +35,7 @@ from traitlets import Bool, Dict, Integer, List, Unicode, default
 from hub_service.local import ALLOCATION_KEY
 
 from .availability import AvailabilitySettings, ServiceUnavailable, running_hub
-from .errors import spawn_error
+from .errors import choice_error, service_unavailable_error
 from .menu import (
     GIB,
     PROFILE_SLUG,
@@ -315,11 +315,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         try:
             menu, machine = await self.fresh_menu()
         except ServiceUnavailable as err:
-            raise spawn_error(
-                f"{err} Nothing was started; try again in a moment.",
-                reason="availability",
-                status_code=503,
-            ) from None
+            raise service_unavailable_error(err) from None
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
         try:
             choice = check_choice(options, menu)
@@ -335,11 +331,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
             )
         except ChoiceError as err:
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
-            raise spawn_error(
-                str(err),
-                reason="capacity" if err.capacity else "invalid-choice",
-                status_code=409 if err.capacity else 400,
-            ) from None
+            raise choice_error(err) from None
         self.allocation = allocation
         self.user_options = {**choice.as_user_options(), ALLOCATION_KEY: allocation.as_dict()}
         return choice, allocation

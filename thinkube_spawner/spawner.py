@@ -23,7 +23,7 @@ from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
 from .availability import AvailabilitySettings, ServiceUnavailable, paused_gc
-from .errors import spawn_error
+from .errors import choice_error, service_unavailable_error, spawn_error
 from .form import TEMPLATES, form_template
 from .menu import (
     CLOUD_PREFIX,
@@ -301,21 +301,13 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         try:
             menu = await self.menu(fresh=True)
         except ServiceUnavailable as err:
-            raise spawn_error(
-                f"{err} Nothing was started; try again in a moment.",
-                reason="availability",
-                status_code=503,
-            ) from None
+            raise service_unavailable_error(err) from None
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
         try:
             return check_choice(options, menu, self.cloud_cap())
         except ChoiceError as err:
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
-            raise spawn_error(
-                str(err),
-                reason="capacity" if err.capacity else "invalid-choice",
-                status_code=409 if err.capacity else 400,
-            ) from None
+            raise choice_error(err) from None
 
     async def load_user_options(self) -> None:
         """Check the choice against fresh availability, then shape the pod from it."""
