@@ -55,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"where the hub keeps its database, secrets, password and users' folders "
         f"(default: {default_data_dir()})",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a JupyterHub configuration file loaded after thinkube's own, to change or add "
+        "settings (a PAM or OAuth login, ThinkubeLocalSpawner options; see docs/local.md)",
+    )
     parser.set_defaults(func=run_hub)
 
 
@@ -88,9 +95,9 @@ def shared_password(data_dir: Path) -> str:
     return password
 
 
-def hub_settings(ip: str, port: int, data_dir: Path) -> dict:
+def hub_settings(ip: str, port: int, data_dir: Path, extra_config: Path | None = None) -> dict:
     """What hub_config.py reads: addresses (internal ones on free ports, so two hubs can run
-    side by side) and where things live."""
+    side by side), where things live, and the person's own configuration file if any."""
     return {
         "ip": ip,
         "port": port,
@@ -99,6 +106,7 @@ def hub_settings(ip: str, port: int, data_dir: Path) -> dict:
         "proxy_api_port": free_port(),
         "service_port": free_port(),
         "python": sys.executable,
+        "extra_config": str(extra_config) if extra_config else None,
     }
 
 
@@ -106,6 +114,9 @@ def run_hub(args: argparse.Namespace) -> int:
     data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     if not 0 < args.port < 65536:
         raise CommandError(f"--port must be between 1 and 65535, not {args.port}")
+    extra_config = args.config.expanduser().resolve() if args.config else None
+    if extra_config and not extra_config.is_file():
+        raise CommandError(f"--config {args.config}: no such file")
     if shutil.which("configurable-http-proxy") is None:
         raise CommandError(
             "configurable-http-proxy is not on PATH: run `make run` in the thinkube-hub "
@@ -123,7 +134,7 @@ def run_hub(args: argparse.Namespace) -> int:
         data_dir.chmod(0o700)
     except OSError as err:
         raise CommandError(f"cannot use {data_dir} as the data directory: {err.strerror}") from None
-    settings = hub_settings(args.ip, args.port, data_dir)
+    settings = hub_settings(args.ip, args.port, data_dir, extra_config)
     settings_file = data_dir / "settings.json"
     settings_file.write_text(json.dumps(settings, indent=2) + "\n")
     password = shared_password(data_dir)

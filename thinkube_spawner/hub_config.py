@@ -115,3 +115,7 @@ c.JupyterHub.load_roles = [
         "services": [SERVICE],
     },
 ]
+
+# --- the person's own configuration (thinkube hub --config FILE), applied last ----------------
+if settings.get("extra_config"):
+    load_subconfig(settings["extra_config"])  # noqa: F821 (provided by JupyterHub)

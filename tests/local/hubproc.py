@@ -115,8 +115,14 @@ def server_processes(hub: LocalHub, user: str) -> list[psutil.Process]:
 
 
 @asynccontextmanager
-async def local_hub(data_dir: Path, python: str = sys.executable, port: int | None = None):
-    """`thinkube hub` on a free port; stopped with SIGINT (Ctrl-C) afterwards."""
+async def local_hub(
+    data_dir: Path,
+    python: str = sys.executable,
+    port: int | None = None,
+    config: Path | None = None,
+):
+    """`thinkube hub` on a free port (with `--config config` if given); stopped with SIGINT
+    (Ctrl-C) afterwards."""
     port = port or free_port()
     env = {
         **os.environ,
@@ -131,6 +137,7 @@ async def local_hub(data_dir: Path, python: str = sys.executable, port: int | No
         str(port),
         "--data-dir",
         str(data_dir),
+        *(["--config", str(config)] if config else []),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,

@@ -217,6 +217,15 @@ def test_a_port_in_use_is_a_plain_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_missing_config_file_is_a_plain_error(tmp_path):
+    result = _run_cli("--config", str(tmp_path / "mine.py"), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"thinkube: error: --config {tmp_path / 'mine.py'}: no such file"
+    )
+    assert not (tmp_path / "d").exists()  # nothing created
+
+
 def test_no_proxy_on_path_is_a_plain_error(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}
     result = subprocess.run(
