@@ -9,7 +9,9 @@ a local process by the pure functions here:
   sees no GPU);
 - CPUs: the process is pinned to that many free cores (CPU affinity);
 - memory: a systemd scope with ``MemoryMax`` where the machine has systemd on cgroup v2,
-  otherwise advisory (the form says so).
+  otherwise advisory (the form says so);
+- the machine's other GPUs are also hidden from NVML (nvidia-smi) in a private mount
+  namespace (gpu_isolation.py).
 
 The cores and GPUs picked are recorded in ``user_options["allocation"]`` (and in the spawner's
 state), which is how the service, reading the hub's API, counts them as taken. Within the hub
@@ -30,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool, Dict, Integer, List, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default
 
 from hub_service.local import ALLOCATION_KEY
 
 from .availability import AvailabilitySettings, ServiceUnavailable, running_hub
 from .errors import choice_error, service_unavailable_error
+from .gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, driver_gpus, hiding_plan, isolation_command
 from .menu import (
     GIB,
     PROFILE_SLUG,
@@ -227,6 +230,28 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         help="How the memory choice is enforced: `auto` (a systemd scope with MemoryMax where "
         "systemd runs on cgroup v2, else advisory), `off` (always advisory). E.g. `off`.",
     )
+    gpu_isolation = CaselessStrEnum(
+        ["auto", "required", "off"],
+        "auto",
+        config=True,
+        help="Hiding the machine's other GPUs from a server's NVML (nvidia-smi, GPU monitors) "
+        "as well as from CUDA: `auto` (a private mount namespace per server where the machine "
+        "allows one; where it does not, the server's log says so and CUDA_VISIBLE_DEVICES "
+        "alone applies), `required` (a server that cannot be isolated does not start), `off` "
+        "(CUDA_VISIBLE_DEVICES only). E.g. `required`.",
+    )
+    nvidia_proc_dir = Unicode(
+        NVIDIA_PROC_DIR,
+        config=True,
+        help="Where the NVIDIA driver lists the machine's GPUs (one folder per GPU with an "
+        "`information` file), read to find each GPU's device file. Change it only where the "
+        f"driver's files live elsewhere, e.g. `/host/proc/driver/nvidia/gpus`. Default `{NVIDIA_PROC_DIR}`.",
+    )
+    nvidia_dev_dir = Unicode(
+        DEV_DIR,
+        config=True,
+        help="Where the GPUs' device files (`nvidia<minor>`) are, e.g. `/host/dev`. Default `/dev`.",
+    )
     system_users = Bool(
         False,
         config=True,
@@ -339,7 +364,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
     async def start(self):
         choice, allocation = await self.check_and_allocate()
         environment = self.environments.get(choice.image["name"]) or {}
-        base_cmd = list(environment.get("cmd") or self._configured_cmd)
+        base_cmd = self.isolated(allocation, list(environment.get("cmd") or self._configured_cmd))
         unit = scope_unit_name(self.user.name, self.name, f"{os.getpid()}-{secrets.token_hex(3)}")
         extra_env, self.cmd = process_settings(
             allocation, base_cmd, self.memory_mode() if allocation.memory_enforced else None, unit
@@ -359,6 +384,21 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         except BaseException:
             self.allocation = None
             raise
+
+    def isolated(self, allocation: LocalAllocation, cmd: list[str]) -> list[str]:
+        """`cmd`, run so that the machine's other GPUs are hidden from it (gpu_isolation)."""
+        if self.gpu_isolation == "off":
+            return cmd
+        gpus = driver_gpus(self.nvidia_proc_dir)
+        if not hiding_plan(allocation.gpus, gpus, self.nvidia_dev_dir).hides_anything:
+            return cmd  # no NVIDIA GPU here, or the server has them all
+        return isolation_command(
+            allocation.gpus,
+            cmd,
+            required=self.gpu_isolation == "required",
+            proc_dir=self.nvidia_proc_dir,
+            dev_dir=self.nvidia_dev_dir,
+        )
 
     async def stop(self, now=False):
         try:

@@ -1,57 +1,53 @@
 """On a machine with NVIDIA GPUs (marker `gpu`; skipped elsewhere): two servers asking for
-one GPU each get different GPUs, and inside each only its own GPU is visible."""
+one GPU each get different GPUs, and inside each, CUDA and nvidia-smi list only its own.
+
+What a server sees is recorded from inside it: its command starts with tests/local/probe.py,
+which runs nvidia-smi and the CUDA driver API in the server's own namespace, environment and
+CPU affinity before starting jupyterhub-singleuser."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
-import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
 
 from hub_service.nvml import gpus_from_records, read_nvml
-from tests.local.hubproc import local_hub, option, server_processes
+from tests.local.hubproc import local_hub, option
 from tests.local.test_hub_command import form_fields, options_of
 
 GPUS = gpus_from_records(read_nvml()) if shutil.which("nvidia-smi") else []
+PROBE = Path(__file__).with_name("probe.py")
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not GPUS, reason="needs an NVIDIA GPU (nvidia-smi, NVML)"),
 ]
 
-# What CUDA itself sees: the driver API, which honours CUDA_VISIBLE_DEVICES (no torch needed).
-CUDA_UUIDS = r"""
-import ctypes
-cuda = ctypes.CDLL("libcuda.so.1")
-assert cuda.cuInit(0) == 0
-count = ctypes.c_int()
-assert cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
-for ordinal in range(count.value):
-    device, raw = ctypes.c_int(), (ctypes.c_ubyte * 16)()
-    assert cuda.cuDeviceGet(ctypes.byref(device), ordinal) == 0
-    assert cuda.cuDeviceGetUuid(raw, device) == 0
-    h = bytes(raw).hex()
-    print(f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-"""
 
-
-def inside(process, *command: str) -> list[str]:
-    """Run a command with the server's own environment and CPU affinity."""
-    result = subprocess.run(
-        ["taskset", "-c", ",".join(map(str, process.cpu_affinity())), *command],
-        env=process.environ(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+def probing_config(folder: Path) -> Path:
+    """`thinkube hub --config`: every server's command starts with the probe."""
+    singleuser = str(Path(sys.executable).parent / "jupyterhub-singleuser")
+    out = str(folder / "seen-{user}.json")
+    config = folder / "probe_config.py"
+    config.write_text(
+        "c = get_config()  # noqa: F821\n"
+        "c.ThinkubeLocalSpawner.gpu_isolation = 'required'\n"
+        "c.ThinkubeLocalSpawner.environments = {'local': {'cmd': "
+        f"[{sys.executable!r}, {str(PROBE)!r}, {out!r}, '--gpu', '--', {singleuser!r}]}}}}\n"
     )
-    return result.stdout.split()
+    return config
 
 
-async def spawn_one_gpu(hub, user: str) -> tuple[dict, object]:
+def seen_by(folder: Path, user: str) -> dict:
+    return json.loads((folder / f"seen-{user}.json").read_text())
+
+
+async def spawn_one_gpu(hub, user: str) -> dict:
     browser = await hub.login(user)
     html = await hub.form(browser)
     where = next(
@@ -68,29 +64,32 @@ async def spawn_one_gpu(hub, user: str) -> tuple[dict, object]:
     }
     await browser.post(urljoin(hub.url, "hub/spawn"), data={**fields, "_xsrf": hub.xsrf(browser)})
     server = await hub.server(browser, user)
-    (process,) = server_processes(hub, user)
-    return server["user_options"]["allocation"], process
+    return server["user_options"]["allocation"]
+
+
+def listed_by_nvidia_smi(seen: dict) -> list[str]:
+    return [re.sub(r"\s", "", uuid) for uuid in seen["nvidia_smi"]]
+
+
+async def test_nvidia_smi_and_cuda_inside_a_server_list_only_its_gpu(tmp_path):
+    async with local_hub(tmp_path / "hub", config=probing_config(tmp_path)) as hub:
+        allocation = await spawn_one_gpu(hub, "alice")
+        seen = seen_by(tmp_path, "alice")
+        assert len(allocation["gpus"]) == 1
+        assert seen["cuda_visible_devices"] == allocation["gpus"][0]
+        assert seen["cuda"] == allocation["gpus"]
+        assert listed_by_nvidia_smi(seen) == allocation["gpus"]
 
 
 @pytest.mark.skipif(len(GPUS) < 2, reason="needs at least two NVIDIA GPUs")
 async def test_two_servers_get_different_gpus_and_see_only_their_own(tmp_path):
-    async with local_hub(tmp_path / "hub") as hub:
-        first, first_process = await spawn_one_gpu(hub, "alice")
-        second, second_process = await spawn_one_gpu(hub, "bob")
+    async with local_hub(tmp_path / "hub", config=probing_config(tmp_path)) as hub:
+        first = await spawn_one_gpu(hub, "alice")
+        second = await spawn_one_gpu(hub, "bob")
         assert len(first["gpus"]) == len(second["gpus"]) == 1
         assert first["gpus"] != second["gpus"]
-        for allocation, process in ((first, first_process), (second, second_process)):
-            assert process.environ()["CUDA_VISIBLE_DEVICES"] == allocation["gpus"][0]
-            assert inside(process, sys.executable, "-c", CUDA_UUIDS) == allocation["gpus"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="nvidia-smi reads NVML, which ignores CUDA_VISIBLE_DEVICES: hiding the other GPUs "
-    "from it needs device isolation, which the single-machine mode does not do yet",
-)
-async def test_nvidia_smi_inside_a_server_lists_only_its_gpu(tmp_path):
-    async with local_hub(tmp_path / "hub") as hub:
-        allocation, process = await spawn_one_gpu(hub, "alice")
-        listed = inside(process, "nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader")
-        assert [re.sub(r"\s", "", u) for u in listed] == allocation["gpus"]
+        for user, allocation in (("alice", first), ("bob", second)):
+            seen = seen_by(tmp_path, user)
+            assert seen["cpus"] == allocation["cores"]
+            assert seen["cuda"] == allocation["gpus"]
+            assert listed_by_nvidia_smi(seen) == allocation["gpus"]
