@@ -12,7 +12,6 @@ Without an API key the service still runs; the cache says cloud is not configure
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from thinkube_spawner.runpod import (
 )
 from thinkube_spawner.runpod.offers import CLOUD_TYPES
 
+from .background import cancel_and_wait
 from .reaper import HubClient, Reaper
 
 log = logging.getLogger("thinkube.cloud")
@@ -150,11 +150,8 @@ class OffersCache:
             self._task = asyncio.create_task(self._run(), name="thinkube-cloud-offers")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

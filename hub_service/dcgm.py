@@ -45,6 +45,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from .background import cancel_and_wait
+
 __all__ = [
     "DcgmMetrics",
     "DcgmScraper",
@@ -275,14 +277,7 @@ class DcgmScraper:
     async def stop(self) -> None:
         """Cancel the scrape loop and close the HTTP client."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():  # stop() itself cancelled
-                    raise
+        await cancel_and_wait(task)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from .background import cancel_and_wait
 from .inventory import Inventory, Published, dumps, iso_now
 from .nodes import GPU_RESOURCE, summary_document
 from .nvml import gpus_from_records, read_nvml
@@ -430,10 +431,8 @@ class LocalInventory(Inventory):
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._http is not None:
             await self._http.aclose()
             self._http = None

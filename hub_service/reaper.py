@@ -22,7 +22,6 @@ with its user and server name).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -33,6 +32,8 @@ from typing import Any
 import httpx
 
 from thinkube_spawner.runpod import Pod, RunPodClient, RunPodError
+
+from .background import cancel_and_wait
 
 log = logging.getLogger("thinkube.reaper")
 
@@ -246,11 +247,8 @@ class Reaper:
             )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         await self.hub.aclose()
 
     async def _run(self) -> None:
