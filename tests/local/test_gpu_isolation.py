@@ -87,7 +87,7 @@ def test_the_plan_covers_every_gpu_but_the_visible_ones():
     assert not hiding_plan([], []).hides_anything
 
 
-def test_the_command_prefix_round_trips_through_the_module_arguments():
+def test_the_command_prefix_names_the_module_the_gpus_and_the_command():
     command = isolation_command(UUIDS[:2], ["jupyterhub-singleuser", "--debug"], required=True)
     assert command[1:3] == ["-m", "thinkube_spawner.gpu_isolation"]
     assert command[command.index("--") + 1 :] == ["jupyterhub-singleuser", "--debug"]
