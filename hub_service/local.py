@@ -264,6 +264,13 @@ def machine_document(
         },
         "pod_count": len(allocations),
         "pods_allocatable": _SERVERS_ALLOWED,
+        "labels": {},
+        "free": {
+            "cpu": round((cpu_total - cpu_used) * 1000),
+            "memory": memory_total - memory_used,
+            **{r["name"]: r["free"] for r in (gpu or {}).get("resources", [])},
+            "pods": _SERVERS_ALLOWED - len(allocations),
+        },
         "gpu": gpu,
         "gpu_details": details,
         "local": {

@@ -33,6 +33,7 @@ from hub_service.accounting import (
     sum_resources,
 )
 from hub_service.quantity import EXACT_CONTEXT, int_value
+from hub_service.scheduling import PODS, scheduler_units
 
 __all__ = ["gpu_details", "gpu_inventory", "node_document", "summary_document"]
 
@@ -293,6 +294,22 @@ def _taints(spec: Mapping[str, Any]) -> list[dict[str, str | None]]:
     ]
 
 
+def free_units(
+    allocatable: Mapping[str, Decimal], requests: Mapping[str, Decimal], pod_count: int
+) -> dict[str, int]:
+    """Room left per resource in the scheduler's units (cpu millicores, else whole units),
+    as the feasibility filter reads it; negative when requests exceed allocatable. The
+    scheduler rounds each pod's requests before adding them; this rounds their exact sum,
+    which differs only for pods asking for fractions of a millicore or of a byte."""
+    free = {
+        name: scheduler_units(name, allocatable.get(name, _ZERO))
+        - scheduler_units(name, requests.get(name, _ZERO))
+        for name in sorted({*allocatable, *requests} - {PODS})
+    }
+    free[PODS] = int_value(allocatable.get(PODS, _ZERO)) - pod_count
+    return free
+
+
 def node_document(
     node: dict,
     pods: Iterable[PodSummary],
@@ -303,7 +320,8 @@ def node_document(
     ``capacity`` / ``allocated`` / ``available`` keep the old service's shape, filled from
     allocatable (not ``status.capacity``) and requests (not limits). A node that is NotReady or
     cordoned is still reported, with ``available`` all zeros and ``reason`` saying why; taints
-    are only reported, since whether a pod tolerates them is the spawner's business.
+    are reported as they are: whether a pod tolerates them is the feasibility filter's business
+    (:mod:`hub_service.scheduling`), for the pod in question.
     """
     if not isinstance(node, Mapping):
         raise MalformedObject(f"node must be an object, not {type(node).__name__}")
@@ -360,6 +378,9 @@ def node_document(
         },
         "pod_count": len(counted),
         "pods_allocatable": int_value(allocatable.get("pods", _ZERO)),
+        # What the feasibility filter reads (hub_service.scheduling), besides taints.
+        "labels": labels,
+        "free": free_units(allocatable, requests, len(counted)),
         "gpu": gpu,
         "gpu_details": details,
     }

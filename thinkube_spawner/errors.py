@@ -13,9 +13,12 @@ except ImportError:  # JupyterHub 5.5
 def spawn_error(message: str, reason: str, status_code: int = 400) -> web.HTTPError:
     """A rejection the hub shows as-is (and re-renders the form with, when it comes quickly)."""
     if SpawnException is not None:
-        return SpawnException(message, reason=reason, status_code=status_code)
-    error = web.HTTPError(status_code, message)
-    error.jupyterhub_message = message  # what JupyterHub 5 shows instead of a generic text
+        error = SpawnException(message, reason=reason, status_code=status_code)
+    else:
+        error = web.HTTPError(status_code, message)
+    # What the hub shows the person: JupyterHub 5 would show a generic text, and 6 the
+    # exception's str(), "409 SpawnException(reason=capacity): ...", without it.
+    error.jupyterhub_message = message
     return error
 
 

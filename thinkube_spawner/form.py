@@ -20,6 +20,10 @@ from .menu import (
     Choice,
     Menu,
     Placement,
+    demand_for,
+    demand_shape,
+    fits,
+    pod_for,
     within_cap,
 )
 
@@ -36,74 +40,144 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def _slots_data(placement: Placement) -> dict:
-    """The free room the page's script checks choices against. Only the slots no other slot
-    beats in every dimension matter for "does it fit anywhere" (if a pod fits a slot, it fits
-    the one that dominates it), so the page carries those: a handful, not 1,000 nodes."""
-    rows = [
-        {
-            "node": s.node,
-            "cpu": s.cpu,
-            "memory": s.memory,
-            "gpus": s.gpus,
-            "gpu_ok": s.gpu_taint_only,
-            "cpu_ok": s.untainted,
-        }
-        for s in placement.slots
-    ]
+def _placement_data(menu: Menu, placement: Placement) -> dict:
+    """What the page's script checks choices against: the placement's frontier (a handful of
+    rows, not 1,000 nodes) and how a choice becomes the pod's demand there."""
+    data: dict[str, Any] = {"kind": placement.kind, "gpu_resource": placement.gpu_resource}
+    if placement.kind != "cloud":
+        add, floor = demand_shape(menu.settings, placement)
+        data.update(frontier=placement.frontier, add=add, floor=floor)
+    return data
 
-    def room(row: dict) -> tuple:
-        gpu = row["gpus"].get(placement.gpu_resource or "", 0) if row["gpu_ok"] else -1
-        return (row["cpu"], row["memory"], gpu, row["cpu_ok"], row["gpu_ok"])
 
-    def dominated(a: tuple, b: tuple) -> bool:  # b at least as roomy as a everywhere
-        return all(y >= x for x, y in zip(a, b, strict=True)) and a != b
+def _server_units(menu: Menu) -> dict[str, dict[str, int]]:
+    """Each CPU and memory value's request of the server container, in scheduler units."""
+    settings, anywhere = menu.settings, menu.placements[0]
+    return {
+        "cpu": {
+            _fmt(v): pod_for(settings, anywhere, v, 0, 0).notebook.get("cpu", 0)
+            for v in settings.cpu_choices
+        },
+        "memory": {
+            _fmt(v): pod_for(settings, anywhere, 0, v, 0).notebook.get("memory", 0)
+            for v in settings.memory_choices_gib
+        },
+    }
 
-    rooms = [room(r) for r in rows]
-    frontier, seen = [], set()
-    for row, this in sorted(zip(rows, rooms, strict=True), key=lambda pair: pair[1], reverse=True):
-        if this in seen or any(dominated(this, other) for other in seen):
+
+def _lab_placements(menu: Menu) -> list[Placement]:
+    return [p for p in menu.placements if p.kind != "cloud"]
+
+
+def room_for(
+    menu: Menu, cpu: float | None = None, memory_gib: float | None = None, gpus: int = 0
+) -> list[tuple[Placement, dict]]:
+    """(placement, frontier row) pairs with room for such a server; unset amounts take the
+    smallest offered."""
+    settings = menu.settings
+    cpu = min(settings.cpu_choices, default=0) if cpu is None else cpu
+    memory = min(settings.memory_choices_gib, default=0) if memory_gib is None else memory_gib
+    found = []
+    for placement in _lab_placements(menu):
+        if gpus and not placement.gpu_resource:
             continue
-        seen.add(this)
-        frontier.append(row)
-    return {"slots": frontier}
+        if placement.kind == "gpu" and not gpus:
+            continue
+        for row in fits(placement, demand_for(settings, placement, cpu, memory, gpus)):
+            found.append((placement, row))
+    return found
 
 
 def fits_anywhere(
     menu: Menu, cpu: float | None = None, memory_gib: int | None = None, gpus: int = 0
 ) -> bool:
-    settings = menu.settings
-    cpu_request = (cpu or 0) * settings.cpu_guarantee_ratio
-    memory_request = int((memory_gib or 0) * GIB * settings.mem_guarantee_ratio)
-    return any(
-        p.fits(cpu_request, memory_request, gpus)
-        for p in menu.placements
-        if (p.gpu_resource or not gpus)
-    )
+    return bool(room_for(menu, cpu, memory_gib, gpus))
 
 
-def _choices(values, label, selected: str | None, fits, default_index: int) -> dict[str, dict]:
+def _most_free(menu: Menu, resource: str | None, gpu: bool = False) -> tuple[int, str, str] | None:
+    """The most of one resource free on one node that takes a server: (units, node, model)."""
+    best = None
+    for placement in _lab_placements(menu):
+        if gpu and placement.kind != "gpu":
+            continue
+        name = placement.gpu_resource if gpu else resource
+        for row in placement.frontier:
+            amount = row["free"].get(name or "", 0)
+            if best is None or amount > best[0]:
+                best = (amount, row["node"], placement.gpu_model or "")
+    return best
+
+
+def room_notes(menu: Menu, options: dict[str, dict]) -> list[str]:
+    """For each value the form disables for lack of room, what there is instead:
+    "4 GPUs: the largest free block is 2 (A100) on gpu-node-03"."""
+    notes = []
+    here = menu.settings.single_machine
+    for key, resource in (("cpu", "cpu"), ("memory", "memory"), ("gpus", None)):
+        full = [
+            value
+            for value, choice in options[key]["choices"].items()
+            if choice["disabled"] and choice.get("reason") == NO_ROOM
+        ]
+        if not full:
+            continue
+        best = _most_free(menu, resource, gpu=resource is None)
+        label = options[key]["choices"][full[0]]["display_name"]
+        if best is None or best[0] <= 0:
+            notes.append(f"{label}: nothing is free right now.")
+            continue
+        amount, node, model = best
+        where = "" if here else f" on one node ({node})"
+        if resource == "cpu":
+            notes.append(f"{label}: at most {amount / 1000:g} CPU free{where}.")
+        elif resource == "memory":
+            gib = f"{amount / GIB:.1f}".removesuffix(".0")
+            notes.append(f"{label}: at most {gib} GiB free{where}.")
+        else:
+            model = f" ({model})" if model else ""
+            on = "" if here else f" on {node}"
+            notes.append(f"{label}: the largest free block is {amount}{model}{on}.")
+    return notes
+
+
+NO_ROOM = "no node has room"
+
+
+def _choices(values, label, selected: str | None, why_not, default_index: int) -> dict[str, dict]:
+    """One select's choices; `why_not(value)` says why a value cannot be chosen, or None."""
     keys = [_fmt(v) for v in values]
-    usable = {key: fits(value) for key, value in zip(keys, values, strict=True)}
+    reasons = {key: why_not(value) for key, value in zip(keys, values, strict=True)}
     chosen = (
         selected if selected in keys else keys[min(default_index, len(keys) - 1)] if keys else None
     )
-    if chosen is not None and not usable[chosen] and any(usable.values()):
+    if chosen is not None and reasons[chosen] and not all(reasons.values()):
         # A disabled option is not submitted: preselect the largest usable value below it
         # (the first usable one when there is none), as the page's script does.
-        below = [key for key in keys[: keys.index(chosen)] if usable[key]]
-        chosen = below[-1] if below else next(key for key in keys if usable[key])
+        below = [key for key in keys[: keys.index(chosen)] if not reasons[key]]
+        chosen = below[-1] if below else next(key for key in keys if not reasons[key])
     return {
-        key: {"display_name": label(value), "default": key == chosen, "disabled": not usable[key]}
+        key: {
+            "display_name": label(value),
+            "default": key == chosen,
+            "disabled": bool(reasons[key]),
+            "reason": reasons[key],
+        }
         for key, value in zip(keys, values, strict=True)
     }
 
 
 def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.0) -> dict:
     """One kubespawner profile whose options are the menu, last choices preselected.
-    Cloud offers are listed when within `cloud_cap` (this person's USD/h; 0: none)."""
+    Cloud offers are listed when within `cloud_cap` (this person's USD/h; 0: none); how
+    many are over it is said once, not as a list of greyed-out offers."""
     settings = menu.settings
     placements = [p for p in menu.placements if p.kind != "cloud" or within_cap(p, cloud_cap)]
+    over_cap = sum(
+        1
+        for p in menu.placements
+        if p.kind == "cloud" and cloud_cap > 0 and not within_cap(p, cloud_cap)
+    )
+    where_reasons = {p.key: p.reason if p.disabled else None for p in placements}
     offered = {p.key: p for p in placements}
     cloud_listed = any(p.kind == "cloud" for p in placements)
     last = {k: str(v) for k, v in (user_options or {}).items() if v is not None}
@@ -118,8 +192,12 @@ def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.
     )
     where_choice = last.get("where") if last.get("where") in offered else "cpu"
     where = offered.get(where_choice)
-    if where is None or where.disabled:  # not submittable: preselect one that is offered
-        where = next((p for p in placements if not p.disabled), where)
+    if where is None or where_reasons.get(where.key):  # not submittable: preselect another
+        usable = [p for p in placements if not where_reasons[p.key]]
+        similar = [
+            p for p in usable if where and p.gpu_product and p.gpu_product == where.gpu_product
+        ]
+        where = (similar or usable or [where])[0]
         where_choice = where.key if where else where_choice
     # A GPU model placement needs GPUs: without a last choice, preselect the fewest offered.
     gpu_default = (
@@ -127,83 +205,101 @@ def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.
         if where and where.kind == "gpu"
         else 0
     )
+
+    # Without JavaScript the image can change after the page is made, so only room greys a
+    # value out here; the page's script adds the chosen image's limits, and the check at
+    # submit enforces them either way.
+    def cpu_reason(value: float) -> str | None:
+        return None if fits_anywhere(menu, cpu=value) else NO_ROOM
+
+    def memory_reason(value: float) -> str | None:
+        return None if fits_anywhere(menu, memory_gib=value) else NO_ROOM
+
+    def gpus_reason(value: int) -> str | None:
+        return None if fits_anywhere(menu, gpus=value) else NO_ROOM
+
+    options = {
+        "image": {
+            "display_name": "Image",
+            "choices": {
+                i["name"]: {
+                    "display_name": i.get("display_name", i["name"]),
+                    "description": i.get("description", ""),
+                    "default": i["name"] == image_choice,
+                    "gpu_required": bool((i.get("metadata") or {}).get("gpu_required")),
+                }
+                for i in menu.images
+            },
+        },
+        "where": {
+            "display_name": "Where",
+            "groups": list(dict.fromkeys(p.group for p in placements)),
+            "choices": {
+                p.key: {
+                    "display_name": p.label,
+                    "default": p.key == where_choice,
+                    "disabled": bool(where_reasons[p.key]),
+                    "reason": where_reasons[p.key],
+                    "group": p.group,
+                    "kind": p.kind,
+                }
+                for p in placements
+            },
+        },
+        **({"pricing": _pricing_option(last.get("pricing"))} if cloud_listed else {}),
+        "cpu": {
+            "display_name": "CPUs",
+            "choices": _choices(
+                settings.cpu_choices,
+                lambda v: f"{_fmt(v)} CPU{'s' if v != 1 else ''}",
+                last.get("cpu"),
+                cpu_reason,
+                1,
+            ),
+        },
+        "memory": {
+            "display_name": "Memory",
+            "choices": _choices(
+                settings.memory_choices_gib,
+                lambda v: f"{v} GiB",
+                last.get("memory"),
+                memory_reason,
+                2,
+            ),
+        },
+        "gpus": {
+            "display_name": "GPUs",
+            "choices": _choices(
+                settings.gpu_choices,
+                lambda v: f"{v} GPU{'s' if v != 1 else ''}" if v else "No GPU",
+                last.get("gpus"),
+                gpus_reason,
+                gpu_default,
+            ),
+        },
+    }
     return {
         "display_name": "Thinkube",
         "slug": PROFILE_SLUG,
         "default": True,
-        "profile_options": {
-            "image": {
-                "display_name": "Image",
-                "choices": {
-                    i["name"]: {
-                        "display_name": i.get("display_name", i["name"]),
-                        "description": i.get("description", ""),
-                        "default": i["name"] == image_choice,
-                        "gpu_required": bool((i.get("metadata") or {}).get("gpu_required")),
-                    }
-                    for i in menu.images
-                },
-            },
-            "where": {
-                "display_name": "Where",
-                "groups": list(dict.fromkeys(p.group for p in placements)),
-                "choices": {
-                    p.key: {
-                        "display_name": p.label,
-                        "default": p.key == where_choice,
-                        "disabled": p.disabled,
-                        "group": p.group,
-                        "kind": p.kind,
-                    }
-                    for p in placements
-                },
-            },
-            **({"pricing": _pricing_option(last.get("pricing"))} if cloud_listed else {}),
-            "cpu": {
-                "display_name": "CPUs",
-                "choices": _choices(
-                    settings.cpu_choices,
-                    lambda v: f"{_fmt(v)} CPU{'s' if v != 1 else ''}",
-                    last.get("cpu"),
-                    lambda v: fits_anywhere(menu, cpu=v),
-                    1,
-                ),
-            },
-            "memory": {
-                "display_name": "Memory",
-                "choices": _choices(
-                    settings.memory_choices_gib,
-                    lambda v: f"{v} GiB",
-                    last.get("memory"),
-                    lambda v: fits_anywhere(menu, memory_gib=v),
-                    2,
-                ),
-            },
-            "gpus": {
-                "display_name": "GPUs",
-                "choices": _choices(
-                    settings.gpu_choices,
-                    lambda v: f"{v} GPU{'s' if v != 1 else ''}" if v else "No GPU",
-                    last.get("gpus"),
-                    lambda v: fits_anywhere(menu, gpus=v),
-                    gpu_default,
-                ),
-            },
-        },
+        "profile_options": options,
         "thinkube": {
             "generated_at": menu.generated_at,
             "stale": menu.stale,
             "age_seconds": menu.age_seconds,
             "nodes_hidden": menu.nodes_hidden,
-            "cpu_ratio": settings.cpu_guarantee_ratio,
-            "mem_ratio": settings.mem_guarantee_ratio,
+            "room_notes": room_notes(menu, options),
+            "units": _server_units(menu),
             "images": {i["name"]: _image_limits(i) for i in menu.images},
-            "placements": {
-                p.key: {"kind": p.kind, "gpu_resource": p.gpu_resource, **_slots_data(p)}
-                for p in placements
-            },
+            "placements": {p.key: _placement_data(menu, p) for p in placements},
             "cloud_note": CLOUD_STORAGE_NOTE if cloud_listed else None,
             "cloud_unavailable": menu.cloud_note if cloud_cap > 0 else None,
+            "cloud_over_cap": (
+                f"{over_cap} more cloud offer{'s are' if over_cap != 1 else ' is'} over your "
+                f"limit of ${cloud_cap:.2f}/h."
+                if over_cap
+                else None
+            ),
         },
     }
 

@@ -49,6 +49,7 @@ from .menu import (
     build_menu,
     check_choice,
 )
+from .shaping import PodSettings, PodTemplate
 
 __all__ = [
     "LocalAllocation",
@@ -292,8 +293,9 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
             cpu_guarantee_ratio=1.0,  # a choice of N CPUs pins N whole cores
             mem_guarantee_ratio=1.0,
             max_nodes_listed=1,
-            tolerated_taints=(),
             single_machine=True,
+            # each GPU model has a resource name of its own here: no product labels
+            pod=PodTemplate(PodSettings(match_gpu_product=False)),
         )
 
     async def fresh_menu(self) -> tuple[Menu, dict]:

@@ -7,6 +7,11 @@ A choice is `user_options` as kubespawner's form posts it and the REST API takes
 "cpu": "4", "memory": "16", "gpus": "1"}`. Every value is looked up in the menu; nothing a
 user sends reaches a pod spec without being one of the menu's own values.
 
+Where a server may go is decided by one filter (`hub_service.scheduling`), asked about the
+pod the spawner will submit for that choice: `MenuSettings.pod` shapes it exactly as the
+spawn does (the admin's tolerations, node selector, required affinity, extra pod config and
+containers, plus the choice), so the form offers exactly the places the scheduler will take.
+
 Cloud GPUs (RunPod offers, when the hub has cloud configured) are placements too, keyed
 `cloud:<offer key>`, with a `pricing` of `on-demand` or `spot`. The menu holds every offer;
 what one person may choose depends on their price cap, given to `check_choice` (and to the
@@ -15,30 +20,59 @@ form) per person, since a menu is shared by all.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from hub_service.quantity import QuantityError, parse_quantity
+from hub_service.scheduling import (
+    PODS,
+    PodRules,
+    demand_reason,
+    describe_amount,
+    pod_demand,
+    rules_reason,
+)
+
+from .choice import (
+    ANY_CPU,
+    CLOUD_GROUP,
+    CLOUD_PREFIX,
+    GIB,
+    GPU_TAINT_KEY,
+    ON_DEMAND,
+    PROFILE_SLUG,
+    SPOT,
+    Choice,
+    ChoiceError,
+    Placement,
+    fmt,
+)
 from .runpod.offers import Offer
+from .shaping import PodTemplate
 
-GIB = 1024**3
-GPU_TAINT_KEY = "nvidia.com/gpu"
-PROFILE_SLUG = "thinkube"
-ANY_CPU = "cpu"
-CLOUD_PREFIX = "cloud:"
-CLOUD_GROUP = "RunPod cloud"
-ON_DEMAND, SPOT = "on-demand", "spot"
-
-
-class ChoiceError(ValueError):
-    """A choice that cannot be spawned; the message is meant for the person who made it.
-    `capacity` is true when the choice is valid but does not fit right now."""
-
-    def __init__(self, message: str, capacity: bool = False):
-        super().__init__(message)
-        self.capacity = capacity
+__all__ = [
+    "ANY_CPU",
+    "CLOUD_PREFIX",
+    "GIB",
+    "GPU_TAINT_KEY",
+    "ON_DEMAND",
+    "PROFILE_SLUG",
+    "SPOT",
+    "Choice",
+    "ChoiceError",
+    "Menu",
+    "MenuSettings",
+    "Placement",
+    "build_menu",
+    "check_choice",
+    "demand_for",
+    "fits",
+]
 
 
 @dataclass(frozen=True)
@@ -49,55 +83,10 @@ class MenuSettings:
     cpu_guarantee_ratio: float = 0.5
     mem_guarantee_ratio: float = 1.0
     max_nodes_listed: int = 50
-    tolerated_taints: tuple[str, ...] = (GPU_TAINT_KEY,)
     # One machine, no cluster (ThinkubeLocalSpawner): say "this machine", not "any node".
     single_machine: bool = False
-
-
-@dataclass
-class Slot:
-    """Free room on one node, in what the scheduler counts: requests."""
-
-    node: str
-    cpu: float
-    memory: int
-    gpus: dict[str, int]  # GPU resource name -> free count
-    gpu_taint_only: bool  # only taints we tolerate when asking for GPUs
-    untainted: bool  # a CPU-only pod can go here
-
-
-@dataclass
-class Placement:
-    key: str
-    kind: str  # "cpu" | "gpu" | "node" | "cloud"
-    label: str
-    node: str | None = None
-    gpu_resource: str | None = None
-    gpu_product: str | None = None
-    gpu_product_label: str | None = None  # the node label that carries the product
-    gpu_model: str | None = None
-    gpu_memory_mib: int | None = None
-    slots: list[Slot] = field(default_factory=list)
-    disabled: bool = False
-    reason: str | None = None
-    group: str = ""
-    offer: Offer | None = None  # a cloud placement's RunPod offer
-
-    def fits(self, cpu_request: float, memory_request: int, gpus: int) -> list[Slot]:
-        """The nodes of this placement where such a pod fits now."""
-        found = []
-        for slot in self.slots:
-            if gpus and not (
-                self.gpu_resource
-                and slot.gpus.get(self.gpu_resource, 0) >= gpus
-                and slot.gpu_taint_only
-            ):
-                continue
-            if not gpus and not (slot.untainted or self.kind == "node" and slot.gpu_taint_only):
-                continue
-            if slot.cpu + 1e-9 >= cpu_request and slot.memory >= memory_request:
-                found.append(slot)
-        return found
+    # How a choice becomes the pod: the hub's configuration of the pod, applied as at spawn.
+    pod: PodTemplate = field(default_factory=PodTemplate)
 
 
 @dataclass
@@ -106,17 +95,23 @@ class Menu:
     placements: list[Placement]
     settings: MenuSettings
     nodes_hidden: int = 0  # nodes left out of the list (cap)
-    unlisted_nodes: frozenset[str] = frozenset()  # their names: schedulable, not offered
+    unlisted_nodes: frozenset[str] = frozenset()  # their names: they take the pod, not offered
     generated_at: str = ""
     stale: bool = False
     age_seconds: float = 0.0
     cloud_note: str | None = None  # why no cloud offer is listed although cloud is on
+    nodes: dict[str, dict] = field(default_factory=dict)  # every node's document, by name
 
     def placement(self, key: str) -> Placement | None:
         return next((p for p in self.placements if p.key == key), None)
 
     def image(self, name: str) -> dict | None:
         return next((i for i in self.images if i["name"] == name), None)
+
+    @property
+    def here(self) -> str:
+        """How messages name the only node in single-machine mode."""
+        return "this machine"
 
 
 def slug(text: str) -> str:
@@ -136,17 +131,151 @@ def _short_model(model: str) -> str:
     return model.removeprefix("NVIDIA ").removeprefix("GeForce ")
 
 
-def slot_of(node: Mapping[str, Any], tolerated: Iterable[str]) -> Slot:
-    taints = [t for t in node.get("taints") or [] if t.get("effect") in ("NoSchedule", "NoExecute")]
-    gpus = {r["name"]: r["free"] for r in ((node.get("gpu") or {}).get("resources") or [])}
-    return Slot(
-        node=node["name"],
-        cpu=float(node["available"]["cpu"]),
-        memory=int(node["available"]["memory"]),
-        gpus=gpus,
-        gpu_taint_only=all(t.get("key") in tolerated for t in taints),
-        untainted=not taints,
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+# -- the pod a choice makes ------------------------------------------------------------------
+
+
+def _request(settings: MenuSettings, cpu: float, memory_gib: float) -> tuple[float, int]:
+    return cpu * settings.cpu_guarantee_ratio, int(memory_gib * GIB * settings.mem_guarantee_ratio)
+
+
+@dataclass(frozen=True)
+class Pod:
+    """What the filter needs of the pod a choice would submit."""
+
+    rules: PodRules
+    demand: dict[str, int]  # the whole pod's requests, scheduler units
+    notebook: dict[str, int]  # the server container's own requests
+
+
+@functools.lru_cache(maxsize=8192)
+def _pod(
+    settings: MenuSettings,
+    kind: str,
+    node: str | None,
+    gpu_resource: str | None,
+    gpu_product_label: str | None,
+    gpu_product: str | None,
+    cpu: float,
+    memory_gib: float,
+    gpus: int,
+) -> Pod:
+    placement = Placement(
+        "",
+        kind,
+        "",
+        node=node,
+        gpu_resource=gpu_resource,
+        gpu_product_label=gpu_product_label,
+        gpu_product=gpu_product,
     )
+    cpu_request, memory_request = _request(settings, cpu, memory_gib)
+    choice = Choice({}, placement, cpu, int(memory_gib), gpus, node, cpu_request, memory_request)
+    spec = settings.pod.spec(choice)
+    return Pod(
+        PodRules.of_pod_spec(spec),
+        pod_demand(spec),
+        pod_demand({"containers": spec["containers"][:1]}),
+    )
+
+
+def pod_for(
+    settings: MenuSettings, placement: Placement, cpu: float, memory_gib: float, gpus: int
+) -> Pod:
+    """The pod this choice would submit, as the filter sees it. Raises MalformedObject when
+    the hub's own pod configuration cannot be read. Cached: it depends on the configuration
+    and the choice only."""
+    return _pod(
+        settings,
+        placement.kind,
+        placement.node,
+        placement.gpu_resource if gpus or placement.kind == "node" else None,
+        placement.gpu_product_label,
+        placement.gpu_product,
+        float(cpu),
+        float(memory_gib),
+        int(gpus),
+    )
+
+
+def demand_for(
+    settings: MenuSettings, placement: Placement, cpu: float, memory_gib: float, gpus: int
+) -> dict[str, int]:
+    return pod_for(settings, placement, cpu, memory_gib, gpus).demand
+
+
+_PROBE = 10**6  # cores, GiB and GPUs more than any server asks for
+
+
+def demand_shape(
+    settings: MenuSettings, placement: Placement
+) -> tuple[dict[str, int], dict[str, int]]:
+    """How a choice's own requests become the pod's demand, per resource:
+    `demand = max(server + add, floor)` (what the admin's other containers add, and the
+    least the pod asks for whatever the choice, e.g. an init container's peak). Lets the
+    page's script check a choice without knowing the pod's configuration."""
+    floor = demand_for(settings, placement, 0, 0, 0)
+    gpus = _PROBE if placement.gpu_resource else 0
+    probe = pod_for(settings, placement, _PROBE, _PROBE, gpus)
+    names = {*probe.demand, *probe.notebook}
+    add = {n: probe.demand.get(n, 0) - probe.notebook.get(n, 0) for n in sorted(names)}
+    return add, floor
+
+
+def _smallest(settings: MenuSettings, with_gpu: bool) -> tuple[float, float, int]:
+    """The smallest server the menu offers: cpu, memory (GiB), GPUs."""
+    gpus = min((g for g in settings.gpu_choices if g > 0), default=1) if with_gpu else 0
+    return (
+        min(settings.cpu_choices, default=0),
+        min(settings.memory_choices_gib, default=0),
+        gpus,
+    )
+
+
+# -- room --------------------------------------------------------------------------------------
+
+
+def _frontier(nodes: Iterable[dict], dims: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The free room of these nodes over `dims`, keeping only rows no other row beats (or
+    equals) in every dimension: whatever fits one of the nodes fits one of these."""
+    rows = [(tuple((n.get("free") or {}).get(d, 0) for d in dims), n["name"]) for n in nodes]
+    rows.sort(key=lambda row: row[1])
+    rows.sort(key=lambda row: row[0], reverse=True)  # stable: names break ties
+    pods = dims.index(PODS)
+    kept: list[tuple[tuple[int, ...], str]] = []
+    for vector, name in rows:
+        if vector[pods] < 1:
+            continue  # no pod fits a node at its pod limit
+        if any(all(k >= v for k, v in zip(other, vector, strict=True)) for other, _ in kept):
+            continue
+        kept.append((vector, name))
+    return [{"node": name, "free": dict(zip(dims, vector, strict=True))} for vector, name in kept]
+
+
+def fits(placement: Placement, demand: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The frontier rows of this placement with room for `demand` now."""
+    return [
+        row
+        for row in placement.frontier
+        if all(row["free"].get(name, 0) >= units for name, units in demand.items() if units > 0)
+    ]
+
+
+def _dims(demands: Iterable[Mapping[str, int]]) -> tuple[str, ...]:
+    names = {name for demand in demands for name, units in demand.items() if units > 0}
+    return tuple(sorted(names | {PODS}))
+
+
+def _refusal_text(refusals: Mapping[str, int]) -> str:
+    """The commonest reasons nodes refused a pod, counted: "3 nodes: tainted …"."""
+    top = sorted(refusals.items(), key=lambda item: (-item[1], item[0]))[:2]
+    return "; ".join(f"{_plural(count, 'node')}: {reason}" for reason, count in top)
+
+
+# -- building the menu ------------------------------------------------------------------------
 
 
 def _node_label(node: Mapping[str, Any]) -> str:
@@ -168,7 +297,7 @@ def _node_label(node: Mapping[str, Any]) -> str:
             text += f", {gpu['free_count']}/{gpu['schedulable_count']} × {gpu['model']} free"
         if (gpu.get("replicas") or 1) > 1:
             physical = gpu.get("physical_count") or 0
-            text += f" ({physical} GPU{'s' if physical != 1 else ''} shared {gpu['replicas']} ways)"
+            text += f" ({_plural(physical, 'GPU')} shared {gpu['replicas']} ways)"
     return text
 
 
@@ -182,10 +311,215 @@ def _room(node: Mapping[str, Any]) -> tuple:
     )
 
 
+def _gpu_resource_of(node: Mapping[str, Any]) -> dict | None:
+    gpu = node.get("gpu") or {}
+    return next((r for r in gpu.get("resources") or [] if r.get("allocatable")), None)
+
+
+def _product_label(resource: str) -> str:
+    if resource.startswith("nvidia.com/mig-"):
+        return f"{resource}.product"
+    return "nvidia.com/gpu.product"
+
+
+def _model_key(model: Mapping[str, Any]) -> str:
+    return (
+        "gpu:"
+        + slug(model.get("product") or model["model"])
+        + (
+            ""
+            if model["resource"] == "nvidia.com/gpu"
+            else "@" + slug(model["resource"].split("/")[-1])
+        )
+    )
+
+
+class _Room:
+    """Splits nodes by a placement's rules and keeps the frontier of those that take it."""
+
+    def __init__(self, settings: MenuSettings):
+        self.settings = settings
+
+    def fill(self, placement: Placement, nodes: Iterable[dict]) -> None:
+        settings = self.settings
+        with_gpu = placement.kind == "gpu"
+        cpu, memory, gpus = _smallest(settings, with_gpu)
+        pod = pod_for(settings, placement, cpu, memory, gpus)
+        rules, smallest = pod.rules, pod.demand
+        largest = demand_for(
+            settings,
+            placement,
+            max(settings.cpu_choices, default=0),
+            max(settings.memory_choices_gib, default=0),
+            max(settings.gpu_choices, default=0) if placement.gpu_resource else 0,
+        )
+        taking, refusals = [], Counter()
+        for node in nodes:
+            reason = rules_reason(rules, node)
+            if reason is None:
+                taking.append(node)
+            else:
+                refusals[reason] += 1
+        placement.refusals = dict(refusals)
+        placement.taking = len(taking)
+        if placement.gpu_resource:
+            resource = placement.gpu_resource
+            free = [(n.get("free") or {}).get(resource, 0) for n in taking]
+            placement.gpus_free = sum(max(f, 0) for f in free)
+            placement.gpu_nodes_free = sum(1 for f in free if f > 0)
+        placement.frontier = _frontier(taking, _dims((smallest, largest)))
+        if not taking:
+            placement.disabled = True
+            placement.reason = self._nowhere(placement, refusals)
+        elif not fits(placement, smallest):
+            placement.disabled = True
+            placement.reason = self._full(placement, taking, smallest)
+
+    def _nowhere(self, placement: Placement, refusals: Mapping[str, int]) -> str:
+        if placement.kind == "node":
+            return next(iter(refusals), "not schedulable")
+        if not refusals:
+            return "no node has one" if placement.kind == "gpu" else "no nodes"
+        if self.settings.single_machine:
+            return next(iter(refusals))
+        return f"no node takes this server ({_refusal_text(refusals)})"
+
+    def _full(self, placement: Placement, taking: list[dict], smallest: Mapping[str, int]) -> str:
+        if placement.kind == "node":
+            return demand_reason(smallest, taking[0]) or "full"
+        if placement.gpu_resource and not placement.gpus_free:
+            return "none free right now"
+        roomiest = min(taking, key=_room)
+        where = "" if self.settings.single_machine else f"{roomiest['name']}: "
+        return f"full ({where}{demand_reason(smallest, roomiest)})"
+
+
+def _cpu_placement(settings: MenuSettings) -> Placement:
+    one = settings.single_machine
+    return Placement(
+        ANY_CPU,
+        "cpu",
+        "CPU only (no GPU)" if one else "Any node (CPU only)",
+        group="This machine" if one else "Anywhere",
+    )
+
+
+def _gpu_placement(settings: MenuSettings, model: Mapping[str, Any]) -> Placement:
+    return Placement(
+        _model_key(model),
+        "gpu",
+        "",
+        gpu_resource=model["resource"],
+        gpu_product=model.get("product"),
+        gpu_product_label=_product_label(model["resource"]),
+        gpu_model=model["model"],
+        gpu_memory_mib=model.get("memory_mib"),
+        group="This machine's GPUs" if settings.single_machine else "GPU models",
+    )
+
+
+def _gpu_label(settings: MenuSettings, model: Mapping[str, Any], placement: Placement) -> str:
+    """ "Any node with a free A100 (3 free on 2 nodes, 80 GiB)", counting the nodes that
+    take the pod."""
+    memory = f", {round(model['memory_mib'] / 1024)} GiB" if model.get("memory_mib") else ""
+    memory += ", shared" if model.get("shared") else ""  # time-sliced or MPS slots
+    free = placement.gpus_free
+    if settings.single_machine:
+        return f"A free {model['model']} ({free} free{memory})"
+    return (
+        f"Any node with a free {model['model']} ({free} free on "
+        f"{_plural(placement.gpu_nodes_free, 'node')}{memory})"
+    )
+
+
+def build_menu(
+    nodes: list[dict],
+    summary: Mapping[str, Any],
+    images: list[dict],
+    settings: MenuSettings,
+    freshness: Mapping[str, Any] | None = None,
+    cloud: Mapping[str, Any] | None = None,
+) -> Menu:
+    """Everything the form offers, each choice decided by the feasibility filter for the pod
+    it would submit, the ones that cannot run now disabled with the reason; `cloud` is the
+    service's cloud section, if any. Raises MalformedObject when the hub's own pod
+    configuration cannot be read."""
+    freshness = freshness or {}
+    room = _Room(settings)
+    by_name = {n["name"]: n for n in nodes}
+    ordered_images = sorted(
+        images, key=lambda i: (not i.get("default"), i.get("display_name", i["name"]).lower())
+    )
+
+    anywhere = _cpu_placement(settings)
+    room.fill(anywhere, nodes)
+    placements = [anywhere]
+
+    # One placement per GPU model (resource name and product), over the nodes that have it.
+    model_of_node: dict[str, str] = {}
+    for model in summary.get("gpu_models") or []:
+        members = [
+            n
+            for n in nodes
+            if any(
+                r["name"] == model["resource"] and r.get("product") == model.get("product")
+                for r in ((n.get("gpu") or {}).get("resources") or [])
+            )
+        ]
+        for n in members:
+            model_of_node.setdefault(n["name"], model["model"])
+        placement = _gpu_placement(settings, model)
+        room.fill(placement, members)
+        placement.label = _gpu_label(settings, model, placement)
+        placements.append(placement)
+
+    # Specific nodes: the roomiest schedulable ones, grouped by GPU model, capped.
+    schedulable = sorted((n for n in nodes if n.get("schedulable")), key=_room)
+    listed = schedulable[: settings.max_nodes_listed]
+    unlisted = frozenset(n["name"] for n in schedulable[settings.max_nodes_listed :])
+    listed.sort(key=lambda n: (model_of_node.get(n["name"], "~"), _room(n)))
+    for node in listed:
+        resource = _gpu_resource_of(node)
+        placement = Placement(
+            f"node:{node['name']}",
+            "node",
+            _node_label(node),
+            node=node["name"],
+            gpu_resource=resource["name"] if resource else None,
+            gpu_product=resource.get("product") if resource else None,
+            gpu_model=resource["model"] if resource else None,
+            gpu_memory_mib=resource.get("memory_mib") if resource else None,
+            group="This machine"
+            if settings.single_machine
+            else f"Nodes with {model_of_node[node['name']]}"
+            if node["name"] in model_of_node
+            else "CPU nodes",
+        )
+        room.fill(placement, [node])
+        placements.append(placement)
+
+    cloud_listed, cloud_note = cloud_placements(cloud)
+    return Menu(
+        images=ordered_images,
+        placements=placements + cloud_listed,
+        settings=settings,
+        nodes_hidden=len(unlisted),
+        unlisted_nodes=unlisted,
+        generated_at=str(freshness.get("generated_at", "")),
+        stale=bool(freshness.get("stale")),
+        age_seconds=float(freshness.get("age_seconds") or 0.0),
+        cloud_note=cloud_note,
+        nodes=by_name,
+    )
+
+
+# -- cloud offers -------------------------------------------------------------------------------
+
+
 def cloud_placements(cloud: Mapping[str, Any] | None) -> tuple[list[Placement], str | None]:
     """The service's cloud section (`{"configured", "offers", "error", ...}`) as placements,
-    in the service's order (cheapest first), and a note when cloud is on but nothing can be offered. Malformed
-    offers are left out."""
+    in the service's order (cheapest first), and a note when cloud is on but nothing can be
+    offered. Malformed offers are left out."""
     if not cloud or not cloud.get("configured"):
         return [], None
     placements = []
@@ -196,6 +530,7 @@ def cloud_placements(cloud: Mapping[str, Any] | None) -> tuple[list[Placement], 
                 raise ValueError
         except (TypeError, ValueError):
             continue
+        unpriced = offer.price_per_hour is None and offer.spot_price_per_hour is None
         placements.append(
             Placement(
                 CLOUD_PREFIX + offer.key,
@@ -203,8 +538,8 @@ def cloud_placements(cloud: Mapping[str, Any] | None) -> tuple[list[Placement], 
                 f"RunPod {offer.cloud_type.lower()} cloud: {offer.label()}",
                 gpu_model=offer.display_name,
                 gpu_memory_mib=int(offer.vram_gb * 1024) if offer.vram_gb else None,
-                disabled=offer.price_per_hour is None and offer.spot_price_per_hour is None,
-                reason=None,
+                disabled=unpriced,
+                reason="no price on RunPod right now" if unpriced else None,
                 group=CLOUD_GROUP,
                 offer=offer,
             )
@@ -227,184 +562,7 @@ def within_cap(placement: Placement, cap: float) -> bool:
     return cap > 0 and any(price is not None and price <= cap for price in prices)
 
 
-def build_menu(
-    nodes: list[dict],
-    summary: Mapping[str, Any],
-    images: list[dict],
-    settings: MenuSettings,
-    freshness: Mapping[str, Any] | None = None,
-    cloud: Mapping[str, Any] | None = None,
-) -> Menu:
-    """Everything the form offers, with the choices that cannot fit anywhere disabled;
-    `cloud` is the service's cloud section, if any."""
-    freshness = freshness or {}
-    smallest = _smallest_request(settings)
-    usable = [n for n in nodes if n.get("schedulable")]
-    slots = {n["name"]: slot_of(n, settings.tolerated_taints) for n in usable}
-    ordered_images = sorted(
-        images, key=lambda i: (not i.get("default"), i.get("display_name", i["name"]).lower())
-    )
-    cpu_slots = [s for s in slots.values() if s.untainted]
-    one = settings.single_machine
-    anywhere = Placement(
-        ANY_CPU,
-        "cpu",
-        "CPU only (no GPU)" if one else "Any node (CPU only)",
-        slots=cpu_slots,
-        group="This machine" if one else "Anywhere",
-    )
-    if not cpu_slots:
-        anywhere.disabled, anywhere.reason = True, "no node without GPUs is schedulable"
-    elif not anywhere.fits(smallest[0], smallest[1], 0):
-        anywhere.disabled, anywhere.reason = True, "full"
-    placements = [anywhere]
-    model_of_node: dict[str, str] = {}
-    for model in summary.get("gpu_models") or []:
-        members = [
-            n
-            for n in usable
-            if any(
-                r["name"] == model["resource"] and r.get("product") == model.get("product")
-                for r in ((n.get("gpu") or {}).get("resources") or [])
-            )
-        ]
-        for n in members:
-            model_of_node.setdefault(n["name"], model["model"])
-        memory = f", {round(model['memory_mib'] / 1024)} GiB" if model.get("memory_mib") else ""
-        memory += ", shared" if model.get("shared") else ""  # time-sliced or MPS slots
-        key = (
-            "gpu:"
-            + slug(model.get("product") or model["model"])
-            + (
-                ""
-                if model["resource"] == "nvidia.com/gpu"
-                else "@" + slug(model["resource"].split("/")[-1])
-            )
-        )
-        placement = Placement(
-            key,
-            "gpu",
-            f"A free {model['model']} ({model['free']} free{memory})"
-            if one
-            else f"Any node with a free {model['model']} ({model['free']} free on "
-            f"{model['nodes_with_free']} node{'s' if model['nodes_with_free'] != 1 else ''}{memory})",
-            gpu_resource=model["resource"],
-            gpu_product=model.get("product"),
-            gpu_product_label=_product_label(model["resource"]),
-            gpu_model=model["model"],
-            gpu_memory_mib=model.get("memory_mib"),
-            slots=[slots[n["name"]] for n in members],
-            group="This machine's GPUs" if one else "GPU models",
-        )
-        if model["free"] == 0:
-            placement.disabled, placement.reason = True, "none free right now"
-        elif not placement.fits(*smallest):
-            placement.disabled, placement.reason = True, "full"  # free GPUs, no CPU/memory left
-        placements.append(placement)
-    # Specific nodes: grouped by GPU model, roomiest first, capped.
-    listed = sorted(usable, key=lambda n: (model_of_node.get(n["name"], "~CPU nodes"), _room(n)))
-    hidden = max(0, len(listed) - settings.max_nodes_listed)
-    listed = sorted(listed, key=_room)
-    unlisted = frozenset(n["name"] for n in listed[settings.max_nodes_listed :])
-    listed = listed[: settings.max_nodes_listed]
-    listed.sort(key=lambda n: (model_of_node.get(n["name"], "~"), _room(n)))
-    for node in listed:
-        gpu = node.get("gpu") or {}
-        resource = next((r for r in gpu.get("resources") or [] if r.get("allocatable")), None)
-        slot = slots[node["name"]]
-        full = (
-            slot.cpu + 1e-9 < smallest[0]
-            or slot.memory < smallest[1]
-            or slot.cpu <= 0
-            or slot.memory <= 0
-            or node.get("pod_count", 0) >= node.get("pods_allocatable", 1 << 30)
-        )
-        placements.append(
-            Placement(
-                f"node:{node['name']}",
-                "node",
-                _node_label(node),
-                node=node["name"],
-                gpu_resource=resource["name"] if resource else None,
-                gpu_product=resource.get("product") if resource else None,
-                gpu_model=resource["model"] if resource else None,
-                gpu_memory_mib=resource.get("memory_mib") if resource else None,
-                slots=[slots[node["name"]]],
-                disabled=full or not slots[node["name"]].gpu_taint_only,
-                reason="full"
-                if full
-                else None
-                if slots[node["name"]].gpu_taint_only
-                else "tainted",
-                group="This machine"
-                if one
-                else f"Nodes with {model_of_node[node['name']]}"
-                if node["name"] in model_of_node
-                else "CPU nodes",
-            )
-        )
-    cloud_listed, cloud_note = cloud_placements(cloud)
-    return Menu(
-        images=ordered_images,
-        placements=placements + cloud_listed,
-        settings=settings,
-        nodes_hidden=hidden,
-        unlisted_nodes=unlisted,
-        generated_at=str(freshness.get("generated_at", "")),
-        stale=bool(freshness.get("stale")),
-        age_seconds=float(freshness.get("age_seconds") or 0.0),
-        cloud_note=cloud_note,
-    )
-
-
-def _smallest_request(settings: MenuSettings) -> tuple[float, int, int]:
-    """Requests of the smallest server the menu offers: cpu, memory (bytes), GPUs (if any)."""
-    cpu = min(settings.cpu_choices, default=0) * settings.cpu_guarantee_ratio
-    memory = int(min(settings.memory_choices_gib, default=0) * GIB * settings.mem_guarantee_ratio)
-    return cpu, memory, min((g for g in settings.gpu_choices if g > 0), default=1)
-
-
-def _product_label(resource: str) -> str:
-    if resource.startswith("nvidia.com/mig-"):
-        return f"{resource}.product"
-    return "nvidia.com/gpu.product"
-
-
 # -- checking a choice --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A validated choice, every part taken from the menu."""
-
-    image: dict
-    placement: Placement
-    cpu: float
-    memory_gib: int
-    gpus: int
-    node: str | None  # pinned node, if the person chose one
-    cpu_request: float
-    memory_request: int
-    spot: bool = False  # a cloud choice's pricing
-
-    @property
-    def cloud(self) -> bool:
-        return self.placement.kind == "cloud"
-
-    def as_user_options(self) -> dict[str, str]:
-        """The choice as the form's own values: the keys kubespawner looks up in the profile's
-        choices (a REST call may send `4`, `"4.0"` or `" 4"`; the profile only has `"4"`)."""
-        options = {
-            "profile": PROFILE_SLUG,
-            "image": self.image["name"],
-            "where": self.placement.key,
-            "cpu": _fmt(self.cpu),
-            "memory": _fmt(self.memory_gib),
-            "gpus": _fmt(self.gpus),
-        }
-        if self.cloud:
-            options["pricing"] = SPOT if self.spot else ON_DEMAND
-        return options
 
 
 def _number(
@@ -415,7 +573,7 @@ def _number(
     allowed = [float(a) for a in allowed]
     if raw is None or raw == "":
         return default
-    problem = f"{what} must be one of {', '.join(_fmt(a) for a in allowed)}; got {str(raw)[:40]!r}."
+    problem = f"{what} must be one of {', '.join(fmt(a) for a in allowed)}; got {str(raw)[:40]!r}."
     try:
         value = Decimal(str(raw).strip())
     except InvalidOperation:
@@ -431,8 +589,27 @@ def default_choice(values: Iterable[float], index: int) -> float:
     return float(values[min(index, len(values) - 1)]) if values else 0.0
 
 
-def _fmt(value: float) -> str:
-    return f"{value:g}"
+def image_limit(
+    image: Mapping[str, Any], cpu: float | None = None, memory_gib: float | None = None
+) -> str | None:
+    """Why the catalog entry does not allow this many CPUs or this much memory, or None."""
+    metadata = image.get("metadata") or {}
+    name = image.get("display_name") or image.get("name")
+    if cpu is not None and metadata.get("cpu_limit"):
+        try:
+            limit = float(metadata["cpu_limit"])
+        except (TypeError, ValueError):
+            limit = None
+        if limit is not None and cpu > limit:
+            return f"{name} allows at most {fmt(limit)} CPUs"
+    if memory_gib is not None and metadata.get("mem_limit"):
+        try:
+            limit_bytes = parse_quantity(metadata["mem_limit"])
+        except QuantityError:
+            return None
+        if memory_gib * GIB > limit_bytes:
+            return f"{name} allows at most {metadata['mem_limit']} of memory"
+    return None
 
 
 def check_choice(user_options: Mapping[str, Any], menu: Menu, cloud_cap: float = 0.0) -> Choice:
@@ -493,17 +670,9 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu, cloud_cap: float =
         raise ChoiceError(
             f"{image['display_name']} needs a GPU: choose a GPU placement and at least one GPU."
         )
-    if metadata.get("cpu_limit") and cpu > float(metadata["cpu_limit"]):
-        raise ChoiceError(
-            f"{image['display_name']} allows at most {_fmt(float(metadata['cpu_limit']))} CPUs."
-        )
-    if metadata.get("mem_limit"):
-        from hub_service.quantity import parse_quantity
-
-        if memory * GIB > parse_quantity(metadata["mem_limit"]):
-            raise ChoiceError(
-                f"{image['display_name']} allows at most {metadata['mem_limit']} of memory."
-            )
+    limit = image_limit(image, cpu, memory)
+    if limit:
+        raise ChoiceError(f"{limit}.")
     if placement.kind == "cpu" and gpus:
         raise ChoiceError(
             f"'{placement.label}' has no GPUs: choose a GPU model or a GPU node, or 0 GPUs."
@@ -515,18 +684,25 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu, cloud_cap: float =
         )
     if gpus and not placement.gpu_resource:
         raise ChoiceError(f"{placement.node} has no GPUs: choose 0 GPUs or another place.")
-    if placement.reason == "tainted":
-        raise ChoiceError(
-            f"{placement.node} does not take notebook servers (it has taints this hub does not tolerate)."
-        )
 
-    cpu_request = cpu * settings.cpu_guarantee_ratio
-    memory_request = int(memory * GIB * settings.mem_guarantee_ratio)
-    if not placement.fits(cpu_request, memory_request, gpus):
-        raise ChoiceError(
-            no_room_message(placement, menu, cpu_request, memory_request, gpus), capacity=True
-        )
+    pod = pod_for(settings, placement, cpu, memory, gpus)
+    rules, demand = pod.rules, pod.demand
+    if placement.kind == "node":
+        node = menu.nodes.get(placement.node or "")
+        reason = rules_reason(rules, node) if node else "no longer in the cluster"
+        if reason:
+            raise ChoiceError(f"{_name(menu, placement.node)} does not take this server: {reason}.")
+    elif not placement.taking:
+        kind = f"{placement.gpu_model} servers" if placement.gpu_model else "CPU-only servers"
+        raise ChoiceError(f"{kind} cannot start here: {placement.reason}.")
+    cpu_request, memory_request = _request(settings, cpu, memory)
+    if not fits(placement, demand):
+        raise ChoiceError(no_room_message(placement, menu, cpu, memory, gpus), capacity=True)
     return Choice(image, placement, cpu, memory, gpus, placement.node, cpu_request, memory_request)
+
+
+def _name(menu: Menu, node: str | None) -> str:
+    return menu.here.capitalize() if menu.settings.single_machine else str(node)
 
 
 def _check_cloud_choice(
@@ -558,47 +734,64 @@ def _check_cloud_choice(
     return Choice(image, placement, cpu, memory, offer.gpu_count, None, 0.0, 0, spot)
 
 
+def _wanted(demand: Mapping[str, int], resource: str | None) -> str:
+    text = f"{describe_amount('cpu', demand.get('cpu', 0))} and {_gib(demand.get('memory', 0))} GiB"
+    gpus = demand.get(resource or "", 0)
+    return text + (f" with {_plural(gpus, 'GPU')}" if gpus else "")
+
+
 def no_room_message(
-    placement: Placement, menu: Menu, cpu_request: float, memory_request: int, gpus: int
+    placement: Placement, menu: Menu, cpu: float, memory_gib: float, gpus: int
 ) -> str:
-    """Say plainly why it does not fit, and where it would."""
-    want = f"{_fmt(cpu_request)} CPU and {_gib(memory_request)} GiB" + (
-        f" with {gpus} GPU{'s' if gpus != 1 else ''}" if gpus else ""
-    )
-    if gpus and placement.gpu_model:
-        model = _short_model(placement.gpu_model)
-        if placement.kind == "node":
-            free = placement.slots[0].gpus.get(placement.gpu_resource or "", 0)
-            first = f"{placement.node} now has {free} free {model}{'s' if free != 1 else ''}."
-        else:
-            free = sum(s.gpus.get(placement.gpu_resource or "", 0) for s in placement.slots)
-            first = f"No node has room for {want} on {model} now ({free} free in all)."
-        others = [
-            p
-            for p in menu.placements
-            if p.kind == "gpu"
-            and p.gpu_resource == placement.gpu_resource
-            and p.gpu_product == placement.gpu_product
-        ]
-        candidates = [
-            s
-            for p in others
-            for s in p.fits(cpu_request, memory_request, gpus)
-            if s.node != placement.node
-        ]
-        if candidates:
-            best = max(candidates, key=lambda s: s.gpus.get(placement.gpu_resource or "", 0))
-            count = best.gpus.get(placement.gpu_resource or "", 0)
-            return f"{first} {count} {'are' if count != 1 else 'is'} free on {best.node}."
-        alternatives = [
-            p
-            for p in menu.placements
-            if p.kind == "gpu" and p.fits(cpu_request, memory_request, gpus)
-        ]
-        if alternatives:
-            return f"{first} {alternatives[0].gpu_model} has room: choose it, or fewer GPUs."
-        return f"{first} No GPU node has room for {want} right now."
+    """Say plainly why this choice does not fit, and where it would."""
+    settings = menu.settings
+    demand = demand_for(settings, placement, cpu, memory_gib, gpus)
+    resource = placement.gpu_resource
+    want = _wanted(demand, resource)
     if placement.kind == "node":
-        slot = placement.slots[0]
-        return f"{placement.node} has {_cpu(slot.cpu)} CPU and {_gib(slot.memory)} GiB free now, not enough for {want}."
-    return f"No node has room for {want} right now; choose fewer CPUs or less memory."
+        node = menu.nodes.get(placement.node or "")
+        reason = demand_reason(demand, node) if node else None
+        first = f"{_name(menu, placement.node)} has no room for {want}" + (
+            f" ({reason})." if reason else "."
+        )
+    elif gpus and placement.gpu_model:
+        model = _short_model(placement.gpu_model)
+        free = placement.gpus_free
+        first = (
+            f"No node has room for {want} on {model} now ({free} free in all)."
+            if free
+            else f"No {model} is free now."
+        )
+    else:
+        first = f"No node has room for {want} right now."
+    if not (gpus and placement.gpu_model):
+        return (
+            first
+            if placement.kind == "node"
+            else f"{first[:-1]}; choose fewer CPUs or less memory."
+        )
+    same_model = [
+        p
+        for p in menu.placements
+        if p.kind == "gpu"
+        and p.gpu_resource == resource
+        and p.gpu_product == placement.gpu_product
+        and p is not placement
+    ]
+    elsewhere = [
+        row for p in same_model for row in fits(p, demand) if row["node"] != placement.node
+    ]
+    if elsewhere:
+        best = max(elsewhere, key=lambda row: row["free"].get(resource or "", 0))
+        count = best["free"].get(resource or "", 0)
+        return f"{first} {count} {'are' if count != 1 else 'is'} free on {best['node']}."
+    others = [
+        p
+        for p in menu.placements
+        if p.kind == "gpu"
+        and p.gpu_product != placement.gpu_product
+        and fits(p, demand_for(settings, p, cpu, memory_gib, gpus))
+    ]
+    if others:
+        return f"{first} {others[0].gpu_model} has room: choose it, or fewer GPUs."
+    return f"{first} No GPU node has room for {want} right now."

@@ -14,13 +14,18 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import json
 import time
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
+from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
+
+from hub_service.accounting import MalformedObject
+from hub_service.scheduling import PodRules, node_reason, pod_demand
 
 from .availability import AvailabilitySettings, ServiceUnavailable, paused_gc
 from .errors import choice_error, service_unavailable_error, spawn_error
@@ -34,12 +39,17 @@ from .menu import (
     MenuSettings,
     build_menu,
     check_choice,
+    demand_for,
+    fits,
+    no_room_message,
 )
 from .runpod.backend import STATE_KEY, CloudStartError, RunPodBackend, spawn_error_for
 from .runpod.settings import RunPodCloudSettings, missing_public_url_message
 from .shaping import (
     MERGED_TRAITS,
+    SCHEDULING_TRAITS,
     PodSettings,
+    PodTemplate,
     SharedVolume,
     StorageSettings,
     apply_to_configured,
@@ -52,7 +62,62 @@ UNSCHEDULABLE_MARKERS = (
     "didn't match Pod's node affinity/selector",
     "had untolerated taint",
     "Too many pods",
+    "persistentvolumeclaim ",  # ... "x" not found
+    "unbound immediate PersistentVolumeClaims",
 )
+# Kubelet events that waiting will not fix either: a volume that cannot be found.
+MOUNT_FAILURE_MARKERS = ("not found",)
+
+
+def _is_lasting_failure(event: dict) -> bool:
+    """A scheduler or kubelet event that waiting will not fix."""
+    message = event.get("message") or ""
+    if event.get("reason") == "FailedScheduling":
+        return any(marker in message for marker in UNSCHEDULABLE_MARKERS)
+    if event.get("reason") == "FailedMount":
+        return any(marker in message for marker in MOUNT_FAILURE_MARKERS)
+    return False
+
+
+class _Claims:
+    """The phase of the shared claims, read from the Kubernetes API and kept a few seconds,
+    shared by the hub's spawners: a form render does not read every claim again."""
+
+    MISSING, UNKNOWN = "missing", "unknown"
+    KEEP_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self._phases: dict[tuple[str, str], tuple[float, str]] = {}
+
+    async def phase(self, spawner: KubeSpawner, name: str, fresh: bool) -> str:
+        key = (spawner.namespace, name)
+        held = self._phases.get(key)
+        if not fresh and held and time.monotonic() - held[0] < self.KEEP_SECONDS:
+            return held[1]
+        try:
+            response = await spawner.api.read_namespaced_persistent_volume_claim(
+                name, spawner.namespace, _preload_content=False
+            )
+            claim = json.loads(await response.read())
+            phase = str((claim.get("status") or {}).get("phase") or self.UNKNOWN)
+        except ApiException as err:
+            if err.status != 404:
+                spawner.log.warning("Cannot read claim %s/%s: HTTP %s", *key, err.status)
+            phase = self.MISSING if err.status == 404 else self.UNKNOWN
+        except Exception as err:  # the API unreachable: the scheduler will tell
+            spawner.log.warning("Cannot read claim %s/%s: %s", *key, type(err).__name__)
+            phase = self.UNKNOWN
+        self._phases[key] = (time.monotonic(), phase)
+        return phase
+
+
+_claims = _Claims()
+
+
+async def _apply_checked_options(spawner: ThinkubeSpawner, user_options: dict) -> None:
+    """JupyterHub's apply_user_options hook (5.3+): the choice is checked against fresh
+    availability before the spawn starts; kubespawner's start then applies it."""
+    await spawner.checked_choice()
 
 
 class _BuiltMenus:
@@ -131,7 +196,10 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         Unicode(),
         ["nvidia.com/gpu"],
         config=True,
-        help="Taint keys GPU servers tolerate (NoSchedule), e.g. `['nvidia.com/gpu']`.",
+        help="Taint keys of GPU nodes that servers placed there tolerate (any value and "
+        "effect), e.g. `['nvidia.com/gpu']`. Every other taint must be tolerated by the "
+        "admin's own `tolerations` (z2jh: `singleuser.extraTolerations`) for a node to be "
+        "offered.",
     )
 
     # -- storage -------------------------------------------------------------------------
@@ -182,6 +250,10 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
     def _default_profile_list(self):
         return self._thinkube_profile_list
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return _apply_checked_options
+
     @default("additional_profile_form_template_paths")
     def _default_template_paths(self) -> list[str]:
         return [str(TEMPLATES)]
@@ -190,9 +262,16 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         super().__init__(*args, **kwargs)
         self._menu_cache: tuple[float, Menu] | None = None
         self._loading_options = False
+        # (when, options, choice) of the check JupyterHub's apply_user_options just made
+        self._checked: tuple[float, dict, Choice] | None = None
         # What the admin configured, before any choice: each spawn starts from these, so
-        # one spawn's node or GPUs never leak into the next.
-        self._configured = {name: copy.deepcopy(getattr(self, name)) for name in MERGED_TRAITS}
+        # one spawn's node or GPUs never leak into the next; the menu shapes its pods from
+        # them too.
+        self._configured = {
+            name: copy.deepcopy(getattr(self, name))
+            for name in {*MERGED_TRAITS, *SCHEDULING_TRAITS}
+        }
+        self._pod_template: PodTemplate | None = None
         if self.cloud_enabled and not self.cloud_public_url(self.public_hub_url):
             # Said as soon as a spawner exists; cloud offers stay off until it is set.
             self.log.error(missing_public_url_message(type(self).__name__))
@@ -205,8 +284,14 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             cpu_guarantee_ratio=self.cpu_guarantee_ratio,
             mem_guarantee_ratio=self.mem_guarantee_ratio,
             max_nodes_listed=self.max_nodes_listed,
-            tolerated_taints=tuple(self.tolerated_gpu_taints),
+            pod=self.pod_template(),
         )
+
+    def pod_template(self) -> PodTemplate:
+        """How a choice becomes this hub's pod: the admin's configuration, as at spawn."""
+        if self._pod_template is None:
+            self._pod_template = PodTemplate.of(self._configured, self.pod_settings())
+        return self._pod_template
 
     def pod_settings(self) -> PodSettings:
         shared = tuple(
@@ -222,6 +307,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
                 bool(shared) or bool(limit),
             ),
             hub_origin=self.hub_origin() if self.cloud_enabled else None,
+            gpu_taint_keys=tuple(self.tolerated_gpu_taints),
         )
 
     def hub_origin(self) -> str | None:
@@ -247,15 +333,22 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         else:
             with paused_gc():
                 data = answer.document()
-                built = build_menu(
-                    data["nodes"],
-                    data["summary"],
-                    data["images"],
-                    settings,
-                    answer.freshness,
-                    data.get("cloud"),
-                )
-                del data  # freed here, by reference counting
+                try:
+                    built = build_menu(
+                        data["nodes"],
+                        data["summary"],
+                        data["images"],
+                        settings,
+                        answer.freshness,
+                        data.get("cloud"),
+                    )
+                except MalformedObject as err:
+                    self.log.error("The configured pod cannot be scheduled: %s", err)
+                    raise ServiceUnavailable(
+                        f"This hub's server settings cannot be read ({err}); please tell the "
+                        "hub's admin."
+                    ) from None
+                del data  # what the menu does not keep is freed here, by reference counting
             if answer.version:
                 _built_menus.put(settings, answer.version, built)
         menu = dataclasses.replace(built, **answer.freshness)
@@ -273,7 +366,32 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         except ServiceUnavailable as err:
             self.log.warning("Spawn form for %s: %s", self.user.name, err)
             return [unavailable_profile(str(err))]
-        return [menu_profile(menu, self.user_options or {}, self.cloud_cap())]
+        profile = menu_profile(menu, self.user_options or {}, self.cloud_cap())
+        if not self._loading_options:
+            profile["thinkube"]["storage_problems"] = await self.storage_problems(fresh=False)
+        return [profile]
+
+    # -- shared storage ------------------------------------------------------------------
+
+    async def storage_problems(self, fresh: bool) -> list[str]:
+        """Why the configured shared claims cannot be mounted (missing, or not Bound), in
+        words; empty when they can, or when this hub may not read claims (then the
+        scheduler's own message fails the spawn fast)."""
+        problems = []
+        for volume in self.shared_volumes:
+            name = str(volume.get("claim") or "")
+            phase = await _claims.phase(self, name, fresh)
+            if phase == _Claims.MISSING:
+                problems.append(
+                    f"The shared storage claim {name!r} does not exist in namespace "
+                    f"{self.namespace!r}."
+                )
+            elif phase not in ("Bound", _Claims.UNKNOWN):
+                problems.append(
+                    f"The shared storage claim {name!r} is {phase}, not Bound: nothing can "
+                    "mount it yet."
+                )
+        return problems
 
     def _render_options_form(self, profile_list: list[dict]) -> str:
         """kubespawner's form rendering, with the jinja environment and the compiled template
@@ -304,14 +422,36 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             raise service_unavailable_error(err) from None
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
         try:
-            return check_choice(options, menu, self.cloud_cap())
+            choice = check_choice(options, menu, self.cloud_cap())
         except ChoiceError as err:
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             raise choice_error(err) from None
+        if not choice.cloud:
+            problems = await self.storage_problems(fresh=True)
+            if problems:
+                raise spawn_error(
+                    " ".join(problems) + " Nothing was started; please tell the hub's admin.",
+                    reason="storage",
+                    status_code=503,
+                )
+        self._checked = (time.monotonic(), dict(options), choice)
+        return choice
+
+    async def _choice_for_this_start(self) -> Choice:
+        """The choice JupyterHub's apply_user_options just checked, else a fresh check."""
+        options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
+        checked, self._checked = self._checked, None
+        if (
+            checked is not None
+            and checked[1] == options
+            and time.monotonic() - checked[0] < self.menu_cache_seconds
+        ):
+            return checked[2]
+        return await self.checked_choice()
 
     async def load_user_options(self) -> None:
         """Check the choice against fresh availability, then shape the pod from it."""
-        choice = await self.checked_choice()
+        choice = await self._choice_for_this_start()
         if choice.cloud:  # the form's cloud choice reached kubespawner's start: refuse
             raise spawn_error(
                 "A cloud GPU cannot be started as a Kubernetes pod.", reason="invalid-choice"
@@ -338,6 +478,42 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             choice.memory_gib,
             choice.gpus,
         )
+
+    async def get_pod_manifest(self):
+        """kubespawner's pod, checked with the feasibility filter before it is created: the
+        pod we submit, not a model of it, must fit where the check at submit said."""
+        pod = await super().get_pod_manifest()
+        choice = getattr(self, "thinkube_choice", None)
+        if choice is None or self._menu_cache is None:
+            return pod
+        spec = self.api.api_client.sanitize_for_serialization(pod)["spec"]
+        menu = self._menu_cache[1]
+        try:
+            rules, demand = PodRules.of_pod_spec(spec), pod_demand(spec)
+        except MalformedObject as err:
+            raise spawn_error(
+                f"This hub's server settings cannot be scheduled ({err}); please tell the "
+                "hub's admin. Nothing was started.",
+                reason="configuration",
+                status_code=503,
+            ) from None
+        names = [choice.node] if choice.node else list(menu.nodes)
+        reasons = {n: node_reason(rules, demand, menu.nodes[n]) for n in names if n in menu.nodes}
+        if not any(reason is None for reason in reasons.values()):
+            self.log.warning(
+                "The pod for %s fits no node although its choice did: %s",
+                self._log_name,
+                "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5]),
+            )
+            placement = menu.placement(choice.placement.key) or choice.placement
+            raise spawn_error(
+                no_room_message(placement, menu, choice.cpu, choice.memory_gib, choice.gpus)
+                if not fits(placement, demand)
+                else "Your server cannot be placed on any node right now. Nothing was started.",
+                reason="capacity",
+                status_code=409,
+            )
+        return pod
 
     def start(self):
         if str((self.user_options or {}).get("where") or "").startswith(CLOUD_PREFIX):
@@ -384,12 +560,10 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
                 # Scheduled: the rest is kubespawner's; wait to be cancelled when start ends.
                 await asyncio.Event().wait()
             events = self._scheduling_events()
-            failures = [e for e in events if e.get("reason") == "FailedScheduling"]
+            failures = [e for e in events if _is_lasting_failure(e)]
             if not failures:
                 continue
             latest = failures[-1]
-            if not any(marker in (latest.get("message") or "") for marker in UNSCHEDULABLE_MARKERS):
-                continue
             if first_seen is None:
                 first_seen = time.monotonic()
             grace = self.fail_fast_seconds
@@ -407,14 +581,11 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             menu = await self.menu(fresh=True)
         except ServiceUnavailable:
             return text
-        from .menu import no_room_message
-
         placement = menu.placement(choice.placement.key)
-        if placement is None or placement.fits(
-            choice.cpu_request, choice.memory_request, choice.gpus
-        ):
+        amounts = (choice.cpu, choice.memory_gib, choice.gpus)
+        if placement is None or fits(placement, demand_for(menu.settings, placement, *amounts)):
             return text  # by our accounting it fits: the reason is the scheduler's alone
-        return f"{text} {no_room_message(placement, menu, choice.cpu_request, choice.memory_request, choice.gpus)}"
+        return f"{text} {no_room_message(placement, menu, *amounts)}"
 
     # -- cloud GPUs (RunPod) ---------------------------------------------------------------
 
@@ -453,7 +624,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         """A RunPod offer from the form: checked like any choice, then rented. The offer
         chosen first; the same GPU in RunPod's other cloud next, if within the cap."""
         try:
-            choice = await self.checked_choice()
+            choice = await self._choice_for_this_start()
             self.user_options = choice.as_user_options()
             self.thinkube_choice = choice
             chosen = choice.placement.offer

@@ -95,7 +95,7 @@ async def test_thinkube_spawner_instantiates_with_that_config(config, values, ku
     ]
     assert settings.storage.scratch_size_limit == "100Gi"
     menu = spawner.menu_settings()
-    assert menu.gpu_choices == (0, 1, 2) and menu.tolerated_taints == ("nvidia.com/gpu",)
+    assert menu.gpu_choices == (0, 1, 2) and menu.pod.settings.gpu_taint_keys == ("nvidia.com/gpu",)
     # z2jh's settings reach it through KubeSpawner's config section.
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
         spawner.tolerations

@@ -18,6 +18,7 @@ from hub_service.local import (
 )
 from hub_service.nodes import summary_document
 from thinkube_spawner.menu import MenuSettings, build_menu, check_choice
+from thinkube_spawner.shaping import PodSettings, PodTemplate
 
 GIB = 1024**3
 RECORDS = json.loads((Path(__file__).parent / "data" / "nvml_records.json").read_text())
@@ -36,7 +37,7 @@ SETTINGS = MenuSettings(
     cpu_guarantee_ratio=1.0,
     mem_guarantee_ratio=1.0,
     max_nodes_listed=1,
-    tolerated_taints=(),
+    pod=PodTemplate(PodSettings(match_gpu_product=False)),  # as ThinkubeLocalSpawner's
 )
 IMAGES = [{"name": "local", "display_name": "Local", "default": True, "metadata": {}}]
 

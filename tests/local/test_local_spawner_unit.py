@@ -26,6 +26,7 @@ from thinkube_spawner.local import (
     scope_unit_name,
 )
 from thinkube_spawner.menu import ChoiceError, MenuSettings, build_menu, check_choice
+from thinkube_spawner.shaping import PodSettings, PodTemplate
 
 GIB = 1024**3
 RECORDS = json.loads((Path(__file__).parent / "data" / "nvml_records.json").read_text())
@@ -42,7 +43,7 @@ SETTINGS = MenuSettings(
     cpu_guarantee_ratio=1.0,
     mem_guarantee_ratio=1.0,
     max_nodes_listed=1,
-    tolerated_taints=(),
+    pod=PodTemplate(PodSettings(match_gpu_product=False)),  # as ThinkubeLocalSpawner's
 )
 IMAGES = [{"name": "local", "display_name": "Local", "default": True, "metadata": {}}]
 RTX4090 = ["GPU-5a3c1e2f-8b1d-4c7e-9f2a-6d0e4b7c1a90", "GPU-0f6e2d41-77c2-4b8a-a1d3-2c5e9b8f3e11"]

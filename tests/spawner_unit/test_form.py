@@ -176,10 +176,21 @@ def test_the_profile_has_the_five_options_and_the_forms_defaults(menu):
         "display_name": "gpu-node-3: 12/32 CPU, 40/127 GiB, 1/2 × NVIDIA GeForce RTX 4090 free",
         "default": False,
         "disabled": False,
+        "reason": None,
         "group": "Nodes with NVIDIA GeForce RTX 4090",
         "kind": "node",
     }
     assert disabled(profile, "where") == ["gpu:nvidia-l4", "node:gpu-l4", "node:infra-1"]
+    # every disabled choice says why
+    assert {k: c["reason"] for k, c in where.items() if c["disabled"]} == {
+        "gpu:nvidia-l4": "full (gpu-l4: needs 0.5 CPU, 0 free)",
+        "node:gpu-l4": "needs 0.5 CPU, 0 free",
+        "node:infra-1": "tainted dedicated=infra:NoSchedule, not tolerated",
+    }
+    assert choices(profile, "gpus")["8"]["reason"] == "no node has room"
+    assert profile["thinkube"]["room_notes"] == [
+        "8 GPUs: the largest free block is 4 (NVIDIA A100 SXM4 80GB) on gpu-b."
+    ]
 
 
 def test_choices_that_fit_nowhere_are_disabled():
@@ -271,16 +282,11 @@ def test_a_gpu_only_cluster_preselects_a_gpu_model_with_one_gpu():
 
 def test_the_page_data_lets_the_browser_narrow_the_choices(menu):
     data = menu_profile(menu, {})["thinkube"]
-    assert {
-        k: data[k]
-        for k in ("generated_at", "stale", "age_seconds", "nodes_hidden", "cpu_ratio", "mem_ratio")
-    } == {
+    assert {k: data[k] for k in ("generated_at", "stale", "age_seconds", "nodes_hidden")} == {
         "generated_at": "2026-01-02T03:04:05Z",
         "stale": False,
         "age_seconds": 3.2,
         "nodes_hidden": 0,
-        "cpu_ratio": 0.5,
-        "mem_ratio": 1.0,
     }
     assert data["images"]["pytorch-cuda"] == {
         "gpu_required": True,
@@ -289,59 +295,88 @@ def test_the_page_data_lets_the_browser_narrow_the_choices(menu):
         "mem_limit_bytes": 32 * 1024**3,
         "cloud_image": "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
     }
+    # the server container's requests per value, in scheduler units (ratios applied)
+    assert data["units"] == {
+        "cpu": {"1": 500, "2": 1000, "4": 2000, "8": 4000, "16": 8000, "32": 16000},
+        "memory": {v: int(v) * 1024**3 for v in ("2", "4", "8", "16", "32", "64", "128")},
+    }
     assert list(data["placements"]) == [p.key for p in menu.placements]
     assert data["placements"]["gpu:nvidia-a100-sxm4-80gb"] == {
         "kind": "gpu",
         "gpu_resource": "nvidia.com/gpu",
         # gpu-a (55.9 CPU, 447 GiB, 0 GPUs free) fits nothing gpu-b does not: left out.
-        "slots": [
+        "frontier": [
             {
                 "node": "gpu-b",
-                "cpu": 63.9,
-                "memory": 511 * 1024**3,
-                "gpus": {"nvidia.com/gpu": 4},
-                "gpu_ok": True,
-                "cpu_ok": False,
-            },
+                "free": {
+                    "cpu": 63900,
+                    "memory": 511 * 1024**3,
+                    "nvidia.com/gpu": 4,
+                    "pods": 110,
+                },
+            }
         ],
+        # nothing configured beside the server container: the demand is the choice's own
+        "add": {"cpu": 0, "memory": 0, "nvidia.com/gpu": 0},
+        "floor": {},
     }
-    assert data["placements"]["cpu"]["slots"] == [
-        {
-            "node": "cpu-node-1",
-            "cpu": 12.0,
-            "memory": 40 * 1024**3,
-            "gpus": {},
-            "gpu_ok": True,
-            "cpu_ok": True,
-        }
+    assert data["placements"]["cpu"]["frontier"] == [
+        {"node": "cpu-node-1", "free": {"cpu": 12000, "memory": 40 * 1024**3, "pods": 109}}
     ]
     json.dumps(data)  # JSON-ready as it is
 
 
-def test_the_page_data_keeps_only_slots_no_other_slot_beats():
-    """At 1,000 nodes the page carries the few undominated slots, and still answers every
-    "does it fit" exactly as the full list would."""
+async def test_the_page_data_carries_what_the_hubs_pod_adds():
+    """An admin's extra container and init container count in every choice, on the page and
+    in what the server greys out."""
+    spawner = make_spawner(
+        extra_containers=[
+            {
+                "name": "proxy",
+                "image": "nginx:1.27",
+                "resources": {"requests": {"cpu": "250m", "memory": "10Gi"}},
+            }
+        ],
+        init_containers=[
+            {"name": "warm", "image": "busybox:1.36", "resources": {"requests": {"memory": "20Gi"}}}
+        ],
+    )
+    small = lab_menu(
+        nodes=[make_node("cpu-node-1", 16, 64, None, 1)],
+        pods=lab_pods(),
+        settings=spawner.menu_settings(),
+    )
+    profile = menu_profile(small, {})
+    cpu = profile["thinkube"]["placements"]["cpu"]
+    assert (cpu["add"]["cpu"], cpu["add"]["memory"]) == (250, 10 * 1024**3)
+    assert cpu["floor"]["memory"] == 20 * 1024**3
+    # 40 GiB are free: 32 GiB for the server and 10 for the proxy no longer fit
+    assert disabled(profile, "memory") == ["32", "64", "128"]
+    assert profile["thinkube"]["room_notes"][1] == (
+        "32 GiB: at most 40 GiB free on one node (cpu-node-1)."
+    )
+
+
+def test_the_page_data_keeps_only_rows_no_other_row_beats():
+    """At 1,000 nodes the page carries the few undominated rows, and still answers every
+    "does it fit" exactly as the full list of nodes would."""
+    from hub_service.scheduling import rules_reason
     from tests.spawner_unit.test_menu import big_cluster
+    from thinkube_spawner.menu import pod_for
 
     node_docs, summary = big_cluster()
     menu = build_menu(node_docs, summary, images(), MenuSettings())
     data = menu_profile(menu, {})["thinkube"]
     for placement in menu.placements:
-        kept = data["placements"][placement.key]["slots"]
-        assert len(kept) <= len(placement.slots)
-        for slot in placement.slots:
-            gpus = slot.gpus.get(placement.gpu_resource or "", 0)
-            assert any(
-                k["cpu"] >= slot.cpu
-                and k["memory"] >= slot.memory
-                and (
-                    not slot.gpu_taint_only
-                    or (k["gpu_ok"] and k["gpus"].get(placement.gpu_resource or "", 0) >= gpus)
-                )
-                and (not slot.untainted or k["cpu_ok"])
-                for k in kept
-            )
-    assert len(data["placements"]["cpu"]["slots"]) < 50
+        kept = data["placements"][placement.key]["frontier"]
+        dims = list(kept[0]["free"]) if kept else []
+        gpus = 1 if placement.kind == "gpu" else 0
+        rules = pod_for(menu.settings, placement, 1, 2, gpus).rules
+        taking = [d for d in node_docs if rules_reason(rules, d) is None and d["free"]["pods"] > 0]
+        assert len(taking) == placement.taking or placement.kind == "node"
+        for node in taking:
+            assert any(all(row["free"][d] >= node["free"].get(d, 0) for d in dims) for row in kept)
+    assert len(data["placements"]["cpu"]["frontier"]) < 50
 
 
 def test_unavailable_profile_offers_nothing():
@@ -521,6 +556,7 @@ async def test_the_spawner_renders_this_form_through_kubespawner():
     spawner = make_spawner(availability)
     html = await spawner._render_options_form_dynamically(spawner)
     profile = menu_profile(lab_menu(freshness=FRESH), {})
+    profile["thinkube"]["storage_problems"] = []  # this test's hub may not read claims
     assert html == render([profile], {})
     assert availability.calls == 1
     # Every render shows what is free now.

@@ -27,6 +27,7 @@ from tests.spawner_unit.cluster import (
     taint,
 )
 from thinkube_spawner.menu import ChoiceError, MenuSettings, build_menu, check_choice
+from thinkube_spawner.shaping import PodSettings, PodTemplate
 
 A100_KEY = "gpu:nvidia-a100-sxm4-80gb"
 BASE_IMAGE = {
@@ -120,11 +121,10 @@ def test_model_placements_count_free_gpus_over_every_schedulable_node(menu):
         "NVIDIA-A100-SXM4-80GB",
     )
     assert a100.gpu_product_label == "nvidia.com/gpu.product"
-    assert [s.node for s in a100.slots] == ["gpu-a", "gpu-b"]
-    assert {s.node: s.gpus for s in a100.slots} == {
-        "gpu-a": {"nvidia.com/gpu": 0},
-        "gpu-b": {"nvidia.com/gpu": 4},
-    }
+    # both A100 nodes take the pod; gpu-b has more of everything, so it alone is kept as
+    # the room any A100 server could need
+    assert (a100.taking, a100.gpus_free, a100.gpu_nodes_free) == (2, 4, 1)
+    assert [(r["node"], r["free"]["nvidia.com/gpu"]) for r in a100.frontier] == [("gpu-b", 4)]
     assert not a100.disabled
     assert (
         placements["gpu:nvidia-gb10"].label == "Any node with a free NVIDIA GB10 (1 free on 1 node)"
@@ -142,7 +142,9 @@ def test_cordoned_and_notready_nodes_are_never_offered(menu):
     assert "h100-down" not in nodes_offered(menu)
     # the only H100 node is NotReady: no H100 placement at all
     assert not any("h100" in p.key for p in menu.placements)
-    assert all("cpu-cordoned" not in [s.node for s in p.slots] for p in menu.placements)
+    assert all("cpu-cordoned" not in [r["node"] for r in p.frontier] for p in menu.placements)
+    assert by_key(menu)["cpu"].refusals["cordoned"] == 1
+    assert by_key(menu)["cpu"].refusals["not ready"] == 1
     assert (
         rejected({"where": "node:cpu-cordoned"}, menu)
         == "There is no schedulable node named 'cpu-cordoned'."
@@ -153,20 +155,23 @@ def test_cordoned_and_notready_nodes_are_never_offered(menu):
     )
 
 
-def test_full_and_tainted_nodes_are_listed_disabled(menu):
+def test_full_and_tainted_nodes_are_listed_disabled_with_the_reason(menu):
     placements = by_key(menu)
-    assert (placements["node:gpu-l4"].disabled, placements["node:gpu-l4"].reason) == (True, "full")
+    assert (placements["node:gpu-l4"].disabled, placements["node:gpu-l4"].reason) == (
+        True,
+        "needs 0.5 CPU, 0 free",  # the smallest server: 1 CPU at the 0.5 guarantee ratio
+    )
     assert (placements["node:infra-1"].disabled, placements["node:infra-1"].reason) == (
         True,
-        "tainted",
+        "tainted dedicated=infra:NoSchedule, not tolerated",
     )
     # a GPU node whose GPUs are all taken still has room for a CPU-only server
     assert not placements["node:gpu-a"].disabled
     assert rejected({"where": "node:gpu-l4"}, menu) == (
-        "gpu-l4 has 0 CPU and 55 GiB free now, not enough for 1 CPU and 8 GiB."
+        "gpu-l4 has no room for 1 CPU and 8 GiB (needs 1 CPU, 0 free)."
     )
     assert rejected({"where": "node:infra-1"}, menu) == (
-        "infra-1 does not take notebook servers (it has taints this hub does not tolerate)."
+        "infra-1 does not take this server: tainted dedicated=infra:NoSchedule, not tolerated."
     )
 
 
@@ -174,7 +179,7 @@ def test_a_model_whose_free_gpus_sit_on_full_nodes_is_disabled(menu):
     l4 = by_key(menu)["gpu:nvidia-l4"]
     # the L4 is free, but its node has no CPU left: picking it could never start
     assert l4.label == "Any node with a free NVIDIA L4 (1 free on 1 node, 22 GiB)"
-    assert (l4.disabled, l4.reason) == (True, "full")
+    assert (l4.disabled, l4.reason) == (True, "full (gpu-l4: needs 0.5 CPU, 0 free)")
 
 
 def test_a_model_with_none_free_is_disabled():
@@ -198,19 +203,25 @@ def test_a_node_at_its_pod_limit_or_with_a_sliver_of_cpu_is_full():
     placements = by_key(menu)
     assert (placements["node:crowded"].disabled, placements["node:crowded"].reason) == (
         True,
-        "full",
+        "2/2 pods",
     )
-    assert (placements["node:sliver"].disabled, placements["node:sliver"].reason) == (True, "full")
+    assert (placements["node:sliver"].disabled, placements["node:sliver"].reason) == (
+        True,
+        "needs 0.5 CPU, 0.3 free",
+    )
     assert not placements["node:roomy"].disabled
 
 
 def test_a_cluster_of_gpu_nodes_only_has_no_cpu_only_placement():
     menu = lab_menu(nodes=[make_node("gpu-1", 64, 512, A100, 1)], pods=[])
     anywhere = by_key(menu)["cpu"]
-    assert (anywhere.disabled, anywhere.reason) == (True, "no node without GPUs is schedulable")
-    assert (
-        rejected({}, menu)
-        == "No node has room for 1 CPU and 8 GiB right now; choose fewer CPUs or less memory."
+    assert (anywhere.disabled, anywhere.reason) == (
+        True,
+        "no node takes this server (1 node: tainted nvidia.com/gpu=present:NoSchedule, not tolerated)",
+    )
+    assert rejected({}, menu) == (
+        "CPU-only servers cannot start here: no node takes this server "
+        "(1 node: tainted nvidia.com/gpu=present:NoSchedule, not tolerated)."
     )
 
 
@@ -306,7 +317,8 @@ def test_time_sliced_slots_are_counted_as_schedulable_gpus(menu):
     )
     assert (choice.placement.gpu_resource, choice.gpus) == ("nvidia.com/gpu", 2)
     assert rejected({"image": "pytorch-cuda", "where": "node:ts-3090", "gpus": "4"}, menu) == (
-        "ts-3090 now has 3 free RTX 3090s. NVIDIA A100 SXM4 80GB has room: choose it, or fewer GPUs."
+        "ts-3090 has no room for 1 CPU and 8 GiB with 4 GPUs (needs 4 GPUs, 3 free). "
+        "NVIDIA A100 SXM4 80GB has room: choose it, or fewer GPUs."
     )
 
 
@@ -354,9 +366,10 @@ def test_a_thousand_nodes_list_the_roomiest_capped_while_models_cover_every_node
     for model in GPU_MODELS:
         placement = by_key(menu)["gpu:" + model.product.lower()]
         expected = {d["name"] for d in usable if (d["gpu"] or {}).get("product") == model.product}
-        assert {s.node for s in placement.slots} == expected
+        assert placement.taking == len(expected)
+        assert {r["node"] for r in placement.frontier} <= expected
         assert len(expected) in (19, 20)  # 120 GPU nodes over six models, less the cordoned H100
-    assert "gpu-node-08" not in {s.node for p in menu.placements for s in p.slots}  # cordoned
+    assert "gpu-node-08" not in {r["node"] for p in menu.placements for r in p.frontier}
 
 
 def test_the_cap_is_configurable_and_a_node_left_out_gets_a_plain_message():
@@ -369,8 +382,9 @@ def test_the_cap_is_configurable_and_a_node_left_out_gets_a_plain_message():
         "Choose a GPU model or 'Any node (CPU only)' instead."
     )
     # "Any node" placements reach the nodes that are not listed
-    anywhere = check_choice({}, menu)
-    assert len({s.node for s in anywhere.placement.fits(1, 8 * GIB, 0)} & menu.unlisted_nodes) > 250
+    anywhere = check_choice({}, menu).placement
+    cpu_nodes = {d["name"] for d in node_docs if d["schedulable"] and not d["gpu"]}
+    assert anywhere.taking == len(cpu_nodes) and len(cpu_nodes & menu.unlisted_nodes) > 250
 
 
 # --- checking a choice ---------------------------------------------------------------------
@@ -456,7 +470,7 @@ def test_the_guarantee_ratios_set_the_requests_that_must_fit():
     assert (choice.cpu_request, choice.memory_request) == (8.0, 32 * GIB)
     # 16 CPUs at ratio 1.0 is 16 requested; cpu-node-1 has 12 free
     assert rejected({"image": "base", "where": "node:cpu-node-1", "cpu": "16"}, menu) == (
-        "cpu-node-1 has 12 CPU and 40 GiB free now, not enough for 16 CPU and 4 GiB."
+        "cpu-node-1 has no room for 16 CPU and 4 GiB (needs 16 CPU, 12 free)."
     )
 
 
@@ -583,7 +597,10 @@ def test_a_pinned_node_that_filled_up_says_where_there_is_room():
     before = lab_menu(pods=[p for p in lab_pods() if p["metadata"]["name"] != "train-big"])
     assert check_choice(options, before).node == "gpu-a"
     fresh = lab_menu()  # train-big took all four A100s of gpu-a meanwhile
-    assert rejected(options, fresh) == "gpu-a now has 0 free A100 SXM4 80GBs. 4 are free on gpu-b."
+    assert rejected(options, fresh) == (
+        "gpu-a has no room for 4 CPU and 32 GiB with 2 GPUs (needs 2 GPUs, 0 free). "
+        "4 are free on gpu-b."
+    )
 
 
 def test_a_model_that_filled_up_names_a_model_with_room():
@@ -597,8 +614,7 @@ def test_a_model_that_filled_up_names_a_model_with_room():
     assert check_choice(options, lab_menu()).placement.key == "gpu:nvidia-geforce-rtx-4090"
     fresh = lab_menu(pods=[*lab_pods(), pod("gpu-node-3", "train-2", "1", "1Gi", gpus=1)])
     assert rejected(options, fresh) == (
-        "No node has room for 2 CPU and 16 GiB with 1 GPU on RTX 4090 now (0 free in all). "
-        "NVIDIA A100 SXM4 80GB has room: choose it, or fewer GPUs."
+        "No RTX 4090 is free now. NVIDIA A100 SXM4 80GB has room: choose it, or fewer GPUs."
     )
 
 
@@ -607,14 +623,16 @@ def test_a_pinned_node_short_of_gpus_points_to_another_node_of_the_model():
     pods = [p for p in lab_pods() if p["metadata"]["name"] != "train-big"]
     pods += [pod("gpu-a", "one", "1", "1Gi", gpus=1), pod("gpu-b", "two", "1", "1Gi", gpus=2)]
     assert rejected(options, lab_menu(pods=pods)) == (
-        "gpu-a now has 3 free A100 SXM4 80GBs. No GPU node has room for 1 CPU and 8 GiB with 4 GPUs right now."
+        "gpu-a has no room for 1 CPU and 8 GiB with 4 GPUs (needs 4 GPUs, 3 free). "
+        "No GPU node has room for 1 CPU and 8 GiB with 4 GPUs right now."
     )
     pods = [p for p in lab_pods() if p["metadata"]["name"] != "train-big"] + [
         pod("gpu-a", "one", "1", "1Gi", gpus=1)
     ]
     assert (
         rejected(options, lab_menu(pods=pods))
-        == "gpu-a now has 3 free A100 SXM4 80GBs. 4 are free on gpu-b."
+        == "gpu-a has no room for 1 CPU and 8 GiB with 4 GPUs (needs 4 GPUs, 3 free). "
+        "4 are free on gpu-b."
     )
 
 
@@ -641,18 +659,25 @@ def test_gpu_taint_is_the_only_one_tolerated_for_gpu_servers():
     placements = by_key(menu)
     assert (placements["node:gpu-dedicated"].disabled, placements["node:gpu-dedicated"].reason) == (
         True,
-        "tainted",
+        "tainted team=vision:NoSchedule, not tolerated",
     )
     h100 = placements["gpu:nvidia-h100-80gb-hbm3"]
-    assert not h100.fits(1, GIB, 1)  # its only node has a taint we do not tolerate
+    assert (h100.taking, h100.frontier, h100.disabled) == (0, [], True)
+    assert h100.reason == (
+        "no node takes this server (1 node: tainted team=vision:NoSchedule, not tolerated)"
+    )
     assert rejected(
         {"image": "pytorch-cuda", "where": "gpu:nvidia-h100-80gb-hbm3", "gpus": "1"}, menu
     ) == (
-        "No node has room for 1 CPU and 8 GiB with 1 GPU on H100 80GB HBM3 now (8 free in all). "
-        "NVIDIA A100 SXM4 80GB has room: choose it, or fewer GPUs."
+        "NVIDIA H100 80GB HBM3 servers cannot start here: no node takes this server "
+        "(1 node: tainted team=vision:NoSchedule, not tolerated)."
     )
     tolerant = lab_menu(
-        nodes=nodes, pods=[], settings=MenuSettings(tolerated_taints=("nvidia.com/gpu", "team"))
+        nodes=nodes,
+        pods=[],
+        settings=MenuSettings(
+            pod=PodTemplate(PodSettings(gpu_taint_keys=("nvidia.com/gpu", "team")))
+        ),
     )
     assert not by_key(tolerant)["node:gpu-dedicated"].disabled
     assert (
@@ -662,4 +687,27 @@ def test_gpu_taint_is_the_only_one_tolerated_for_gpu_servers():
         == 8
     )
     # GPU nodes carry the GPU taint: no CPU-only placement reaches them
-    assert [s.node for s in placements["cpu"].slots] == []
+    assert placements["cpu"].frontier == [] and placements["cpu"].taking == 0
+
+
+def test_the_admins_own_tolerations_open_a_dedicated_pool():
+    """z2jh's dedicated user nodes: tainted hub.jupyter.org/dedicated=user:NoSchedule, which
+    z2jh's default user tolerations tolerate. Every placement there is offered."""
+    dedicated = {
+        "key": "hub.jupyter.org/dedicated",
+        "operator": "Equal",
+        "value": "user",
+        "effect": "NoSchedule",
+    }
+    nodes = [
+        taint(make_node("user-1", 16, 64, None, 1), "hub.jupyter.org/dedicated", "user"),
+        taint(make_node("user-gpu", 64, 512, A100, 2), "hub.jupyter.org/dedicated", "user"),
+    ]
+    bare = by_key(lab_menu(nodes=nodes, pods=[]))
+    assert all(p.disabled for p in bare.values())
+    template = PodTemplate.of({"tolerations": [dedicated]}, PodSettings())
+    menu = lab_menu(nodes=nodes, pods=[], settings=MenuSettings(pod=template))
+    placements = by_key(menu)
+    assert not any(p.disabled for p in placements.values())
+    assert [r["node"] for r in placements["cpu"].frontier] == ["user-1"]
+    assert check_choice({"image": "pytorch-cuda", "where": A100_KEY, "gpus": "4"}, menu).gpus == 4

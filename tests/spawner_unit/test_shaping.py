@@ -7,6 +7,7 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 from tornado import web
 
+from hub_service.scheduling import pod_demand
 from tests.kubesim.admission import default_pod, validate
 from tests.kubesim.generator import make_node
 from tests.spawner_unit.cluster import (
@@ -20,17 +21,23 @@ from tests.spawner_unit.cluster import (
     pod,
     renamed_time_sliced_node,
 )
-from thinkube_spawner.menu import MenuSettings, check_choice
+from thinkube_spawner.menu import MenuSettings, check_choice, demand_for, fits
 from thinkube_spawner.shaping import (
     PodSettings,
     SharedVolume,
     StorageSettings,
-    gpu_toleration,
+    gpu_tolerations,
     merge_by_name,
     spawner_overrides,
 )
 
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists"}  # any value, any effect
+
+
+def pinned_to(node: str) -> list[dict]:
+    return [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]
+
+
 VOLUMES = [
     {"name": "thinkube-notebooks", "persistentVolumeClaim": {"claimName": "thinkube-notebooks"}},
     {"name": "thinkube-datasets", "persistentVolumeClaim": {"claimName": "thinkube-datasets"}},
@@ -64,7 +71,6 @@ def test_a_cpu_choice(menu):
     assert spawner_overrides(choice, PodSettings()) == {
         "image": "quay.io/jupyter/scipy-notebook:2025-08-18",
         "image_pull_policy": "IfNotPresent",
-        "node_selector": {},
         "node_affinity_required": [],
         "tolerations": [],
         "cpu_limit": 4.0,
@@ -91,7 +97,7 @@ def test_a_gpu_model_choice(menu):
     )
     overrides = spawner_overrides(choice, PodSettings())
     assert overrides["image"] == "quay.io/jupyter/pytorch-notebook:cuda12-2025-08-18"
-    assert overrides["node_selector"] == {}
+    assert "node_selector" not in overrides  # the admin's stays as configured
     assert overrides["node_affinity_required"] == [
         {
             "matchExpressions": [
@@ -113,8 +119,8 @@ def test_a_gpu_model_choice(menu):
 def test_a_pinned_gpu_node(menu):
     choice = check_choice({"image": "pytorch-cuda", "where": "node:gpu-node-3", "gpus": "1"}, menu)
     overrides = spawner_overrides(choice, PodSettings())
-    assert overrides["node_selector"] == {"kubernetes.io/hostname": "gpu-node-3"}
-    assert overrides["node_affinity_required"] == []
+    # pinned by name (a node's hostname label need not be its name)
+    assert overrides["node_affinity_required"] == pinned_to("gpu-node-3")
     assert overrides["tolerations"] == [GPU_TOLERATION]
     assert (
         overrides["extra_resource_limits"]
@@ -123,8 +129,8 @@ def test_a_pinned_gpu_node(menu):
     )
     # a CPU-only server on a GPU node still needs the toleration to get there, and no GPU
     cpu_only = spawner_overrides(check_choice({"where": "node:gpu-a"}, menu), PodSettings())
-    assert (cpu_only["node_selector"], cpu_only["tolerations"]) == (
-        {"kubernetes.io/hostname": "gpu-a"},
+    assert (cpu_only["node_affinity_required"], cpu_only["tolerations"]) == (
+        pinned_to("gpu-a"),
         [GPU_TOLERATION],
     )
     assert cpu_only["extra_resource_limits"] == cpu_only["extra_resource_guarantees"] == {}
@@ -134,8 +140,10 @@ def test_a_pinned_cpu_node(menu):
     overrides = spawner_overrides(
         check_choice({"where": "node:cpu-node-1", "cpu": "1", "memory": "2"}, menu), PodSettings()
     )
-    assert overrides["node_selector"] == {"kubernetes.io/hostname": "cpu-node-1"}
-    assert (overrides["node_affinity_required"], overrides["tolerations"]) == ([], [])
+    assert (overrides["node_affinity_required"], overrides["tolerations"]) == (
+        pinned_to("cpu-node-1"),
+        [],
+    )
     assert (overrides["cpu_limit"], overrides["cpu_guarantee"], overrides["mem_limit"]) == (
         1.0,
         0.5,
@@ -246,7 +254,7 @@ def test_merge_by_name_keeps_the_admins_entries_and_replaces_ours():
         {"key": "nvidia.com/gpu", "operator": "Equal", "value": "x"},
         {"key": "team", "operator": "Exists"},
     ]
-    assert merge_by_name(tolerations, [gpu_toleration()], "key") == [
+    assert merge_by_name(tolerations, gpu_tolerations(), "key") == [
         {"key": "team", "operator": "Exists"},
         GPU_TOLERATION,
     ]
@@ -375,8 +383,10 @@ async def test_the_pinned_node_pod_and_the_mig_pod(menu):
             ),
         )
     )
-    assert pinned["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "gpu-node-3"}
-    assert "affinity" not in pinned["spec"]
+    assert "nodeSelector" not in pinned["spec"]
+    assert pinned["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"] == pinned_to("gpu-node-3")
     spawner = make_spawner()
     mig = admitted(
         await pod_manifest(
@@ -481,7 +491,7 @@ async def test_load_user_options_applies_the_choice_to_the_pod():
         ),
         (
             {"where": "node:gpu-l4"},
-            "gpu-l4 has 0 CPU and 55 GiB free now, not enough for 1 CPU and 8 GiB.",
+            "gpu-l4 has no room for 1 CPU and 8 GiB (needs 1 CPU, 0 free).",
         ),
     ],
 )
@@ -514,8 +524,9 @@ async def test_a_choice_that_filled_up_since_the_form_is_a_capacity_error():
     }
     with pytest.raises(web.HTTPError) as caught:
         await spawner.load_user_options()
-    assert (
-        spawn_message(caught.value) == "gpu-a now has 0 free A100 SXM4 80GBs. 4 are free on gpu-b."
+    assert spawn_message(caught.value) == (
+        "gpu-a has no room for 1 CPU and 8 GiB with 2 GPUs (needs 2 GPUs, 0 free). "
+        "4 are free on gpu-b."
     )
     assert caught.value.status_code == 409
     assert availability.calls == 2  # the check at submit fetched fresh data
@@ -543,8 +554,9 @@ async def test_the_pod_lands_where_the_menu_said_there_was_room():
     manifest = admitted(
         await pod_manifest(spawner, spawner_overrides(choice, spawner.pod_settings()))
     )
-    requests = notebook(manifest)["resources"]["requests"]
-    (slot,) = choice.placement.fits(choice.cpu_request, choice.memory_request, choice.gpus)
-    assert slot.node == "mig-1"
-    assert requests["cpu"] <= slot.cpu and requests["memory"] <= slot.memory
-    assert int(requests["nvidia.com/mig-1g.10gb"]) <= slot.gpus["nvidia.com/mig-1g.10gb"] == 1
+    demand = pod_demand(manifest["spec"])
+    (row,) = fits(choice.placement, demand_for(menu.settings, choice.placement, 4, 32, 1))
+    assert row["node"] == "mig-1"
+    assert demand == {"cpu": 2000, "memory": 32 * GIB, "nvidia.com/mig-1g.10gb": 1}
+    assert all(units <= row["free"][name] for name, units in demand.items())
+    assert row["free"]["nvidia.com/mig-1g.10gb"] == 1
