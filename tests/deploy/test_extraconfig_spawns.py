@@ -1,10 +1,15 @@
-"""The hub configuration Zero to JupyterHub builds from helm-values/values.yaml (chart
-defaults, singleuser.* mapped to KubeSpawner traits, hub.config passed through, then the
-hub.extraConfig snippets in order) spawns a GPU server in kubesim: a real hub behind the
-real proxy, the managed availability service, the storage manifests loaded, and the pod
-running as a real `jupyterhub-singleuser` process.
+"""The hub configuration Zero to JupyterHub builds from helm-values/values.yaml alone (the
+minimal install) and from values.yaml + lab.yaml (singleuser.* mapped to KubeSpawner
+traits, hub.config passed through, then the hub.extraConfig snippets in order) spawns a GPU
+server in kubesim: a real hub behind the real proxy, the managed availability service
+(checked the way the README checks it: its ready route, with its own token), and the pod
+running as a real `jupyterhub-singleuser` process. For the lab, its storage manifests are
+loaded and the server mounts their claims; the minimal install mounts no claim.
 
-Only what a local run cannot take from the values file is overridden, each with its reason.
+The files are merged without the chart's defaults (those live in ../shared, which this test
+does without): the defaults add tolerations, labels, a uid and timeouts that none of the
+checks here depend on. Only what a local run cannot take from the files is overridden, each
+with its reason.
 """
 
 from __future__ import annotations
@@ -14,16 +19,21 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import httpx
+import pytest
 from kubernetes_asyncio import client
 
 from tests.conftest import api_client_for
 from tests.deploy.z2jh import (
-    MANIFESTS,
+    LAB,
+    LAB_MANIFESTS,
     VALUES,
-    chart_values,
+    environment,
     get_path,
     hub_config,
+    hub_env,
     manifest_documents,
+    manifest_files,
+    overlay_values,
 )
 from tests.hub_fixtures import SPAWNER_HUB_ROLES
 from tests.kubesim.generator import GPU_MODELS, make_node
@@ -33,14 +43,22 @@ SINGLEUSER = str(Path(sys.executable).parent / "jupyterhub-singleuser")
 A100 = GPU_MODELS[0]
 # The placement the spawn form and the REST API take for "any node with this GPU model".
 WHERE = f"gpu:{A100.product.lower()}"
-# The storage manifests put their claims here, so the user servers run here too.
+# The lab's storage manifests put their claims here, so the user servers run here too.
 NAMESPACE = "jupyterhub"
+# What each install loads into the cluster besides its nodes (the RBAC manifest is not
+# needed: kubesim does not enforce RBAC).
+INSTALLS = {
+    "minimal": ((VALUES,), []),
+    "minimal+lab": ((VALUES, LAB), manifest_files(LAB_MANIFESTS)),
+}
 
 
 def spawner_config(values: dict, sim) -> dict:
     """The spawner part of the hub configuration the chart builds from `values`, with the
     few settings a local run needs."""
-    c, _ = hub_config(values)
+    # The lab's extraConfig reads the hub's environment (its realm URL).
+    with environment(hub_env(values)):
+        c, _ = hub_config(values)
     spawner_class = c.JupyterHub.spawner_class
     kubespawner = dict(c.KubeSpawner)  # singleuser.* (tolerations, image, env, ...)
     thinkube = dict(c.ThinkubeSpawner)  # hub.config.ThinkubeSpawner
@@ -77,6 +95,15 @@ def spawner_config(values: dict, sim) -> dict:
     }
 
 
+async def claim_names(sim) -> list[str]:
+    api = await api_client_for(sim.kubeconfig)
+    try:
+        claims = await client.CoreV1Api(api).list_namespaced_persistent_volume_claim(NAMESPACE)
+        return [claim.metadata.name for claim in claims.items]
+    finally:
+        await api.close()
+
+
 async def server_pods(sim) -> list:
     api = await api_client_for(sim.kubeconfig)
     try:
@@ -89,24 +116,30 @@ async def server_pods(sim) -> list:
         await api.close()
 
 
+@pytest.mark.parametrize("install", INSTALLS, ids=INSTALLS.keys())
 async def test_values_config_spawns_a_gpu_server_in_kubesim(
-    shared_dir, make_kubesim, hub_with_service
+    install, make_kubesim, hub_with_service
 ):
     from thinkube_spawner import ThinkubeSpawner
 
-    values = chart_values(shared_dir, VALUES)
+    files, manifests = INSTALLS[install]
+    values = overlay_values(*files)
     settings = get_path(values, "hub.config.ThinkubeSpawner")
     sim = await make_kubesim(process_runtime=True)
     sim.load(
         [
             make_node("gpu-a", A100.cpu, A100.memory_gi, A100, 0),
             make_node("cpu-1", 16, 64, None, 1),
-            *manifest_documents(MANIFESTS / "storage.yaml"),  # the PVs and claims
+            # README step 2: the hub's namespace exists before anything is installed there.
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+            *(doc for path in manifests for doc in manifest_documents(path)),
         ]
     )
     config = spawner_config(values, sim)
     assert config["JupyterHub"]["spawner_class"] is ThinkubeSpawner  # from hub.extraConfig
     hub = await hub_with_service(sim=sim, config=config)
+    # The README's health check: the ready route, asked with the service's own token.
+    assert (await hub.wait_ready(hub.service_token))["ready"] is True
 
     # What the values offer: 2 CPUs (so the guarantee ratio shows), the smallest memory
     # choice, one GPU.
@@ -142,14 +175,21 @@ async def test_values_config_spawns_a_gpu_server_in_kubesim(
         gib = 1024**3
         assert int(resources.limits["memory"]) == memory * gib
         assert int(resources.requests["memory"]) == memory * gib * settings["mem_guarantee_ratio"]
-        # The values' storage: the shared claims of manifests/storage.yaml and the scratch.
+        # The files' storage: the scratch, and the lab's shared claims, which exist in the
+        # cluster (manifests/lab/storage.yaml); the minimal install mounts no claim.
         mounts = {m.mount_path: m.name for m in container.volume_mounts}
         volumes = {v.name: v for v in pod.spec.volumes}
-        for shared in settings["shared_volumes"]:
-            volume = volumes[mounts[shared["mount_path"]]]
-            assert volume.persistent_volume_claim.claim_name == shared["claim"]
         scratch = volumes[mounts[settings["scratch_path"]]]
         assert scratch.empty_dir.size_limit == settings["scratch_size_limit"]
+        claims = {
+            mount: volumes[name].persistent_volume_claim.claim_name
+            for mount, name in mounts.items()
+            if volumes[name].persistent_volume_claim
+        }
+        assert claims == {v["mount_path"]: v["claim"] for v in settings["shared_volumes"]}
+        assert set(claims.values()) == set(await claim_names(sim))
+        if install == "minimal":
+            assert claims == {}
         # The GPU taint the values tolerate, and the placement on the chosen model.
         assert any(
             t.key == "nvidia.com/gpu" and t.effect == "NoSchedule" for t in pod.spec.tolerations
@@ -160,8 +200,11 @@ async def test_values_config_spawns_a_gpu_server_in_kubesim(
         image = get_path(values, "singleuser.image")
         assert container.image == f"{image['name']}:{image['tag']}"
         env = {e.name: e for e in container.env}
-        assert env["THINKUBE_DATASETS_BUCKET"].value == "datasets"
-        assert env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name == "thinkube-s3"
+        if install == "minimal+lab":
+            assert env["THINKUBE_DATASETS_BUCKET"].value == "datasets"
+            assert env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name == "thinkube-s3"
+        else:
+            assert not [name for name in env if name.startswith(("AWS_", "THINKUBE_"))]
 
         # The real jupyterhub-singleuser answers through the hub's proxy.
         token = hub.token("alice")

@@ -1,7 +1,9 @@
-"""The hub's configuration as Zero to JupyterHub builds it from values.yaml and keycloak.yaml
-(hub.config passed through, then the hub.extraConfig snippets in sorted key order), and what
-it yields: ThinkubeSpawner with the values' settings, the managed service, roles and the
-custom scope, GenericOAuthenticator against the realm, and the cloud price caps by group."""
+"""The hub's configuration as Zero to JupyterHub builds it from values.yaml (the minimal
+install) and from values.yaml + lab.yaml (hub.config passed through, then the
+hub.extraConfig snippets in sorted key order), and what it yields: ThinkubeSpawner with the
+files' settings, the managed service, roles and the custom scope, the chart's login for the
+minimal install; for the lab, GenericOAuthenticator against the realm, its claims and the
+cloud price caps by group."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from jupyterhub.objects import Hub
 from traitlets.config import Config
 
 from tests.deploy.z2jh import (
-    KEYCLOAK,
+    LAB,
     VALUES,
     chart_values,
     environment,
@@ -20,6 +22,7 @@ from tests.deploy.z2jh import (
     helm_merge,
     hub_config,
     hub_env,
+    overlay_values,
     spawner_for,
 )
 
@@ -27,17 +30,47 @@ REALM = "https://auth.example.test/realms/lab"
 SECRETS = {"thinkube-keycloak/client-secret": "keycloak-client-secret-for-tests"}
 
 
-@pytest.fixture
-def values(shared_dir):
-    return chart_values(shared_dir, VALUES, KEYCLOAK)
+INSTALLS = {"minimal": (VALUES,), "minimal+lab": (VALUES, LAB)}
+LAB_CLAIMS = [
+    ("thinkube-notebooks", "/home/jovyan/notebooks"),
+    ("thinkube-datasets", "/datasets"),
+    ("thinkube-models", "/models"),
+]
+
+
+@pytest.fixture(params=INSTALLS, ids=INSTALLS.keys())
+def install(request):
+    return request.param
 
 
 @pytest.fixture
-def config(values) -> Config:
+def any_values(install):
+    """The minimal file, or the minimal file and the lab's, merged as helm merges them. The
+    chart's defaults (../shared) are left out where a test needs nothing of them."""
+    return overlay_values(*INSTALLS[install])
+
+
+def built(values) -> Config:
     env = {**hub_env(values, SECRETS), "KEYCLOAK_REALM_URL": REALM}
     with environment(env):
         c, _ = hub_config(values)
     return c
+
+
+@pytest.fixture
+def any_config(any_values) -> Config:
+    return built(any_values)
+
+
+@pytest.fixture
+def values():
+    """The lab's install: the minimal file, then lab.yaml."""
+    return overlay_values(VALUES, LAB)
+
+
+@pytest.fixture
+def config(values) -> Config:
+    return built(values)
 
 
 def test_extra_config_runs_in_sorted_key_order(values):
@@ -56,18 +89,28 @@ def test_extra_config_runs_in_sorted_key_order(values):
     assert c.Probe.seen == ["00-first", "50-middle", "99-last"]
 
 
-def test_the_spawner_is_thinkube_spawner_with_the_values_settings(config, values):
+def test_the_spawner_is_thinkube_spawner_with_the_values_settings(any_config, any_values):
     from thinkube_spawner import ThinkubeSpawner
 
-    assert config.JupyterHub.spawner_class is ThinkubeSpawner
-    wanted = get_path(values, "hub.config.ThinkubeSpawner")
+    assert any_config.JupyterHub.spawner_class is ThinkubeSpawner
+    wanted = get_path(any_values, "hub.config.ThinkubeSpawner")
     assert wanted  # the values set them
     for name, value in wanted.items():
-        assert config.ThinkubeSpawner[name] == value, name
+        assert any_config.ThinkubeSpawner[name] == value, name
 
 
-async def test_thinkube_spawner_instantiates_with_that_config(config, values, kubesim):
+@pytest.mark.parametrize("chart_defaults", [False, True], ids=["files", "with-chart-defaults"])
+async def test_thinkube_spawner_instantiates_with_that_config(
+    request, install, chart_defaults, kubesim
+):
+    """With the files alone, and on the chart's defaults (which must not undo them)."""
     from thinkube_spawner import ThinkubeSpawner
+
+    if chart_defaults:
+        values = chart_values(request.getfixturevalue("shared_dir"), *INSTALLS[install])
+    else:
+        values = overlay_values(*INSTALLS[install])
+    config = built(values)
 
     user = SimpleNamespace(name="alice", id=7, url="/user/alice/")
     spawner = ThinkubeSpawner(
@@ -88,11 +131,10 @@ async def test_thinkube_spawner_instantiates_with_that_config(config, values, ku
     # singleuser.profileList ([] by default) must not replace it.
     assert spawner.profile_list == spawner._thinkube_profile_list
     settings = spawner.pod_settings()
-    assert [(v.claim, v.mount_path) for v in settings.storage.shared] == [
-        ("thinkube-notebooks", "/home/jovyan/notebooks"),
-        ("thinkube-datasets", "/datasets"),
-        ("thinkube-models", "/models"),
-    ]
+    # The minimal install mounts no claim (the spawner's own default would mount three).
+    assert [(v.claim, v.mount_path) for v in settings.storage.shared] == (
+        LAB_CLAIMS if install == "minimal+lab" else []
+    )
     assert settings.storage.scratch_size_limit == "100Gi"
     menu = spawner.menu_settings()
     assert menu.gpu_choices == (0, 1, 2) and menu.pod.settings.gpu_taint_keys == ("nvidia.com/gpu",)
@@ -100,16 +142,20 @@ async def test_thinkube_spawner_instantiates_with_that_config(config, values, ku
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
         spawner.tolerations
     )
-    assert spawner.environment["THINKUBE_DATASETS_BUCKET"] == "datasets"
-    assert spawner.environment["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == (
-        "thinkube-s3"
-    )
-    assert spawner.start_timeout == get_path(values, "singleuser.startTimeout")
+    if install == "minimal+lab":
+        assert spawner.environment["THINKUBE_DATASETS_BUCKET"] == "datasets"
+        assert spawner.environment["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == (
+            "thinkube-s3"
+        )
+    else:
+        assert spawner.environment == {}
+    if chart_defaults:
+        assert spawner.start_timeout == get_path(values, "singleuser.startTimeout")
 
 
-def test_the_managed_service_and_its_token(values):
+def test_the_managed_service_and_its_token(any_values):
     with environment({"KEYCLOAK_REALM_URL": REALM}):
-        c, seeded = hub_config(values)
+        c, seeded = hub_config(any_values)
     services = {s["name"]: s for s in c.JupyterHub.services}
     service = services["thinkube-resources"]
     assert service["url"] == "http://hub:8181"
@@ -118,7 +164,7 @@ def test_the_managed_service_and_its_token(values):
     assert set(services) == {"thinkube-resources", "image-pipeline"}
 
 
-def test_the_managed_service_can_load_the_in_cluster_config(config, tmp_path):
+def test_the_managed_service_can_load_the_in_cluster_config(any_config, tmp_path):
     """JupyterHub starts a managed service with its `environment` and only a few of the
     hub's variables (Spawner.env_keep), so KUBERNETES_SERVICE_HOST/PORT, which the in-cluster
     config needs, must come from the service's own environment."""
@@ -126,7 +172,7 @@ def test_the_managed_service_can_load_the_in_cluster_config(config, tmp_path):
     from kubernetes_asyncio import client
     from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
 
-    service = next(s for s in config.JupyterHub.services if s["name"] == "thinkube-resources")
+    service = next(s for s in any_config.JupyterHub.services if s["name"] == "thinkube-resources")
     kept = set(LocalProcessSpawner().env_keep)
     assert not {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"} & kept
     token, ca = tmp_path / "token", tmp_path / "ca.crt"
@@ -139,12 +185,24 @@ def test_the_managed_service_can_load_the_in_cluster_config(config, tmp_path):
     assert configuration.host == "https://kubernetes.default.svc:443"
 
 
-def test_roles_and_the_custom_scope(config):
+def test_roles_and_the_custom_scope(any_config):
     scope = "custom:thinkube:images:write"
-    assert scope in config.JupyterHub.custom_scopes
-    roles = {role["name"]: role for role in config.JupyterHub.load_roles}
+    assert scope in any_config.JupyterHub.custom_scopes
+    roles = {role["name"]: role for role in any_config.JupyterHub.load_roles}
     assert scope in roles["image-publisher"]["scopes"]
     assert "self" in roles["user"]["scopes"]
+
+
+def test_the_minimal_install_logs_in_with_the_charts_authenticator(shared_dir):
+    """The chart's default, `dummy`: JupyterHub's DummyAuthenticator, any user allowed."""
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.auth import DummyAuthenticator
+
+    config = built(chart_values(shared_dir, VALUES))
+    assert config.JupyterHub.authenticator_class == "dummy"
+    hub = JupyterHub(config=config)
+    assert hub.authenticator_class is DummyAuthenticator
+    assert DummyAuthenticator(config=config).allow_all
 
 
 def test_generic_oauthenticator_against_the_realm(config):

@@ -1,9 +1,9 @@
-"""Logging in through Keycloak as keycloak.yaml configures it, end to end.
+"""Logging in through Keycloak as lab.yaml configures it, end to end.
 
 A real OpenID Connect provider (oidc-provider-mock) stands in for Keycloak: its endpoints
-are served at Keycloak's paths under a realm URL, so the URLs keycloak.yaml derives from the
+are served at Keycloak's paths under a realm URL, so the URLs lab.yaml derives from the
 realm are the ones used. A real JupyterHub (MockHub, behind the real configurable-http-proxy)
-runs with the configuration z2jh builds from values.yaml + keycloak.yaml; only what cannot
+runs with the configuration z2jh builds from values.yaml + lab.yaml; only what cannot
 run here is replaced (the spawner by jupyterhub's MockSpawner with a form, the managed
 service by its name and token, the public URLs by local ones). A browser-like client goes
 through the whole redirect flow: hub login -> the realm's authorize page -> the user picks
@@ -33,12 +33,12 @@ from jupyterhub import orm, scopes
 from jupyterhub.tests.mocking import MockHub, MockSpawner
 
 from tests.deploy.z2jh import (
-    KEYCLOAK,
+    LAB,
     REPO,
     VALUES,
-    chart_values,
     environment,
     hub_config,
+    overlay_values,
     spawner_for,
 )
 from tests.kubesim.sim import free_port
@@ -123,8 +123,8 @@ class RunningHub:
 
 
 @asynccontextmanager
-async def hub_from_values(shared_dir, realm_url: str) -> AsyncIterator[RunningHub]:
-    values = chart_values(shared_dir, VALUES, KEYCLOAK)
+async def hub_from_values(realm_url: str) -> AsyncIterator[RunningHub]:
+    values = overlay_values(VALUES, LAB)
     port = free_port()
     public = f"http://127.0.0.1:{port}/"
     env = {"KEYCLOAK_REALM_URL": realm_url, "OAUTH_CLIENT_SECRET": secrets.token_hex(16)}
@@ -173,14 +173,14 @@ async def stop_hub(app: MockHub) -> None:
 
 
 @pytest.fixture
-async def running_hub(shared_dir, keycloak, monkeypatch):
+async def running_hub(keycloak, monkeypatch):
     if shutil.which("configurable-http-proxy") is None:
         monkeypatch.setenv(
             "PATH", f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{os.environ['PATH']}"
         )
     if shutil.which("configurable-http-proxy") is None:
         pytest.fail("configurable-http-proxy is missing: run `npm ci` (Makefile: deps)")
-    async with hub_from_values(shared_dir, keycloak.url) as hub:
+    async with hub_from_values(keycloak.url) as hub:
         yield hub, keycloak
 
 

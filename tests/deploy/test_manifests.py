@@ -1,7 +1,8 @@
-"""helm-values/manifests/*.yaml: valid Kubernetes 1.32 objects (kubernetes-validate, strict:
+"""helm-values/manifests/: valid Kubernetes 1.32 objects (kubernetes-validate, strict:
 unknown fields are errors), created through the API of kubesim, and saying what they must:
-read-only RBAC on nodes and pods for the hub's ServiceAccount, ReadWriteMany SeaweedFS
-volumes bound to the claims ThinkubeSpawner mounts."""
+read-only RBAC on nodes and pods for the hub's ServiceAccount (every install), and, for the
+lab overlay only (manifests/lab/), ReadWriteMany SeaweedFS volumes bound to the claims
+lab.yaml mounts."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import pytest
 from kubernetes_asyncio import client
 
 from tests.conftest import api_client_for
-from tests.deploy.z2jh import MANIFESTS, all_manifests, manifest_documents
+from tests.deploy.z2jh import (
+    LAB,
+    LAB_MANIFESTS,
+    MANIFESTS,
+    all_manifests,
+    get_path,
+    load_yaml,
+    manifest_documents,
+    manifest_files,
+)
 
 K8S_VERSION = "1.32"
 NAMESPACE = "jupyterhub"
@@ -26,15 +36,13 @@ def by_kind(kind: str) -> list[dict]:
 
 
 def test_there_are_manifests():
-    names = sorted(p.name for p in MANIFESTS.glob("*.yaml"))
-    assert names == ["hub-cluster-rbac.yaml", "storage.yaml"]
-    kinds = sorted(doc["kind"] for _, doc in all_manifests())
-    assert (
-        kinds
-        == ["ClusterRole", "ClusterRoleBinding"]
-        + ["PersistentVolume"] * 3
-        + ["PersistentVolumeClaim"] * 3
-    )
+    names = [str(p.relative_to(MANIFESTS)) for p in manifest_files()]
+    assert names == ["hub-cluster-rbac.yaml", "lab/storage.yaml"]
+    # The minimal install applies the RBAC only; storage is the lab's.
+    minimal = [doc["kind"] for name, doc in all_manifests() if not name.startswith("lab/")]
+    assert sorted(minimal) == ["ClusterRole", "ClusterRoleBinding"]
+    lab = sorted(doc["kind"] for _, doc in all_manifests(LAB_MANIFESTS))
+    assert lab == ["PersistentVolume"] * 3 + ["PersistentVolumeClaim"] * 3
 
 
 @pytest.mark.parametrize("name,doc", all_manifests(), ids=[n for n, _ in all_manifests()])
@@ -65,12 +73,9 @@ def test_cluster_role_reads_nodes_and_pods_only():
     ]
 
 
-def test_storage_matches_the_spawner_defaults():
-    from thinkube_spawner import ThinkubeSpawner
-
-    trait = ThinkubeSpawner.class_traits()["shared_volumes"]
-    defaults = {v["claim"]: v["mount_path"] for v in trait.default()}
-    assert defaults == CLAIMS
+def test_lab_storage_is_what_the_lab_overlay_mounts():
+    mounted = get_path(load_yaml(LAB), "hub.config.ThinkubeSpawner.shared_volumes")
+    assert {v["claim"]: v["mount_path"] for v in mounted} == CLAIMS
     volumes = {pv["metadata"]["name"]: pv for pv in by_kind("PersistentVolume")}
     claims = {pvc["metadata"]["name"]: pvc for pvc in by_kind("PersistentVolumeClaim")}
     assert set(volumes) == set(claims) == set(CLAIMS)
@@ -114,7 +119,7 @@ async def test_kubesim_accepts_every_manifest(kubesim):
     try:
         core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
         await core.create_namespace({"metadata": {"name": NAMESPACE}})
-        for path in sorted(MANIFESTS.glob("*.yaml")):
+        for path in manifest_files():
             for doc in manifest_documents(path):
                 made = await create(api, doc)
                 assert made["metadata"]["name"] == doc["metadata"]["name"]

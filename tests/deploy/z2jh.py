@@ -1,7 +1,9 @@
 """What Zero to JupyterHub does with our values files, for tests.
 
 - :func:`chart_values`: the chart's default values (the fixture in ../shared) deep-merged
-  with overlay files the way `helm -f a.yaml -f b.yaml` merges them.
+  with overlay files the way `helm -f a.yaml -f b.yaml` merges them;
+  :func:`overlay_values`: the overlay files merged alike without the chart's defaults, for
+  tests that must run without ../shared.
 - :func:`hub_config`: the traitlets configuration the chart's ``jupyterhub_config.py``
   builds from those values, for the parts our files touch: ``hub.services`` (with the API
   tokens the chart seeds), ``hub.loadRoles``, the user pods' tolerations and volumes,
@@ -36,9 +38,12 @@ from traitlets.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
 HELM_VALUES = REPO / "helm-values"
+# The minimal install, and the lab's overlay applied after it.
 VALUES = HELM_VALUES / "values.yaml"
-KEYCLOAK = HELM_VALUES / "keycloak.yaml"
+LAB = HELM_VALUES / "lab.yaml"
+# manifests/: what every install applies; manifests/lab/: what only lab.yaml needs.
 MANIFESTS = HELM_VALUES / "manifests"
+LAB_MANIFESTS = MANIFESTS / "lab"
 
 
 def load_yaml(path: Path) -> Any:
@@ -69,11 +74,23 @@ def set_path(values: dict, dotted: str, value: Any) -> dict:
     return values
 
 
-def chart_values(shared_dir: Path, *overlays: Path | Mapping) -> dict:
-    values = load_yaml(shared_dir / "fixtures" / "z2jh" / "values.yaml")
+def overlay_values(*overlays: Path | Mapping, base: Mapping | None = None) -> dict:
+    """`base` (default: nothing) with the overlays merged in order, as helm merges -f files.
+
+    Without the chart's defaults the result holds only what our files say; the hub
+    configuration built from it differs from the chart's by the chart's own defaults
+    (its tolerations, uid, labels, start timeout), none of which our files rely on."""
+    values = dict(base or {})
     for overlay in overlays:
         values = helm_merge(values, overlay if isinstance(overlay, Mapping) else load_yaml(overlay))
     return values
+
+
+def chart_values(shared_dir: Path, *overlays: Path | Mapping) -> dict:
+    """The chart's default values (from ../shared) with the overlays merged in order."""
+    return overlay_values(
+        *overlays, base=load_yaml(shared_dir / "fixtures" / "z2jh" / "values.yaml")
+    )
 
 
 def get_path(values: Mapping, dotted: str, default: Any = None) -> Any:
@@ -257,10 +274,15 @@ def manifest_documents(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(Path(path).read_text()) if doc]
 
 
-def all_manifests() -> list[tuple[str, dict]]:
+def manifest_files(folder: Path = MANIFESTS) -> list[Path]:
+    """The manifest files in `folder` and the folders below it."""
+    return sorted(folder.rglob("*.yaml"))
+
+
+def all_manifests(folder: Path = MANIFESTS) -> list[tuple[str, dict]]:
     return [
-        (f"{path.name}#{index}", doc)
-        for path in sorted(MANIFESTS.glob("*.yaml"))
+        (f"{path.relative_to(MANIFESTS)}#{index}", doc)
+        for path in manifest_files(folder)
         for index, doc in enumerate(manifest_documents(path))
     ]
 
