@@ -192,7 +192,7 @@ async def test_values_config_spawns_a_gpu_server_in_kubesim(
             assert claims == {}
         # The GPU taint the values tolerate, and the placement on the chosen model.
         assert any(
-            t.key == "nvidia.com/gpu" and t.effect == "NoSchedule" for t in pod.spec.tolerations
+            t.key == "nvidia.com/gpu" and t.operator == "Exists" for t in pod.spec.tolerations
         )
         terms = pod.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
         assert terms.node_selector_terms[0].match_expressions[0].values == [A100.product]
