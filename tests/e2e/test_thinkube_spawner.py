@@ -221,7 +221,7 @@ async def test_form_spawn_gpu_server_through_proxy_and_stop(lab, hub_with_servic
     )
 
 
-async def test_rest_api_user_options_pin_a_node(lab, hub_with_service):
+async def test_rest_api_user_options_pin_a_node(lab, hub_with_service, caplog):
     hub = await hub_with_service(sim=lab, config=hub_config(lab))
     hub._admin = hub.token("admin-probe", roles_=["admin"])
     hub.user("bob")
@@ -247,6 +247,9 @@ async def test_rest_api_user_options_pin_a_node(lab, hub_with_service):
         assert (await http.get(urljoin(hub.url, "user/bob/api/status"))).status_code == 200
     await stop(hub, "bob")
     assert await pods(lab) == []
+    # the options are the spawner's own: JupyterHub has nothing to warn about
+    assert "Received unhandled user_options" not in caplog.text
+    assert "Spawning bob: scipy on cpu-1" in caplog.text
 
 
 @pytest.mark.parametrize(
