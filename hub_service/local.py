@@ -265,6 +265,7 @@ def machine_document(
         "pod_count": len(allocations),
         "pods_allocatable": _SERVERS_ALLOWED,
         "labels": {},
+        "scheduling_key": "this-machine",  # no labels or taints that could change
         "free": {
             "cpu": round((cpu_total - cpu_used) * 1000),
             "memory": memory_total - memory_used,

@@ -20,6 +20,8 @@ integer (``nvidia.com/gpu.count: "four"``) is ignored and its fallback used.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -310,6 +312,16 @@ def free_units(
     return free
 
 
+def scheduling_key(
+    labels: Mapping[str, str], taints: list[dict], ready: bool, cordoned: bool
+) -> str:
+    """A digest of what the feasibility filter reads of a node besides its free room: equal
+    keys, equal verdicts for the same pod rules (so a spawner can keep them while pods come
+    and go)."""
+    facts = json.dumps([labels, taints, ready, cordoned], sort_keys=True)
+    return hashlib.blake2b(facts.encode(), digest_size=8).hexdigest()
+
+
 def node_document(
     node: dict,
     pods: Iterable[PodSummary],
@@ -337,6 +349,7 @@ def node_document(
     labels = _node_labels(node)
 
     ready, cordoned = _is_ready(status), spec.get("unschedulable") is True
+    taints = _taints(spec)
     reasons = [
         reason for reason, applies in (("NotReady", not ready), ("cordoned", cordoned)) if applies
     ]
@@ -363,7 +376,7 @@ def node_document(
         "unschedulable": cordoned,
         "schedulable": schedulable,
         "reason": ", ".join(reasons) or None,
-        "taints": _taints(spec),
+        "taints": taints,
         "capacity": _headline(allocatable, gpu["schedulable_count"] if gpu else 0),
         "allocated": _headline(requests, gpu["allocated_count"] if gpu else 0),
         "available": available,
@@ -381,6 +394,7 @@ def node_document(
         # What the feasibility filter reads (hub_service.scheduling), besides taints.
         "labels": labels,
         "free": free_units(allocatable, requests, len(counted)),
+        "scheduling_key": scheduling_key(labels, taints, ready, cordoned),
         "gpu": gpu,
         "gpu_details": details,
     }

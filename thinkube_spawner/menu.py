@@ -240,19 +240,42 @@ def _smallest(settings: MenuSettings, with_gpu: bool) -> tuple[float, float, int
 
 def _frontier(nodes: Iterable[dict], dims: tuple[str, ...]) -> list[dict[str, Any]]:
     """The free room of these nodes over `dims`, keeping only rows no other row beats (or
-    equals) in every dimension: whatever fits one of the nodes fits one of these."""
-    rows = [(tuple((n.get("free") or {}).get(d, 0) for d in dims), n["name"]) for n in nodes]
-    rows.sort(key=lambda row: row[1])
-    rows.sort(key=lambda row: row[0], reverse=True)  # stable: names break ties
-    pods = dims.index(PODS)
+    equals) in every dimension: whatever fits one of the nodes fits one of these. Nodes at
+    their pod limit take nothing and are left out; every other node has room for the one pod
+    a server is, so the pod count is no dimension here."""
+    # Rows hold the negated room, so that a plain sort puts the roomiest first (names
+    # break ties) without a key function: this runs over every node of the cluster.
+    rows = []
+    for node in nodes:
+        free = node.get("free") or {}
+        if free.get(PODS, 0) >= 1:
+            rows.append((tuple([-free.get(d, 0) for d in dims]), node["name"]))
+    rows.sort()
     kept: list[tuple[tuple[int, ...], str]] = []
-    for vector, name in rows:
-        if vector[pods] < 1:
-            continue  # no pod fits a node at its pod limit
-        if any(all(k >= v for k, v in zip(other, vector, strict=True)) for other, _ in kept):
-            continue
-        kept.append((vector, name))
-    return [{"node": name, "free": dict(zip(dims, vector, strict=True))} for vector, name in kept]
+    if len(dims) == 2:
+        # Sorted by the first dimension, a row is beaten only by an earlier row with at
+        # least as much of the second: keep the rows that raise the best second so far.
+        best = None
+        for negated, name in rows:
+            if best is None or negated[1] < best:
+                kept.append((negated, name))
+                best = negated[1]
+    else:
+        for negated, name in rows:
+            if not any(_covers(other, negated) for other, _ in kept):
+                kept.append((negated, name))
+    return [
+        {"node": name, "free": {d: -v for d, v in zip(dims, negated, strict=True)}}
+        for negated, name in kept
+    ]
+
+
+def _covers(big: tuple[int, ...], small: tuple[int, ...]) -> bool:
+    """Whether negated room `big` is at least as much as `small` in every dimension."""
+    for have, need in zip(big, small, strict=True):
+        if have > need:
+            return False
+    return True
 
 
 def fits(placement: Placement, demand: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -266,7 +289,7 @@ def fits(placement: Placement, demand: Mapping[str, int]) -> list[dict[str, Any]
 
 def _dims(demands: Iterable[Mapping[str, int]]) -> tuple[str, ...]:
     names = {name for demand in demands for name, units in demand.items() if units > 0}
-    return tuple(sorted(names | {PODS}))
+    return tuple(sorted(names - {PODS}))
 
 
 def _refusal_text(refusals: Mapping[str, int]) -> str:
@@ -302,13 +325,9 @@ def _node_label(node: Mapping[str, Any]) -> str:
 
 
 def _room(node: Mapping[str, Any]) -> tuple:
-    gpu = node.get("gpu") or {}
-    return (
-        -(gpu.get("free_count") or 0),
-        -node["available"]["cpu"],
-        -node["available"]["memory"],
-        node["name"],
-    )
+    """Most free GPUs, then CPU, then memory first; the name breaks ties."""
+    available = node["available"]
+    return (-available["gpu"], -available["cpu"], -available["memory"], node["name"])
 
 
 def _gpu_resource_of(node: Mapping[str, Any]) -> dict | None:
@@ -334,6 +353,22 @@ def _model_key(model: Mapping[str, Any]) -> str:
     )
 
 
+# The filter's verdict on a node's rules-relevant facts (labels, taints, readiness) depends
+# on nothing else: kept per pod rules and node, with the node's `scheduling_key`, so that a
+# menu rebuilt because pods changed asks the filter only about nodes whose facts changed.
+_VERDICTS: dict[PodRules, dict[str, tuple[str, str | None]]] = {}
+_VERDICTS_KEPT = 4096  # rules; node pins make one each
+
+
+def _verdicts(rules: PodRules) -> dict[str, tuple[str, str | None]]:
+    held = _VERDICTS.get(rules)
+    if held is None:
+        if len(_VERDICTS) >= _VERDICTS_KEPT:
+            _VERDICTS.clear()
+        held = _VERDICTS[rules] = {}
+    return held
+
+
 class _Room:
     """Splits nodes by a placement's rules and keeps the frontier of those that take it."""
 
@@ -354,8 +389,16 @@ class _Room:
             max(settings.gpu_choices, default=0) if placement.gpu_resource else 0,
         )
         taking, refusals = [], Counter()
+        verdicts = _verdicts(rules)
         for node in nodes:
-            reason = rules_reason(rules, node)
+            name, key = node["name"], node.get("scheduling_key")
+            held = verdicts.get(name)
+            if key is not None and held is not None and held[0] == key:
+                reason = held[1]
+            else:
+                reason = rules_reason(rules, node)
+                if key is not None:
+                    verdicts[name] = (key, reason)
             if reason is None:
                 taking.append(node)
             else:
@@ -456,20 +499,17 @@ def build_menu(
     placements = [anywhere]
 
     # One placement per GPU model (resource name and product), over the nodes that have it.
+    members: dict[tuple[str, str | None], list[dict]] = {}
+    for node in nodes:
+        for resource in (node.get("gpu") or {}).get("resources") or ():
+            members.setdefault((resource["name"], resource.get("product")), []).append(node)
     model_of_node: dict[str, str] = {}
     for model in summary.get("gpu_models") or []:
-        members = [
-            n
-            for n in nodes
-            if any(
-                r["name"] == model["resource"] and r.get("product") == model.get("product")
-                for r in ((n.get("gpu") or {}).get("resources") or [])
-            )
-        ]
-        for n in members:
+        having = members.get((model["resource"], model.get("product")), [])
+        for n in having:
             model_of_node.setdefault(n["name"], model["model"])
         placement = _gpu_placement(settings, model)
-        room.fill(placement, members)
+        room.fill(placement, having)
         placement.label = _gpu_label(settings, model, placement)
         placements.append(placement)
 

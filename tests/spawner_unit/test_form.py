@@ -312,7 +312,6 @@ def test_the_page_data_lets_the_browser_narrow_the_choices(menu):
                     "cpu": 63900,
                     "memory": 511 * 1024**3,
                     "nvidia.com/gpu": 4,
-                    "pods": 110,
                 },
             }
         ],
@@ -321,7 +320,7 @@ def test_the_page_data_lets_the_browser_narrow_the_choices(menu):
         "floor": {},
     }
     assert data["placements"]["cpu"]["frontier"] == [
-        {"node": "cpu-node-1", "free": {"cpu": 12000, "memory": 40 * 1024**3, "pods": 109}}
+        {"node": "cpu-node-1", "free": {"cpu": 12000, "memory": 40 * 1024**3}}
     ]
     json.dumps(data)  # JSON-ready as it is
 
