@@ -312,9 +312,8 @@ def _gpu_view(node: Mapping[str, Any]) -> dict | None:
         utilisation = _number(detail.get("utilization"))
         memory = ""
         if detail.get("memory_used") is not None and detail.get("memory_total"):
-            memory = (
-                f", {mib_text(detail['memory_used'])} of {mib_text(detail['memory_total'])} used"
-            )
+            used, total = (1024**2 * _number(detail[k]) for k in ("memory_used", "memory_total"))
+            memory = f", {bytes_pair_text(used, total)} used"
         chips.append(
             {
                 "index": detail.get("index"),
@@ -544,7 +543,7 @@ _environment = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_environment.filters["duration"] = duration_text
+_environment.filters["count"] = count_text
 # Changes when the page's look or script does, so a browser holding an older page re-renders.
 TEMPLATE_DIGEST = hashlib.blake2b(
     (_read("page.html") + _read("error.html") + PAGE_CSS + PAGE_JS).encode(), digest_size=8
