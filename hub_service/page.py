@@ -274,6 +274,8 @@ def _memory_bar(free: float, allocatable: float) -> Bar:
 
 
 def _gpu_bar(free: float, schedulable: float, unit: str = "GPUs") -> Bar:
+    if _number(schedulable) == 1:
+        unit = unit.removesuffix("s")  # "1 of 1 GPU free"
     return bar(free, schedulable, f"{count_text(free)} of {count_text(schedulable)} {unit} free")
 
 
