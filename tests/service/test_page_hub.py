@@ -8,14 +8,16 @@ asks, with the XSRF token JupyterHub wants of a script); bad GET parameters get 
 from __future__ import annotations
 
 import html
+import os
 import re
+import socket
 from html.parser import HTMLParser
 from urllib.parse import urljoin
 
 import pytest
 import pytest_asyncio
 
-from tests.hub_fixtures import SERVICE_NAME
+from tests.hub_fixtures import ACCESS_SCOPE, SERVICE_NAME, running_hub
 from tests.kubesim.generator import make_node, populate
 from tests.utils import eventually
 
@@ -50,6 +52,35 @@ def node_names(page: str) -> list[str]:
     parser = Rows()
     parser.feed(page)
     return parser.names
+
+
+async def test_one_machine_is_this_machine(tmp_path):
+    """With the local inventory (no Kubernetes): the same page, titled This machine. First in
+    the module: MockHub is one hub at a time, and the module's shared hub starts after."""
+    roles = [
+        {"name": "user", "scopes": ["self", ACCESS_SCOPE]},
+        {
+            "name": SERVICE_NAME,
+            "scopes": ["list:users", "read:servers"],
+            "services": [SERVICE_NAME],
+        },
+    ]
+    async with running_hub(
+        tmp_path / "hub",
+        service_args=["--inventory", "local"],
+        config={"JupyterHub": {"load_roles": roles}},
+        wait_ready=False,
+    ) as hub:
+        await hub.wait_ready(hub.token("probe", [ACCESS_SCOPE]))
+        browser = await hub.login("frank")
+        response = await browser.get("", headers=NAVIGATE)
+        assert response.status_code == 200
+        assert "<h1>This machine</h1>" in response.text
+        assert node_names(response.text) == [socket.gethostname()]
+        assert f"{len(os.sched_getaffinity(0))} of {len(os.sched_getaffinity(0))} cores free" in (
+            response.text
+        )
+        assert "<strong>Live</strong>: kept up to date as this machine changes." in response.text
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
