@@ -213,3 +213,13 @@ async def test_bad_parameters_get_a_plain_400_page(browser):
     assert hostile not in response.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
     assert "No node matches." in response.text
+
+
+async def test_someone_without_access_gets_a_plain_403_page(hub):
+    # a real hub token, but not for this service
+    token = hub.token("limited", ["read:users!user=limited"])
+    response = await hub.client(token, headers=NAVIGATE).get("")
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<strong>403</strong>: user limited may not use this service" in response.text
+    assert "access:services!service=thinkube-resources" in response.text
