@@ -327,7 +327,6 @@ def _gpu_view(node: Mapping[str, Any]) -> dict | None:
     return {
         "bar": _gpu_bar(available.get("gpu"), schedulable, unit),
         "model": gpu.get("model"),
-        "physical": physical,
         "notes": " · ".join(notes),
         "chips": chips,
         "more_chips": max(0, len(measured) - GPU_CHIPS_SHOWN),
