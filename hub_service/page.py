@@ -297,9 +297,23 @@ def _gpu_view(node: Mapping[str, Any]) -> dict | None:
     if not gpu:
         return None
     capacity, available = node.get("capacity") or {}, node.get("available") or {}
+    # one model, or several (one machine with two kinds of card, MIG next to whole GPUs)
+    models = list(
+        dict.fromkeys(
+            (r.get("model"), r.get("memory_mib"))
+            for r in gpu.get("resources") or []
+            if isinstance(r, Mapping) and r.get("model")
+        )
+    )
     notes = []
-    if gpu.get("memory_mib"):
-        notes.append(f"{mib_text(gpu['memory_mib'])} each")
+    if len(models) > 1:
+        model = " + ".join(
+            f"{name} ({mib_text(memory)})" if memory else str(name) for name, memory in models
+        )
+    else:
+        model = gpu.get("model")
+        if gpu.get("memory_mib"):
+            notes.append(f"{mib_text(gpu['memory_mib'])} each")
     if gpu.get("mig_strategy") not in (None, "none"):
         notes.append(f"MIG {gpu['mig_strategy']}")
     if gpu.get("shared") and gpu.get("replicas", 1) > 1:
@@ -326,7 +340,7 @@ def _gpu_view(node: Mapping[str, Any]) -> dict | None:
         )
     return {
         "bar": _gpu_bar(available.get("gpu"), schedulable, unit),
-        "model": gpu.get("model"),
+        "model": model,
         "notes": " · ".join(notes),
         "chips": chips,
         "more_chips": max(0, len(measured) - GPU_CHIPS_SHOWN),
@@ -352,7 +366,17 @@ def node_row(node: Mapping[str, Any]) -> dict:
         "memory": _memory_bar(available.get("memory"), allocatable.get("memory")),
         "gpu": _gpu_view(node),
         "pods": f"{count_text(node.get('pod_count'))} of {count_text(node.get('pods_allocatable'))}",
+        "pod_count": count_text(node.get("pod_count")),
     }
+
+
+def _unit(model: Mapping[str, Any]) -> str:
+    """What one schedulable unit of a GPU model is called."""
+    if model.get("shared"):
+        return "slots"
+    if str(model.get("resource") or "").startswith("nvidia.com/mig-"):
+        return "MIG devices"
+    return "GPUs"
 
 
 def _summary_view(summary: Mapping[str, Any]) -> dict:
@@ -376,9 +400,7 @@ def _summary_view(summary: Mapping[str, Any]) -> dict:
                 "bar": _gpu_bar(
                     entry.get("free"),
                     entry.get("schedulable"),
-                    "slots"
-                    if entry.get("shared") or entry.get("resource") != "nvidia.com/gpu"
-                    else "GPUs",
+                    _unit(entry),
                 ),
                 "nodes": f"{count_text(entry.get('nodes_with_free'))} of {count_text(entry.get('nodes'))}",
                 "largest": where,

@@ -297,10 +297,18 @@ def test_one_machine_is_this_machine():
     assert row_names(page) == ["workstation"]
     assert "16 of 16 cores free" in page
     assert "GPU 0: 37%" in page  # NVML's utilisation
+    # two kinds of card on the machine: both named, each with its memory
+    assert (
+        '<div class="gpu-model">NVIDIA GeForce RTX 4090 (24 GiB) + NVIDIA GeForce RTX 3090 '
+        "(24 GiB)</div>" in page
+    )
+    assert "1 of 1 GPU free" in page and "2 of 2 GPUs free" in page
+    assert "Most free on one node" not in page
     # one machine: no node count, no filter form, no pager
     assert "schedulable</small>" not in page
     assert '<form class="filter"' not in page
     assert "Servers</th>" in page
+    assert '<td class="num">0</td>' in page  # the hub's active servers, no "of" limit
 
 
 def test_five_thousand_nodes_make_a_small_page_of_the_roomiest():
