@@ -29,6 +29,7 @@ from .cloud import Cloud
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
 from .inventory import Inventory, KubernetesInventory
 from .local import LocalInventory
+from .page import page_route
 
 
 class ThinkubeService(Application):
@@ -245,6 +246,19 @@ class ThinkubeService(Application):
         help="The reaper leaves pods younger than this alone, e.g. `600`.",
     )
 
+    page_rows = Integer(
+        50,
+        config=True,
+        help="Nodes per page of the service's own page (what the hub's Services menu opens); "
+        "the rest are a filter or a page away. E.g. `50`.",
+    )
+    page_refresh_seconds = Float(
+        10.0,
+        config=True,
+        help="Seconds between the service page's own refreshes while it is open in a browser "
+        "(a 304 while nothing changed); 0: no refresh. E.g. `10`.",
+    )
+
     hub_auth = Instance(HubOAuth)
     catalog = Instance(Catalog, allow_none=True)
     registry = Instance(CollectorRegistry)
@@ -395,7 +409,7 @@ class ThinkubeService(Application):
 
     def make_app(self) -> web.Application:
         return web.Application(
-            routes(self.service_prefix),
+            [page_route(self.service_prefix), *routes(self.service_prefix)],
             default_handler_class=NotFoundHandler,
             service=self,
             cookie_secret=secrets.token_bytes(32),
