@@ -48,6 +48,7 @@ __all__ = [
     "KUBERNETES_VERSION",
     "Cause",
     "bad_request_message",
+    "default_object",
     "default_pod",
     "invalid_message",
     "object_schema",
@@ -937,6 +938,30 @@ def _template_causes(obj: Mapping, kind: str) -> list[Cause]:
     return causes
 
 
+_ACCESS_MODES = ["ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"]
+
+
+def _claim_spec_causes(spec: Mapping, path: str) -> list[Cause]:
+    """ValidatePersistentVolumeClaimSpec: access modes and a positive storage request."""
+    causes = []
+    modes = spec.get("accessModes") or []
+    if not modes:
+        causes.append(
+            _cause(REQUIRED, f"{path}.accessModes", detail="at least 1 access mode is required")
+        )
+    for mode in modes:
+        if mode not in _ACCESS_MODES:
+            causes.append(_not_supported(f"{path}.accessModes", mode, _ACCESS_MODES))
+    storage_path = f"{path}.resources[storage]"
+    requests = (spec.get("resources") or {}).get("requests") or {}
+    if "storage" not in requests:
+        causes.append(_cause(REQUIRED, storage_path))
+    elif (value := _quantity(requests["storage"])) is not None and value <= 0:
+        shown = quantity_string(requests["storage"])
+        causes.append(_cause(INVALID, storage_path, shown, "must be greater than zero"))
+    return causes
+
+
 def validate(obj: Mapping, kind: str, api_version: str) -> list[Cause]:
     """Everything the apiserver would reject about a new object; empty means it is admitted.
 
@@ -955,6 +980,8 @@ def validate(obj: Mapping, kind: str, api_version: str) -> list[Cause]:
         causes += _pod_spec_causes(obj.get("spec") or {}, "spec")
     elif kind in _POD_TEMPLATES:
         causes += _template_causes(obj, kind)
+    elif kind == "PersistentVolumeClaim":
+        causes += _claim_spec_causes(obj.get("spec") or {}, "spec")
     return list(dict.fromkeys(causes))
 
 
@@ -1075,6 +1102,29 @@ def default_pod(obj: Mapping) -> dict:
     _default(pod["status"], "phase", "Pending")
     pod["status"]["qosClass"] = pod_qos_class(pod)
     return pod
+
+
+# v1 defaulters of the storage kinds: (kind, field under spec or the top, default).
+_STORAGE_DEFAULTS = {
+    "PersistentVolumeClaim": (("spec", "volumeMode", "Filesystem"),),
+    "PersistentVolume": (
+        ("spec", "persistentVolumeReclaimPolicy", "Retain"),
+        ("spec", "volumeMode", "Filesystem"),
+    ),
+    "StorageClass": (("", "reclaimPolicy", "Delete"), ("", "volumeBindingMode", "Immediate")),
+}
+
+
+def default_object(obj: Mapping, kind: str) -> dict:
+    """An object of any kind as the v1 defaulters leave it; a new dict (Pods: ``default_pod``)."""
+    if kind == "Pod":
+        return default_pod(obj)
+    new = copy.deepcopy(dict(obj))
+    for where, key, value in _STORAGE_DEFAULTS.get(kind, ()):
+        parent = new.setdefault(where, {}) if where else new
+        if isinstance(parent, dict):
+            _default(parent, key, value)
+    return new
 
 
 def pod_qos_class(pod: Mapping) -> str:

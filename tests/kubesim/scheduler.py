@@ -15,13 +15,14 @@ import copy
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .filters import (
     AFFINITY_TERMS_CONFLICT,
     NOT_READY_TAINT,
     UNREACHABLE_TAINT,
     Rejection,
+    claim_names,
     failure_message,
     filter_node,
     node_name_candidates,
@@ -30,6 +31,7 @@ from .filters import (
 from .noderesources import MalformedPod, Units, node_allocatable_units, pod_request_units
 from .resources import BY_PATH
 from .store import Change, now_rfc3339
+from .volumes import CLAIMS, CLASSES, VOLUMES, volume_binding_filter, volume_binding_prefilter
 
 if TYPE_CHECKING:
     from .sim import KubeSim
@@ -43,6 +45,14 @@ EVENTS = BY_PATH[("", "v1", "events")]
 _TERMINAL_PHASES = ("Succeeded", "Failed")
 
 PodKey = tuple[str, str]
+
+
+class _PodVolumes(NamedTuple):
+    rejection: Rejection | None  # the pod cannot be placed at all
+    bound: list[dict]  # claims bound already
+    delayed: list[dict]  # WaitForFirstConsumer claims, bound once the pod has a node
+    volumes: dict[str, dict]  # every volume by name
+    classes: dict[str, dict]  # every storage class by name
 
 
 def node_ready_status(node: Mapping) -> str:
@@ -90,6 +100,9 @@ class Scheduler:
                 self.allocatable[name] = node_allocatable_units(change.obj)
                 self._taint_if_not_ready(change.obj)
             self.wake()
+        elif change.plural in ("persistentvolumeclaims", "persistentvolumes", "storageclasses"):
+            if self.pending:
+                self.wake()  # a claim that appears or binds may let a pod through
 
     def _unbook(self, node_name: str, key: PodKey) -> None:
         units = self.bound.get(node_name, {}).pop(key, None)
@@ -222,6 +235,10 @@ class Scheduler:
             prefilter = Rejection((AFFINITY_TERMS_CONFLICT,))
             self._report_failure(pod, failure_message(len(nodes), {}, prefilter))
             return
+        volumes = self._pod_volumes(pod) if claim_names(spec) else None
+        if volumes is not None and volumes.rejection is not None:
+            self._report_failure(pod, failure_message(len(nodes), {}, volumes.rejection))
+            return
         affinity = required_node_affinity(spec)
         rejections: dict[str, Rejection] = {}
         best, best_score = None, None
@@ -239,6 +256,10 @@ class Scheduler:
                 requested,
                 len(self.bound.get(name, {})),
             )
+            if rejection is None and volumes is not None:
+                rejection = volume_binding_filter(
+                    node, volumes.bound, volumes.delayed, volumes.volumes, volumes.classes
+                )
             if rejection is not None:
                 rejections[name] = rejection
                 continue
@@ -246,12 +267,26 @@ class Scheduler:
             if best_score is None or score > best_score:
                 best, best_score = name, score
         if best is not None:
+            if volumes is not None:
+                node = next(n for n in nodes if n["metadata"]["name"] == best)
+                for claim in volumes.delayed:
+                    self.sim.volumes.bind_for_node(claim, node)
             self.bind(pod, best)
         else:
             message = failure_message(
                 len(nodes), rejections, preemption_policy=spec.get("preemptionPolicy")
             )
             self._report_failure(pod, message)
+
+    def _pod_volumes(self, pod: dict) -> _PodVolumes:
+        """VolumeBinding's PreFilter for a pod that uses claims."""
+        namespace = pod["metadata"]["namespace"]
+        spec = pod.get("spec") or {}
+        claims = {name: self.store.find(CLAIMS, namespace, name) for name in claim_names(spec)}
+        classes = {c["metadata"]["name"]: c for c in self.store.objects(CLASSES)}
+        rejection, bound, delayed = volume_binding_prefilter(spec, claims, classes)
+        volumes = {v["metadata"]["name"]: v for v in self.store.objects(VOLUMES)}
+        return _PodVolumes(rejection, bound, delayed, volumes, classes)
 
     def _score(self, request: Units, node_name: str) -> float:
         """LeastAllocated: prefer the node with the larger free share of cpu and memory."""

@@ -17,6 +17,7 @@ from .resources import BY_KIND, BY_PATH
 from .scheduler import Scheduler, event_name
 from .server import Faults, make_app
 from .store import ApiError, Store, now_rfc3339
+from .volumes import VolumeController
 
 PODS = BY_PATH[("", "v1", "pods")]
 EVENTS = BY_PATH[("", "v1", "events")]
@@ -52,6 +53,7 @@ class KubeSim:
         self.bookmark_interval_s = bookmark_interval_s
         self.watch_max_seconds = watch_max_seconds
         self.scheduler = Scheduler(self, scheduler_retry_s)
+        self.volumes = VolumeController(self)
         self.kubelet = Kubelet(self, process_runtime)
         self.server: HTTPServer | None = None
         self.host = "127.0.0.1"
@@ -78,6 +80,7 @@ class KubeSim:
         self.port = port or free_port(host)
         self._listen()
         self.scheduler.start()
+        self.volumes.start()
         return self
 
     def _listen(self) -> None:
@@ -148,6 +151,7 @@ class KubeSim:
                     f"kubesim does not serve {manifest.get('apiVersion')} {manifest.get('kind')}"
                 )
             obj = copy.deepcopy(manifest)
+            given_status = manifest.get("status")
             namespace = obj.get("metadata", {}).get("namespace") or (
                 "default" if rt.namespaced else None
             )
@@ -158,8 +162,7 @@ class KubeSim:
                     {"metadata": {"name": namespace}, "status": {"phase": "Active"}},
                 )
             if admit:
-                if rt.kind == "Pod":
-                    obj = admission.default_pod(obj)
+                obj = self.admit_new(rt.kind, admission.default_object(obj, rt.kind))
                 causes = admission.validate(obj, rt.kind, rt.api_version)
                 if causes:
                     raise ApiError(
@@ -172,7 +175,7 @@ class KubeSim:
                         )
                     )
                 obj = admission.canonicalize_quantities(obj, rt.kind, rt.api_version)
-            status = obj.get("status")
+            status = given_status if given_status is not None else obj.get("status")
             new = self.store.create(rt, namespace, obj)
             if status is not None and rt.has_status:
                 new = copy.deepcopy(new)
@@ -201,6 +204,10 @@ class KubeSim:
         return self.load(manifests)
 
     # -- what the API verbs need from the cluster ---------------------------------
+
+    def admit_new(self, kind: str, obj: dict) -> dict:
+        """The mutating admission plugins that look at the cluster, for a new object."""
+        return self.volumes.admit_new(kind, obj)
 
     def delete_pod(self, pod: dict, grace_s: int | None) -> dict:
         meta = pod["metadata"]
