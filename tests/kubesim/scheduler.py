@@ -43,6 +43,8 @@ NODES = BY_PATH[("", "v1", "nodes")]
 EVENTS = BY_PATH[("", "v1", "events")]
 
 _TERMINAL_PHASES = ("Succeeded", "Failed")
+# kube-scheduler's own name, and the one z2jh's user-scheduler (a kube-scheduler) runs as.
+DEFAULT_SCHEDULER_NAMES = ("default-scheduler", "jupyterhub-user-scheduler")
 
 PodKey = tuple[str, str]
 
@@ -62,6 +64,10 @@ def node_ready_status(node: Mapping) -> str:
     return "Unknown"
 
 
+def _scheduler_name(spec: Mapping[str, Any]) -> str:
+    return spec.get("schedulerName") or "default-scheduler"
+
+
 def _queue_order(pod: Mapping[str, Any]) -> tuple:
     """PrioritySort: higher priority first, then the pod that has waited longer."""
     meta = pod.get("metadata") or {}
@@ -70,10 +76,19 @@ def _queue_order(pod: Mapping[str, Any]) -> tuple:
 
 
 class Scheduler:
-    def __init__(self, sim: KubeSim, retry_interval_s: float = 2.0):
+    """Schedules the pods whose ``spec.schedulerName`` is one of ``names``, as that scheduler
+    (its events say so); other pods stay Pending for whoever schedules them."""
+
+    def __init__(
+        self,
+        sim: KubeSim,
+        retry_interval_s: float = 2.0,
+        names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES,
+    ):
         self.sim = sim
         self.store = sim.store
         self.retry_interval_s = retry_interval_s
+        self.names = frozenset(names)
         # node name -> {pod key -> the pod's request units}, for the pods that hold room there
         self.bound: dict[str, dict[PodKey, Units]] = {}
         # node name -> the sum of those units, kept as pods come and go
@@ -148,7 +163,7 @@ class Scheduler:
     def _responsible_for(self, spec: Mapping[str, Any]) -> bool:
         if spec.get("schedulingGates"):  # held back until its gates are removed
             return False
-        return spec.get("schedulerName", "default-scheduler") == "default-scheduler"
+        return _scheduler_name(spec) in self.names
 
     def _taint_if_not_ready(self, node: dict) -> None:
         status = node_ready_status(node)
@@ -327,7 +342,7 @@ class Scheduler:
             "Normal",
             "Scheduled",
             f"Successfully assigned {meta['namespace']}/{meta['name']} to {node_name}",
-            "default-scheduler",
+            _scheduler_name(pod.get("spec") or {}),
         )
 
     def _report_failure(self, pod: dict, message: str) -> None:
@@ -364,7 +379,7 @@ class Scheduler:
                 check_version=False,
             )
         event = self.sim.record_event(
-            pod, "Warning", "FailedScheduling", message, "default-scheduler"
+            pod, "Warning", "FailedScheduling", message, _scheduler_name(pod.get("spec") or {})
         )
         self.last_failure[key] = (message, event["metadata"]["name"])
 
@@ -373,4 +388,4 @@ def event_name(pod_name: str) -> str:
     return f"{pod_name}.{uuid.uuid4().hex[:16]}"
 
 
-__all__ = ["Scheduler", "event_name", "node_ready_status"]
+__all__ = ["DEFAULT_SCHEDULER_NAMES", "Scheduler", "event_name", "node_ready_status"]

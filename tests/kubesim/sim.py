@@ -14,7 +14,7 @@ from tornado.httpserver import HTTPServer
 
 from .kubelet import Kubelet
 from .resources import BY_KIND, BY_PATH
-from .scheduler import Scheduler, event_name
+from .scheduler import DEFAULT_SCHEDULER_NAMES, Scheduler, event_name
 from .server import Faults, make_app
 from .store import ApiError, Store, now_rfc3339
 from .volumes import VolumeController
@@ -35,7 +35,9 @@ class KubeSim:
     """A small Kubernetes cluster in one process.
 
     `history_window` is how many writes the watch cache keeps (older watches get 410);
-    `process_runtime` runs pods' commands as real processes (see kubelet.py).
+    `process_runtime` runs pods' commands as real processes (see kubelet.py);
+    `scheduler_names` are the `spec.schedulerName`s whose pods kubesim's scheduler places
+    (others stay Pending, as with no such scheduler running).
     """
 
     def __init__(
@@ -46,13 +48,14 @@ class KubeSim:
         bookmark_interval_s: float = 1.0,
         watch_max_seconds: float = 1800.0,
         faults: Faults | None = None,
+        scheduler_names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES,
     ):
         self.store = Store(history_window)
         self.faults = faults or Faults()
         self.injected_errors = 0
         self.bookmark_interval_s = bookmark_interval_s
         self.watch_max_seconds = watch_max_seconds
-        self.scheduler = Scheduler(self, scheduler_retry_s)
+        self.scheduler = Scheduler(self, scheduler_retry_s, tuple(scheduler_names))
         self.volumes = VolumeController(self)
         self.kubelet = Kubelet(self, process_runtime)
         self.server: HTTPServer | None = None

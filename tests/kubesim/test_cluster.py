@@ -12,6 +12,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.conftest import api_client_for
+from tests.kubesim.__main__ import parse_args
 from tests.kubesim.generator import GPU_MODELS, make_node
 from tests.utils import eventually
 
@@ -448,3 +449,43 @@ async def test_gated_pods_wait_untouched_and_other_schedulers_pods_too(kubesim):
         assert not pod.spec.node_name and not pod.status.conditions
         assert await events_of(core, "default", name) == []
     await api.close()
+
+
+async def test_pods_of_each_configured_scheduler_are_placed_in_its_name(make_kubesim):
+    default = await make_kubesim()
+    custom = await make_kubesim(scheduler_names=("my-scheduler",))
+    for sim in (default, custom):
+        sim.load([make_node("worker", 16, 64, None, 0)])
+    api = await api_client_for(default.kubeconfig)
+    core = client.CoreV1Api(api)
+    # z2jh's user-scheduler name is served by default, next to default-scheduler
+    await core.create_namespaced_pod(
+        "default", plain_pod("user", schedulerName="jupyterhub-user-scheduler")
+    )
+    await eventually(lambda: _bound(core, "user"))
+    [scheduled] = [e for e in await events_of(core, "default", "user") if e.reason == "Scheduled"]
+    assert scheduled.source.component == "jupyterhub-user-scheduler"
+    assert scheduled.reporting_component == "jupyterhub-user-scheduler"
+    await api.close()
+
+    api = await api_client_for(custom.kubeconfig)
+    core = client.CoreV1Api(api)
+    await core.create_namespaced_pod("default", plain_pod("theirs", schedulerName="my-scheduler"))
+    await core.create_namespaced_pod("default", plain_pod("unserved"))  # default-scheduler
+    await eventually(lambda: _bound(core, "theirs"))
+    unschedulable = plain_pod("too-big", schedulerName="my-scheduler")
+    unschedulable["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "64"}}
+    await core.create_namespaced_pod("default", unschedulable)
+    failures = await eventually(lambda: _failed(core, "too-big"))
+    assert failures[0].source.component == "my-scheduler"
+    await asyncio.sleep(0.3)
+    unserved = await core.read_namespaced_pod("unserved", "default")
+    assert not unserved.spec.node_name and not unserved.status.conditions
+    await api.close()
+
+
+def test_scheduler_names_on_the_command_line():
+    assert parse_args([]).scheduler_names == ("default-scheduler", "jupyterhub-user-scheduler")
+    assert parse_args(["--scheduler-names", "a, b"]).scheduler_names == ("a", "b")
+    with pytest.raises(SystemExit):
+        parse_args(["--scheduler-names", ","])
