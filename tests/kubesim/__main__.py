@@ -16,8 +16,16 @@ import sys
 import time
 
 from .generator import populate
+from .scheduler import DEFAULT_SCHEDULER_NAMES
 from .server import Faults
 from .sim import KubeSim
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one scheduler name")
+    return names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--error-rate", type=float, default=0.0, help="fraction of requests answered 500/429"
     )
+    parser.add_argument(
+        "--scheduler-names",
+        type=_names,
+        default=DEFAULT_SCHEDULER_NAMES,
+        help="comma-separated spec.schedulerName values whose pods kubesim schedules "
+        f"(default: {','.join(DEFAULT_SCHEDULER_NAMES)})",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -61,6 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
         history_window=args.history_window,
         process_runtime=args.process_runtime,
         faults=Faults(latency_s=args.latency, error_rate=args.error_rate),
+        scheduler_names=args.scheduler_names,
     )
     if args.nodes:
         populate(sim, args.nodes, args.gpu_nodes, args.pods, args.seed)

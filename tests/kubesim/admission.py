@@ -32,14 +32,23 @@ import jsonschema
 from kubernetes_validate.utils import all_versions, major_minor, schema_contents
 from referencing import Registry, Resource
 
-from hub_service.quantity import QuantityError, parse_quantity
-
+from .noderesources import is_extended_resource, is_hugepages, is_native
+from .quantity import (
+    BINARY_SI,
+    QUANTITY_FORMAT_ERROR,
+    QuantityError,
+    canonical,
+    decode_quantity,
+    quantity_parts,
+    quantity_text,
+)
 from .selectors import dns_subdomain_errors, regex_error, validate_label_key, validate_label_value
 
 __all__ = [
     "KUBERNETES_VERSION",
     "Cause",
     "bad_request_message",
+    "default_object",
     "default_pod",
     "invalid_message",
     "object_schema",
@@ -259,68 +268,26 @@ def request_error(
 
 # -- quantities -------------------------------------------------------------------------------
 
-_QUANTITY_FORMAT_ERROR = (
-    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
-)
-_DECIMAL_SUFFIXES = {
-    "n": -9,
-    "u": -6,
-    "m": -3,
-    "": 0,
-    "k": 3,
-    "M": 6,
-    "G": 9,
-    "T": 12,
-    "P": 15,
-    "E": 18,
-}
-_BINARY_SUFFIXES = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
-_SUFFIX_OF_EXPONENT = {exponent: suffix for suffix, exponent in _DECIMAL_SUFFIXES.items()}
-_SUFFIX_OF_POWER = {power: suffix for suffix, power in _BINARY_SUFFIXES.items()}
-_QUANTITY_PARTS = re.compile(r"([+-]?)0*([0-9]*)(?:\.([0-9]*))?(.*)")
-
 
 def _quantity(raw: object) -> Decimal | None:
     try:
-        return parse_quantity(raw)  # type: ignore[arg-type]
+        return decode_quantity(raw)
     except QuantityError:
         return None
 
 
-def _quantity_text(raw: object) -> str:
-    return raw if isinstance(raw, str) else json.dumps(raw)
-
-
-def _quantity_format(text: str) -> str:
-    suffix = _QUANTITY_PARTS.fullmatch(text.strip())[4]  # type: ignore[index]
-    if suffix in _BINARY_SUFFIXES:
-        return "BinarySI"
-    return "DecimalExponent" if suffix[:1] in ("e", "E") and len(suffix) > 1 else "DecimalSI"
+def _quantity_error(raw: object) -> str | None:
+    """The apiserver's decoding error for a value that is not a quantity, else None."""
+    try:
+        decode_quantity(raw)
+    except QuantityError as error:
+        return error.go_error
+    return None
 
 
 def quantity_string(raw: object) -> str:
     """``Quantity.String()``: the canonical form the apiserver prints (``"2000m"`` -> ``"2"``)."""
-    value = parse_quantity(raw)  # type: ignore[arg-type]
-    if value == 0:
-        return "0"
-    fmt = _quantity_format(_quantity_text(raw))
-    if fmt == "BinarySI" and (abs(value) < 1024 or value != value.to_integral_value()):
-        fmt = "DecimalSI"  # small or fractional binary values print in decimal
-    if fmt == "BinarySI":
-        amount, power = int(value), 0
-        while amount % 1024 == 0 and power < 60:
-            amount, power = amount // 1024, power + 10
-        return f"{amount}{_SUFFIX_OF_POWER.get(power, '')}"
-    sign, digits, exponent = value.as_tuple()
-    mantissa = int("".join(map(str, digits)))
-    while mantissa and mantissa % 10 == 0:
-        mantissa, exponent = mantissa // 10, exponent + 1  # type: ignore[operator]
-    shift = exponent % 3  # type: ignore[operator]
-    mantissa, exponent = mantissa * 10**shift, exponent - shift  # type: ignore[operator]
-    number = f"{'-' if sign else ''}{mantissa}"
-    if fmt == "DecimalExponent":
-        return number + (f"e{exponent}" if exponent else "")
-    return number + _SUFFIX_OF_EXPONENT.get(exponent, f"e{exponent}")
+    return canonical(raw)
 
 
 def _quantity_struct(raw: object) -> _GoText:
@@ -329,16 +296,15 @@ def _quantity_struct(raw: object) -> _GoText:
     Mirrors the int64 fast path of ``ParseQuantity``; values it cannot hold fall back to the
     quoted canonical string (the real dump would show a pointer address there).
     """
-    text = _quantity_text(raw).strip()
-    sign, numerator, denominator, suffix = _QUANTITY_PARTS.fullmatch(text).groups()  # type: ignore[union-attr]
-    numerator, denominator = numerator or "0", denominator or ""
-    fmt = _quantity_format(text)
-    if fmt == "BinarySI":
-        power = _BINARY_SUFFIXES[suffix]
+    parts = quantity_parts(raw)
+    sign, numerator, denominator, fmt = parts.sign, parts.numerator, parts.denominator, parts.format
+    text = quantity_text(raw)
+    if fmt == BINARY_SI:
+        power = parts.exponent
         precision = 15 - len(numerator) - int(power * 3 / 10) - 1 if not denominator else -1
         multiplier, scale = 1 << power, 0
     else:
-        scale = int(suffix[1:]) if fmt == "DecimalExponent" else _DECIMAL_SUFFIXES.get(suffix, 0)
+        scale = parts.exponent
         precision = 18 - len(numerator) - len(denominator)
         multiplier = 1
     scale -= len(denominator)
@@ -346,12 +312,12 @@ def _quantity_struct(raw: object) -> _GoText:
     amount = int(shifted) * multiplier
     if precision < 0 or scale < -9 or amount >= 2**63:
         return _GoText(json.dumps(quantity_string(raw)))
-    canonical = (
+    is_canonical = (
         power % 10 == 0 and int(shifted) & 7 != 0
-        if fmt == "BinarySI"
+        if fmt == BINARY_SI
         else scale % 3 == 0 and not shifted.endswith("000") and shifted[0] != "0"
     )
-    cached = text if canonical else ""
+    cached = text if is_canonical else ""
     return _GoText(
         f"resource.Quantity{{i:resource.int64Amount{{value:{-amount if sign == '-' else amount}, "
         f"scale:{scale}}}, d:resource.infDecAmount{{Dec:(*inf.Dec)(nil)}}, "
@@ -461,7 +427,7 @@ def _schema_causes(obj: Mapping, kind: str, api_version: str) -> list[Cause]:
             causes.append(_not_supported(where.field, error.instance, list(error.validator_value)))
         elif error.validator in ("type", "oneOf"):
             if _ref_name(where.declaration or {}) == _QUANTITY:
-                message = _QUANTITY_FORMAT_ERROR
+                message = QUANTITY_FORMAT_ERROR
             else:
                 message = (
                     f"json: cannot unmarshal {_json_type(error.instance)} into Go struct field "
@@ -541,7 +507,7 @@ def _top_level_quantity_slots(
 
 def canonicalize_quantities(obj: dict, kind: str, api_version: str) -> dict:
     """The apiserver stores quantities in canonical form ("0.5" -> "500m",
-    "1073741824" -> "1Gi"); a new object, changed the same way. Call after validation."""
+    "1024Mi" -> "1Gi"); a new object, changed the same way. Call after validation."""
     obj = copy.deepcopy(obj)
     for parent, key, _ in list(_top_level_quantity_slots(obj, kind, api_version)):
         parent[key] = quantity_string(parent[key])  # type: ignore[index]
@@ -659,23 +625,8 @@ _STANDARD_RESOURCES = _STANDARD_CONTAINER_RESOURCES | {
 }  # fmt: skip
 
 
-def _is_hugepages(name: str) -> bool:
-    return name.startswith("hugepages-")
-
-
-def _is_native(name: str) -> bool:
-    return "/" not in name or "kubernetes.io/" in name
-
-
-def is_extended_resource(name: str) -> bool:
-    """``nvidia.com/gpu``-style names: outside the kubernetes.io domains, integer-valued."""
-    if _is_native(name) or name.startswith("requests."):
-        return False
-    return not validate_label_key(f"requests.{name}")
-
-
 def _overcommit_allowed(name: str) -> bool:
-    return _is_native(name) and not _is_hugepages(name)
+    return is_native(name) and not is_hugepages(name)
 
 
 def _resource_name_causes(name: str, path: str) -> list[Cause]:
@@ -683,13 +634,13 @@ def _resource_name_causes(name: str, path: str) -> list[Cause]:
         return [_cause(INVALID, path, name, message) for message in errors]
     causes = []
     if "/" not in name:
-        if name not in _STANDARD_RESOURCES and not _is_hugepages(name):
+        if name not in _STANDARD_RESOURCES and not is_hugepages(name):
             causes.append(
                 _cause(INVALID, path, name, "must be a standard resource type or fully qualified")
             )
-        if name not in _STANDARD_CONTAINER_RESOURCES and not _is_hugepages(name):
+        if name not in _STANDARD_CONTAINER_RESOURCES and not is_hugepages(name):
             causes.append(_cause(INVALID, path, name, "must be a standard resource for containers"))
-    elif not _is_native(name) and not is_extended_resource(name):
+    elif not is_native(name) and not is_extended_resource(name):
         causes.append(_cause(INVALID, path, name, "doesn't follow extended resource name standard"))
     return causes
 
@@ -742,7 +693,7 @@ def _resources_causes(resources: Mapping, path: str) -> list[Cause]:
                 )
             )
     names = set(limits) | set(requests)
-    if any(map(_is_hugepages, names)) and not names & {"cpu", "memory"}:
+    if any(map(is_hugepages, names)) and not names & {"cpu", "memory"}:
         causes.append(_cause(FORBIDDEN, path, detail="HugePages require cpu or memory"))
     return causes
 
@@ -987,6 +938,30 @@ def _template_causes(obj: Mapping, kind: str) -> list[Cause]:
     return causes
 
 
+_ACCESS_MODES = ["ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"]
+
+
+def _claim_spec_causes(spec: Mapping, path: str) -> list[Cause]:
+    """ValidatePersistentVolumeClaimSpec: access modes and a positive storage request."""
+    causes = []
+    modes = spec.get("accessModes") or []
+    if not modes:
+        causes.append(
+            _cause(REQUIRED, f"{path}.accessModes", detail="at least 1 access mode is required")
+        )
+    for mode in modes:
+        if mode not in _ACCESS_MODES:
+            causes.append(_not_supported(f"{path}.accessModes", mode, _ACCESS_MODES))
+    storage_path = f"{path}.resources[storage]"
+    requests = (spec.get("resources") or {}).get("requests") or {}
+    if "storage" not in requests:
+        causes.append(_cause(REQUIRED, storage_path))
+    elif (value := _quantity(requests["storage"])) is not None and value <= 0:
+        shown = quantity_string(requests["storage"])
+        causes.append(_cause(INVALID, storage_path, shown, "must be greater than zero"))
+    return causes
+
+
 def validate(obj: Mapping, kind: str, api_version: str) -> list[Cause]:
     """Everything the apiserver would reject about a new object; empty means it is admitted.
 
@@ -995,8 +970,8 @@ def validate(obj: Mapping, kind: str, api_version: str) -> list[Cause]:
     """
     causes = _schema_causes(obj, kind, api_version)
     for parent, key, path in _top_level_quantity_slots(obj, kind, api_version):
-        if _quantity(parent[key]) is None:  # type: ignore[index]
-            causes.append(Cause(TYPE_INVALID, _QUANTITY_FORMAT_ERROR, path, DECODE))
+        if (error := _quantity_error(parent[key])) is not None:  # type: ignore[index]
+            causes.append(Cause(TYPE_INVALID, error, path, DECODE))
     decoding = [cause for cause in causes if cause.origin != VALIDATION]
     if decoding:
         return list(dict.fromkeys(decoding))
@@ -1005,6 +980,8 @@ def validate(obj: Mapping, kind: str, api_version: str) -> list[Cause]:
         causes += _pod_spec_causes(obj.get("spec") or {}, "spec")
     elif kind in _POD_TEMPLATES:
         causes += _template_causes(obj, kind)
+    elif kind == "PersistentVolumeClaim":
+        causes += _claim_spec_causes(obj.get("spec") or {}, "spec")
     return list(dict.fromkeys(causes))
 
 
@@ -1125,6 +1102,29 @@ def default_pod(obj: Mapping) -> dict:
     _default(pod["status"], "phase", "Pending")
     pod["status"]["qosClass"] = pod_qos_class(pod)
     return pod
+
+
+# v1 defaulters of the storage kinds: (kind, field under spec or the top, default).
+_STORAGE_DEFAULTS = {
+    "PersistentVolumeClaim": (("spec", "volumeMode", "Filesystem"),),
+    "PersistentVolume": (
+        ("spec", "persistentVolumeReclaimPolicy", "Retain"),
+        ("spec", "volumeMode", "Filesystem"),
+    ),
+    "StorageClass": (("", "reclaimPolicy", "Delete"), ("", "volumeBindingMode", "Immediate")),
+}
+
+
+def default_object(obj: Mapping, kind: str) -> dict:
+    """An object of any kind as the v1 defaulters leave it; a new dict (Pods: ``default_pod``)."""
+    if kind == "Pod":
+        return default_pod(obj)
+    new = copy.deepcopy(dict(obj))
+    for where, key, value in _STORAGE_DEFAULTS.get(kind, ()):
+        parent = new.setdefault(where, {}) if where else new
+        if isinstance(parent, dict):
+            _default(parent, key, value)
+    return new
 
 
 def pod_qos_class(pod: Mapping) -> str:

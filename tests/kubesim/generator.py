@@ -7,8 +7,7 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from hub_service.quantity import parse_quantity
-
+from .quantity import parse_quantity
 from .resources import BY_PATH
 
 NODES = BY_PATH[("", "v1", "nodes")]

@@ -106,6 +106,7 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType(
         "", "v1", "PersistentVolume", "persistentvolumes", False, ("pv",), has_status=True
     ),
+    ResourceType("storage.k8s.io", "v1", "StorageClass", "storageclasses", False, ("sc",)),
     ResourceType("batch", "v1", "Job", "jobs", True, (), has_status=True),
     ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
     ResourceType(

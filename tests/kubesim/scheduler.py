@@ -1,11 +1,11 @@
-"""kubesim's scheduler: binds pods to nodes the way kube-scheduler's default filters do,
-and reports failures with kube-scheduler's own message form.
+"""kubesim's scheduler: binds pending pods to nodes the way kube-scheduler's default profile
+does, and reports failures with kube-scheduler's own message form.
 
-Filters, in kube-scheduler's order, each node stopping at its first failure:
-NodeUnschedulable, NodeName, TaintToleration, NodeAffinity (nodeSelector and required
-node affinity), NodeResourcesFit (allocatable minus requests of the pods on the node,
-accounted as `kubectl describe node` does). It also plays the node lifecycle controller's
-part of tainting nodes that are not Ready, since the scheduler only sees taints.
+The filters and the message are in filters.py, the resource accounting in noderesources.py;
+this module keeps the cluster's books (each node's allocatable and the requests of the pods
+bound there), runs scheduling passes, and writes the results back through the store. It also
+plays the node lifecycle controller's part of tainting nodes that are not Ready, since the
+scheduler only sees taints.
 """
 
 from __future__ import annotations
@@ -14,21 +14,24 @@ import asyncio
 import copy
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Mapping
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from hub_service.accounting import (
-    MalformedObject,
-    PodSummary,
-    fits,
-    node_allocatable,
-    summarize_pod,
+from .filters import (
+    AFFINITY_TERMS_CONFLICT,
+    NOT_READY_TAINT,
+    UNREACHABLE_TAINT,
+    Rejection,
+    claim_names,
+    failure_message,
+    filter_node,
+    node_name_candidates,
+    required_node_affinity,
 )
-
+from .noderesources import MalformedPod, Units, node_allocatable_units, pod_request_units
 from .resources import BY_PATH
 from .store import Change, now_rfc3339
+from .volumes import CLAIMS, CLASSES, VOLUMES, volume_binding_filter, volume_binding_prefilter
 
 if TYPE_CHECKING:
     from .sim import KubeSim
@@ -39,17 +42,19 @@ PODS = BY_PATH[("", "v1", "pods")]
 NODES = BY_PATH[("", "v1", "nodes")]
 EVENTS = BY_PATH[("", "v1", "events")]
 
-NOT_READY_TAINT = "node.kubernetes.io/not-ready"
-UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
-UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+_TERMINAL_PHASES = ("Succeeded", "Failed")
+# kube-scheduler's own name, and the one z2jh's user-scheduler (a kube-scheduler) runs as.
+DEFAULT_SCHEDULER_NAMES = ("default-scheduler", "jupyterhub-user-scheduler")
 
-# Reasons the scheduler cannot fix by preempting other pods.
-UNRESOLVABLE_PREFIXES = (
-    "node(s) had untolerated taint",
-    "node(s) didn't match",
-    "node(s) were unschedulable",
-    "node(s) didn't satisfy plugin",
-)
+PodKey = tuple[str, str]
+
+
+class _PodVolumes(NamedTuple):
+    rejection: Rejection | None  # the pod cannot be placed at all
+    bound: list[dict]  # claims bound already
+    delayed: list[dict]  # WaitForFirstConsumer claims, bound once the pod has a node
+    volumes: dict[str, dict]  # every volume by name
+    classes: dict[str, dict]  # every storage class by name
 
 
 def node_ready_status(node: Mapping) -> str:
@@ -59,129 +64,38 @@ def node_ready_status(node: Mapping) -> str:
     return "Unknown"
 
 
-def tolerates(tolerations: list[dict], taint: Mapping) -> bool:
-    for toleration in tolerations:
-        effect = toleration.get("effect")
-        if effect and effect != taint.get("effect"):
-            continue
-        key = toleration.get("key")
-        operator = toleration.get("operator", "Equal")
-        if not key:
-            if operator == "Exists":
-                return True
-            continue
-        if key != taint.get("key"):
-            continue
-        if operator == "Exists" or toleration.get("value", "") == taint.get("value", ""):
-            return True
-    return False
+def _scheduler_name(spec: Mapping[str, Any]) -> str:
+    return spec.get("schedulerName") or "default-scheduler"
 
 
-def match_expression(labels: Mapping[str, str], expression: Mapping) -> bool:
-    key, operator = expression.get("key"), expression.get("operator")
-    values = expression.get("values") or []
-    if operator == "In":
-        return key in labels and labels[key] in values
-    if operator == "NotIn":
-        return labels.get(key) not in values
-    if operator == "Exists":
-        return key in labels
-    if operator == "DoesNotExist":
-        return key not in labels
-    if operator in ("Gt", "Lt"):
-        try:
-            have, want = int(labels[key]), int(values[0])
-        except (KeyError, ValueError, IndexError):
-            return False
-        return have > want if operator == "Gt" else have < want
-    return False
-
-
-def matches_node_affinity(pod_spec: Mapping, node: Mapping) -> bool:
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    for key, value in (pod_spec.get("nodeSelector") or {}).items():
-        if labels.get(key) != value:
-            return False
-    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    ) or {}
-    terms = required.get("nodeSelectorTerms")
-    if not terms:
-        return True
-    name = (node.get("metadata") or {}).get("name")
-    for term in terms:  # terms are ORed, expressions within a term ANDed
-        expressions = term.get("matchExpressions") or []
-        field_expressions = term.get("matchFields") or []
-        if not expressions and not field_expressions:
-            continue
-        if all(match_expression(labels, e) for e in expressions) and all(
-            match_expression({"metadata.name": name}, e) for e in field_expressions
-        ):
-            return True
-    return False
-
-
-def filter_node(
-    pod: Mapping,
-    summary: PodSummary,
-    node: Mapping,
-    allocated: Mapping[str, Decimal],
-    pod_count: int,
-) -> list[str]:
-    """Why the pod cannot go on this node: [] when it fits."""
-    spec = pod.get("spec") or {}
-    node_spec = node.get("spec") or {}
-    tolerations = spec.get("tolerations") or []
-    if node_spec.get("unschedulable") and not tolerates(
-        tolerations, {"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}
-    ):
-        return ["node(s) were unschedulable"]
-    if spec.get("nodeName") and spec["nodeName"] != node["metadata"]["name"]:
-        return ["node(s) didn't match the requested node name"]
-    for taint in node_spec.get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, taint):
-            return [
-                f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
-            ]
-    if not matches_node_affinity(spec, node):
-        return ["node(s) didn't match Pod's node affinity/selector"]
-    allocatable = node_allocatable(node)
-    reasons = []
-    if "pods" in allocatable and pod_count + 1 > allocatable["pods"]:
-        reasons.append("Too many pods")
-    reasons += [f"Insufficient {name}" for name in fits(summary.requests, allocatable, allocated)]
-    return reasons
-
-
-def failure_message(node_reasons: dict[str, list[str]]) -> str:
-    """kube-scheduler's FitError text, with its preemption postscript."""
-    total = len(node_reasons)
-    histogram = Counter(reason for reasons in node_reasons.values() for reason in reasons)
-    parts = sorted(f"{count} {reason}" for reason, count in histogram.items())
-    message = f"0/{total} nodes are available: {', '.join(parts)}."
-    preemption = Counter()
-    for reasons in node_reasons.values():
-        if any(r.startswith(UNRESOLVABLE_PREFIXES) for r in reasons):
-            preemption["Preemption is not helpful for scheduling"] += 1
-        else:
-            preemption["No preemption victims found for incoming pod"] += 1
-    post = sorted(f"{count} {reason}" for reason, count in preemption.items())
-    if total == 0:
-        return "no nodes available to schedule pods"
-    return f"{message} preemption: 0/{total} nodes are available: {', '.join(post)}."
+def _queue_order(pod: Mapping[str, Any]) -> tuple:
+    """PrioritySort: higher priority first, then the pod that has waited longer."""
+    meta = pod.get("metadata") or {}
+    priority = (pod.get("spec") or {}).get("priority") or 0
+    return (-priority, meta.get("creationTimestamp") or "", meta.get("namespace"), meta["name"])
 
 
 class Scheduler:
-    def __init__(self, sim: KubeSim, retry_interval_s: float = 2.0):
+    """Schedules the pods whose ``spec.schedulerName`` is one of ``names``, as that scheduler
+    (its events say so); other pods stay Pending for whoever schedules them."""
+
+    def __init__(
+        self,
+        sim: KubeSim,
+        retry_interval_s: float = 2.0,
+        names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES,
+    ):
         self.sim = sim
         self.store = sim.store
         self.retry_interval_s = retry_interval_s
-        # node name -> {pod key -> summary} of the pods bound there that count.
-        self.bound: dict[str, dict[tuple[str, str], PodSummary]] = {}
-        self.pending: dict[tuple[str, str], PodSummary] = {}
-        self.last_failure: dict[
-            tuple[str, str], tuple[str, str]
-        ] = {}  # key -> (message, event name)
+        self.names = frozenset(names)
+        # node name -> {pod key -> the pod's request units}, for the pods that hold room there
+        self.bound: dict[str, dict[PodKey, Units]] = {}
+        # node name -> the sum of those units, kept as pods come and go
+        self.requested: dict[str, Units] = {}
+        self.allocatable: dict[str, Units] = {}
+        self.pending: dict[PodKey, Units] = {}
+        self.last_failure: dict[PodKey, tuple[str, str]] = {}  # key -> (message, event name)
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -194,9 +108,29 @@ class Scheduler:
         if change.plural == "pods":
             self._track_pod(change)
         elif change.plural == "nodes":
-            if change.type != "DELETED":
+            name = change.obj["metadata"]["name"]
+            if change.type == "DELETED":
+                self.allocatable.pop(name, None)
+            else:
+                self.allocatable[name] = node_allocatable_units(change.obj)
                 self._taint_if_not_ready(change.obj)
             self.wake()
+        elif change.plural in ("persistentvolumeclaims", "persistentvolumes", "storageclasses"):
+            if self.pending:
+                self.wake()  # a claim that appears or binds may let a pod through
+
+    def _unbook(self, node_name: str, key: PodKey) -> None:
+        units = self.bound.get(node_name, {}).pop(key, None)
+        if units:
+            totals = self.requested[node_name]
+            for name, amount in units.items():
+                totals[name] -= amount
+
+    def _book(self, node_name: str, key: PodKey, units: Units) -> None:
+        self.bound.setdefault(node_name, {})[key] = units
+        totals = self.requested.setdefault(node_name, {})
+        for name, amount in units.items():
+            totals[name] = totals.get(name, 0) + amount
 
     def _track_pod(self, change: Change) -> None:
         meta = change.obj["metadata"]
@@ -204,27 +138,32 @@ class Scheduler:
         if change.old is not None:
             old_node = (change.old.get("spec") or {}).get("nodeName")
             if old_node:
-                self.bound.get(old_node, {}).pop(key, None)
+                self._unbook(old_node, key)
         self.pending.pop(key, None)
         if change.type == "DELETED":
             self.last_failure.pop(key, None)
             self.wake()
             return
+        pod = change.obj
+        spec = pod.get("spec") or {}
+        if (pod.get("status") or {}).get("phase") in _TERMINAL_PHASES:
+            self.wake()  # a finished pod frees its room
+            return
         try:
-            summary = summarize_pod(change.obj)
-        except MalformedObject:
+            units = pod_request_units(pod)
+        except MalformedPod:
             self.malformed += 1
             return
-        if summary.node_name:
-            if summary.counts_on_node:
-                self.bound.setdefault(summary.node_name, {})[key] = summary
-        elif not summary.terminating and summary.counts_on_node:
-            scheduler_name = (change.obj.get("spec") or {}).get(
-                "schedulerName", "default-scheduler"
-            )
-            if scheduler_name == "default-scheduler":
-                self.pending[key] = summary
+        if spec.get("nodeName"):
+            self._book(spec["nodeName"], key, units)
+        elif not meta.get("deletionTimestamp") and self._responsible_for(spec):
+            self.pending[key] = units
         self.wake()
+
+    def _responsible_for(self, spec: Mapping[str, Any]) -> bool:
+        if spec.get("schedulingGates"):  # held back until its gates are removed
+            return False
+        return _scheduler_name(spec) in self.names
 
     def _taint_if_not_ready(self, node: dict) -> None:
         status = node_ready_status(node)
@@ -288,49 +227,91 @@ class Scheduler:
             except Exception:  # keep the emulator alive; the test will see the log
                 log.exception("scheduling pass failed")
 
-    def allocated(self, node_name: str) -> dict[str, Decimal]:
-        totals: dict[str, Decimal] = {}
-        for summary in self.bound.get(node_name, {}).values():
-            for name, amount in summary.requests.items():
-                totals[name] = totals.get(name, Decimal(0)) + amount
-        return totals
-
     def schedule_pending(self) -> None:
+        if not self.pending:
+            return
         nodes = sorted(self.store.objects(NODES), key=lambda n: n["metadata"]["name"])
-        for key, summary in sorted(self.pending.items()):
-            pod = self.store.find(PODS, key[0], key[1])
-            if pod is None or (pod.get("spec") or {}).get("nodeName"):
+        pods = [self.store.find(PODS, key[0], key[1]) for key in self.pending]
+        for pod in sorted(filter(None, pods), key=_queue_order):
+            if (pod.get("spec") or {}).get("nodeName"):
                 continue
-            reasons: dict[str, list[str]] = {}
-            best = None
-            best_score = None
-            for node in nodes:
-                name = node["metadata"]["name"]
-                why = filter_node(
-                    pod, summary, node, self.allocated(name), len(self.bound.get(name, {}))
-                )
-                if why:
-                    reasons[name] = why
-                    continue
-                score = self._score(summary, node)
-                if best_score is None or score > best_score:
-                    best, best_score = name, score
-            if best is not None:
-                self.bind(pod, best)
-            else:
-                self._report_failure(pod, reasons)
+            meta = pod["metadata"]
+            units = self.pending.get((meta["namespace"], meta["name"]))
+            if units is not None:
+                self.schedule_one(pod, units, nodes)
 
-    def _score(self, summary: PodSummary, node: Mapping) -> Decimal:
-        # LeastAllocated: prefer the node with the most free cpu and memory share.
-        allocatable = node_allocatable(node)
-        allocated = self.allocated(node["metadata"]["name"])
-        score = Decimal(0)
-        for resource in ("cpu", "memory"):
-            capacity = allocatable.get(resource) or Decimal(0)
-            if capacity > 0:
-                used = allocated.get(resource, Decimal(0)) + summary.requests.get(
-                    resource, Decimal(0)
+    def schedule_one(self, pod: dict, request: Units, nodes: list[dict]) -> None:
+        spec = pod.get("spec") or {}
+        if not nodes:
+            self._report_failure(pod, failure_message(0, {}))
+            return
+        allowed = node_name_candidates(spec)
+        if allowed is not None and not allowed:
+            prefilter = Rejection((AFFINITY_TERMS_CONFLICT,))
+            self._report_failure(pod, failure_message(len(nodes), {}, prefilter))
+            return
+        volumes = self._pod_volumes(pod) if claim_names(spec) else None
+        if volumes is not None and volumes.rejection is not None:
+            self._report_failure(pod, failure_message(len(nodes), {}, volumes.rejection))
+            return
+        affinity = required_node_affinity(spec)
+        rejections: dict[str, Rejection] = {}
+        best, best_score = None, None
+        for node in nodes:
+            name = node["metadata"]["name"]
+            if allowed is not None and name not in allowed:
+                continue
+            requested = self.requested.get(name, {})
+            rejection = filter_node(
+                spec,
+                affinity,
+                request,
+                node,
+                self.allocatable.get(name, {}),
+                requested,
+                len(self.bound.get(name, {})),
+            )
+            if rejection is None and volumes is not None:
+                rejection = volume_binding_filter(
+                    node, volumes.bound, volumes.delayed, volumes.volumes, volumes.classes
                 )
+            if rejection is not None:
+                rejections[name] = rejection
+                continue
+            score = self._score(request, name)
+            if best_score is None or score > best_score:
+                best, best_score = name, score
+        if best is not None:
+            if volumes is not None:
+                node = next(n for n in nodes if n["metadata"]["name"] == best)
+                for claim in volumes.delayed:
+                    self.sim.volumes.bind_for_node(claim, node)
+            self.bind(pod, best)
+        else:
+            message = failure_message(
+                len(nodes), rejections, preemption_policy=spec.get("preemptionPolicy")
+            )
+            self._report_failure(pod, message)
+
+    def _pod_volumes(self, pod: dict) -> _PodVolumes:
+        """VolumeBinding's PreFilter for a pod that uses claims."""
+        namespace = pod["metadata"]["namespace"]
+        spec = pod.get("spec") or {}
+        claims = {name: self.store.find(CLAIMS, namespace, name) for name in claim_names(spec)}
+        classes = {c["metadata"]["name"]: c for c in self.store.objects(CLASSES)}
+        rejection, bound, delayed = volume_binding_prefilter(spec, claims, classes)
+        volumes = {v["metadata"]["name"]: v for v in self.store.objects(VOLUMES)}
+        return _PodVolumes(rejection, bound, delayed, volumes, classes)
+
+    def _score(self, request: Units, node_name: str) -> float:
+        """LeastAllocated: prefer the node with the larger free share of cpu and memory."""
+        allocatable = self.allocatable.get(node_name, {})
+        requested = self.requested.get(node_name, {})
+        score = 0.0
+        for resource in ("cpu", "memory"):
+            capacity = allocatable.get(resource, 0)
+            if capacity > 0:
+                used = requested.get(resource, 0) + request.get(resource, 0)
                 score += (capacity - used) / capacity
         return score
 
@@ -361,13 +342,12 @@ class Scheduler:
             "Normal",
             "Scheduled",
             f"Successfully assigned {meta['namespace']}/{meta['name']} to {node_name}",
-            "default-scheduler",
+            _scheduler_name(pod.get("spec") or {}),
         )
 
-    def _report_failure(self, pod: dict, reasons: dict[str, list[str]]) -> None:
+    def _report_failure(self, pod: dict, message: str) -> None:
         meta = pod["metadata"]
         key = (meta["namespace"], meta["name"])
-        message = failure_message(reasons)
         previous = self.last_failure.get(key)
         if previous and previous[0] == message:
             self.sim.repeat_event(meta["namespace"], previous[1])
@@ -399,7 +379,7 @@ class Scheduler:
                 check_version=False,
             )
         event = self.sim.record_event(
-            pod, "Warning", "FailedScheduling", message, "default-scheduler"
+            pod, "Warning", "FailedScheduling", message, _scheduler_name(pod.get("spec") or {})
         )
         self.last_failure[key] = (message, event["metadata"]["name"])
 
@@ -408,4 +388,4 @@ def event_name(pod_name: str) -> str:
     return f"{pod_name}.{uuid.uuid4().hex[:16]}"
 
 
-__all__: list[Any] = ["Scheduler", "failure_message", "filter_node", "event_name"]
+__all__ = ["DEFAULT_SCHEDULER_NAMES", "Scheduler", "event_name", "node_ready_status"]

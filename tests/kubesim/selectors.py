@@ -21,7 +21,9 @@ __all__ = [
     "SelectorError",
     "dns_subdomain_errors",
     "field_value",
+    "go_int64",
     "label_selector_from_object",
+    "new_requirement",
     "parse_field_selector",
     "parse_label_selector",
     "regex_error",
@@ -126,6 +128,17 @@ def _go_quote(value: str) -> str:
 _BINARY_OPERATORS = "in, notin, =, ==, !=, gt, lt"  # what parseOperator says it expected
 
 
+_INT64_RE = re.compile(r"[+-]?[0-9]+")
+
+
+def go_int64(text: str) -> int | None:
+    """``strconv.ParseInt(text, 10, 64)``; None where Go fails (no spaces, no "_", in range)."""
+    if not _INT64_RE.fullmatch(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
 @dataclass(frozen=True)
 class LabelRequirement:
     key: str
@@ -144,9 +157,8 @@ class LabelRequirement:
             return not present
         if not present:  # gt / lt compare integers; a non-integer label never matches
             return False
-        try:
-            actual, wanted = int(labels[self.key]), int(self.values[0])
-        except ValueError:
+        actual, wanted = go_int64(labels[self.key]), go_int64(self.values[0])
+        if actual is None or wanted is None:
             return False
         return actual > wanted if op == "gt" else actual < wanted
 
@@ -281,13 +293,13 @@ class _LabelParser:
             raise SelectorError(f"<nil>: Invalid value: {_go_quote(key)}: {'; '.join(key_errors)}")
         if operator == "!" or self.peek()[0] in (_END, ","):
             # "!key" ends the requirement even when more follows; parse() then rejects it.
-            return _new_requirement(key, operator or "exists", [])
+            return new_requirement(key, operator or "exists", [])
         kind, literal = self.take(values_context=False)
         if kind not in ("in", "notin", "=", "==", "!=", "gt", "lt"):
             raise SelectorError(f"found '{literal}', expected: {_BINARY_OPERATORS}")
         operator = kind
         values = self.value_set() if operator in ("in", "notin") else self.exact_value()
-        return _new_requirement(key, operator, values)
+        return new_requirement(key, operator, values)
 
     def value_set(self) -> list[str]:
         kind, literal = self.take()
@@ -334,7 +346,7 @@ def _go_strings(values: list[str]) -> str:
     return "[]string{" + ", ".join(_go_quote(value) for value in values) + "}"
 
 
-def _new_requirement(
+def new_requirement(
     key: str, operator: str, values: list[str], check_key: bool = False
 ) -> LabelRequirement:
     """NewRequirement: operator-specific value checks, then every value must be a label value."""
@@ -352,11 +364,16 @@ def _new_requirement(
             "values set must be empty for exists and does not exist"
         )
     if operator in ("gt", "lt"):
+        if len(values) != 1:
+            errors.append(
+                f"values: Invalid value: {_go_strings(values)}: "
+                "for 'Gt', 'Lt' operators, exactly one value is required"
+            )
         errors += [
             f"values[{index}]: Invalid value: {_go_quote(value)}: "
             "for 'Gt', 'Lt' operators, the value must be an integer"
             for index, value in enumerate(values)
-            if not re.fullmatch(r"[+-]?[0-9]+", value)
+            if go_int64(value) is None
         ]
     for index, value in enumerate(values):
         if value_errors := validate_label_value(value):
@@ -387,7 +404,7 @@ def label_selector_from_object(selector: Mapping | None) -> LabelSelector:
     if selector is None:
         return LabelSelector(matches_nothing=True)
     requirements = [
-        _new_requirement(key, "=", [value], check_key=True)
+        new_requirement(key, "=", [value], check_key=True)
         for key, value in (selector.get("matchLabels") or {}).items()
     ]
     for expression in selector.get("matchExpressions") or []:
@@ -395,7 +412,7 @@ def label_selector_from_object(selector: Mapping | None) -> LabelSelector:
         if operator not in _EXPRESSION_OPERATORS:
             raise SelectorError(f"{_go_quote(operator)} is not a valid label selector operator")
         requirements.append(
-            _new_requirement(
+            new_requirement(
                 expression.get("key", ""),
                 _EXPRESSION_OPERATORS[operator],
                 list(expression.get("values") or []),

@@ -272,10 +272,11 @@ class ResourceHandler(BaseHandler):
                 {"name": namespace, "kind": "namespaces"},
             )
 
-    def _admit(self, obj: dict) -> dict:
-        if self.rt.kind == "Pod":
-            obj = admission.default_pod(obj)
-        elif self.rt.kind == "Secret" and isinstance(obj.get("stringData"), dict):
+    def _admit(self, obj: dict, new: bool = False) -> dict:
+        obj = admission.default_object(obj, self.rt.kind)
+        if new:
+            obj = self.sim.admit_new(self.rt.kind, obj)
+        if self.rt.kind == "Secret" and isinstance(obj.get("stringData"), dict):
             # The apiserver folds write-only stringData into data.
             obj = dict(obj)
             data = dict(obj.get("data") or {})
@@ -455,7 +456,7 @@ class ResourceHandler(BaseHandler):
                     "the namespace of the provided object does not match the namespace sent on the request",
                 )
             self._check_namespace(self.namespace)
-        obj = self._admit(obj)
+        obj = self._admit(obj, new=True)
         if self._dry_run():
             self.send_json(obj, 201)
             return

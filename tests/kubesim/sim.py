@@ -14,9 +14,10 @@ from tornado.httpserver import HTTPServer
 
 from .kubelet import Kubelet
 from .resources import BY_KIND, BY_PATH
-from .scheduler import Scheduler, event_name
+from .scheduler import DEFAULT_SCHEDULER_NAMES, Scheduler, event_name
 from .server import Faults, make_app
 from .store import ApiError, Store, now_rfc3339
+from .volumes import VolumeController
 
 PODS = BY_PATH[("", "v1", "pods")]
 EVENTS = BY_PATH[("", "v1", "events")]
@@ -34,7 +35,9 @@ class KubeSim:
     """A small Kubernetes cluster in one process.
 
     `history_window` is how many writes the watch cache keeps (older watches get 410);
-    `process_runtime` runs pods' commands as real processes (see kubelet.py).
+    `process_runtime` runs pods' commands as real processes (see kubelet.py);
+    `scheduler_names` are the `spec.schedulerName`s whose pods kubesim's scheduler places
+    (others stay Pending, as with no such scheduler running).
     """
 
     def __init__(
@@ -45,13 +48,15 @@ class KubeSim:
         bookmark_interval_s: float = 1.0,
         watch_max_seconds: float = 1800.0,
         faults: Faults | None = None,
+        scheduler_names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES,
     ):
         self.store = Store(history_window)
         self.faults = faults or Faults()
         self.injected_errors = 0
         self.bookmark_interval_s = bookmark_interval_s
         self.watch_max_seconds = watch_max_seconds
-        self.scheduler = Scheduler(self, scheduler_retry_s)
+        self.scheduler = Scheduler(self, scheduler_retry_s, tuple(scheduler_names))
+        self.volumes = VolumeController(self)
         self.kubelet = Kubelet(self, process_runtime)
         self.server: HTTPServer | None = None
         self.host = "127.0.0.1"
@@ -78,6 +83,7 @@ class KubeSim:
         self.port = port or free_port(host)
         self._listen()
         self.scheduler.start()
+        self.volumes.start()
         return self
 
     def _listen(self) -> None:
@@ -148,6 +154,7 @@ class KubeSim:
                     f"kubesim does not serve {manifest.get('apiVersion')} {manifest.get('kind')}"
                 )
             obj = copy.deepcopy(manifest)
+            given_status = manifest.get("status")
             namespace = obj.get("metadata", {}).get("namespace") or (
                 "default" if rt.namespaced else None
             )
@@ -158,8 +165,7 @@ class KubeSim:
                     {"metadata": {"name": namespace}, "status": {"phase": "Active"}},
                 )
             if admit:
-                if rt.kind == "Pod":
-                    obj = admission.default_pod(obj)
+                obj = self.admit_new(rt.kind, admission.default_object(obj, rt.kind))
                 causes = admission.validate(obj, rt.kind, rt.api_version)
                 if causes:
                     raise ApiError(
@@ -172,7 +178,7 @@ class KubeSim:
                         )
                     )
                 obj = admission.canonicalize_quantities(obj, rt.kind, rt.api_version)
-            status = obj.get("status")
+            status = given_status if given_status is not None else obj.get("status")
             new = self.store.create(rt, namespace, obj)
             if status is not None and rt.has_status:
                 new = copy.deepcopy(new)
@@ -201,6 +207,10 @@ class KubeSim:
         return self.load(manifests)
 
     # -- what the API verbs need from the cluster ---------------------------------
+
+    def admit_new(self, kind: str, obj: dict) -> dict:
+        """The mutating admission plugins that look at the cluster, for a new object."""
+        return self.volumes.admit_new(kind, obj)
 
     def delete_pod(self, pod: dict, grace_s: int | None) -> dict:
         meta = pod["metadata"]

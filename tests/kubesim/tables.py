@@ -64,7 +64,41 @@ def _pod_ready(pod: dict) -> str:
     return f"{sum(1 for s in statuses if s.get('ready'))}/{total}"
 
 
+_ACCESS_MODE_SHORT = {
+    "ReadWriteOnce": "RWO",
+    "ReadOnlyMany": "ROX",
+    "ReadWriteMany": "RWX",
+    "ReadWriteOncePod": "RWOP",
+}
+
+
+def _access_modes(modes: list | None) -> str:
+    return ",".join(_ACCESS_MODE_SHORT.get(mode, mode) for mode in modes or [])
+
+
+def _claim_column(claim: dict, key: str) -> str:
+    status = claim.get("status") or {}
+    if key == "capacity":
+        return (status.get("capacity") or {}).get("storage", "")
+    if key == "accessModes":
+        return _access_modes(status.get("accessModes"))
+    return (claim.get("spec") or {}).get(key) or ""
+
+
+def _volume_claim(volume: dict) -> str:
+    ref = (volume.get("spec") or {}).get("claimRef") or {}
+    return f"{ref.get('namespace')}/{ref.get('name')}" if ref else ""
+
+
+def _class_name(storage_class: dict) -> str:
+    name = storage_class["metadata"]["name"]
+    annotations = storage_class["metadata"].get("annotations") or {}
+    default = annotations.get("storageclass.kubernetes.io/is-default-class") == "true"
+    return f"{name} (default)" if default else name
+
+
 Column = tuple[str, str, Callable[[dict], Any]]  # name, type, cell
+_AGE: Column = ("Age", "string", lambda o: age(o["metadata"].get("creationTimestamp")))
 
 COLUMNS: dict[str, list[Column]] = {
     "nodes": [
@@ -112,6 +146,36 @@ COLUMNS: dict[str, list[Column]] = {
         ("Message", "string", lambda o: o.get("message", "")),
     ],
 }
+COLUMNS["persistentvolumeclaims"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Status", "string", lambda o: (o.get("status") or {}).get("phase", "")),
+    ("Volume", "string", lambda o: _claim_column(o, "volumeName")),
+    ("Capacity", "string", lambda o: _claim_column(o, "capacity")),
+    ("Access Modes", "string", lambda o: _claim_column(o, "accessModes")),
+    ("StorageClass", "string", lambda o: _claim_column(o, "storageClassName")),
+    ("VolumeAttributesClass", "string", lambda o: "<unset>"),
+    _AGE,
+]
+COLUMNS["persistentvolumes"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Capacity", "string", lambda o: (o["spec"].get("capacity") or {}).get("storage", "")),
+    ("Access Modes", "string", lambda o: _access_modes(o["spec"].get("accessModes"))),
+    ("Reclaim Policy", "string", lambda o: o["spec"].get("persistentVolumeReclaimPolicy", "")),
+    ("Status", "string", lambda o: (o.get("status") or {}).get("phase", "")),
+    ("Claim", "string", _volume_claim),
+    ("StorageClass", "string", lambda o: o["spec"].get("storageClassName", "")),
+    ("VolumeAttributesClass", "string", lambda o: "<unset>"),
+    ("Reason", "string", lambda o: (o.get("status") or {}).get("reason", "")),
+    _AGE,
+]
+COLUMNS["storageclasses"] = [
+    ("Name", "string", _class_name),
+    ("Provisioner", "string", lambda o: o.get("provisioner", "")),
+    ("ReclaimPolicy", "string", lambda o: o.get("reclaimPolicy", "")),
+    ("VolumeBindingMode", "string", lambda o: o.get("volumeBindingMode", "")),
+    ("AllowVolumeExpansion", "string", lambda o: str(bool(o.get("allowVolumeExpansion"))).lower()),
+    _AGE,
+]
 DEFAULT_COLUMNS: list[Column] = [
     ("Name", "string", lambda o: o["metadata"]["name"]),
     ("Created At", "date", lambda o: o["metadata"].get("creationTimestamp", "")),

@@ -289,28 +289,22 @@ async def test_pod_defaults_status_subresource_and_graceful_delete(cluster):
 async def test_status_subresource_keeps_spec(kubesim):
     api = await api_client_for(kubesim.kubeconfig)
     core = client.CoreV1Api(api)
-    await core.create_namespaced_persistent_volume_claim(
+    await core.create_namespaced_service(
         "default",
         {
-            "metadata": {"name": "data"},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
+            "metadata": {"name": "web"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": "web"}},
         },
     )
+    ingress = {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}
     # A status write through the main resource is ignored; the status subresource sets it.
-    await core.patch_namespaced_persistent_volume_claim(
-        "data", "default", {"status": {"phase": "Bound"}}
-    )
-    assert (
-        await core.read_namespaced_persistent_volume_claim("data", "default")
-    ).status.phase != "Bound"
-    await core.patch_namespaced_persistent_volume_claim_status(
-        "data", "default", {"status": {"phase": "Bound"}}
-    )
-    claim = await core.read_namespaced_persistent_volume_claim("data", "default")
-    assert claim.status.phase == "Bound" and claim.spec.access_modes == ["ReadWriteMany"]
+    await core.patch_namespaced_service("web", "default", ingress)
+    balancer = (await core.read_namespaced_service("web", "default")).status.load_balancer
+    assert balancer is None or not balancer.ingress
+    await core.patch_namespaced_service_status("web", "default", ingress)
+    service = await core.read_namespaced_service("web", "default")
+    assert service.status.load_balancer.ingress[0].ip == "192.0.2.10"
+    assert service.spec.selector == {"app": "web"}
     await api.close()
 
 

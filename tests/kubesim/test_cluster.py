@@ -12,6 +12,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.conftest import api_client_for
+from tests.kubesim.__main__ import parse_args
 from tests.kubesim.generator import GPU_MODELS, make_node
 from tests.utils import eventually
 
@@ -371,3 +372,120 @@ async def test_faults_latency_errors_drops_and_restart(make_kubesim):
     lines = [json.loads(line) async for line in response.content]
     assert lines[0]["type"] == "ERROR" and lines[0]["object"]["code"] == 410
     await api.close()
+
+
+def plain_pod(name: str, **spec) -> dict:
+    return {
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], **spec},
+    }
+
+
+async def test_pod_slots_and_sidecar_requests_are_accounted(kubesim):
+    node = make_node("small", 4, 16, None, 0)  # 3900m allocatable
+    node["status"]["allocatable"]["pods"] = "2"
+    kubesim.load([node])
+    api = await api_client_for(kubesim.kubeconfig)
+    core = client.CoreV1Api(api)
+
+    def cpu(amount):
+        return {"requests": {"cpu": amount}, "limits": {"cpu": amount}}
+
+    # app 1500m + sidecar 1000m run together (2500m); the classic init container runs alone
+    # before the sidecar starts and needs 3000m: the pod holds 3000m.
+    staged = plain_pod(
+        "staged",
+        initContainers=[
+            {"name": "init", "image": "busybox", "resources": cpu("3")},
+            {
+                "name": "sidecar",
+                "image": "busybox",
+                "restartPolicy": "Always",
+                "resources": cpu("1"),
+            },
+        ],
+    )
+    staged["spec"]["containers"][0]["resources"] = cpu("1500m")
+    await core.create_namespaced_pod("default", staged)
+    await eventually(lambda: _bound(core, "staged"))
+
+    one_cpu = plain_pod("one-cpu")
+    one_cpu["spec"]["containers"][0]["resources"] = cpu("1")
+    await core.create_namespaced_pod("default", one_cpu)
+    failures = await eventually(lambda: _failed(core, "one-cpu"))
+    assert failures[0].message == (
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: "
+        "1 No preemption victims found for incoming pod."
+    )
+
+    # pods without requests fit until the node's pod slots run out
+    for name in ("free-1", "free-2"):
+        await core.create_namespaced_pod("default", plain_pod(name))
+    await eventually(lambda: _bound(core, "free-1"))
+    failed = await eventually(lambda: _failed(core, "free-2"))
+    assert failed[0].message.startswith("0/1 nodes are available: 1 Too many pods.")
+
+    # pods that go away give their room back
+    for name in ("staged", "free-1"):
+        await core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+    assert (await eventually(lambda: _bound(core, "free-2"))).spec.node_name == "small"
+    assert (await eventually(lambda: _bound(core, "one-cpu"))).spec.node_name == "small"
+    await api.close()
+
+
+async def test_gated_pods_wait_untouched_and_other_schedulers_pods_too(kubesim):
+    kubesim.load([make_node("worker", 16, 64, None, 0)])
+    api = await api_client_for(kubesim.kubeconfig)
+    core = client.CoreV1Api(api)
+    await core.create_namespaced_pod(
+        "default", plain_pod("gated", schedulingGates=[{"name": "example.com/wait"}])
+    )
+    await core.create_namespaced_pod("default", plain_pod("other", schedulerName="my-scheduler"))
+    await core.create_namespaced_pod("default", plain_pod("mine"))
+    await eventually(lambda: _bound(core, "mine"))
+    await asyncio.sleep(0.3)
+    for name in ("gated", "other"):
+        pod = await core.read_namespaced_pod(name, "default")
+        assert not pod.spec.node_name and not pod.status.conditions
+        assert await events_of(core, "default", name) == []
+    await api.close()
+
+
+async def test_pods_of_each_configured_scheduler_are_placed_in_its_name(make_kubesim):
+    default = await make_kubesim()
+    custom = await make_kubesim(scheduler_names=("my-scheduler",))
+    for sim in (default, custom):
+        sim.load([make_node("worker", 16, 64, None, 0)])
+    api = await api_client_for(default.kubeconfig)
+    core = client.CoreV1Api(api)
+    # z2jh's user-scheduler name is served by default, next to default-scheduler
+    await core.create_namespaced_pod(
+        "default", plain_pod("user", schedulerName="jupyterhub-user-scheduler")
+    )
+    await eventually(lambda: _bound(core, "user"))
+    [scheduled] = [e for e in await events_of(core, "default", "user") if e.reason == "Scheduled"]
+    assert scheduled.source.component == "jupyterhub-user-scheduler"
+    assert scheduled.reporting_component == "jupyterhub-user-scheduler"
+    await api.close()
+
+    api = await api_client_for(custom.kubeconfig)
+    core = client.CoreV1Api(api)
+    await core.create_namespaced_pod("default", plain_pod("theirs", schedulerName="my-scheduler"))
+    await core.create_namespaced_pod("default", plain_pod("unserved"))  # default-scheduler
+    await eventually(lambda: _bound(core, "theirs"))
+    unschedulable = plain_pod("too-big", schedulerName="my-scheduler")
+    unschedulable["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "64"}}
+    await core.create_namespaced_pod("default", unschedulable)
+    failures = await eventually(lambda: _failed(core, "too-big"))
+    assert failures[0].source.component == "my-scheduler"
+    await asyncio.sleep(0.3)
+    unserved = await core.read_namespaced_pod("unserved", "default")
+    assert not unserved.spec.node_name and not unserved.status.conditions
+    await api.close()
+
+
+def test_scheduler_names_on_the_command_line():
+    assert parse_args([]).scheduler_names == ("default-scheduler", "jupyterhub-user-scheduler")
+    assert parse_args(["--scheduler-names", "a, b"]).scheduler_names == ("a", "b")
+    with pytest.raises(SystemExit):
+        parse_args(["--scheduler-names", ","])
