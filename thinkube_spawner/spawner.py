@@ -20,7 +20,7 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes_asyncio.client.rest import ApiException
+from kubernetes_asyncio.client import StorageV1Api
 from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
@@ -80,35 +80,68 @@ def _is_lasting_failure(event: dict) -> bool:
 
 
 class _Claims:
-    """The phase of the shared claims, read from the Kubernetes API and kept a few seconds,
-    shared by the hub's spawners: a form render does not read every claim again."""
+    """Whether the shared claims can be mounted, read from the Kubernetes API and kept a few
+    seconds, shared by the hub's spawners: a form render does not read every claim again."""
 
-    MISSING, UNKNOWN = "missing", "unknown"
+    MISSING, UNKNOWN, MOUNTABLE = "missing", "unknown", "mountable"
     KEEP_SECONDS = 10.0
 
     def __init__(self) -> None:
-        self._phases: dict[tuple[str, str], tuple[float, str]] = {}
+        self._states: dict[tuple[str, str], tuple[float, str]] = {}
 
-    async def phase(self, spawner: KubeSpawner, name: str, fresh: bool) -> str:
+    async def state(self, spawner: KubeSpawner, name: str, fresh: bool) -> str:
+        """MOUNTABLE, MISSING, UNKNOWN (this hub may not read it), or why it cannot bind."""
         key = (spawner.namespace, name)
-        held = self._phases.get(key)
+        held = self._states.get(key)
         if not fresh and held and time.monotonic() - held[0] < self.KEEP_SECONDS:
             return held[1]
+        state = await self._read(spawner, name)
+        self._states[key] = (time.monotonic(), state)
+        return state
+
+    async def _read(self, spawner: KubeSpawner, name: str) -> str:
+        claim = await self._get(
+            spawner, spawner.api.read_namespaced_persistent_volume_claim, name, spawner.namespace
+        )
+        if not isinstance(claim, dict):
+            return claim
+        phase = (claim.get("status") or {}).get("phase")
+        if phase in (None, "Bound"):
+            return self.MOUNTABLE if phase else self.UNKNOWN
+        if phase != "Pending":
+            return f"{phase}, not Bound"
+        # A claim of a WaitForFirstConsumer class binds when the first pod using it is
+        # scheduled: that pod may be this one.
+        storage_class = (claim.get("spec") or {}).get("storageClassName")
+        if not storage_class:
+            return "Pending, with no storage class to provision it"
+        found = await self._get(
+            spawner, StorageV1Api(spawner.api.api_client).read_storage_class, storage_class
+        )
+        if found == self.MISSING:
+            return f"Pending: its storage class {storage_class!r} does not exist"
+        if not isinstance(found, dict):
+            return self.UNKNOWN
+        if found.get("volumeBindingMode") == "WaitForFirstConsumer":
+            return self.MOUNTABLE
+        return "Pending, not Bound"
+
+    @classmethod
+    async def _get(cls, spawner: KubeSpawner, read, *args) -> dict | str:
+        """The object as raw JSON, MISSING, or UNKNOWN when it cannot be read."""
         try:
-            response = await spawner.api.read_namespaced_persistent_volume_claim(
-                name, spawner.namespace, _preload_content=False
-            )
-            claim = json.loads(await response.read())
-            phase = str((claim.get("status") or {}).get("phase") or self.UNKNOWN)
-        except ApiException as err:
-            if err.status != 404:
-                spawner.log.warning("Cannot read claim %s/%s: HTTP %s", *key, err.status)
-            phase = self.MISSING if err.status == 404 else self.UNKNOWN
-        except Exception as err:  # the API unreachable: the scheduler will tell
-            spawner.log.warning("Cannot read claim %s/%s: %s", *key, type(err).__name__)
-            phase = self.UNKNOWN
-        self._phases[key] = (time.monotonic(), phase)
-        return phase
+            # Unparsed: the raw response, whose status is ours to check.
+            response = await read(*args, _preload_content=False)
+            if response.status == 404:
+                return cls.MISSING
+            if response.status != 200:
+                spawner.log.warning("Cannot read %s: HTTP %s", args[0], response.status)
+                return cls.UNKNOWN
+            found = json.loads(await response.read())
+            return found if isinstance(found, dict) else cls.UNKNOWN
+        except Exception as err:  # the API unreachable, or not JSON: the scheduler will tell
+            spawner.log.warning("Cannot read %s: %s", args[0], type(err).__name__)
+        return cls.UNKNOWN
 
 
 _claims = _Claims()
@@ -380,16 +413,15 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         problems = []
         for volume in self.shared_volumes:
             name = str(volume.get("claim") or "")
-            phase = await _claims.phase(self, name, fresh)
-            if phase == _Claims.MISSING:
+            state = await _claims.state(self, name, fresh)
+            if state == _Claims.MISSING:
                 problems.append(
                     f"The shared storage claim {name!r} does not exist in namespace "
                     f"{self.namespace!r}."
                 )
-            elif phase not in ("Bound", _Claims.UNKNOWN):
+            elif state not in (_Claims.MOUNTABLE, _Claims.UNKNOWN):
                 problems.append(
-                    f"The shared storage claim {name!r} is {phase}, not Bound: nothing can "
-                    "mount it yet."
+                    f"The shared storage claim {name!r} is {state}: nothing can mount it."
                 )
         return problems
 

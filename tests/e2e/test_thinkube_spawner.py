@@ -41,6 +41,17 @@ def claim(name: str) -> dict:
     }
 
 
+def storage_class(name: str, binding: str = "Immediate") -> dict:
+    """A class kubesim provisions claims of (binding now, or when a pod first uses one)."""
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name},
+        "provisioner": "seaweedfs-csi-driver",
+        "volumeBindingMode": binding,
+    }
+
+
 def hub_config(sim, **spawner) -> dict:
     return {
         "JupyterHub": {
@@ -73,6 +84,7 @@ async def lab(make_kubesim):
             make_node("gpu-a", A100.cpu, A100.memory_gi, A100, 0),
             make_node("gpu-b", A100.cpu, A100.memory_gi, A100, 1),
             make_node("cpu-1", 16, 64, None, 2),
+            storage_class("seaweedfs"),
             *[claim(name) for name in CLAIMS],
         ]
     )
