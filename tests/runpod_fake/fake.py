@@ -833,10 +833,14 @@ class RunPodFake:
         await self._halt(pod)
 
     async def terminate(self, pod_id: str) -> None:
-        pod = self.pods.pop(pod_id)
+        # Listed as TERMINATED while its process ends, then gone; always in one of the two.
+        pod = self.pods[pod_id]
+        if pod.desired_status == "TERMINATED":
+            return  # already on its way
         pod.set_status("TERMINATED", "Terminated by User")
         await self._halt(pod)
         self.terminated[pod_id] = pod
+        self.pods.pop(pod_id, None)
         log.info("pod %s terminated", pod_id)
 
     async def _dead_man_switches(self) -> None:
@@ -844,7 +848,7 @@ class RunPodFake:
             await asyncio.sleep(0.1)
             now = time.time()
             for pod in list(self.pods.values()):
-                if pod.id not in self.pods:
+                if pod.id not in self.pods or pod.desired_status == "TERMINATED":
                     continue
                 try:
                     if pod.terminate_at is not None and now >= pod.terminate_at:
