@@ -134,7 +134,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="start Jupyter on a cloud GPU (for Colab's local runtime, a browser, or SSH)",
         description="Rent the cheapest matching GPU with Jupyter running, wait until it "
         "answers, and print how to connect (a browser URL, an SSH tunnel, the URL for "
-        "Colab's 'Connect to a local runtime'). The pod is billed until `thinkube cloud rm`.",
+        "Colab's 'Connect to a local runtime'). The pod is billed until `thinkube cloud rm`, "
+        "or until RunPod ends it at the --max-hours deadline.",
     )
     _offer_filters(colab)
     colab.add_argument("--image", default=DEFAULT_IMAGE, help=f"image (default {DEFAULT_IMAGE})")
@@ -142,12 +143,22 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     colab.add_argument(
         "--meta", action="append", default=[], type=_meta_pair, metavar="K=V", help="metadata"
     )
-    colab.add_argument("--disk", type=int, default=40, metavar="GB", help="container disk")
     colab.add_argument(
-        "--attempts", type=int, default=3, metavar="N", help="offers to try on no capacity"
+        "--disk", type=int, default=40, metavar="GB", help="container disk (default 40)"
     )
     colab.add_argument(
-        "--timeout", type=_positive_float, default=900, metavar="S", help="wait for Jupyter"
+        "--attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="offers to try when RunPod has no capacity (default 3)",
+    )
+    colab.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=900,
+        metavar="S",
+        help="seconds to wait for Jupyter (default 900)",
     )
     colab.add_argument(
         "--max-hours",
