@@ -169,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         f"machine is gone (its terminateAfter; default {DEFAULT_MAX_HOURS:g}; 0: no limit)",
     )
     colab.add_argument("--poll-interval", type=_positive_float, default=5.0, help=argparse.SUPPRESS)
-    colab.set_defaults(func=lambda args: _run(cmd_colab(args)))
+    colab.set_defaults(func=lambda args: _run(_stoppable(cmd_colab(args))))
 
     ls = commands.add_parser("ls", parents=[common], help="list your pods", description="Pods.")
     ls.add_argument(
@@ -198,15 +198,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _run(coro) -> int:
     try:
-        return asyncio.run(_stoppable(coro))
+        return asyncio.run(coro)
     except RunPodError as err:
         raise CommandError(str(err)) from None
 
 
 async def _stoppable(coro) -> int:
-    """Run a command so that SIGTERM and SIGHUP cancel it as Ctrl-C does (its clean-up runs,
-    e.g. colab terminates its pod), then end with status 128 + the signal's number. Signal
-    handlers can only be set in the main thread; elsewhere (tests) the command just runs."""
+    """Run a command so that SIGTERM and SIGHUP cancel it as Ctrl-C does (its clean-up runs:
+    colab terminates its pod), then end with status 128 + the signal's number. (The other
+    commands leave these signals alone: they hold nothing, and rm may wait on a prompt.)
+    Signal handlers can only be set in the main thread; elsewhere (tests) it just runs."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     received: list[signal.Signals] = []
