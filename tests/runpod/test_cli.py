@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -166,7 +167,15 @@ async def test_colab_prints_urls_whose_token_opens_the_real_jupyter(runpod_fake,
         f"ssh -p {ssh_port} root@127.0.0.1 -L 8888:localhost:8888"
     )
     assert re.search(r"Colab:\s+(\S+)", out).group(1) == f"http://localhost:8888/?token={token}"
-    assert lines[-1] == f"The pod is billed until you remove it:  thinkube cloud rm {pod.id}"
+    # RunPod's own deadline, 12 hours by default, sent and shown.
+    deadline = datetime.fromisoformat(pod.input["terminateAfter"])
+    assert abs(deadline - (datetime.now(UTC) + timedelta(hours=12))) < timedelta(minutes=1)
+    assert lines[-2:] == [
+        f"RunPod terminates it at {deadline:%Y-%m-%d %H:%M} UTC (--max-hours 12); it is billed "
+        "until then,",
+        f"or until you remove it:  thinkube cloud rm {pod.id}",
+    ]
+    assert f"RunPod terminates it at {deadline:%Y-%m-%d %H:%M} UTC; waiting" in err
     # What was asked of RunPod.
     assert pod.input["startJupyter"] is True
     assert (pod.input["gpuTypeId"], pod.input["cloudType"]) == (
@@ -196,6 +205,9 @@ async def test_colab_json_spot(runpod_fake, cloud_env, capsys):
     pod = runpod_fake.pod(result["pod_id"])
     assert (pod.pod_type, pod.input["bidPerGpu"], pod.cost_per_hr) == ("INTERRUPTABLE", 0.2, 0.2)
     assert pod.input["terminateAfter"].endswith("Z")  # the dead-man switch from --max-hours
+    deadline = datetime.fromisoformat(pod.input["terminateAfter"])
+    assert abs(deadline - (datetime.now(UTC) + timedelta(hours=2))) < timedelta(minutes=1)
+    assert datetime.fromisoformat(result.pop("terminate_after")) == deadline
     token = pod.env["JUPYTER_PASSWORD"]
     assert result == {
         "pod_id": pod.id,
@@ -212,6 +224,57 @@ async def test_colab_json_spot(runpod_fake, cloud_env, capsys):
         "meta": {"purpose": "colab"},
     }
     assert await status_of(f"{runpod_fake.proxy_url(pod.id, 8888)}/api/status", token=token) == 200
+
+
+async def test_colab_without_a_time_limit_only_when_asked(runpod_fake, cloud_env, capsys):
+    code, out, err = await thinkube(capsys, "cloud", "colab", "--max-hours", "0", *FAST)
+    assert code == 0, err
+    (pod,) = runpod_fake.pods.values()
+    assert "terminateAfter" not in pod.input
+    assert pod.terminate_at is None
+    assert out.splitlines()[-2:] == [
+        "The pod has no time limit (--max-hours 0).",
+        f"It is billed until you remove it:  thinkube cloud rm {pod.id}",
+    ]
+    assert "no time limit (--max-hours 0); waiting" in err
+    code, out, _ = await thinkube(capsys, "cloud", "colab", "--max-hours", "0", "--json", *FAST)
+    assert (code, json.loads(out)["terminate_after"]) == (0, None)
+
+
+async def test_colab_skips_offers_out_of_stock(runpod_fake, cloud_env, capsys):
+    runpod_fake.set_capacity("NVIDIA GeForce RTX 3090", 0, "COMMUNITY")
+    code, _, err = await thinkube(
+        capsys, "cloud", "colab", "--gpu", "3090", "--attempts", "1", *FAST
+    )
+    assert code == 0, err
+    assert err.splitlines()[:2] == [
+        "Skipping RTX 3090 (community cloud, $0.22/h): RunPod reports it out of stock",
+        "Trying RTX 3090 24 GB, $0.46/h on demand, $0.23/h spot, stock high (secure cloud)",
+    ]
+    # The one attempt went to the offer in stock.
+    (deploy,) = runpod_fake.requests_for("podFindAndDeployOnDemand")
+    assert deploy.variables["input"]["cloudType"] == "SECURE"
+    (pod,) = runpod_fake.pods.values()
+    assert (pod.gpu_type.id, pod.cloud_type) == ("NVIDIA GeForce RTX 3090", "SECURE")
+
+
+async def test_colab_when_every_offer_is_out_of_stock(runpod_fake, cloud_env, capsys):
+    runpod_fake.set_capacity("NVIDIA GeForce RTX 4090", 0)
+    code, out, err = await thinkube(capsys, "cloud", "colab", "--gpu", "4090", "--spot", *FAST)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "Skipping RTX 4090 (community cloud, $0.20/h): RunPod reports it out of stock",
+        "Skipping RTX 4090 (secure cloud, $0.35/h): RunPod reports it out of stock",
+        "thinkube: error: every matching cloud GPU offer is out of stock (GPU name containing "
+        "'4090', spot); try again later or wider filters",
+    ]
+    assert runpod_fake.requests_for("podRentInterruptable") == []
+    code, out, _ = await thinkube(capsys, "cloud", "offers", "--gpu", "4090")
+    assert out.splitlines() == [
+        "GPU       VRAM   CLOUD      ON DEMAND/H  SPOT/H  STOCK  GPU TYPE ID",
+        "RTX 4090  24 GB  community  $0.34        $0.20   none   NVIDIA GeForce RTX 4090",
+        "RTX 4090  24 GB  secure     $0.69        $0.35   none   NVIDIA GeForce RTX 4090",
+    ]
 
 
 async def test_colab_moves_to_the_next_offer_on_no_capacity(runpod_fake, cloud_env, capsys):
@@ -333,12 +396,45 @@ async def test_rm_asks_on_a_terminal(runpod_fake, cloud_env, capsys, monkeypatch
     assert runpod_fake.pods == {}
 
 
-async def test_rm_by_id_is_idempotent(runpod_fake, cloud_env, capsys):
-    (a,) = await make_pods(runpod_fake, ("lab-a", {}))
-    code, out, _ = await thinkube(capsys, "cloud", "rm", a.id, "nosuchpod00000", "--yes")
-    assert (code, out) == (0, f"terminated {a.id}\nnosuchpod00000: already gone\n")
-    code, out, _ = await thinkube(capsys, "cloud", "rm", a.id, "--yes", "--json")
-    assert (code, json.loads(out)) == (0, {"terminated": [], "already_gone": [a.id]})
+async def test_rm_of_an_id_runpod_does_not_know_fails(runpod_fake, cloud_env, capsys):
+    code, out, err = await thinkube(capsys, "cloud", "rm", "nosuchpod00000", "--yes")
+    assert (code, out, err) == (1, "", "thinkube: error: no pod nosuchpod00000\n")
+    # Nothing to confirm, nothing sent.
+    code, out, err = await thinkube(capsys, "cloud", "rm", "nosuchpod00000", "x1")
+    assert (code, out, err) == (1, "", "thinkube: error: no pods nosuchpod00000, x1\n")
+    assert runpod_fake.requests_for("podTerminate") == []
+
+
+async def test_rm_terminates_what_exists_and_names_what_does_not(runpod_fake, cloud_env, capsys):
+    a, b = await make_pods(runpod_fake, ("lab-a", {}), ("lab-b", {}))
+    code, out, err = await thinkube(capsys, "cloud", "rm", a.id, "nosuchpod00000", "--yes")
+    assert (code, out, err) == (
+        1,
+        f"terminated {a.id}\n",
+        "thinkube: error: no pod nosuchpod00000\n",
+    )
+    code, out, _ = await thinkube(capsys, "cloud", "rm", "nosuchpod00000", b.id, "--yes", "--json")
+    assert (code, json.loads(out)) == (
+        1,
+        {"terminated": [b.id], "already_gone": [], "not_found": ["nosuchpod00000"]},
+    )
+    assert runpod_fake.pods == {}
+    # RunPod forgets a terminated pod: its id is now one RunPod does not know.
+    code, _, err = await thinkube(capsys, "cloud", "rm", a.id, "--yes")
+    assert (code, err) == (1, f"thinkube: error: no pod {a.id}\n")
+
+
+async def test_rm_of_a_pod_that_ends_meanwhile_is_done(runpod_fake, cloud_env, capsys):
+    a, b = await make_pods(runpod_fake, ("lab-a", {}), ("lab-b", {}))
+    # RunPod listed it, then (someone else terminated it) answers the terminate so.
+    runpod_fake.inject(error="pod not found to terminate", field="podTerminate")
+    code, out, err = await thinkube(capsys, "cloud", "rm", a.id, "--yes", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"terminated": [], "already_gone": [a.id], "not_found": []}
+    # One RunPod reports as terminating already.
+    runpod_fake.pods[b.id].set_status("TERMINATED", "Terminated by User")
+    code, out, err = await thinkube(capsys, "cloud", "rm", b.id, "--yes")
+    assert (code, out, err) == (0, f"terminated {b.id}\n", "")
 
 
 async def test_rm_needs_ids_or_meta_not_both(runpod_fake, cloud_env, capsys):
@@ -420,12 +516,26 @@ async def test_python_dash_m_and_the_console_script(runpod_fake, cloud_env):
     ]
     script = Path(sys.executable).parent / "thinkube"
     assert script.exists(), "the thinkube console script is not installed (pip install -e .)"
-    code, out, err = await run_process(str(script), "cloud", "rm", "abc", env=cloud_env)
+    (pod,) = await make_pods(runpod_fake, ("lab-a", {}))
+    code, out, err = await run_process(str(script), "cloud", "rm", pod.id, env=cloud_env)
     assert (code, out) == (1, "")
     assert err.endswith("standard input is not a terminal; pass --yes\n")
+    assert list(runpod_fake.pods) == [pod.id]
 
 
-async def test_ctrl_c_while_waiting_terminates_the_pod(runpod_fake, cloud_env):
+@pytest.mark.parametrize(
+    ("signum", "status", "last_line"),
+    [
+        (signal.SIGINT, 130, "thinkube: interrupted"),
+        (signal.SIGTERM, 143, "thinkube: error: stopped by SIGTERM"),
+        (signal.SIGHUP, 129, "thinkube: error: stopped by SIGHUP"),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+async def test_a_signal_while_waiting_terminates_the_pod(
+    runpod_fake, cloud_env, signum, status, last_line
+):
+    """Ctrl-C, `kill` or a service manager, a closed terminal: the pod goes too."""
     runpod_fake.command_hook = lambda argv, env, pod: ["sleep", "60"]  # Jupyter never answers
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -447,18 +557,20 @@ async def test_ctrl_c_while_waiting_terminates_the_pod(runpod_fake, cloud_env):
             assert line, f"the CLI ended early: {lines}"
             lines.append(line.decode())
         (pod,) = runpod_fake.pods.values()
-        process.send_signal(signal.SIGINT)
+        assert pod.desired_status == "RUNNING"
+        process.send_signal(signum)
         out, err = await asyncio.wait_for(process.communicate(), 30)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 130
+    assert process.returncode == status
     assert err.decode().splitlines()[-2:] == [
         f"thinkube: interrupted; pod {pod.id} was terminated",
-        "thinkube: interrupted",
+        last_line,
     ]
     assert runpod_fake.pods == {}
+    assert pod.desired_status == "TERMINATED"
     assert pod.last_process.returncode is not None
 
 

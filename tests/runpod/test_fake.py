@@ -76,7 +76,7 @@ async def test_unknown_input_field_is_400_graphql_validation_failed(runpod_fake)
     assert error["extensions"] == {"code": "GRAPHQL_VALIDATION_FAILED"}
     assert error["message"].startswith(
         "Expected value of type 'PodFindAndDeployOnDemandInput' not to include unknown field "
-        "'dataCenters'."
+        "'dataCenters'"
     )
     assert runpod_fake.pods == {}
 

@@ -147,6 +147,23 @@ def test_label_and_key():
     assert a4000.label() == "RTX A4000 16 GB, $0.17/h on demand, stock unknown"
 
 
+@pytest.mark.parametrize(
+    ("stock", "in_stock"),
+    [
+        ("High", True),
+        ("Medium", True),
+        ("Low", True),
+        (None, False),  # RunPod's stockStatus is null when none can be rented
+        ("", False),
+        ("None", False),
+        ("Out of Stock", False),
+    ],
+)
+def test_in_stock_is_what_runpod_reports_free(stock, in_stock):
+    offer = Offer("NVIDIA L4", "L4", 24, "SECURE", 0.43, None, stock)
+    assert offer.in_stock is in_stock
+
+
 def test_sorted_by_price_cheapest_first():
     offers = select_offers(GPU_TYPES)
     assert [(o.display_name, o.cloud_type, o.price_per_hour) for o in offers] == [

@@ -37,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start-delay", type=float, default=1.0, help="seconds until runtime")
     parser.add_argument("--latency", type=float, default=0.0, help="delay every answer (s)")
     parser.add_argument("--no-processes", action="store_true", help="do not run the pods' commands")
-    parser.add_argument("--schema", help="RunPod's schema.graphql (default: shared fixtures)")
+    parser.add_argument(
+        "--schema", help="RunPod's schema as SDL (default: runpod.graphql beside the stand-in)"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 

@@ -1,8 +1,8 @@
 """The RunPod stand-in: RunPod's GraphQL API, schema-first, over HTTP.
 
-Every request is parsed and validated against RunPod's published schema (the shared
-`schema.graphql`, read from `../shared/fixtures/runpod/`, never copied), so a query the real
-API would reject is rejected here, in RunPod's shapes:
+Every request is parsed and validated against RunPod's schema, the part of it this project
+uses (runpod.graphql beside this module, RunPod's own declarations), so a query the real API
+would reject is rejected here, in RunPod's shapes:
 
 - syntax error: HTTP 400, `extensions.code` GRAPHQL_PARSE_FAILED
 - unknown field or argument, wrong types: HTTP 400, GRAPHQL_VALIDATION_FAILED
@@ -55,9 +55,7 @@ from .catalog import DEFAULT_GPU_TYPES, GpuTypeSpec
 
 log = logging.getLogger("runpod_fake")
 
-SCHEMA_PATH = (
-    Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "runpod" / "schema.graphql"
-)
+SCHEMA_PATH = Path(__file__).resolve().with_name("runpod.graphql")
 PROXY_URL_TEMPLATE = "http://{ip}:{port}"
 CAPACITY_MESSAGE = (
     "There are no longer any instances available with the requested specifications. "
@@ -68,11 +66,11 @@ CLOUDS = ("SECURE", "COMMUNITY")
 
 
 def load_schema(path: str | os.PathLike | None = None) -> graphql.GraphQLSchema:
+    """RunPod's schema as SDL: `path`, else $RUNPOD_SCHEMA_PATH, else the project's own
+    runpod.graphql. Another file must declare at least what the stand-in resolves."""
     path = Path(path or os.environ.get("RUNPOD_SCHEMA_PATH") or SCHEMA_PATH)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"RunPod's schema is missing at {path} (shared/fixtures/runpod/schema.graphql)"
-        )
+        raise FileNotFoundError(f"no RunPod schema at {path}")
     return graphql.build_schema(path.read_text())
 
 
@@ -526,8 +524,10 @@ class RunPodFake:
         mutation.fields["podTerminate"].resolve = self._terminate
         mutation.fields["podStop"].resolve = self._stop
         mutation.fields["podResume"].resolve = self._resume
-        for name in ("podBidResume", "podEditJob", "saveRegistryAuth"):
-            mutation.fields[name].resolve = self._not_supported
+        # A fuller schema (--schema) declares more mutations: refuse them plainly.
+        for mutation_field in mutation.fields.values():
+            if mutation_field.resolve is None:
+                mutation_field.resolve = self._not_supported
 
     def _not_supported(self, _root, info, **_args):
         raise GraphQLError(f"the RunPod stand-in does not implement {info.field_name}")
@@ -833,10 +833,14 @@ class RunPodFake:
         await self._halt(pod)
 
     async def terminate(self, pod_id: str) -> None:
-        pod = self.pods.pop(pod_id)
+        # Listed as TERMINATED while its process ends, then gone; always in one of the two.
+        pod = self.pods[pod_id]
+        if pod.desired_status == "TERMINATED":
+            return  # already on its way
         pod.set_status("TERMINATED", "Terminated by User")
         await self._halt(pod)
         self.terminated[pod_id] = pod
+        self.pods.pop(pod_id, None)
         log.info("pod %s terminated", pod_id)
 
     async def _dead_man_switches(self) -> None:
@@ -844,7 +848,7 @@ class RunPodFake:
             await asyncio.sleep(0.1)
             now = time.time()
             for pod in list(self.pods.values()):
-                if pod.id not in self.pods:
+                if pod.id not in self.pods or pod.desired_status == "TERMINATED":
                     continue
                 try:
                     if pod.terminate_at is not None and now >= pod.terminate_at:

@@ -1,7 +1,8 @@
 """`thinkube cloud ...`: cloud GPUs on RunPod from the command line.
 
     thinkube cloud offers [--min-vram GB] [--max-price USD] [--gpu NAME] [--spot] [--json]
-    thinkube cloud colab  [--min-vram GB] [--max-price USD] [--spot] [--meta k=v ...] [--json]
+    thinkube cloud colab  [--min-vram GB] [--max-price USD] [--spot] [--max-hours H]
+                          [--meta k=v ...] [--json]
     thinkube cloud ls     [--meta k=v ...] [--json]
     thinkube cloud rm     POD_ID ... | --meta k=v [--yes] [--json]
 
@@ -9,15 +10,22 @@ The key comes from RUNPOD_API_KEY, RUNPOD_API_KEY_FILE (or --api-key-file), or
 ~/.runpod/config.toml; there is deliberately no option that takes the key itself (it would
 show in the process list and the shell history), and nothing here prints it. Progress goes to
 stderr, results to stdout; errors are one line on stderr and a non-zero exit status.
+
+A pod costs money while it exists, so `colab` never leaves one behind by accident: every pod
+it creates carries RunPod's own deadline (`terminateAfter`, --max-hours, 12 by default), and
+Ctrl-C, SIGTERM and SIGHUP while it waits terminate the pod before the command ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import secrets
+import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +37,10 @@ from .offers import Offer
 
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 JUPYTER_PORT = 8888
+DEFAULT_MAX_HOURS = 12.0
+# Besides Ctrl-C (SIGINT, which asyncio turns into a cancellation by itself): a service
+# manager or `kill` (SIGTERM), and a closed terminal or SSH session (SIGHUP).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class CommandError(Exception):
@@ -122,7 +134,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="start Jupyter on a cloud GPU (for Colab's local runtime, a browser, or SSH)",
         description="Rent the cheapest matching GPU with Jupyter running, wait until it "
         "answers, and print how to connect (a browser URL, an SSH tunnel, the URL for "
-        "Colab's 'Connect to a local runtime'). The pod is billed until `thinkube cloud rm`.",
+        "Colab's 'Connect to a local runtime'). The pod is billed until `thinkube cloud rm`, "
+        "or until RunPod ends it at the --max-hours deadline.",
     )
     _offer_filters(colab)
     colab.add_argument("--image", default=DEFAULT_IMAGE, help=f"image (default {DEFAULT_IMAGE})")
@@ -130,21 +143,33 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     colab.add_argument(
         "--meta", action="append", default=[], type=_meta_pair, metavar="K=V", help="metadata"
     )
-    colab.add_argument("--disk", type=int, default=40, metavar="GB", help="container disk")
     colab.add_argument(
-        "--attempts", type=int, default=3, metavar="N", help="offers to try on no capacity"
+        "--disk", type=int, default=40, metavar="GB", help="container disk (default 40)"
     )
     colab.add_argument(
-        "--timeout", type=_positive_float, default=900, metavar="S", help="wait for Jupyter"
+        "--attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="offers to try when RunPod has no capacity (default 3)",
+    )
+    colab.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=900,
+        metavar="S",
+        help="seconds to wait for Jupyter (default 900)",
     )
     colab.add_argument(
         "--max-hours",
         type=_positive_float,
+        default=DEFAULT_MAX_HOURS,
         metavar="H",
-        help="terminate the pod after H hours even if forgotten (RunPod terminateAfter)",
+        help="RunPod terminates the pod after H hours, even if it is forgotten and this "
+        f"machine is gone (its terminateAfter; default {DEFAULT_MAX_HOURS:g}; 0: no limit)",
     )
     colab.add_argument("--poll-interval", type=_positive_float, default=5.0, help=argparse.SUPPRESS)
-    colab.set_defaults(func=lambda args: _run(cmd_colab(args)))
+    colab.set_defaults(func=lambda args: _run(_stoppable(cmd_colab(args))))
 
     ls = commands.add_parser("ls", parents=[common], help="list your pods", description="Pods.")
     ls.add_argument(
@@ -178,6 +203,39 @@ def _run(coro) -> int:
         raise CommandError(str(err)) from None
 
 
+async def _stoppable(coro) -> int:
+    """Run a command so that SIGTERM and SIGHUP cancel it as Ctrl-C does (its clean-up runs:
+    colab terminates its pod), then end with status 128 + the signal's number. (The other
+    commands leave these signals alone: they hold nothing, and rm may wait on a prompt.)
+    Signal handlers can only be set in the main thread; elsewhere (tests) it just runs."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[signal.Signals] = []
+
+    def stop(signum: signal.Signals) -> None:
+        if not received and task is not None:  # a second signal must not cut the clean-up
+            received.append(signum)
+            task.cancel()
+
+    installed = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, stop, signum)
+                installed.append(signum)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        if task is not None:
+            task.uncancel()
+        raise CommandError(f"stopped by {received[0].name}", 128 + received[0]) from None
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
 def _client(args: argparse.Namespace) -> RunPodClient:
     return RunPodClient(
         api_url=args.api_url,
@@ -187,7 +245,9 @@ def _client(args: argparse.Namespace) -> RunPodClient:
 
 
 def _note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # After a hangup the terminal may be gone: progress is not worth failing for.
+    with contextlib.suppress(OSError):
+        print(message, file=sys.stderr, flush=True)
 
 
 def _out(text: str = "") -> None:
@@ -249,6 +309,12 @@ async def _find_offers(client: RunPodClient, args: argparse.Namespace) -> list[O
 # -- offers ------------------------------------------------------------------------
 
 
+def _gpus(offer: Offer) -> str:
+    return (
+        offer.display_name if offer.gpu_count == 1 else f"{offer.gpu_count}x {offer.display_name}"
+    )
+
+
 async def cmd_offers(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         offers = await _find_offers(client, args)
@@ -260,12 +326,12 @@ async def cmd_offers(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [
-            o.display_name if o.gpu_count == 1 else f"{o.gpu_count}x {o.display_name}",
+            _gpus(o),
             f"{o.vram_gb} GB" if o.vram_gb else "-",
             o.cloud_type.lower(),
             _money(o.price_per_hour),
             _money(o.spot_price_per_hour),
-            (o.stock or "-").lower(),
+            o.stock.lower() if o.in_stock and o.stock else "none",
             o.gpu_type_id,
         ]
         for o in offers
@@ -288,17 +354,47 @@ async def _terminate_quietly(client: RunPodClient, pod_id: str) -> str:
     return f"pod {pod_id} was terminated"
 
 
+def _deadline_text(terminate_after: datetime | None) -> str:
+    if terminate_after is None:
+        return "no time limit (--max-hours 0)"
+    return f"RunPod terminates it at {terminate_after:%Y-%m-%d %H:%M} UTC"
+
+
+def _in_stock_first(offers: list[Offer], spot: bool) -> list[Offer]:
+    """The offers RunPod reports in stock, in their order. Each out-of-stock offer that
+    sorts before the first one in stock is named on stderr (it is why a dearer one is
+    tried); trying it would only spend an attempt on a certain capacity error."""
+    kept = [o for o in offers if o.in_stock]
+    for offer in offers:
+        if offer.in_stock:
+            break
+        _note(
+            f"Skipping {_gpus(offer)} ({offer.cloud_type.lower()} cloud, "
+            f"{_money(offer.price(spot))}/h): RunPod reports it out of stock"
+        )
+    return kept
+
+
 async def cmd_colab(args: argparse.Namespace) -> int:
     meta = {"purpose": "colab", **parse_meta(args.meta)}
     password = secrets.token_urlsafe(24)
     name = args.name or f"thinkube-colab-{secrets.token_hex(3)}"
+    # RunPod's own dead-man switch: the pod ends then even if everything here is gone.
     terminate_after = (
-        datetime.now(UTC) + timedelta(hours=args.max_hours) if args.max_hours else None
+        (datetime.now(UTC) + timedelta(hours=args.max_hours)).replace(microsecond=0)
+        if args.max_hours
+        else None
     )
     async with _client(args) as client:
         offers = await _find_offers(client, args)
         if not offers:
             raise CommandError(f"no cloud GPU offer matches ({_filters_text(args)})")
+        offers = _in_stock_first(offers, args.spot)
+        if not offers:
+            raise CommandError(
+                f"every matching cloud GPU offer is out of stock ({_filters_text(args)}); "
+                "try again later or wider filters"
+            )
 
         def make_request(offer: Offer) -> PodRequest:
             return PodRequest(
@@ -332,7 +428,10 @@ async def cmd_colab(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{err}; try again later, --attempts more, or wider filters"
             ) from None
-        _note(f"Pod {pod.id} ({pod.name}) created; waiting for it to run...")
+        _note(
+            f"Pod {pod.id} ({pod.name}) created; {_deadline_text(terminate_after)}; "
+            "waiting for it to run..."
+        )
         deadline = time.monotonic() + args.timeout
         try:
             pod = await client.wait_for_pod(
@@ -352,17 +451,24 @@ async def cmd_colab(args: argparse.Namespace) -> int:
                 interval_s=min(2.0, args.poll_interval),
                 pod_id=pod.id,
             )
-        except BaseException as err:  # also Ctrl-C (a cancelled task) and timeouts
+        except BaseException as err:  # also Ctrl-C, SIGTERM, SIGHUP (a cancelled task), timeouts
             outcome = await _terminate_quietly(client, pod.id)
             if isinstance(err, KeyboardInterrupt | asyncio.CancelledError):
                 _note(f"thinkube: interrupted; {outcome}")
                 raise
             raise CommandError(f"{err}; {outcome}") from None
-    _print_colab(args, pod, chosen, url, password)
+    _print_colab(args, pod, chosen, url, password, terminate_after)
     return 0
 
 
-def _print_colab(args: argparse.Namespace, pod: Pod, offer: Offer, url: str, password: str) -> None:
+def _print_colab(
+    args: argparse.Namespace,
+    pod: Pod,
+    offer: Offer,
+    url: str,
+    password: str,
+    terminate_after: datetime | None,
+) -> None:
     jupyter_url = f"{url}/?token={password}"
     ssh = pod.ssh_command(JUPYTER_PORT, JUPYTER_PORT)
     local_url = f"http://localhost:{JUPYTER_PORT}/?token={password}"
@@ -380,6 +486,9 @@ def _print_colab(args: argparse.Namespace, pod: Pod, offer: Offer, url: str, pas
                 "jupyter_url": jupyter_url,
                 "ssh_command": ssh,
                 "colab_url": local_url,
+                "terminate_after": (
+                    terminate_after.isoformat().replace("+00:00", "Z") if terminate_after else None
+                ),
                 "meta": pod.meta,
             }
         )
@@ -397,7 +506,15 @@ def _print_colab(args: argparse.Namespace, pod: Pod, offer: Offer, url: str, pas
     else:
         _out("  SSH tunnel:     not available (the pod has no public 22/tcp port)")
     _out()
-    _out(f"The pod is billed until you remove it:  thinkube cloud rm {pod.id}")
+    if terminate_after is None:
+        _out("The pod has no time limit (--max-hours 0).")
+        _out(f"It is billed until you remove it:  thinkube cloud rm {pod.id}")
+    else:
+        _out(
+            f"{_deadline_text(terminate_after)} (--max-hours {args.max_hours:g}); it is billed "
+            "until then,"
+        )
+        _out(f"or until you remove it:  thinkube cloud rm {pod.id}")
 
 
 # -- ls and rm ---------------------------------------------------------------------
@@ -451,35 +568,51 @@ async def cmd_rm(args: argparse.Namespace) -> int:
         raise CommandError("give pod ids or --meta, not both", 2)
     if not args.pod_ids and not args.meta:
         raise CommandError("nothing to remove: give pod ids or --meta k=v", 2)
+    terminated: list[str] = []
+    gone: list[str] = []
     async with _client(args) as client:
         if args.meta:
             targets = await client.list_pods(meta=parse_meta(args.meta))
-            if not targets:
-                if args.json:
-                    _dump({"terminated": [], "already_gone": []})
-                else:
-                    _out("No pods match.")
+            unknown: list[str] = []
+            if not targets and not args.json:
+                _out("No pods match.")
                 return 0
-            ids = [p.id for p in targets]
         else:
-            ids = list(dict.fromkeys(args.pod_ids))
-            known = {p.id: p for p in await client.list_pods()}
-            targets = [known[i] for i in ids if i in known]
-        if not args.yes:
-            if targets and not args.json:
+            targets, unknown = await _pods_by_id(client, list(dict.fromkeys(args.pod_ids)))
+        if targets and not args.yes:
+            if not args.json:
                 _note(_pod_rows(targets))
-            _confirm(len(ids))
-        terminated, gone = [], []
-        for pod_id in ids:
-            if await client.terminate_pod(pod_id):
-                terminated.append(pod_id)
+            _confirm(len(targets))
+        for pod in targets:
+            if await client.terminate_pod(pod.id):
+                terminated.append(pod.id)
             else:
-                gone.append(pod_id)
+                gone.append(pod.id)  # it ended meanwhile: what was asked is done
     if args.json:
-        _dump({"terminated": terminated, "already_gone": gone})
+        _dump({"terminated": terminated, "already_gone": gone, "not_found": unknown})
     else:
         for pod_id in terminated:
             _out(f"terminated {pod_id}")
         for pod_id in gone:
             _out(f"{pod_id}: already gone")
+    if unknown:
+        raise CommandError(_no_pods(unknown))
     return 0
+
+
+async def _pods_by_id(client: RunPodClient, ids: list[str]) -> tuple[list[Pod], list[str]]:
+    """The account's pods with these ids (one that is terminating included), and the ids
+    RunPod knows no pod by: a typo, or another account's pod, must not pass as removed."""
+    listed = {p.id: p for p in await client.list_pods()}
+    found, unknown = [], []
+    for pod_id in ids:
+        pod = listed.get(pod_id) or await client.get_pod(pod_id)
+        if pod is None:
+            unknown.append(pod_id)
+        else:
+            found.append(pod)
+    return found, unknown
+
+
+def _no_pods(ids: list[str]) -> str:
+    return f"no pod {ids[0]}" if len(ids) == 1 else f"no pods {', '.join(ids)}"

@@ -20,6 +20,8 @@ SECURE = "SECURE"
 COMMUNITY = "COMMUNITY"
 CLOUD_TYPES = (SECURE, COMMUNITY)
 _STOCK_RANK = {"high": 0, "medium": 1, "low": 2}
+# What RunPod's stockStatus says when nothing of a GPU type can be rented: null, or words.
+_NO_STOCK = {"", "none", "out of stock", "out_of_stock"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,12 @@ class Offer:
 
     def price(self, spot: bool = False) -> float | None:
         return self.spot_price_per_hour if spot else self.price_per_hour
+
+    @property
+    def in_stock(self) -> bool:
+        """Whether RunPod reports any of it free to rent (stockStatus High, Medium or Low);
+        RunPod reports no stockStatus (null) for what cannot be rented now."""
+        return (self.stock or "").strip().lower() not in _NO_STOCK
 
     def bid_per_gpu(self) -> float | None:
         """The spot bid to place for this offer: its minimum bid, per GPU."""
