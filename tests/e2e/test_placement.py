@@ -397,3 +397,69 @@ async def test_an_admin_claim_that_is_missing_fails_fast_with_its_name(
             message = unescape((await api.get("users/gus/server/progress")).text)
     assert 'persistentvolumeclaim "home-gus" not found' in message.replace('\\"', '"'), message
     assert await pods(sim) == []
+
+
+# A product bug that kubesim must catch: the service counting limits where the scheduler
+# counts requests (the mistake of the system this product replaces). Loaded into the
+# service's own process only, through Python's sitecustomize hook.
+LIMITS_FOR_REQUESTS = """
+import hub_service.accounting as accounting
+accounting.pod_requests = accounting.pod_limits
+"""
+
+
+def busy_node_cluster() -> list[dict]:
+    """node-a runs a pod asking 1 CPU with a limit of 20: free by requests, full by limits."""
+    return [
+        make_node("node-a", 16, 64, None, 1),
+        make_node("node-b", 16, 64, None, 2),
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "bursty",
+                "namespace": "default",
+                "annotations": {RUNTIME_ANNOTATION: "simulated"},
+            },
+            "spec": {
+                "nodeName": "node-a",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "busybox:1.36",
+                        "resources": {
+                            "requests": {"cpu": "1", "memory": "1Gi"},
+                            "limits": {"cpu": "20", "memory": "1Gi"},
+                        },
+                    }
+                ],
+            },
+        },
+    ]
+
+
+@pytest.mark.parametrize("mutated", [False, True], ids=["product as built", "limits counted"])
+async def test_a_wrong_accounting_rule_in_the_product_is_caught(
+    mutated, make_kubesim, hub_with_service, tmp_path
+):
+    sim = await make_kubesim(process_runtime=True)
+    nodes = busy_node_cluster()
+    sim.load(nodes)
+    env = {}
+    if mutated:
+        (tmp_path / "sitecustomize.py").write_text(LIMITS_FOR_REQUESTS)
+        env["PYTHONPATH"] = str(tmp_path)
+    hub = await hub_with_service(
+        sim=sim, config=hub_config(sim, shared_volumes=[]), service_env=env
+    )
+    _, html = await spawn_page(hub, "alice")
+    pod = await spawn_on(hub, sim, "alice", "node:node-b")
+    oracle = await scheduler_nodes(sim, {"cpu": pod}, nodes[:2])
+    await stop(hub, "alice")
+    assert oracle == {"node-a", "node-b"}  # the scheduler counts requests
+    if mutated:
+        # the end-to-end comparison fails: the form greys out a node the scheduler takes
+        assert offered(html) != oracle
+        assert node_options(html)["node-a"].startswith("needs ")
+    else:
+        assert offered(html) == oracle
