@@ -21,16 +21,27 @@ Figures:
 - `service_calls_per_spawn`: the availability service requests the spawner made for one
   form render plus one submit (counted by wrapping `AvailabilityClient.fetch` for the whole
   process, checked against the spawner's own `AvailabilityClient.calls`).
-- `failfast_s`: a choice that no node can take (the admin's `node_selector` matches no node),
-  submitted from the form, until the hub API shows the spawn failed (no server, none
-  pending), with the default `fail_fast_seconds` (10).
+- `menu_build_p50_ms` / `menu_build_p99_ms`: building the menu from a changed availability
+  document (the changing renders), of which `filter_p50_ms` / `filter_p99_ms` is the
+  feasibility filter's part: each node's verdict for each placement's pod, and the room
+  kept per placement.
+- `failfast_s`: a pod the scheduler cannot place although the filter could not know (the
+  admin's own volume names a claim that does not exist: kube-scheduler's "persistentvolumeclaim
+  ... not found"), submitted from the form, until the hub API shows the spawn failed (no
+  server, none pending), with the default `fail_fast_seconds` (10). A choice the filter can
+  judge (an admin node selector that matches no node) is refused at submit instead, before a
+  pod exists: `refused_at_submit_ms`.
 - `kubespawner_default_s`: the same unschedulable pod from a plain `KubeSpawner` with
   `start_timeout = 60`, started through the REST API, until the spawn failed: it waits the
   whole timeout.
+
+`--curve` runs the sizes 1,000 / 2,000 / 5,000 nodes with 30 pods each and prints one JSON
+with every size (the kubespawner baseline at the largest only).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import gc
@@ -72,9 +83,12 @@ from tests.e2e.test_thinkube_spawner import (  # noqa: E402
     form_fields,
     hub_config,
     option,
+    storage_class,
     submit,
 )
 from tests.hub_fixtures import running_hub  # noqa: E402
+from thinkube_spawner import menu as menu_module  # noqa: E402
+from thinkube_spawner import spawner as spawner_module  # noqa: E402
 from thinkube_spawner.availability import AvailabilityClient  # noqa: E402
 from thinkube_spawner.spawner import _built_menus  # noqa: E402
 
@@ -82,6 +96,12 @@ atexit.register(shutil.rmtree, tests.conftest._session_dir, ignore_errors=True)
 os.environ["KUBECONFIG"] = os.path.join(_placeholder_dir, "kubeconfig")
 
 UNMATCHED_SELECTOR = {"hub.jupyter.org/node-purpose": "user"}
+# An admin volume whose claim does not exist: the scheduler refuses the pod, the filter
+# (which does not read volumes) cannot know.
+MISSING_CLAIM = {
+    "volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": "home-{username}"}}],
+    "volume_mounts": [{"name": "home", "mountPath": "/home/jovyan/work"}],
+}
 FORM_USER = "bench"
 KUBESPAWNER_USER = "plain"
 QUIET = {"JupyterHub": {"log_level": "WARN"}}
@@ -111,6 +131,52 @@ class FetchCounter:
 
     def __exit__(self, *exc) -> None:
         AvailabilityClient.fetch = self._original
+
+
+class MenuTimer:
+    """Times each menu build in the hub, and the feasibility filter's part of it."""
+
+    def __init__(self) -> None:
+        self.builds: list[float] = []
+        self.filter: list[float] = []
+        self._in_build = 0.0
+
+    def __enter__(self) -> MenuTimer:
+        build, fill, timer = spawner_module.build_menu, menu_module._Room.fill, self
+        self._originals = (build, fill)
+
+        def timed_build(*args, **kwargs):
+            timer._in_build = 0.0
+            started = time.perf_counter()
+            try:
+                return build(*args, **kwargs)
+            finally:
+                timer.builds.append((time.perf_counter() - started) * 1000)
+                timer.filter.append(timer._in_build)
+
+        def timed_fill(room, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fill(room, *args, **kwargs)
+            finally:
+                timer._in_build += (time.perf_counter() - started) * 1000
+
+        spawner_module.build_menu, menu_module._Room.fill = timed_build, timed_fill
+        return self
+
+    def __exit__(self, *exc) -> None:
+        spawner_module.build_menu, menu_module._Room.fill = self._originals
+
+    def figures(self) -> dict:
+        if not self.builds:
+            return {}
+        return {
+            "menu_builds": len(self.builds),
+            "menu_build_p50_ms": round(statistics.median(self.builds), 1),
+            "menu_build_p99_ms": round(percentile(self.builds, 0.99), 1),
+            "filter_p50_ms": round(statistics.median(self.filter), 1),
+            "filter_p99_ms": round(percentile(self.filter, 0.99), 1),
+        }
 
 
 class GcPauses:
@@ -208,7 +274,7 @@ async def thinkube_run(
 ) -> dict:
     config = merge(
         # hub_config reads only `.url` (the spawner's k8s_api_host)
-        hub_config(kubesim, node_selector=UNMATCHED_SELECTOR),
+        hub_config(kubesim, **MISSING_CLAIM),
         {"ThinkubeSpawner": {"fail_fast_seconds": 10.0}, **QUIET},
     )
     async with running_hub(workdir, sim=None, kubeconfig=kubesim.kubeconfig, config=config) as hub:
@@ -233,9 +299,11 @@ async def thinkube_run(
                     raise RuntimeError(f"GET /hub/spawn: HTTP {page.status_code}")
         full = [ms for generation, ms in gc_pauses.pauses if generation == 2]
         page_bytes = len(page.content)
-        changing = await renders_while_the_cluster_changes(
-            kubesim, browser, spawn_url, spawner, changing_renders
-        )
+        with MenuTimer() as menu_timer:
+            changing = await renders_while_the_cluster_changes(
+                kubesim, browser, spawn_url, spawner, changing_renders
+            )
+        changing.update(menu_timer.figures())
 
         # one render + one submit of an unschedulable choice
         before_process, before_spawner = counter.count, spawner.availability.calls
@@ -262,11 +330,7 @@ async def thinkube_run(
                 seen_by = f"the form POST's answer (HTTP {response.status_code}, form re-rendered)"
         failfast_s = ended - started
         message = next(
-            (
-                line.strip()
-                for line in unescape(progress).splitlines()
-                if "scheduler could not place" in line
-            ),
+            (line.strip() for line in unescape(progress).splitlines() if "not found" in line),
             None,
         )
         spawner_calls = spawner.availability.calls - before_spawner
@@ -301,6 +365,29 @@ async def thinkube_run(
             "failfast_seen_by": seen_by,
             "failfast_message": message[:400] if message else None,
             "failfast_pods_left": left,
+            **await refused_at_submit(kubesim, workdir / "hub-selector"),
+        }
+
+
+async def refused_at_submit(kubesim: SimpleNamespace, workdir: Path) -> dict:
+    """A choice the filter can judge (an admin node selector no node matches): the submit is
+    refused with the reason before a pod exists."""
+    config = merge(hub_config(kubesim, node_selector=UNMATCHED_SELECTOR), QUIET)
+    async with running_hub(workdir, sim=None, kubeconfig=kubesim.kubeconfig, config=config) as hub:
+        browser = await hub.login(FORM_USER)
+        page = await browser.get(urljoin(hub.url, "hub/spawn"), follow_redirects=True)
+        fields = form_fields(page.text)
+        fields.update({option("where"): "cpu", option("cpu"): "1", option("memory"): "2"})
+        started = time.perf_counter()
+        response = await submit(browser, hub, fields)
+        elapsed = (time.perf_counter() - started) * 1000
+        text = unescape(response.text)
+        reason = next((line.strip() for line in text.splitlines() if "cannot start" in line), None)
+        return {
+            "refused_at_submit_ms": round(elapsed, 1),
+            "refused_at_submit_http": response.status_code,
+            "refused_at_submit_message": reason[:300] if reason else None,
+            "refused_at_submit_pods_left": len(await singleuser_pods(kubesim.kubeconfig)),
         }
 
 
@@ -312,7 +399,7 @@ async def kubespawner_run(kubesim: SimpleNamespace, workdir: Path, start_timeout
                 "k8s_api_host": kubesim.url,
                 "namespace": "default",
                 "cmd": [SINGLEUSER],
-                "node_selector": UNMATCHED_SELECTOR,
+                **MISSING_CLAIM,
                 "start_timeout": start_timeout,
                 "http_timeout": 30,
                 "cpu_limit": 1.0,
@@ -361,7 +448,9 @@ async def singleuser_pods(kubeconfig: Path) -> list:
 def write_claims(workdir: Path) -> Path:
     """The storage claims the spawner mounts, as a kubesim scenario file."""
     scenario = workdir / "claims.yaml"
-    scenario.write_text(yaml.safe_dump([claim(name) for name in CLAIMS]))
+    scenario.write_text(
+        yaml.safe_dump([storage_class("seaweedfs"), *[claim(name) for name in CLAIMS]])
+    )
     return scenario
 
 
@@ -410,7 +499,7 @@ async def measure(args) -> dict:
             await sim_process.stop()
     result["kubespawner_default_note"] = (
         f"plain kubespawner.KubeSpawner, start_timeout = {args.start_timeout} s (z2jh's default "
-        "is 300 s), same node_selector; it waits the full start_timeout, as there is no "
+        "is 300 s), the same missing claim; it waits the full start_timeout, as there is no "
         "fail-fast: the figure is the timeout plus the hub's own overhead"
     )
     result["setup"] = (
@@ -420,11 +509,16 @@ async def measure(args) -> dict:
         "(hub-managed) are separate processes; all on one machine"
     )
     result["targets"] = {
-        "form_p99_ms": 150,
+        "form_p99_ms": 100,
+        "form_changing_p99_ms": 250,
+        "filter_p99_ms": 20,
         "service_calls_per_spawn": 2,
         "failfast_s": 20,
     }
     return result
+
+
+CURVE = ((1000, 30000), (2000, 60000), (5000, 150000))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,8 +532,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--start-timeout", type=int, default=60)
     parser.add_argument("--skip-kubespawner", action="store_true")
+    parser.add_argument("--curve", action="store_true", help="1k, 2k and 5k nodes, 30 pods each")
     args = parser.parse_args(argv)
-    emit(asyncio.run(measure(args)), args.json)
+    if not args.curve:
+        emit(asyncio.run(measure(args)), args.json)
+        return 0
+    sizes = []
+    for nodes, pods in CURVE:
+        largest = (nodes, pods) == CURVE[-1]
+        run = argparse.Namespace(
+            **{
+                **vars(args),
+                "nodes": nodes,
+                "pods": pods,
+                "gpu_nodes": max(args.gpu_nodes, nodes * 6 // 100),
+                "skip_kubespawner": args.skip_kubespawner or not largest,
+            }
+        )
+        sizes.append(asyncio.run(measure(run)))
+    emit({"curve": sizes}, args.json)
     return 0
 
 
