@@ -6,11 +6,12 @@ Three layers, in the apiserver's order:
    ``kubernetes_validate`` ships (strict flavour: unknown fields are errors). Wrong JSON types
    and unparseable quantities fail here; the apiserver answers those with 400 BadRequest.
    Unknown fields fail here too, as under ``fieldValidation=Strict``.
-2. Defaulting (``default_pod``): what the v1 defaulters and the default admission plugins
-   write into a new Pod.
+2. Defaulting (``default_object``, ``default_pod``): what the v1 defaulters and the default
+   admission plugins write into a new Pod, and the storage kinds' defaults. (Admission that
+   reads the cluster, such as DefaultStorageClass, is in volumes.py.)
 3. Validation: the rules of k8s.io/kubernetes pkg/apis/core/validation that the schema cannot
-   express (names, labels, containers, resource requests and limits), answered with 422
-   Invalid. Messages are the apiserver's, so a test can compare them with a real cluster.
+   express (names, labels, containers, resource requests and limits, claims' access modes and
+   storage request), answered with 422 Invalid. Messages are the apiserver's, so a test can compare them with a real cluster.
 
 The schema helpers (``object_schema``, ``property_schema``) are shared with ``patch``, whose
 strategic merge patch reads the patch strategies from the same schemas.

@@ -64,6 +64,16 @@ def node_ready_status(node: Mapping) -> str:
     return "Unknown"
 
 
+def feasible_nodes_to_find(total: int) -> int:
+    """kube-scheduler's ``numFeasibleNodesToFind`` with the adaptive percentageOfNodesToScore:
+    every node in clusters under 100 nodes, else 50% less 1% per 125 nodes (at least 5%), and
+    never fewer than 100. The scheduler stops filtering once it has found that many."""
+    if total < 100:
+        return total
+    percentage = max(50 - total // 125, 5)
+    return max(total * percentage // 100, 100)
+
+
 def _scheduler_name(spec: Mapping[str, Any]) -> str:
     return spec.get("schedulerName") or "default-scheduler"
 
@@ -96,6 +106,8 @@ class Scheduler:
         self.allocatable: dict[str, Units] = {}
         self.pending: dict[PodKey, Units] = {}
         self.last_failure: dict[PodKey, tuple[str, str]] = {}  # key -> (message, event name)
+        # Where the next pod's search starts, so that pods spread over a large cluster.
+        self.next_start_index = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -255,20 +267,23 @@ class Scheduler:
             self._report_failure(pod, failure_message(len(nodes), {}, volumes.rejection))
             return
         affinity = required_node_affinity(spec)
+        candidates = (
+            nodes if allowed is None else [n for n in nodes if n["metadata"]["name"] in allowed]
+        )
         rejections: dict[str, Rejection] = {}
-        best, best_score = None, None
-        for node in nodes:
+        feasible: list[dict] = []
+        wanted = feasible_nodes_to_find(len(candidates))
+        start = self.next_start_index % len(candidates) if candidates else 0
+        for offset in range(len(candidates)):
+            node = candidates[(start + offset) % len(candidates)]
             name = node["metadata"]["name"]
-            if allowed is not None and name not in allowed:
-                continue
-            requested = self.requested.get(name, {})
             rejection = filter_node(
                 spec,
                 affinity,
                 request,
                 node,
                 self.allocatable.get(name, {}),
-                requested,
+                self.requested.get(name, {}),
                 len(self.bound.get(name, {})),
             )
             if rejection is None and volumes is not None:
@@ -277,21 +292,23 @@ class Scheduler:
                 )
             if rejection is not None:
                 rejections[name] = rejection
-                continue
-            score = self._score(request, name)
-            if best_score is None or score > best_score:
-                best, best_score = name, score
-        if best is not None:
-            if volumes is not None:
-                node = next(n for n in nodes if n["metadata"]["name"] == best)
-                for claim in volumes.delayed:
-                    self.sim.volumes.bind_for_node(claim, node)
-            self.bind(pod, best)
-        else:
+            else:
+                feasible.append(node)
+                if len(feasible) == wanted:
+                    break
+        if candidates:
+            processed = len(feasible) + len(rejections)
+            self.next_start_index = (start + processed) % len(candidates)
+        if not feasible:
             message = failure_message(
                 len(nodes), rejections, preemption_policy=spec.get("preemptionPolicy")
             )
             self._report_failure(pod, message)
+            return
+        best = max(feasible, key=lambda n: self._score(request, n["metadata"]["name"]))
+        for claim in volumes.delayed if volumes is not None else ():
+            self.sim.volumes.bind_for_node(claim, best)
+        self.bind(pod, best["metadata"]["name"])
 
     def _pod_volumes(self, pod: dict) -> _PodVolumes:
         """VolumeBinding's PreFilter for a pod that uses claims."""
@@ -388,4 +405,10 @@ def event_name(pod_name: str) -> str:
     return f"{pod_name}.{uuid.uuid4().hex[:16]}"
 
 
-__all__ = ["DEFAULT_SCHEDULER_NAMES", "Scheduler", "event_name", "node_ready_status"]
+__all__ = [
+    "DEFAULT_SCHEDULER_NAMES",
+    "Scheduler",
+    "event_name",
+    "feasible_nodes_to_find",
+    "node_ready_status",
+]

@@ -343,8 +343,13 @@ class ResourceHandler(BaseHandler):
             limit = max(0, int(limit_arg))
         except ValueError as err:
             raise ApiError(400, "BadRequest", f"invalid limit: {limit_arg}") from err
+        continue_token = self.get_query_argument("continue", "")
+        if rv == "0" and not continue_token:
+            # Kubernetes 1.32 serves resourceVersion=0 from its watch cache, which cannot
+            # paginate: the whole list comes back, whatever the limit.
+            limit = 0
         items, list_rv, token, remaining = store.list(
-            self.rt, self.namespace, labels, fields, limit, self.get_query_argument("continue", "")
+            self.rt, self.namespace, labels, fields, limit, continue_token
         )
         if tables.wants_table(self.request.headers.get("Accept", "")):
             objects = [json.loads(item) for item in items]

@@ -144,6 +144,26 @@ async def test_chunked_list(cluster):
     assert [n for n in seen if n.startswith("page-")] == [f"page-{i}" for i in range(7)]
 
 
+async def test_a_list_at_resource_version_0_comes_whole_from_the_watch_cache(kubesim):
+    # Kubernetes 1.32: resourceVersion=0 is served from the watch cache, which ignores limit
+    # (serving pages from the cache came with 1.33's ListFromCacheSnapshot).
+    api = await api_client_for(kubesim.kubeconfig)
+    core = client.CoreV1Api(api)
+    for i in range(5):
+        await core.create_namespaced_config_map("default", configmap(f"cached-{i}"))
+    whole = await core.list_namespaced_config_map("default", limit=2, resource_version="0")
+    assert [i.metadata.name for i in whole.items] == [f"cached-{i}" for i in range(5)]
+    assert whole.metadata._continue is None and whole.metadata.remaining_item_count is None
+    assert int(whole.metadata.resource_version) == kubesim.store.resource_version
+    selected = await core.list_namespaced_config_map(
+        "default", resource_version="0", field_selector="metadata.name=cached-3"
+    )
+    assert [i.metadata.name for i in selected.items] == ["cached-3"]
+    paged = await core.list_namespaced_config_map("default", limit=2)
+    assert len(paged.items) == 2 and paged.metadata._continue
+    await api.close()
+
+
 async def test_watch_from_resource_version(cluster):
     core, ns = cluster.core, cluster.namespace
     listed = await core.list_namespaced_config_map(ns)

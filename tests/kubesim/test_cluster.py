@@ -14,6 +14,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from tests.conftest import api_client_for
 from tests.kubesim.__main__ import parse_args
 from tests.kubesim.generator import GPU_MODELS, make_node
+from tests.kubesim.scheduler import feasible_nodes_to_find
 from tests.utils import eventually
 
 
@@ -489,3 +490,29 @@ def test_scheduler_names_on_the_command_line():
     assert parse_args(["--scheduler-names", "a, b"]).scheduler_names == ("a", "b")
     with pytest.raises(SystemExit):
         parse_args(["--scheduler-names", ","])
+
+
+def test_large_clusters_are_searched_in_part_like_kube_scheduler_does():
+    assert feasible_nodes_to_find(1) == 1
+    assert feasible_nodes_to_find(99) == 99  # small clusters: every node
+    assert feasible_nodes_to_find(100) == 100
+    assert feasible_nodes_to_find(250) == 120  # 48%
+    assert feasible_nodes_to_find(1000) == 420  # 42%
+    assert feasible_nodes_to_find(5000) == 500  # 10%
+    assert feasible_nodes_to_find(6000) == 300  # never under 5%
+
+
+async def test_in_a_large_cluster_each_search_starts_where_the_last_one_stopped(kubesim):
+    kubesim.load([make_node(f"n-{i:03d}", 16, 64, None, i) for i in range(250)])
+    api = await api_client_for(kubesim.kubeconfig)
+    core = client.CoreV1Api(api)
+    placed = []
+    for name in ("first", "second"):
+        pod = plain_pod(name)
+        pod["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1"}}
+        await core.create_namespaced_pod("default", pod)
+        placed.append((await eventually(lambda name=name: _bound(core, name))).spec.node_name)
+    # The first search looks at n-000..n-119 (120 feasible nodes are enough), the next one
+    # starts at n-120; with one search over all nodes the second pod would take n-001.
+    assert placed == ["n-000", "n-120"]
+    await api.close()

@@ -284,12 +284,12 @@ def volume_binding_filter(
             return Rejection((VOLUME_MISSING,))
         if not volume_fits_node(volume, node) and VOLUME_NODE_CONFLICT not in reasons:
             reasons.append(VOLUME_NODE_CONFLICT)
-    taken: list[Mapping[str, Any]] = []
+    taken: set[str] = set()  # one volume per claim
     for claim in delayed:
-        free = [v for v in volumes.values() if not any(v is t for t in taken)]
+        free = [volume for name, volume in volumes.items() if name not in taken]
         volume = find_matching_volume(claim, free, node=node, delay_binding=True)
         if volume is not None:
-            taken.append(volume)
+            taken.add(volume["metadata"]["name"])
         elif not can_provision_on(classes.get(claim_class(claim)), node):
             if VOLUME_BIND_CONFLICT not in reasons:
                 reasons.append(VOLUME_BIND_CONFLICT)
