@@ -57,10 +57,12 @@ def test_strict_validation_rejects_unknown_fields():
         kubernetes_validate.validate(pv, K8S_VERSION, strict=True)
 
 
-def test_cluster_role_reads_nodes_and_pods_only():
+def test_cluster_role_reads_nodes_and_pods_and_storage_classes_only():
     (role,) = by_kind("ClusterRole")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]},
+        # the spawner tells a shared claim waiting for its first consumer from a stuck one
+        {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]},
     ]
     (binding,) = by_kind("ClusterRoleBinding")
     assert binding["roleRef"] == {

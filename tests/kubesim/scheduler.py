@@ -43,8 +43,10 @@ NODES = BY_PATH[("", "v1", "nodes")]
 EVENTS = BY_PATH[("", "v1", "events")]
 
 _TERMINAL_PHASES = ("Succeeded", "Failed")
-# kube-scheduler's own name, and the one z2jh's user-scheduler (a kube-scheduler) runs as.
-DEFAULT_SCHEDULER_NAMES = ("default-scheduler", "jupyterhub-user-scheduler")
+# kube-scheduler's own name, and the names z2jh's user-scheduler (a kube-scheduler) runs as:
+# "user-scheduler" with the chart's default fullnameOverride "", "<release>-user-scheduler"
+# without it (release "jupyterhub").
+DEFAULT_SCHEDULER_NAMES = ("default-scheduler", "user-scheduler", "jupyterhub-user-scheduler")
 
 PodKey = tuple[str, str]
 

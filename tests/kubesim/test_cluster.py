@@ -486,7 +486,11 @@ async def test_pods_of_each_configured_scheduler_are_placed_in_its_name(make_kub
 
 
 def test_scheduler_names_on_the_command_line():
-    assert parse_args([]).scheduler_names == ("default-scheduler", "jupyterhub-user-scheduler")
+    assert parse_args([]).scheduler_names == (
+        "default-scheduler",
+        "user-scheduler",
+        "jupyterhub-user-scheduler",
+    )
     assert parse_args(["--scheduler-names", "a, b"]).scheduler_names == ("a", "b")
     with pytest.raises(SystemExit):
         parse_args(["--scheduler-names", ","])
