@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kubernetes_asyncio.client import StorageV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
@@ -43,6 +44,7 @@ from .menu import (
     fits,
     no_room_message,
 )
+from .redaction import redact_secrets_in
 from .runpod.backend import STATE_KEY, CloudStartError, RunPodBackend, spawn_error_for
 from .runpod.settings import RunPodCloudSettings, missing_public_url_message
 from .shaping import (
@@ -305,6 +307,9 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             for name in {*MERGED_TRAITS, *SCHEDULING_TRAITS}
         }
         self._pod_template: PodTemplate | None = None
+        # kubespawner logs a pod it could not create in full, environment included: the
+        # server's token and any secret the admin put there must not reach the log.
+        redact_secrets_in(self.log)
         if self.cloud_enabled and not self.cloud_public_url(self.public_hub_url):
             # Said as soon as a spawner exists; cloud offers stay off until it is set.
             self.log.error(missing_public_url_message(type(self).__name__))
@@ -552,19 +557,18 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             self._cloud_starting = True  # now: progress() may be asked before the task runs
             self._start_future = asyncio.ensure_future(self._start_on_cloud())
             return self._start_future
-        start_future = super().start()
-        if not self.fail_fast_seconds:
-            return start_future
-        return asyncio.ensure_future(self._start_or_fail_fast(start_future))
+        return asyncio.ensure_future(self._start_or_fail_fast(super().start()))
 
     async def _start_or_fail_fast(self, start_future: asyncio.Future):
+        if not self.fail_fast_seconds:
+            return await self._refusals_in_words(start_future)
         watcher = asyncio.ensure_future(self._watch_scheduling())
         try:
             done, _ = await asyncio.wait(
                 {start_future, watcher}, return_when=asyncio.FIRST_COMPLETED
             )
             if start_future in done:
-                return start_future.result()
+                return await self._refusals_in_words(start_future)
             failure = watcher.result()
         finally:
             watcher.cancel()
@@ -574,6 +578,26 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         raise spawn_error(
             await self._unschedulable_message(failure), reason="unschedulable", status_code=503
         )
+
+    async def _refusals_in_words(self, start_future: asyncio.Future):
+        """kubespawner's start; an error answer of the Kubernetes API becomes a message for
+        the person, with whatever was made of the server deleted."""
+        try:
+            return await start_future
+        except ApiException as err:
+            self.log.error(
+                "The Kubernetes API refused to start %s: HTTP %s %s",
+                self._log_name,
+                err.status,
+                err.reason,
+            )
+            await self.stop(now=True)
+            raise spawn_error(
+                f"The cluster refused to create your server (HTTP {err.status} from the "
+                "Kubernetes API); nothing was left behind; try again in a moment.",
+                reason="cluster",
+                status_code=503,
+            ) from None
 
     def _scheduling_events(self) -> list[dict]:
         return list(self.events)  # kubespawner's: this pod's events since this start

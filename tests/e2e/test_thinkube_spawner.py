@@ -382,3 +382,36 @@ async def test_a_selector_no_node_matches_is_known_to_the_form(lab, hub_with_ser
         response.text
     )
     assert await pods(lab) == []
+
+
+async def test_a_pod_the_cluster_refuses_is_said_in_words_and_no_secret_is_logged(
+    lab, hub_with_service, caplog
+):
+    caplog.set_level("DEBUG")
+    lab.faults.refuse.append(("POST", r"/api/v1/namespaces/[^/]+/pods$", 500))
+    tokens = []  # the server's token, which the hub forgets after a failed start
+    config = hub_config(lab, pre_spawn_hook=lambda spawner: tokens.append(spawner.api_token))
+    hub = await hub_with_service(sim=lab, config=config)
+    browser, html = await spawn_page(hub, "hank")
+    fields = form_fields(html)
+    fields.update({option("where"): "cpu", option("cpu"): "1", option("memory"): "1"})
+    response = await submit(browser, hub, fields)
+    if response.status_code == 302:  # past the hub's slow-spawn wait: the progress says it
+        progress = await browser.get(urljoin(hub.url, "hub/api/users/hank/server/progress"))
+        text = unescape(progress.text)
+    else:
+        text = unescape(response.text)
+    assert (
+        "The cluster refused to create your server (HTTP 500 from the Kubernetes API); "
+        "nothing was left behind; try again in a moment." in text
+    )
+    assert "Traceback" not in text and "ApiException" not in text
+    assert await pods(lab) == []
+    # kubespawner logged the pod it could not create, without the server's token
+    (token,) = tokens
+    assert token and "Failed for" in caplog.text
+    assert token not in caplog.text
+    assert "'value': '[secret]'" in caplog.text
+    lab.faults.refuse.clear()
+    async with httpx.AsyncClient() as http:  # the hub is fine
+        assert (await http.get(urljoin(hub.url, "hub/api/"))).status_code == 200

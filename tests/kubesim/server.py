@@ -7,7 +7,8 @@ import asyncio
 import base64
 import json
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tornado import web
@@ -48,6 +49,9 @@ class Faults:
     error_rate: float = 0.0  # fraction of requests answered with an error
     error_codes: tuple[int, ...] = (500, 429)
     seed: int | None = None
+    # (method, path pattern, code): matching requests are answered with that error, e.g.
+    # ("POST", r"/api/v1/namespaces/[^/]+/pods$", 500) refuses every pod create.
+    refuse: list[tuple[str, str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
@@ -65,8 +69,18 @@ class BaseHandler(web.RequestHandler):
         faults: Faults = self.sim.faults
         if faults.latency_s:
             await asyncio.sleep(faults.latency_s)
-        if faults.error_rate and faults.random.random() < faults.error_rate:
-            code = faults.random.choice(faults.error_codes)
+        refused = next(
+            (
+                code
+                for method, pattern, code in faults.refuse
+                if method == self.request.method and re.search(pattern, self.request.path)
+            ),
+            None,
+        )
+        if refused is not None or (
+            faults.error_rate and faults.random.random() < faults.error_rate
+        ):
+            code = refused or faults.random.choice(faults.error_codes)
             if code == 429:
                 self.set_header("Retry-After", "1")
                 err = ApiError(
