@@ -47,7 +47,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from hub_service.quantity import QuantityError, parse_quantity
+from thinkube_core.quantity import QuantityError, parse_quantity
 
 __all__ = [
     "DEFAULT_IMAGES",

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from thinkube_spawner.runpod import (
+from thinkube_core.runpod import (
     ConfigurationError,
     Offer,
     RunPodClient,
@@ -28,7 +28,7 @@ from thinkube_spawner.runpod import (
     offers_from_gpu_types,
     sort_offers,
 )
-from thinkube_spawner.runpod.offers import CLOUD_TYPES
+from thinkube_core.runpod.offers import CLOUD_TYPES
 
 from .background import cancel_and_wait
 from .reaper import HubClient, Reaper

@@ -1,13 +1,13 @@
 """Node and cluster documents for the availability service. Pure functions, no I/O.
 
-Input: raw Kubernetes Node JSON and the :class:`~hub_service.accounting.PodSummary` of the
+Input: raw Kubernetes Node JSON and the :class:`~thinkube_core.accounting.PodSummary` of the
 pods bound to that node. Output: JSON-ready dicts.
 
 Units in every document: cpu in cores as a float, memory in bytes and every other resource
 in whole units as ints (rounded up, as ``Quantity.Value()``), GPU memory in MiB.
 
 Free means scheduler truth: ``status.allocatable`` minus the requests of the pods that count
-on the node (:mod:`hub_service.accounting`), never a utilisation heuristic. Live GPU metrics
+on the node (:mod:`thinkube_core.accounting`), never a utilisation heuristic. Live GPU metrics
 only fill the informational ``memory_used`` / ``utilization`` fields.
 
 Robustness: :func:`node_document` raises only :class:`MalformedObject`, for what it cannot
@@ -27,15 +27,15 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from hub_service.accounting import (
+from thinkube_core.accounting import (
     MalformedObject,
     PodSummary,
     node_allocatable,
     percent,
     sum_resources,
 )
-from hub_service.quantity import EXACT_CONTEXT, int_value
-from hub_service.scheduling import PODS, scheduler_units
+from thinkube_core.quantity import EXACT_CONTEXT, int_value
+from thinkube_core.scheduling import PODS, scheduler_units
 
 __all__ = ["gpu_details", "gpu_inventory", "node_document", "summary_document"]
 
@@ -333,7 +333,7 @@ def node_document(
     allocatable (not ``status.capacity``) and requests (not limits). A node that is NotReady or
     cordoned is still reported, with ``available`` all zeros and ``reason`` saying why; taints
     are reported as they are: whether a pod tolerates them is the feasibility filter's business
-    (:mod:`hub_service.scheduling`), for the pod in question.
+    (:mod:`thinkube_core.scheduling`), for the pod in question.
     """
     if not isinstance(node, Mapping):
         raise MalformedObject(f"node must be an object, not {type(node).__name__}")
@@ -391,7 +391,7 @@ def node_document(
         },
         "pod_count": len(counted),
         "pods_allocatable": int_value(allocatable.get("pods", _ZERO)),
-        # What the feasibility filter reads (hub_service.scheduling), besides taints.
+        # What the feasibility filter reads (thinkube_core.scheduling), besides taints.
         "labels": labels,
         "free": free_units(allocatable, requests, len(counted)),
         "scheduling_key": scheduling_key(labels, taints, ready, cordoned),

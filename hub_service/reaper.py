@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from thinkube_spawner.runpod import Pod, RunPodClient, RunPodError
+from thinkube_core.runpod import Pod, RunPodClient, RunPodError
 
 from .background import cancel_and_wait
 

@@ -19,7 +19,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .accounting import PodSummary, summarize_pod
+from thinkube_core.accounting import PodSummary, summarize_pod
+
 from .dcgm import DcgmMetrics, metrics_for_node
 from .nodes import node_document
 

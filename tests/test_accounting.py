@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from hub_service.accounting import (
+from thinkube_core.accounting import (
     MalformedObject,
     PodSummary,
     fits,

@@ -3,8 +3,8 @@ from decimal import Decimal
 
 import pytest
 
-from hub_service.accounting import MalformedObject, node_allocatable, summarize_pod
 from hub_service.nodes import gpu_details, gpu_inventory, node_document, summary_document
+from thinkube_core.accounting import MalformedObject, node_allocatable, summarize_pod
 
 GI = 1024**3
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}

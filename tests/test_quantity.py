@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from hub_service.quantity import (
+from thinkube_core.quantity import (
     QuantityError,
     format_bytes,
     format_cpu,

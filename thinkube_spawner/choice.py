@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .runpod.offers import Offer
+from thinkube_core.runpod.offers import Offer
 
 GIB = 1024**3
 GPU_TAINT_KEY = "nvidia.com/gpu"

@@ -10,7 +10,7 @@ from typing import Any
 
 import jinja2
 
-from hub_service.quantity import QuantityError, parse_quantity
+from thinkube_core.quantity import QuantityError, parse_quantity
 
 from .menu import (
     GIB,

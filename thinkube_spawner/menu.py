@@ -7,7 +7,7 @@ A choice is `user_options` as kubespawner's form posts it and the REST API takes
 "cpu": "4", "memory": "16", "gpus": "1"}`. Every value is looked up in the menu; nothing a
 user sends reaches a pod spec without being one of the menu's own values.
 
-Where a server may go is decided by one filter (`hub_service.scheduling`), asked about the
+Where a server may go is decided by one filter (`thinkube_core.scheduling`), asked about the
 pod the spawner will submit for that choice: `MenuSettings.pod` shapes it exactly as the
 spawn does (the admin's tolerations, node selector, required affinity, extra pod config and
 containers, plus the choice), so the form offers exactly the places the scheduler will take.
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from hub_service.quantity import QuantityError, parse_quantity
-from hub_service.scheduling import (
+from thinkube_core.quantity import QuantityError, parse_quantity
+from thinkube_core.runpod.offers import Offer
+from thinkube_core.scheduling import (
     PODS,
     PodRules,
     demand_reason,
@@ -52,7 +53,6 @@ from .choice import (
     Placement,
     fmt,
 )
-from .runpod.offers import Offer
 from .shaping import PodTemplate
 
 __all__ = [

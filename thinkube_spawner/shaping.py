@@ -254,7 +254,7 @@ def pod_scheduling_spec(traits: dict[str, Any]) -> dict[str, Any]:
     """The part of the pod spec that kubespawner's `get_pod_manifest` makes from these trait
     values and the scheduler reads: containers' resources, tolerations, nodeSelector,
     required node affinity, schedulerName, then `extra_pod_config` over them, as kubespawner
-    applies it. Raw JSON, camelCase, ready for `hub_service.scheduling`. A test holds it
+    applies it. Raw JSON, camelCase, ready for `thinkube_core.scheduling`. A test holds it
     equal to kubespawner's own manifest."""
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}

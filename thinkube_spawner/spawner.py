@@ -25,8 +25,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
-from hub_service.accounting import MalformedObject
-from hub_service.scheduling import PodRules, node_reason, pod_demand
+from thinkube_core.accounting import MalformedObject
+from thinkube_core.scheduling import PodRules, node_reason, pod_demand
 
 from .availability import AvailabilitySettings, ServiceUnavailable, paused_gc
 from .errors import choice_error, service_unavailable_error, spawn_error

@@ -403,7 +403,7 @@ async def test_an_admin_claim_that_is_missing_fails_fast_with_its_name(
 # counts requests (the mistake of the system this product replaces). Loaded into the
 # service's own process only, through Python's sitecustomize hook.
 LIMITS_FOR_REQUESTS = """
-import hub_service.accounting as accounting
+import thinkube_core.accounting as accounting
 accounting.pod_requests = accounting.pod_limits
 """
 

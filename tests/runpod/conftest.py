@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.runpod_fake import RunPodFake
-from thinkube_spawner.runpod import RunPodClient
+from thinkube_core.runpod import RunPodClient
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tests.runpod.cloud_hub import cloud_hub, cloud_hub_config
 from tests.runpod.conftest import client_for
 from tests.runpod_fake import RunPodFake
 from tests.utils import eventually
-from thinkube_spawner.runpod import PodRequest, Secret
+from thinkube_core.runpod import PodRequest, Secret
 from thinkube_spawner.runpod.backend import STATE_KEY, CloudStartError, RunPodBackend
 
 

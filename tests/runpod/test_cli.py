@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from tests.runpod.conftest import client_for
+from thinkube_core.runpod import PodRequest
 from thinkube_spawner.cli import main
-from thinkube_spawner.runpod import PodRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Colab options for tests: quick polls, and never a wait that outlives the test.

@@ -14,7 +14,7 @@ import pytest
 from tests.runpod.conftest import client_for
 from tests.runpod_fake import CAPACITY_MESSAGE, GENERIC_MESSAGE
 from tests.utils import eventually
-from thinkube_spawner.runpod import (
+from thinkube_core.runpod import (
     CREATE_ID_ENV,
     AuthError,
     CapacityError,

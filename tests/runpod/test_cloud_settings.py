@@ -9,7 +9,7 @@ import pytest
 from traitlets.config import Config
 
 from tests.runpod_fake import DEFAULT_GPU_TYPES
-from thinkube_spawner.runpod import Offer
+from thinkube_core.runpod import Offer
 from thinkube_spawner.runpod.options import (
     CloudRequest,
     OptionsError,

@@ -17,7 +17,7 @@ import pytest
 from tests.runpod.conftest import client_for
 from tests.runpod_fake import CAPACITY_MESSAGE
 from tests.utils import eventually
-from thinkube_spawner.runpod import PodRequest
+from thinkube_core.runpod import PodRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 RTX_4090 = "NVIDIA GeForce RTX 4090"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from thinkube_spawner.runpod.offers import (
+from thinkube_core.runpod.offers import (
     Offer,
     filter_offers,
     offers_from_gpu_types,

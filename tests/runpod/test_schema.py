@@ -15,12 +15,12 @@ import pytest
 from tests.conftest import shared_file
 from tests.runpod.conftest import client_for
 from tests.runpod_fake import SCHEMA_PATH, RunPodFake, load_schema
-from thinkube_spawner.runpod import PodRequest
+from thinkube_core.runpod import PodRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 TRANSCRIPTION = "fixtures/runpod/schema.graphql"
 # Where the project keeps GraphQL it sends to RunPod.
-SENDING_PACKAGES = ("thinkube_spawner", "hub_service")
+SENDING_PACKAGES = ("thinkube_core", "thinkube_spawner", "hub_service")
 OPERATION = re.compile(r"^\s*(query|mutation|subscription)\s+\w+", re.MULTILINE)
 
 

@@ -41,7 +41,7 @@ from tests.kubesim.generator import make_node
 from tests.kubesim.sim import free_port
 from tests.runpod_fake import DEFAULT_GPU_TYPES, RunPodFake
 from tests.service.test_openapi import run_schemathesis
-from thinkube_spawner.runpod import Pod, PodRequest, RunPodClient
+from thinkube_core.runpod import Pod, PodRequest, RunPodClient
 
 # The hub tests share the module's event loop (and its hub); the pure tests at the end are plain.
 in_module_loop = pytest.mark.asyncio(loop_scope="module")

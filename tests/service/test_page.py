@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from hub_service.accounting import summarize_pod
 from hub_service.local import machine_document
 from hub_service.nodes import node_document, summary_document
 from hub_service.page import (
@@ -32,6 +31,7 @@ from hub_service.page import (
     select_nodes,
 )
 from tests.kubesim.generator import GPU_MODELS, generate_nodes, make_node
+from thinkube_core.accounting import summarize_pod
 
 GIB = 1024**3
 NOW = 1_760_000_000.0  # a fixed clock: 2025-10-09T08:53:20Z

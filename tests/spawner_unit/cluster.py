@@ -8,10 +8,10 @@ import copy
 import json
 from collections import defaultdict
 
-from hub_service.accounting import summarize_pod
 from hub_service.catalog import DEFAULT_IMAGES
 from hub_service.nodes import node_document, summary_document
 from tests.kubesim.generator import GPU_MODELS, make_node
+from thinkube_core.accounting import summarize_pod
 from thinkube_spawner.menu import Menu, MenuSettings, build_menu
 
 A100, H100, RTX4090, L4, RTX3090_SHARED, GB10 = GPU_MODELS

@@ -8,9 +8,9 @@ import pytest
 
 from tests.spawner_unit.cluster import FakeAvailability, documents, images, lab_nodes, lab_pods
 from tests.spawner_unit.test_form import Form, render
+from thinkube_core.runpod.offers import Offer
 from thinkube_spawner.form import CLOUD_STORAGE_NOTE, menu_profile
 from thinkube_spawner.menu import ChoiceError, MenuSettings, build_menu, check_choice
-from thinkube_spawner.runpod.offers import Offer
 
 RTX_4090 = Offer("NVIDIA GeForce RTX 4090", "RTX 4090", 24, "COMMUNITY", 0.69, 0.35, "High")
 H100 = Offer("NVIDIA H100 80GB HBM3", "H100 80GB", 80, "SECURE", 2.99, 1.75, "Low")

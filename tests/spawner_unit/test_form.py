@@ -359,8 +359,8 @@ async def test_the_page_data_carries_what_the_hubs_pod_adds():
 def test_the_page_data_keeps_only_rows_no_other_row_beats():
     """At 1,000 nodes the page carries the few undominated rows, and still answers every
     "does it fit" exactly as the full list of nodes would."""
-    from hub_service.scheduling import rules_reason
     from tests.spawner_unit.test_menu import big_cluster
+    from thinkube_core.scheduling import rules_reason
     from thinkube_spawner.menu import pod_for
 
     node_docs, summary = big_cluster()

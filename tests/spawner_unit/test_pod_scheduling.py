@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
-from hub_service.scheduling import PodRules, pod_demand
 from tests.spawner_unit.cluster import lab_menu, make_spawner
+from thinkube_core.scheduling import PodRules, pod_demand
 from thinkube_spawner.menu import MenuSettings, check_choice
 from thinkube_spawner.shaping import and_terms, apply_to_configured, spawner_overrides
 

@@ -7,7 +7,6 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 from tornado import web
 
-from hub_service.scheduling import pod_demand
 from tests.kubesim.admission import default_pod, validate
 from tests.kubesim.generator import make_node
 from tests.spawner_unit.cluster import (
@@ -21,6 +20,7 @@ from tests.spawner_unit.cluster import (
     pod,
     renamed_time_sliced_node,
 )
+from thinkube_core.scheduling import pod_demand
 from thinkube_spawner.menu import MenuSettings, check_choice, demand_for, fits
 from thinkube_spawner.shaping import (
     PodSettings,

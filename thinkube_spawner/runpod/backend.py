@@ -26,8 +26,8 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .client import PodWaitTimeout, RunPodClient
-from .errors import (
+from thinkube_core.runpod.client import PodWaitTimeout, RunPodClient
+from thinkube_core.runpod.errors import (
     AuthError,
     CapacityError,
     ConfigurationError,
@@ -36,8 +36,9 @@ from .errors import (
     RunPodError,
     UnavailableError,
 )
-from .models import ENDED_STATUSES, PAUSED, Pod, PodRequest
-from .offers import Offer
+from thinkube_core.runpod.models import ENDED_STATUSES, PAUSED, Pod, PodRequest
+from thinkube_core.runpod.offers import Offer
+
 from .settings import (
     JUPYTER_PORT,
     CloudConfig,

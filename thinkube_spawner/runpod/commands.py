@@ -30,10 +30,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .client import RunPodClient
-from .errors import CapacityError, RunPodError
-from .models import Pod, PodRequest, parse_meta
-from .offers import Offer
+from thinkube_core.runpod.client import RunPodClient
+from thinkube_core.runpod.errors import CapacityError, RunPodError
+from thinkube_core.runpod.models import Pod, PodRequest, parse_meta
+from thinkube_core.runpod.offers import Offer
 
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 JUPYTER_PORT = 8888

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from .offers import CLOUD_TYPES, Offer, filter_offers, sort_offers
+from thinkube_core.runpod.offers import CLOUD_TYPES, Offer, filter_offers, sort_offers
 
 OPTION_NAMES = (
     "offer",

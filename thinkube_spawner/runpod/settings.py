@@ -20,9 +20,9 @@ from urllib.parse import urlsplit, urlunsplit
 from traitlets import Dict, Float, Integer, Unicode, validate
 from traitlets.config import Configurable
 
-from .credentials import Secret, resolve_api_key, resolve_api_url
-from .errors import ConfigurationError
-from .models import DEFAULT_PROXY_URL_TEMPLATE
+from thinkube_core.runpod.credentials import Secret, resolve_api_key, resolve_api_url
+from thinkube_core.runpod.errors import ConfigurationError
+from thinkube_core.runpod.models import DEFAULT_PROXY_URL_TEMPLATE
 
 DEFAULT_CLOUD_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 JUPYTER_PORT = 8888

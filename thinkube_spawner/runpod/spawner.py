@@ -17,9 +17,10 @@ from typing import Any
 from jupyterhub.spawner import Spawner
 from traitlets import Integer, Unicode, default
 
+from thinkube_core.runpod.errors import AuthError, ConfigurationError, RunPodError, UnavailableError
+
 from ..errors import spawn_error
 from .backend import CloudStartError, RunPodBackend, spawn_error_for
-from .errors import AuthError, ConfigurationError, RunPodError, UnavailableError
 from .options import (
     OptionsError,
     candidate_offers,

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from hub_service.accounting import MalformedObject, pod_requests
-from hub_service.quantity import QuantityError, int_value, milli_value, parse_quantity
+from thinkube_core.accounting import MalformedObject, pod_requests
+from thinkube_core.quantity import QuantityError, int_value, milli_value, parse_quantity
 
 __all__ = [
     "NO_EXECUTE",

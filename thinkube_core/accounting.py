@@ -36,7 +36,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from hub_service.quantity import (
+from thinkube_core.quantity import (
     EXACT_CONTEXT,
     QuantityError,
     int_value,
