@@ -16,8 +16,25 @@ help:
 	@echo "make lint  - ruff"
 	@echo "make dev   - a real hub + the availability service against kubesim (http://127.0.0.1:8000/)"
 
+# As root, `thinkube hub` runs each server as its person's own account, which must be able
+# to run the venv's Python: one under a folder closed to other users (pyenv in /root) is
+# replaced by the system's python3.
+VENV_PYTHON_CHECK := import sys; sys.path.insert(0, "."); \
+	from thinkube_spawner.accounts import closed_to_others as closed; \
+	why = closed(sys.executable); print(why or "", end=""); sys.exit(bool(why))
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	@python='$(PYTHON)'; \
+	if [ "$$(id -u)" = 0 ] && ! why=$$($$python -c '$(VENV_PYTHON_CHECK)'); then \
+		if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+			&& /usr/bin/python3 -c '$(VENV_PYTHON_CHECK)' >/dev/null; then \
+			echo "make: the venv uses /usr/bin/python3: other accounts cannot run $(PYTHON) ($$why)"; \
+			python=/usr/bin/python3; \
+		else \
+			echo "make: as root, servers run as people's own accounts, which cannot run $(PYTHON) ($$why); give a Python 3.11+ they can run: make PYTHON=/path/to/python3 ..." >&2; \
+			exit 1; \
+		fi; \
+	fi; \
+	echo "$$python -m venv $(VENV)"; $$python -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Reinstall when the package metadata changes. torch is pinned to the CPU build this
