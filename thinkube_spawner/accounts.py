@@ -10,12 +10,16 @@ maps every name to a valid one, distinct names to distinct accounts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import os
 import pwd
 import re
 import shutil
 import stat
+import subprocess
+import threading
 from pathlib import Path
 
 DEFAULT_PREFIX = "jupyter-"
@@ -33,14 +37,15 @@ class AccountError(Exception):
 def account_name(hub_name: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The system account for a hub user: `prefix` + the name, lower case, with anything
     but a-z, 0-9, `_` and `-` turned into `-`. A name that had to change, or that reaches
-    26 characters, is cut at 26 and ends with 5 characters of its hash, so that `a.b` and
-    `a-b` get different accounts and every account name fits useradd's 32."""
+    26 characters, is cut at 26 and ends with 5 characters of the hash of prefix + name
+    (TLJH's rule for long names), so that `a.b` and `a-b` get different accounts and every
+    account name fits useradd's 32."""
     if not PREFIX.match(prefix):
         raise ValueError(f"account prefix {prefix!r}: a-z, 0-9, _ and - only, 20 at most")
     plain = prefix + re.sub(r"[^a-z0-9_-]", "-", hub_name.lower())
     if plain == prefix + hub_name and len(plain) < CUT_AT:
         return plain
-    digest = hashlib.sha256(hub_name.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = hashlib.sha256((prefix + hub_name).encode("utf-8", "surrogatepass")).hexdigest()
     return f"{plain[:CUT_AT]}-{digest[:5]}"
 
 
@@ -119,33 +124,66 @@ def useradd_command(name: str, home: str, comment: str) -> list[str]:
     ]
 
 
-async def ensure_account(name: str, home_root: str, hub_name: str) -> pwd.struct_passwd:
-    """The account `name`, made with useradd (home `home_root`/`name`, mode 0700) unless it
-    exists. Two spawns making it at once are fine: the second finds it made."""
+# useradd's own locking does not keep two at once from tripping over each other: every
+# account is made under this process's lock and, across hubs, a lock file only root may
+# create (/run is root's).
+_making = threading.Lock()
+MAKING_LOCK_FILE = "/run/thinkube-accounts.lock"
+
+
+@contextlib.contextmanager
+def _one_at_a_time():
+    with _making:
+        try:
+            fd = os.open(MAKING_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            yield  # no /run to write: this process's lock alone
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _make_account(name: str, home: str, comment: str) -> tuple[pwd.struct_passwd, bool]:
+    with _one_at_a_time():
+        found = existing_account(name)
+        if found is not None:
+            return found, False
+        done = subprocess.run(
+            useradd_command(name, home, comment), capture_output=True, text=True, check=False
+        )
+        found = existing_account(name)
+        if found is None:
+            reason = done.stderr.strip().splitlines()
+            raise AccountError(
+                f"useradd could not make the account {name}: "
+                f"{reason[-1] if reason else f'exit status {done.returncode}'}"
+            )
+        return found, True
+
+
+async def ensure_account(
+    name: str, home_root: str, hub_name: str
+) -> tuple[pwd.struct_passwd, bool]:
+    """The account `name`, and whether it was made now: made with useradd (home
+    `home_root`/`name`, mode 0700) unless it exists."""
     if not ACCOUNT_NAME.match(name) or len(name) > 32:
         raise AccountError(f"{name!r} is not a valid account name")
     found = existing_account(name)
     if found is not None:
-        return usable(found)
+        return usable(found), False
     if shutil.which("useradd") is None:
         raise AccountError("useradd is not installed (Debian and Ubuntu: the passwd package)")
-    home = os.path.join(home_root, name)
     # The comment is only a label; keep it to characters every passwd file accepts.
     label = re.sub(r"[^A-Za-z0-9 @._-]", "?", hub_name)[:64]
-    process = await asyncio.create_subprocess_exec(
-        *useradd_command(name, home, f"thinkube hub user {label}"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    found, made = await asyncio.to_thread(
+        _make_account, name, os.path.join(home_root, name), f"thinkube hub user {label}"
     )
-    _, err = await process.communicate()
-    found = existing_account(name)
-    if found is None:
-        reason = err.decode(errors="replace").strip().splitlines()
-        raise AccountError(
-            f"useradd could not make the account {name}: "
-            f"{reason[-1] if reason else f'exit status {process.returncode}'}"
-        )
     usable(found)
+    if not made:
+        return found, False
     try:
         home_owner = os.stat(found.pw_dir).st_uid
     except OSError as err:
@@ -155,6 +193,5 @@ async def ensure_account(name: str, home_root: str, hub_name: str) -> pwd.struct
             f"{found.pw_dir} belongs to uid {home_owner}, not to the new account {name} "
             f"(uid {found.pw_uid}): move it away or give it to {name}"
         )
-    if process.returncode == 0:
-        os.chmod(found.pw_dir, 0o700)  # people's files are their own
-    return found
+    os.chmod(found.pw_dir, 0o700)  # people's files are their own
+    return found, True

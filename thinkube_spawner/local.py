@@ -461,7 +461,15 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
                 account = usable(found)
             else:
                 name = account_name(self.user.name, self.account_prefix)
-                account = await ensure_account(name, self.account_home_root, self.user.name)
+                account, made = await ensure_account(name, self.account_home_root, self.user.name)
+                if made:
+                    self.log.info(
+                        "Made the system account %s (uid %d, home %s) for %s",
+                        name,
+                        account.pw_uid,
+                        account.pw_dir,
+                        self.user.name,
+                    )
         except AccountError as err:
             self.log.error("No account for %s: %s", self.user.name, err)
             raise spawn_error(

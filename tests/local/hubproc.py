@@ -22,7 +22,7 @@ import tempfile
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import httpx
 import psutil
@@ -48,6 +48,7 @@ class LocalHub:
     password: str
     output: list[str] = field(default_factory=list)
     account_prefix: str | None = None  # as root: the accounts this hub makes
+    verify: object = True  # httpx's `verify`: a context trusting the test's certificate
 
     def account(self, user: str) -> pwd.struct_passwd | None:
         """The system account `user`'s server runs as (None: the hub's own user)."""
@@ -68,7 +69,7 @@ class LocalHub:
     ) -> httpx.AsyncClient:
         """A browser-like client logged in through the hub's login form (with the printed
         password unless given; `expect` is the login page's status)."""
-        browser = httpx.AsyncClient(timeout=30, follow_redirects=True)
+        browser = httpx.AsyncClient(timeout=30, follow_redirects=True, verify=self.verify)
         page = await browser.get(urljoin(self.url, "hub/login"))
         assert page.status_code == 200, page.text[:300]
         response = await browser.post(
@@ -92,7 +93,7 @@ class LocalHub:
         """The hub's REST API with the browser's cookie (JupyterHub wants the XSRF header)."""
         return await browser.request(
             method,
-            urljoin(self.url, "hub/api/" + path),
+            urljoin(self.url, "hub/api/" + quote(path)),
             headers={"X-XSRFToken": self.xsrf(browser)},
             **kwargs,
         )
@@ -123,6 +124,40 @@ class LocalHub:
             return model.get("servers") == {}
 
         await eventually(stopped, within=60, interval=0.2)
+
+
+async def run_in_terminal(
+    hub: LocalHub, browser: httpx.AsyncClient, user: str, command: str
+) -> str:
+    """Run `command` in a terminal of `user`'s server (jupyter-server's terminal API over its
+    websocket, through the proxy, as JupyterLab's terminal does) and return what it printed."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    token = (await hub.api(browser, "POST", f"users/{user}/tokens", json={})).json()["token"]
+    base = urljoin(hub.url, f"user/{quote(user, safe='')}/")
+    headers = {"Authorization": f"token {token}"}
+    created = await browser.post(base + "api/terminals", headers=headers)
+    assert created.status_code == 200, created.text[:300]
+    name = created.json()["name"]
+    socket = await websocket_connect(
+        HTTPRequest(base.replace("http", "ws", 1) + f"terminals/websocket/{name}", headers=headers)
+    )
+    try:
+        # The shell prints the markers' values; the echo of the typed line shows formulas.
+        line = f"echo BEGIN-$((5*5)); {command}; echo END-$((6*7))\r"
+        socket.write_message(json.dumps(["stdin", line]))
+        printed = ""
+        while "END-42" not in printed:
+            message = await asyncio.wait_for(socket.read_message(), 30)
+            assert message is not None, f"the terminal closed; it printed: {printed}"
+            kind, *content = json.loads(message)
+            if kind == "stdout":
+                printed += content[0]
+        return printed.split("BEGIN-25", 1)[-1].split("END-42")[0].replace("\r", "")
+    finally:
+        socket.close()
+        await browser.delete(base + f"api/terminals/{name}", headers=headers)
 
 
 def server_processes(hub: LocalHub, user: str) -> list[psutil.Process]:
