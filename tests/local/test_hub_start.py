@@ -23,6 +23,7 @@ from tests.kubesim.sim import free_port
 from tests.local.hubproc import PASSWORD_LINE, LocalHub, _collect, local_hub, start_hub
 from tests.local.test_hub_command import _run_cli
 from tests.utils import eventually, stop_process_group
+from thinkube_spawner.hub import banner_lines, is_loopback
 
 TLS_OPTIONS = "--ssl-cert CERT --ssl-key KEY"
 
@@ -197,3 +198,39 @@ def test_tls_options_are_checked_before_anything_starts(tmp_path):
         assert result.stderr.startswith(f"thinkube: error: {message}"), (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert not data.exists()  # nothing created
+
+
+@pytest.mark.parametrize(
+    "ip, loopback",
+    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("gpu-box", False)],
+)  # fmt: skip
+def test_what_counts_as_loopback(ip, loopback):
+    assert is_loopback(ip) is loopback
+
+
+def test_the_banner_says_who_servers_run_as_and_ends_with_address_and_password():
+    base = {"ip": "127.0.0.1", "port": 8000, "data_dir": "/d", "hostname": "box"}
+    shared_account = banner_lines({**base, "server_accounts": False, "hub_user": "ann"}, "pw")
+    assert shared_account == [
+        "thinkube hub: data in /d; Ctrl-C stops the hub and every server it started.",
+        "thinkube hub: every server runs as ann, the hub's own account: people who log in "
+        "can read each other's files.",
+        "thinkube hub: open http://127.0.0.1:8000/ and log in with any user name and the "
+        "password: pw",
+    ]
+    own = banner_lines({**base, "server_accounts": True, "account_prefix": "lab-"}, "pw")
+    assert own[1] == (
+        "thinkube hub: each person's server runs as a system account of their own "
+        "(lab-<name>, made at their first start)."
+    )
+    system = banner_lines({**base, "server_accounts": True, "system_users": True}, "pw")
+    assert system[1] == (
+        "thinkube hub: each person's server runs as their own system user (system_users)."
+    )
+    tls_everywhere = banner_lines({**base, "ip": "::", "ssl_cert": "/c.pem"}, "pw")
+    assert tls_everywhere[-1].startswith("thinkube hub: open https://box:8000/ and")
+    assert not any("WARNING" in line for line in tls_everywhere)
+    ipv6 = banner_lines({**base, "ip": "fd00::5"}, "pw")
+    assert ipv6[-2].startswith("thinkube hub: WARNING: listening on fd00::5 over plain HTTP")
+    assert ipv6[-1].startswith("thinkube hub: open http://[fd00::5]:8000/ and")
