@@ -61,7 +61,9 @@ class ThinkubeLocalHub(JupyterHub):
         if status != 200:
             self.log.warning("The login page %s did not answer 200 (last: %s)", login, status)
             return
-        print("\n".join(banner_lines(settings, password)), flush=True)
+        # One write, so that no log line from another process lands inside it.
+        sys.stdout.write("\n".join(banner_lines(settings, password)) + "\n")
+        sys.stdout.flush()
 
 
 main = ThinkubeLocalHub.launch_instance
