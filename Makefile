@@ -18,11 +18,11 @@ help:
 
 # As root, `thinkube hub` runs each server as its person's own account, which must be able
 # to run the venv's Python: one under a folder closed to other users (pyenv in /root) is
-# replaced by the system's python3.
+# replaced by the system's python3. $(call make-venv,DIR) makes the venv DIR.
 VENV_PYTHON_CHECK := import sys; sys.path.insert(0, "."); \
 	from thinkube_spawner.accounts import closed_to_others as closed; \
 	why = closed(sys.executable); print(why or "", end=""); sys.exit(bool(why))
-$(PY):
+define make-venv
 	@python='$(PYTHON)'; \
 	if [ "$$(id -u)" = 0 ] && ! why=$$($$python -c '$(VENV_PYTHON_CHECK)'); then \
 		if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
@@ -34,7 +34,11 @@ $(PY):
 			exit 1; \
 		fi; \
 	fi; \
-	echo "$$python -m venv $(VENV)"; $$python -m venv $(VENV)
+	echo "$$python -m venv $(1)"; $$python -m venv $(1)
+endef
+
+$(PY):
+	$(call make-venv,$(VENV))
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Reinstall when the package metadata changes. torch is pinned to the CPU build this
@@ -67,7 +71,7 @@ E2E_TESTS ?= tests/e2e tests/service tests/deploy/test_keycloak_login.py \
 	tests/runpod/test_spawner_hub.py tests/runpod/test_thinkube_cloud.py tests/local
 
 $(JH55_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(JH55_VENV)
+	$(call make-venv,$(JH55_VENV))
 	$(JH55_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(JH55_VENV)/bin/python -m pip install --quiet -e '.[test]' 'jupyterhub==5.5.0'
 	touch $@

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from jupyterhub.app import JupyterHub
+from jupyterhub import app as jupyterhub_app
 
 from thinkube_spawner.accounts import DEFAULT_PREFIX
 from thinkube_spawner.hub import SETTINGS_ENV, banner_lines, local_address
@@ -30,7 +30,10 @@ def read_settings(settings_file: Path) -> tuple[dict, str]:
     return settings, (Path(settings["data_dir"]) / "password").read_text().strip()
 
 
-class ThinkubeLocalHub(JupyterHub):
+class JupyterHub(jupyterhub_app.JupyterHub):
+    """JupyterHub plus the banner. Named as JupyterHub because the class name is the log's
+    name: the log reads as JupyterHub's own."""
+
     async def start(self):
         await super().start()
         settings_file = os.environ.get(SETTINGS_ENV)
@@ -66,7 +69,7 @@ class ThinkubeLocalHub(JupyterHub):
         sys.stdout.flush()
 
 
-main = ThinkubeLocalHub.launch_instance
+main = JupyterHub.launch_instance
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,6 +45,10 @@ async def test_thinkube_hub_login_form_spawn_proxy_second_user_and_ctrl_c(tmp_pa
         intruder = await hub.login("mallory", password="not-the-password", expect=403)
         assert (await intruder.get(urljoin(hub.url, "hub/spawn"))).url.path == "/hub/login"
         alice = await hub.login("alice")
+        # The Services menu lists the availability service (display, and the user's role
+        # may access it).
+        home = (await alice.get(urljoin(hub.url, "hub/home"))).text
+        assert 'href="/services/thinkube-resources/"' in home, home[-3000:]
         html = await hub.form(alice)
 
         # This machine: its CPU count and memory, and plainly no GPU.
