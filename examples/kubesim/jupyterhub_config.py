@@ -74,7 +74,8 @@ except (OSError, KeyError, IndexError, TypeError):
 c.ThinkubeSpawner.namespace = "default"
 c.ThinkubeSpawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
 # Servers never run as root: as Zero to JupyterHub does, pods run as uid 1000 (group 100),
-# which kubesim applies when it runs as root (otherwise they run as its own user).
+# which kubesim applies when it runs as root (otherwise they run as its own user); uid 1000
+# must then be able to read this checkout and its .venv.
 c.ThinkubeSpawner.uid = 1000
 c.ThinkubeSpawner.gid = 100
 c.ThinkubeSpawner.shared_volumes = []  # kubesim has no storage to mount

@@ -99,7 +99,7 @@ async def test_the_login_page_never_404s_and_the_banner_comes_last_once_it_answe
         # Before the hub listens behind it the proxy can only say 503 (for a moment), and
         # before that the port is closed; nothing else.
         assert set(statuses) <= {"closed", 503, 200}, statuses
-        assert not any(printed for _, printed in answers[:-1]), "banner before the page answered"
+        assert not any(printed for _, printed in answers[:-1]), ("banner too early", answers)
 
         async def printed():
             return banner_index(output) is not None
@@ -107,7 +107,8 @@ async def test_the_login_page_never_404s_and_the_banner_comes_last_once_it_answe
         await eventually(printed, within=150)
         await asyncio.sleep(3)  # nothing the hub does at start comes after the banner
         lines = banner(output)
-        assert output[-len(lines) :] == [line + "\n" for line in lines]  # the last lines
+        # The last lines.
+        assert output[-len(lines) :] == [line + "\n" for line in lines], output[-12:]
         assert len(lines) == 3, lines  # loopback: no warning
         assert "Ctrl-C stops the hub and every server it started" in lines[0]
         assert f"open http://127.0.0.1:{port}/ and" in lines[-1]
