@@ -14,10 +14,31 @@ help:
 	@echo "make test  - install everything and run the test suite"
 	@echo "make test-jh55 - the end-to-end tests on JupyterHub 5.5"
 	@echo "make lint  - ruff"
-	@echo "make dev   - a real hub + the availability service against kubesim (http://127.0.0.1:8000/)"
+	@echo "make dev   - a real hub + the availability service against kubesim (address printed)"
+
+# As root, `thinkube hub` runs each server as its person's own account, which must be able
+# to run the venv's Python: one under a folder closed to other users (pyenv in /root) is
+# replaced by the system's python3. $(call make-venv,DIR) makes the venv DIR.
+VENV_PYTHON_CHECK := import sys; sys.path.insert(0, "."); \
+	from thinkube_spawner.accounts import closed_to_others as closed; \
+	why = closed(sys.executable); print(why or "", end=""); sys.exit(bool(why))
+define make-venv
+	@python='$(PYTHON)'; \
+	if [ "$$(id -u)" = 0 ] && ! why=$$($$python -c '$(VENV_PYTHON_CHECK)'); then \
+		if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+			&& /usr/bin/python3 -c '$(VENV_PYTHON_CHECK)' >/dev/null; then \
+			echo "make: the venv uses /usr/bin/python3: other accounts cannot run $(PYTHON) ($$why)"; \
+			python=/usr/bin/python3; \
+		else \
+			echo "make: as root, servers run as people's own accounts, which cannot run $(PYTHON) ($$why); give a Python 3.11+ they can run: make PYTHON=/path/to/python3 ..." >&2; \
+			exit 1; \
+		fi; \
+	fi; \
+	echo "$$python -m venv $(1)"; $$python -m venv $(1)
+endef
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	$(call make-venv,$(VENV))
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Reinstall when the package metadata changes. torch is pinned to the CPU build this
@@ -50,7 +71,7 @@ E2E_TESTS ?= tests/e2e tests/service tests/deploy/test_keycloak_login.py \
 	tests/runpod/test_spawner_hub.py tests/runpod/test_thinkube_cloud.py tests/local
 
 $(JH55_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(JH55_VENV)
+	$(call make-venv,$(JH55_VENV))
 	$(JH55_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(JH55_VENV)/bin/python -m pip install --quiet -e '.[test]' 'jupyterhub==5.5.0'
 	touch $@
@@ -72,16 +93,19 @@ run: $(VENV)/.run-installed node_modules/.installed
 	$(VENV)/bin/thinkube hub $(RUN_ARGS)
 
 # A real JupyterHub with thinkube-resources as a managed service, against kubesim started
-# alongside (20 nodes, 6 with GPUs, 300 pods). Log in with any name; Ctrl-C stops both.
-DEV_DIR ?= /tmp/thinkube-dev
-dev: deps
-	@mkdir -p $(DEV_DIR)
-	@rm -f $(DEV_DIR)/kubeconfig
-	@$(PY) -m tests.kubesim --port 0 --nodes 20 --gpu-nodes 6 --pods 300 --process-runtime \
-		--kubeconfig $(DEV_DIR)/kubeconfig & KUBESIM=$$!; \
-	trap 'kill $$KUBESIM 2>/dev/null' EXIT INT TERM; \
-	for i in $$(seq 100); do [ -s $(DEV_DIR)/kubeconfig ] && break; sleep 0.1; done; \
-	KUBECONFIG=$(DEV_DIR)/kubeconfig THINKUBE_DEV_DIR=$(DEV_DIR) $(VENV)/bin/jupyterhub -f examples/kubesim/jupyterhub_config.py
+# alongside (20 nodes, 6 with GPUs, 300 pods): examples/kubesim/dev.py. Log in with any name;
+# Ctrl-C stops the hub, then kubesim. It needs the package with its `local` extra (the
+# servers kubesim runs) and `dev` extra (what kubesim imports), not the test tools. State in
+# .dev/ (or DEV_DIR), the hub on port 8000 when free (or DEV_ARGS="--port N"), internal
+# ports free ones: two checkouts can run it side by side.
+DEV_DIR ?=
+DEV_ARGS ?=
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[local,dev]'
+	touch $@
+
+dev: $(VENV)/.dev-installed node_modules/.installed
+	$(PY) examples/kubesim/dev.py $(if $(DEV_DIR),--state-dir $(DEV_DIR)) $(DEV_ARGS)
 
 clean:
-	rm -rf $(VENV) $(JH55_VENV) node_modules test-artifacts .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(JH55_VENV) node_modules test-artifacts .pytest_cache .ruff_cache .dev

@@ -6,8 +6,6 @@ import asyncio
 import os
 import signal
 
-import pytest
-
 
 async def eventually(predicate, within: float = 10.0, interval: float = 0.05):
     """Await `predicate()` until it returns something truthy, and return that."""
@@ -18,6 +16,8 @@ async def eventually(predicate, within: float = 10.0, interval: float = 0.05):
         if result:
             return result
         if loop.time() > deadline:
+            import pytest  # here, so that kubesim (`make dev`) runs without pytest
+
             pytest.fail(f"condition not met within {within}s")
         await asyncio.sleep(interval)
 

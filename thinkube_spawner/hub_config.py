@@ -22,9 +22,18 @@ python = settings.get("python") or sys.executable
 SERVICE = "thinkube-resources"
 
 # --- where the hub listens and keeps its state --------------------------------------------
-c.JupyterHub.bind_url = f"http://{settings['ip']}:{settings['port']}/"
-c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{settings['hub_port']}"
+scheme = "https" if settings.get("ssl_cert") else "http"
+c.JupyterHub.bind_url = f"{scheme}://{settings['ip']}:{settings['port']}/"
+if settings.get("ssl_cert"):
+    c.JupyterHub.ssl_cert = settings["ssl_cert"]
+    c.JupyterHub.ssl_key = settings["ssl_key"]
+hub_url = f"http://127.0.0.1:{settings['hub_port']}"
+c.JupyterHub.hub_bind_url = hub_url
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings['proxy_api_port']}"
+# The proxy opens the public port before the hub has started its service and added its
+# own route; until then it would answer 404 for every page. With the hub as its default
+# target, the login page works from the moment the hub listens.
+c.ConfigurableHTTPProxy.command = ["configurable-http-proxy", "--default-target", hub_url]
 c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
 c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(data / "cookie_secret")
@@ -42,8 +51,6 @@ c.ThinkubeLocalSpawner.home_dir_template = str(data / "users" / "{username}")
 c.ThinkubeLocalSpawner.environments = {
     "local": {"cmd": [str(Path(python).parent / "jupyterhub-singleuser")]}
 }
-if os.geteuid() == 0:  # jupyter-server refuses to run as root unless told
-    c.ThinkubeLocalSpawner.args = ["--allow-root"]
 c.ThinkubeLocalSpawner.start_timeout = 60
 if importlib.util.find_spec("jupyterlab") is not None:
     c.ThinkubeLocalSpawner.default_url = "/lab"

@@ -11,7 +11,12 @@ a local process by the pure functions here:
 - memory: a systemd scope with ``MemoryMax`` where the machine has systemd on cgroup v2,
   otherwise advisory (the form says so);
 - the machine's other GPUs are also hidden from NVML (nvidia-smi) in a private mount
-  namespace (gpu_isolation.py).
+  namespace (gpu_isolation.py);
+- the account: never root. A hub running as root gives each person a system account of
+  their own (accounts.py, made on their first start) or, with `system_users`, uses theirs;
+  the server's command then ends with run_as.py, which takes that account for good after
+  the steps that need root (the systemd scope, the isolation namespace). A hub not running
+  as root runs every server as its own user.
 
 The cores and GPUs picked are recorded in ``user_options["allocation"]`` (and in the spawner's
 state), which is how the service, reading the hub's API, counts them as taken. Within the hub
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -32,12 +38,22 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default, validate
 
 from hub_service.local import ALLOCATION_KEY
 
+from .accounts import (
+    DEFAULT_PREFIX,
+    PREFIX,
+    AccountError,
+    account_name,
+    closed_to_others,
+    ensure_account,
+    existing_account,
+    usable,
+)
 from .availability import AvailabilitySettings, ServiceUnavailable, running_hub
-from .errors import choice_error, service_unavailable_error
+from .errors import choice_error, service_unavailable_error, spawn_error
 from .gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, driver_gpus, hiding_plan, isolation_command
 from .menu import (
     GIB,
@@ -186,6 +202,12 @@ def memory_enforcement(
     return "systemd-user" if user_bus else None
 
 
+def run_as_command(account: str, cmd: list[str], python: str = sys.executable) -> list[str]:
+    """`cmd`, started as `account` by run_as.py (isolated mode: no module is looked up in
+    the working directory or from the environment while still root)."""
+    return [python, "-I", "-m", "thinkube_spawner.run_as", account, "--", *cmd]
+
+
 def _default_environments() -> dict[str, dict]:
     singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
     return {"local": {"cmd": [str(singleuser)]}}
@@ -256,16 +278,39 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
     system_users = Bool(
         False,
         config=True,
-        help="Run each server as the system user of the same name (LocalProcessSpawner's "
-        "setuid; needs the hub to run as root and users from PAM or similar). False: run as "
-        "the hub's user in home_dir_template. E.g. `True`.",
+        help="With the hub running as root: run each server as the existing system user of "
+        "the same name (users from PAM or similar), in their home. False: each person gets "
+        "an account made for them (account_prefix). Never uid 0. E.g. `True`.",
+    )
+    account_prefix = Unicode(
+        DEFAULT_PREFIX,
+        config=True,
+        help="With the hub running as root (and system_users False): each person's server "
+        "runs as the system account <prefix><name>, made with useradd on their first start "
+        "(names that are not valid account names, or reach 26 characters, are cut and end "
+        "with a hash). a-z, 0-9, _ and -, up to 20 characters. E.g. `lab-`.",
+    )
+    account_home_root = Unicode(
+        "/home",
+        config=True,
+        help="Where the homes of the accounts made for people go (<root>/<account>, mode "
+        "0700); other users must be able to pass through it. E.g. `/data/homes`.",
     )
     home_dir_template = Unicode(
         "/tmp/thinkube-users/{username}",
         config=True,
-        help="Where each user's server starts when system_users is False, e.g. "
-        "`/srv/thinkube/users/{username}`.",
+        help="Where each user's server starts when the hub does not run as root (every "
+        "server then runs as the hub's user), e.g. `/srv/thinkube/users/{username}`.",
     )
+
+    @validate("account_prefix")
+    def _valid_prefix(self, proposal):
+        if not PREFIX.match(proposal["value"]):
+            raise ValueError(
+                f"account_prefix {proposal['value']!r}: a-z, 0-9, _ and - only (not "
+                "starting with a digit or -), 20 characters at most"
+            )
+        return proposal["value"]
 
     @default("options_form")
     def _default_options_form(self):
@@ -282,6 +327,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         self.allocation: LocalAllocation | None = None
         self._configured_cmd = list(self.cmd)
         self._extra_env: dict[str, str] = {}  # set per start from the choice
+        self.account: pwd.struct_passwd | None = None  # whom the server runs as, when root
 
     # -- the form ------------------------------------------------------------------------
 
@@ -365,27 +411,87 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
 
     async def start(self):
         choice, allocation = await self.check_and_allocate()
-        environment = self.environments.get(choice.image["name"]) or {}
-        base_cmd = self.isolated(allocation, list(environment.get("cmd") or self._configured_cmd))
-        unit = scope_unit_name(self.user.name, self.name, f"{os.getpid()}-{secrets.token_hex(3)}")
-        extra_env, self.cmd = process_settings(
-            allocation, base_cmd, self.memory_mode() if allocation.memory_enforced else None, unit
-        )
-        self._extra_env = {**dict(environment.get("env") or {}), **extra_env}
-        self.log.info(
-            "Spawning %s: %s, cores %s, GPUs %s, %d GiB (%s)",
-            self._log_name,
-            choice.image["name"],
-            ",".join(map(str, allocation.cores)),
-            ",".join(allocation.gpus) or "none",
-            allocation.memory_gib,
-            "enforced" if allocation.memory_enforced else "advisory",
-        )
         try:
+            environment = self.environments.get(choice.image["name"]) or {}
+            server_cmd = list(environment.get("cmd") or self._configured_cmd)
+            self.account = await self.server_account(server_cmd)
+            if self.account is not None:
+                server_cmd = run_as_command(self.account.pw_name, server_cmd)
+            base_cmd = self.isolated(allocation, server_cmd)
+            unit = scope_unit_name(
+                self.user.name, self.name, f"{os.getpid()}-{secrets.token_hex(3)}"
+            )
+            extra_env, self.cmd = process_settings(
+                allocation,
+                base_cmd,
+                self.memory_mode() if allocation.memory_enforced else None,
+                unit,
+            )
+            self._extra_env = {**dict(environment.get("env") or {}), **extra_env}
+            self.log.info(
+                "Spawning %s as %s: %s, cores %s, GPUs %s, %d GiB (%s)",
+                self._log_name,
+                self.account.pw_name if self.account else f"uid {os.geteuid()}",
+                choice.image["name"],
+                ",".join(map(str, allocation.cores)),
+                ",".join(allocation.gpus) or "none",
+                allocation.memory_gib,
+                "enforced" if allocation.memory_enforced else "advisory",
+            )
             return await super().start()
         except BaseException:
             self.allocation = None
             raise
+
+    async def server_account(self, server_cmd: list[str]) -> pwd.struct_passwd | None:
+        """The account the server runs as when the hub is root (made on the person's first
+        start), after checking that it could run the server's command; None when the hub
+        is not root and the server runs as the hub's own user."""
+        if os.geteuid() != 0:
+            if self.system_users:
+                raise spawn_error(
+                    "system_users needs the hub to run as root; nothing was started.",
+                    reason="account",
+                    status_code=503,
+                )
+            return None
+        try:
+            if self.system_users:
+                found = existing_account(self.user.name)
+                if found is None:
+                    raise AccountError(f"there is no system user {self.user.name!r}")
+                account = usable(found)
+            else:
+                name = account_name(self.user.name, self.account_prefix)
+                account, made = await ensure_account(name, self.account_home_root, self.user.name)
+                if made:
+                    self.log.info(
+                        "Made the system account %s (uid %d, home %s) for %s",
+                        name,
+                        account.pw_uid,
+                        account.pw_dir,
+                        self.user.name,
+                    )
+        except AccountError as err:
+            self.log.error("No account for %s: %s", self.user.name, err)
+            raise spawn_error(
+                f"Your server has no account to run as: {err}. Nothing was started; an "
+                "administrator can fix this.",
+                reason="account",
+                status_code=503,
+            ) from None
+        program = shutil.which(server_cmd[0], path=self.get_env().get("PATH")) or server_cmd[0]
+        closed = closed_to_others(program)
+        if closed:
+            self.log.error("%s cannot run %s: %s", account.pw_name, program, closed)
+            raise spawn_error(
+                f"Your server would run as {account.pw_name}, which cannot run {program}: "
+                f"{closed}. Nothing was started; an administrator must put the environment "
+                "where other users can read it (e.g. under /opt).",
+                reason="account",
+                status_code=503,
+            )
+        return account
 
     def isolated(self, allocation: LocalAllocation, cmd: list[str]) -> list[str]:
         """`cmd`, run so that the machine's other GPUs are hidden from it (gpu_isolation)."""
@@ -415,31 +521,35 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
 
     def make_preexec_fn(self, name):
         cores = set(self.allocation.cores) if self.allocation else None
-        if self.system_users:
-            switch_user = super().make_preexec_fn(name)
-        else:
-            home = self.home_dir_for_user()
-
-            def switch_user():
-                os.makedirs(home, 0o700, exist_ok=True)
-                os.chdir(home)
+        account = self.account
+        home = self.home_dir_for_user()
 
         def preexec():
             if cores:
                 os.sched_setaffinity(0, cores)
-            switch_user()
+            if account is not None:
+                # Still root here: stay out of the person's folder until run_as has taken
+                # their account (it starts the server in their home).
+                os.chdir("/")
+            else:
+                os.makedirs(home, 0o700, exist_ok=True)
+                os.chdir(home)
 
         return preexec
 
     def home_dir_for_user(self) -> str:
+        if self.account is not None:
+            return self.account.pw_dir
         return self.home_dir_template.format(username=self.user.name)
 
     def user_env(self, env):
-        if self.system_users:
-            return super().user_env(env)
-        env["USER"] = self.user.name
+        if self.account is not None:
+            env["USER"] = env["LOGNAME"] = self.account.pw_name
+            env["SHELL"] = self.account.pw_shell or "/bin/sh"
+        else:
+            env["USER"] = self.user.name
+            env["SHELL"] = "/bin/bash"
         env["HOME"] = self.home_dir_for_user()
-        env["SHELL"] = "/bin/bash"
         return env
 
     # -- state: the pick outlives a hub restart --------------------------------------------

@@ -1,11 +1,12 @@
 """A real JupyterHub with the thinkube-resources service, against kubesim.
 
-`make dev` starts kubesim (20 nodes, 6 with GPUs, 300 pods) writing its kubeconfig, then runs
-`jupyterhub -f examples/kubesim/jupyterhub_config.py`. By hand:
+`make dev` runs examples/kubesim/dev.py, which starts kubesim (20 nodes, 6 with GPUs, 300
+pods) writing its kubeconfig, then `jupyterhub -f examples/kubesim/jupyterhub_config.py`,
+and prints the address once the hub answers. By hand:
 
-    python -m tests.kubesim --port 0 --nodes 20 --gpu-nodes 6 --pods 300 \
-        --kubeconfig /tmp/thinkube-dev/kubeconfig &
-    THINKUBE_DEV_DIR=/tmp/thinkube-dev jupyterhub -f examples/kubesim/jupyterhub_config.py
+    python -m tests.kubesim --port 0 --nodes 20 --gpu-nodes 6 --pods 300 --process-runtime \
+        --kubeconfig .dev/kubeconfig &
+    jupyterhub -f examples/kubesim/jupyterhub_config.py
 
 Then open http://127.0.0.1:8000/, log in with any name and password (the dummy
 authenticator; `admin` is an admin and may register images), and open
@@ -15,26 +16,45 @@ http://127.0.0.1:8000/services/thinkube-resources/api/v1/cluster/summary, or wit
     curl -H "Authorization: token $TOKEN" \
         http://127.0.0.1:8000/services/thinkube-resources/api/v1/cluster/resources
 
-Environment: THINKUBE_DEV_DIR (default /tmp/thinkube-dev) holds the kubeconfig, the hub's
-database and secrets, and the image catalog; THINKUBE_KUBECONFIG overrides the kubeconfig
-path; THINKUBE_HUB_PORT (8000) and THINKUBE_SERVICE_PORT (8181) the ports.
+Environment: THINKUBE_DEV_DIR (default: .dev/ in this checkout) holds the kubeconfig, the
+hub's database and secrets, and the image catalog; THINKUBE_KUBECONFIG overrides the
+kubeconfig path; THINKUBE_HUB_PORT (8000) is the hub's port; THINKUBE_HUB_API_PORT,
+THINKUBE_PROXY_API_PORT and THINKUBE_SERVICE_PORT the internal ones (free ports when unset).
 This is a development setup: dummy authentication, everything on 127.0.0.1.
 """
 
 import os
+import socket
 import sys
 from pathlib import Path
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
+
+def port(variable: str, default: int | None = None) -> int:
+    """The port in $variable; else `default`; else a free one."""
+    if os.environ.get(variable):
+        return int(os.environ[variable])
+    if default:
+        return default
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 repo = Path(__file__).resolve().parents[2]
-state = Path(os.environ.get("THINKUBE_DEV_DIR", "/tmp/thinkube-dev"))
+state = Path(os.environ.get("THINKUBE_DEV_DIR") or repo / ".dev")
 state.mkdir(parents=True, exist_ok=True)
 kubeconfig = os.environ.get("THINKUBE_KUBECONFIG", str(state / "kubeconfig"))
-hub_port = int(os.environ.get("THINKUBE_HUB_PORT", "8000"))
-service_port = int(os.environ.get("THINKUBE_SERVICE_PORT", "8181"))
+hub_port = port("THINKUBE_HUB_PORT", 8000)
+hub_api = f"http://127.0.0.1:{port('THINKUBE_HUB_API_PORT')}"
+service_port = port("THINKUBE_SERVICE_PORT")
 
 c.JupyterHub.bind_url = f"http://127.0.0.1:{hub_port}/"
+c.JupyterHub.hub_bind_url = hub_api
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{port('THINKUBE_PROXY_API_PORT')}"
+# The hub answers from the moment it listens, before its own route is added (no 404s).
+c.ConfigurableHTTPProxy.command = ["configurable-http-proxy", "--default-target", hub_api]
 c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.pid_file = str(state / "jupyterhub-proxy.pid")
@@ -53,8 +73,11 @@ except (OSError, KeyError, IndexError, TypeError):
     pass  # no kubesim yet: the service reports it, and the form offers nothing
 c.ThinkubeSpawner.namespace = "default"
 c.ThinkubeSpawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
-if os.geteuid() == 0:  # kubesim runs servers as this user; jupyter-server refuses root unless told
-    c.ThinkubeSpawner.args = ["--allow-root"]
+# Servers never run as root: as Zero to JupyterHub does, pods run as uid 1000 (group 100),
+# which kubesim applies when it runs as root (otherwise they run as its own user); uid 1000
+# must then be able to read this checkout and its .venv.
+c.ThinkubeSpawner.uid = 1000
+c.ThinkubeSpawner.gid = 100
 c.ThinkubeSpawner.shared_volumes = []  # kubesim has no storage to mount
 c.ThinkubeSpawner.start_timeout = 60
 

@@ -321,6 +321,9 @@ async def test_a_server_spawned_by_the_hub_sees_none_of_the_gpus_it_was_not_give
         assert api.status_code == 200 and "version" in api.json()
 
         seen = json.loads(seen_file.read_text())
+        # Isolated first (as root, when the hub is), then started as the person's account.
+        account = hub.account("alice")
+        assert seen["uid"] == (account.pw_uid if account else os.geteuid())
         assert seen["cuda_visible_devices"] == ""
         assert set(seen["devices"].values()) == {"PermissionError"}
         assert seen["driver_gpus"] == []

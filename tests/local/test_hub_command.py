@@ -45,6 +45,10 @@ async def test_thinkube_hub_login_form_spawn_proxy_second_user_and_ctrl_c(tmp_pa
         intruder = await hub.login("mallory", password="not-the-password", expect=403)
         assert (await intruder.get(urljoin(hub.url, "hub/spawn"))).url.path == "/hub/login"
         alice = await hub.login("alice")
+        # The Services menu lists the availability service (display, and the user's role
+        # may access it).
+        home = (await alice.get(urljoin(hub.url, "hub/home"))).text
+        assert 'href="/services/thinkube-resources/"' in home, home[-3000:]
         html = await hub.form(alice)
 
         # This machine: its CPU count and memory, and plainly no GPU.
@@ -85,7 +89,8 @@ async def test_thinkube_hub_login_form_spawn_proxy_second_user_and_ctrl_c(tmp_pa
         (process,) = server_processes(hub, "alice")
         assert process.cpu_affinity() == allocation["cores"]
         assert process.environ()["CUDA_VISIBLE_DEVICES"] == ""
-        assert process.cwd() == str(tmp_path / "hub" / "users" / "alice")
+        assert process.cwd() == hub.home("alice")
+        assert process.uids().real != 0  # never root, whoever runs the hub
 
         # A second user sees alice's core as taken (the service reads the hub's servers).
         bob = await hub.login("bob")
@@ -192,8 +197,12 @@ async def test_service_down_offers_nothing_and_the_hub_stays_up(tmp_path):
         assert (await dave.get(urljoin(hub.url, "hub/api/"))).status_code == 200
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{REPO_ROOT / 'node_modules' / '.bin'}:{os.environ['PATH']}"}
+def _run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MAKELEVEL"},  # as if typed
+        "PATH": f"{REPO_ROOT / 'node_modules' / '.bin'}:{os.environ['PATH']}",
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "thinkube_spawner.cli", "hub", *args],
         capture_output=True,
@@ -209,12 +218,20 @@ def test_a_port_in_use_is_a_plain_error(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         result = _run_cli("--port", str(port), "--data-dir", str(tmp_path / "d"))
+        under_make = _run_cli(
+            "--port", str(port), "--data-dir", str(tmp_path / "d"), env={"MAKELEVEL": "1"}
+        )
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        == f"thinkube: error: 127.0.0.1:{port} is in use: choose another with --port"
+    message = re.fullmatch(
+        rf"thinkube: error: 127\.0\.0\.1:{port} is in use: choose another with --port, "
+        r"e\.g\. --port (\d+)",
+        result.stderr.strip(),
     )
+    assert message and int(message.group(1)) > port, result.stderr
     assert "Traceback" not in result.stderr
+    # Started by `make run`: the hint is the make command.
+    assert under_make.returncode == 1
+    assert re.search(r'e\.g\. make run RUN_ARGS="--port \d+"$', under_make.stderr.strip())
 
 
 def test_a_missing_config_file_is_a_plain_error(tmp_path):

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -27,6 +28,18 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not GPUS, reason="needs an NVIDIA GPU (nvidia-smi, NVML)"),
 ]
+
+
+@pytest.fixture
+def shared():
+    """A folder every server may write its probe record to (as root, each server runs as
+    its person's account; pytest's tmp_path is closed to them)."""
+    folder = Path(tempfile.mkdtemp(prefix="thinkube-gpu-probe-"))
+    folder.chmod(0o1777)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def probing_config(folder: Path) -> Path:
@@ -71,10 +84,10 @@ def listed_by_nvidia_smi(seen: dict) -> list[str]:
     return [re.sub(r"\s", "", uuid) for uuid in seen["nvidia_smi"]]
 
 
-async def test_nvidia_smi_and_cuda_inside_a_server_list_only_its_gpu(tmp_path):
-    async with local_hub(tmp_path / "hub", config=probing_config(tmp_path)) as hub:
+async def test_nvidia_smi_and_cuda_inside_a_server_list_only_its_gpu(tmp_path, shared):
+    async with local_hub(tmp_path / "hub", config=probing_config(shared)) as hub:
         allocation = await spawn_one_gpu(hub, "alice")
-        seen = seen_by(tmp_path, "alice")
+        seen = seen_by(shared, "alice")
         assert len(allocation["gpus"]) == 1
         assert seen["cuda_visible_devices"] == allocation["gpus"][0]
         assert seen["cuda"] == allocation["gpus"]
@@ -82,14 +95,14 @@ async def test_nvidia_smi_and_cuda_inside_a_server_list_only_its_gpu(tmp_path):
 
 
 @pytest.mark.skipif(len(GPUS) < 2, reason="needs at least two NVIDIA GPUs")
-async def test_two_servers_get_different_gpus_and_see_only_their_own(tmp_path):
-    async with local_hub(tmp_path / "hub", config=probing_config(tmp_path)) as hub:
+async def test_two_servers_get_different_gpus_and_see_only_their_own(tmp_path, shared):
+    async with local_hub(tmp_path / "hub", config=probing_config(shared)) as hub:
         first = await spawn_one_gpu(hub, "alice")
         second = await spawn_one_gpu(hub, "bob")
         assert len(first["gpus"]) == len(second["gpus"]) == 1
         assert first["gpus"] != second["gpus"]
         for user, allocation in (("alice", first), ("bob", second)):
-            seen = seen_by(tmp_path, user)
+            seen = seen_by(shared, user)
             assert seen["cpus"] == allocation["cores"]
             assert seen["cuda"] == allocation["gpus"]
             assert listed_by_nvidia_smi(seen) == allocation["gpus"]
