@@ -337,7 +337,7 @@ async def thinkube_run(
         calls = counter.count - before_process
         callers = counter.callers[before_process:]
         # the failed spawn's message fetches once more, to suggest where capacity is free
-        suggestion = callers.count("_unschedulable_message")
+        suggestion = callers.count("unschedulable_message")
         left = [p.metadata.name for p in await singleuser_pods(kubesim.kubeconfig)]
         return {
             "renders": renders,

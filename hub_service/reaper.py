@@ -32,16 +32,15 @@ from typing import Any
 import httpx
 
 from thinkube_core.runpod import Pod, RunPodClient, RunPodError
+from thinkube_core.runpod.models import STATE_POD_ID, TERMINATED
 
 from .background import cancel_and_wait
 
 log = logging.getLogger("thinkube.reaper")
 
-STATE_POD_ID = "runpod_pod_id"
 REQUIRED_SCOPES = ("list:users", "read:servers")
 STATE_SCOPE = "admin:server_state"
 PAGINATION = "application/jupyterhub-pagination+json"
-ENDED = {"TERMINATED"}
 
 # Only what the decision needs, plus createdAt (not in the client's pod fields) for the age.
 REAPER_PODS = """
@@ -147,7 +146,7 @@ def judge(
     verdicts = []
     for pod in pods:
         meta = pod.meta
-        if meta.get("hub") != prefix or pod.desired_status in ENDED:
+        if meta.get("hub") != prefix or pod.desired_status == TERMINATED:
             continue
         user = meta.get("user") or ""
         server = meta.get("server") or ""
@@ -230,7 +229,7 @@ class Reaper:
         self.interval_s = interval_s
         self.grace_s = grace_s
         self.first_seen: dict[str, float] = {}
-        self.reaped: list[str] = []  # pod ids, for metrics and tests
+        self.reaped = 0  # pods terminated since the service started
         self._problem: str | None = None
         self._warned_state = False
         self._task: asyncio.Task | None = None
@@ -337,7 +336,7 @@ class Reaper:
         except RunPodError as err:
             log.warning("reaper could not terminate RunPod pod %s (%s): %s", pod.id, pod.name, err)
             return
-        self.reaped.append(pod.id)
+        self.reaped += 1
         log.warning(
             "reaper %s RunPod pod %s (%s) of user %r, server %r: %s",
             "terminated" if ended else "found already gone",
@@ -351,7 +350,6 @@ class Reaper:
 
 __all__ = [
     "REQUIRED_SCOPES",
-    "STATE_POD_ID",
     "STATE_SCOPE",
     "ActiveServer",
     "HubClient",

@@ -19,8 +19,8 @@ import traceback
 from collections.abc import Callable
 from importlib import metadata
 
-from thinkube_spawner.runpod import commands as cloud_commands
 from thinkube_spawner import hub as hub_commands
+from thinkube_spawner.runpod import commands as cloud_commands
 from thinkube_spawner.runpod.commands import CommandError
 
 PROG = "thinkube"

@@ -359,7 +359,7 @@ def progress_message(event: dict, choice: Choice | None) -> str:
     return f"[{event.get('type', 'Normal')}] {reason}: {message}"
 
 
-# -- the same form outside kubespawner (ThinkubeLocalSpawner) -----------------------------
+# -- rendering --------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=8)
@@ -383,14 +383,19 @@ def form_template(search_path: tuple[str, ...], template_source: str = "") -> ji
     return env.get_template("form.html")
 
 
-def render_form(profile: dict, user_options: dict | None = None, before: str = "") -> str:
-    """templates/form.html rendered as kubespawner renders it (`profile_list`, `user_options`),
-    for spawners that are not kubespawner. `before` is HTML put above the form (already
-    escaped by the caller)."""
-    html = form_template((str(TEMPLATES),)).render(
-        profile_list=[profile], user_options=user_options or {}
-    )
-    return before + html
+def render_form(
+    profile: dict,
+    user_options: dict | None = None,
+    before: str = "",
+    search_path: tuple[str, ...] = (str(TEMPLATES),),
+    template_source: str = "",
+) -> str:
+    """templates/form.html rendered with `profile_list` (the one profile) and
+    `user_options`, as kubespawner renders a profile form; `search_path` and
+    `template_source` are kubespawner's `additional_profile_form_template_paths` and
+    `profile_form_template`. `before` is HTML put above the form (escaped by the caller)."""
+    template = form_template(search_path, template_source)
+    return before + template.render(profile_list=[profile], user_options=user_options or {})
 
 
 def options_from_formdata(formdata: dict[str, list[str]]) -> dict[str, str]:

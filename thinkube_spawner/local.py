@@ -55,6 +55,7 @@ from .accounts import (
 from .availability import AvailabilitySettings, ServiceUnavailable, running_hub
 from .errors import choice_error, service_unavailable_error, spawn_error
 from .gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, driver_gpus, hiding_plan, isolation_command
+from .labels import server_label
 from .menu import (
     GIB,
     PROFILE_SLUG,
@@ -430,7 +431,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
             self._extra_env = {**dict(environment.get("env") or {}), **extra_env}
             self.log.info(
                 "Spawning %s as %s: %s, cores %s, GPUs %s, %d GiB (%s)",
-                self._log_name,
+                server_label(self),
                 self.account.pw_name if self.account else f"uid {os.geteuid()}",
                 choice.image["name"],
                 ",".join(map(str, allocation.cores)),

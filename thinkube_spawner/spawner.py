@@ -1,27 +1,24 @@
 """ThinkubeSpawner: kubespawner with a spawn form built from live availability.
 
-The form is kubespawner's own mechanism: `profile_list` is a callable that returns one
-profile ("thinkube") whose options come from the availability service, rendered with our
-template. At start, `load_user_options` fetches fresh availability, checks the choice
-(`menu.check_choice`), then applies it to the pod through the pure builders in
-`shaping.py`. While the pod waits for a node, the scheduler's events are watched; a
-scheduling failure that outlasts a short grace period deletes the pod and fails the spawn
-with the scheduler's reason and where there is room.
+The form is JupyterHub's `options_form`, rendered from the menu (the availability service's
+documents, `menu.build_menu`) with the project's template; `options_from_form` reads it back.
+JupyterHub's `apply_user_options` hook checks the choice against fresh availability before
+the start (`menu.check_choice`). The start then goes to where the choice runs
+(`servers.py`): a Kubernetes pod, whose traits kubespawner's `load_user_options` hook shapes
+from the choice (`shaping.py`) and whose manifest is checked with the feasibility filter
+before it is created, or a RunPod pod. Only kubespawner's public surface is used
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
-import json
 import time
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes_asyncio.client import StorageV1Api
-from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
@@ -29,8 +26,10 @@ from thinkube_core.accounting import MalformedObject
 from thinkube_core.scheduling import PodRules, node_reason, pod_demand
 
 from .availability import AvailabilitySettings, ServiceUnavailable, paused_gc
+from .claims import storage_problems
 from .errors import choice_error, service_unavailable_error, spawn_error
-from .form import TEMPLATES, form_template
+from .form import TEMPLATES, menu_profile, options_from_formdata, render_form, unavailable_profile
+from .labels import server_label
 from .menu import (
     CLOUD_PREFIX,
     PROFILE_SLUG,
@@ -45,8 +44,8 @@ from .menu import (
     no_room_message,
 )
 from .redaction import redact_secrets_in
-from .runpod.backend import STATE_KEY, CloudStartError, RunPodBackend, spawn_error_for
 from .runpod.settings import RunPodCloudSettings, missing_public_url_message
+from .servers import CloudServer, KubernetesServer, Server
 from .shaping import (
     MERGED_TRAITS,
     SCHEDULING_TRAITS,
@@ -58,100 +57,10 @@ from .shaping import (
     spawner_overrides,
 )
 
-# Scheduler reasons that waiting will not fix (short of a node being added).
-UNSCHEDULABLE_MARKERS = (
-    "Insufficient ",
-    "didn't match Pod's node affinity/selector",
-    "had untolerated taint",
-    "Too many pods",
-    "persistentvolumeclaim ",  # ... "x" not found
-    "unbound immediate PersistentVolumeClaims",
-)
-# Kubelet events that waiting will not fix either: a volume that cannot be found.
-MOUNT_FAILURE_MARKERS = ("not found",)
-
-
-def _is_lasting_failure(event: dict) -> bool:
-    """A scheduler or kubelet event that waiting will not fix."""
-    message = event.get("message") or ""
-    if event.get("reason") == "FailedScheduling":
-        return any(marker in message for marker in UNSCHEDULABLE_MARKERS)
-    if event.get("reason") == "FailedMount":
-        return any(marker in message for marker in MOUNT_FAILURE_MARKERS)
-    return False
-
-
-class _Claims:
-    """Whether the shared claims can be mounted, read from the Kubernetes API and kept a few
-    seconds, shared by the hub's spawners: a form render does not read every claim again."""
-
-    MISSING, UNKNOWN, MOUNTABLE = "missing", "unknown", "mountable"
-    KEEP_SECONDS = 10.0
-
-    def __init__(self) -> None:
-        self._states: dict[tuple[str, str], tuple[float, str]] = {}
-
-    async def state(self, spawner: KubeSpawner, name: str, fresh: bool) -> str:
-        """MOUNTABLE, MISSING, UNKNOWN (this hub may not read it), or why it cannot bind."""
-        key = (spawner.namespace, name)
-        held = self._states.get(key)
-        if not fresh and held and time.monotonic() - held[0] < self.KEEP_SECONDS:
-            return held[1]
-        state = await self._read(spawner, name)
-        self._states[key] = (time.monotonic(), state)
-        return state
-
-    async def _read(self, spawner: KubeSpawner, name: str) -> str:
-        claim = await self._get(
-            spawner, spawner.api.read_namespaced_persistent_volume_claim, name, spawner.namespace
-        )
-        if not isinstance(claim, dict):
-            return claim
-        phase = (claim.get("status") or {}).get("phase")
-        if phase in (None, "Bound"):
-            return self.MOUNTABLE if phase else self.UNKNOWN
-        if phase != "Pending":
-            return f"{phase}, not Bound"
-        # A claim of a WaitForFirstConsumer class binds when the first pod using it is
-        # scheduled: that pod may be this one.
-        storage_class = (claim.get("spec") or {}).get("storageClassName")
-        if not storage_class:
-            return "Pending, with no storage class to provision it"
-        found = await self._get(
-            spawner, StorageV1Api(spawner.api.api_client).read_storage_class, storage_class
-        )
-        if found == self.MISSING:
-            return f"Pending: its storage class {storage_class!r} does not exist"
-        if not isinstance(found, dict):
-            return self.UNKNOWN
-        if found.get("volumeBindingMode") == "WaitForFirstConsumer":
-            return self.MOUNTABLE
-        return "Pending, not Bound"
-
-    @classmethod
-    async def _get(cls, spawner: KubeSpawner, read, *args) -> dict | str:
-        """The object as raw JSON, MISSING, or UNKNOWN when it cannot be read."""
-        try:
-            # Unparsed: the raw response, whose status is ours to check.
-            response = await read(*args, _preload_content=False)
-            if response.status == 404:
-                return cls.MISSING
-            if response.status != 200:
-                spawner.log.warning("Cannot read %s: HTTP %s", args[0], response.status)
-                return cls.UNKNOWN
-            found = json.loads(await response.read())
-            return found if isinstance(found, dict) else cls.UNKNOWN
-        except Exception as err:  # the API unreachable, or not JSON: the scheduler will tell
-            spawner.log.warning("Cannot read %s: %s", args[0], type(err).__name__)
-        return cls.UNKNOWN
-
-
-_claims = _Claims()
-
 
 async def _apply_checked_options(spawner: ThinkubeSpawner, user_options: dict) -> None:
     """JupyterHub's apply_user_options hook (5.3+): the choice is checked against fresh
-    availability before the spawn starts; kubespawner's start then applies it."""
+    availability before the spawn starts; the start then uses it."""
     await spawner.checked_choice()
 
 
@@ -279,11 +188,15 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         "(event TriggeredScaleUp), e.g. `300`.",
     )
 
-    # -- profile_list wiring -------------------------------------------------------------
+    # -- the form, the options and the lifecycle, wired ------------------------------------
 
-    @default("profile_list")
-    def _default_profile_list(self):
-        return self._thinkube_profile_list
+    @default("options_form")
+    def _default_options_form(self):
+        return self.render_options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return options_from_formdata
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -296,9 +209,9 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._menu_cache: tuple[float, Menu] | None = None
-        self._loading_options = False
         # (when, options, choice) of the check JupyterHub's apply_user_options just made
         self._checked: tuple[float, dict, Choice] | None = None
+        self.thinkube_choice: Choice | None = None
         # What the admin configured, before any choice: each spawn starts from these, so
         # one spawn's node or GPUs never leak into the next; the menu shapes its pods from
         # them too.
@@ -307,12 +220,16 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             for name in {*MERGED_TRAITS, *SCHEDULING_TRAITS}
         }
         self._pod_template: PodTemplate | None = None
+        self._cloud_settings = None
+        self._backend: Server | None = None
         # kubespawner logs a pod it could not create in full, environment included: the
         # server's token and any secret the admin put there must not reach the log.
         redact_secrets_in(self.log)
         if self.cloud_enabled and not self.cloud_public_url(self.public_hub_url):
             # Said as soon as a spawner exists; cloud offers stay off until it is set.
             self.log.error(missing_public_url_message(type(self).__name__))
+
+    # -- settings --------------------------------------------------------------------------
 
     def menu_settings(self) -> MenuSettings:
         return MenuSettings(
@@ -356,6 +273,24 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         parts = urlsplit(public)
         return f"{parts.scheme}://{parts.netloc}"
 
+    def cloud_settings(self):
+        """The RunPod settings, frozen once (the key is read from its file or environment)."""
+        if self._cloud_settings is None:
+            self._cloud_settings = self.cloud_config(self.public_hub_url)
+        return self._cloud_settings
+
+    def cloud_cap(self) -> float:
+        """This person's cloud price cap in USD/h; 0 when cloud GPUs are off for them or
+        not set up on this hub (no RunPod key, or no public hub URL for pods to call)."""
+        if not self.cloud_enabled:
+            return 0.0
+        config = self.cloud_settings()
+        if config.api_key is None or not config.public_hub_url:
+            return 0.0
+        return self.user_price_cap()
+
+    # -- the menu and the form -------------------------------------------------------------
+
     async def menu(self, fresh: bool = False) -> Menu:
         if (
             not fresh
@@ -393,62 +328,31 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         self._menu_cache = (time.monotonic(), menu)
         return menu
 
-    async def _thinkube_profile_list(self, spawner: KubeSpawner) -> list[dict]:
-        """kubespawner's callable profile_list: one profile whose options are the menu."""
-        from .form import menu_profile, unavailable_profile
-
+    async def form_profile(self) -> dict:
+        """The form's one profile: the menu as it is now, the person's last choices
+        preselected, what keeps a server from starting at all said above it."""
         try:
-            # A form render always fetches; kubespawner's second evaluation, inside
-            # load_user_options, reuses what the check at submit just fetched.
-            menu = await self.menu(fresh=not self._loading_options)
+            menu = await self.menu(fresh=True)
         except ServiceUnavailable as err:
             self.log.warning("Spawn form for %s: %s", self.user.name, err)
-            return [unavailable_profile(str(err))]
+            return unavailable_profile(str(err))
         profile = menu_profile(menu, self.user_options or {}, self.cloud_cap())
-        if not self._loading_options:
-            profile["thinkube"]["storage_problems"] = await self.storage_problems(fresh=False)
-        return [profile]
-
-    # -- shared storage ------------------------------------------------------------------
-
-    async def storage_problems(self, fresh: bool) -> list[str]:
-        """Why the configured shared claims cannot be mounted (missing, or not Bound), in
-        words; empty when they can, or when this hub may not read claims (then the
-        scheduler's own message fails the spawn fast)."""
-        problems = []
-        for volume in self.shared_volumes:
-            name = str(volume.get("claim") or "")
-            state = await _claims.state(self, name, fresh)
-            if state == _Claims.MISSING:
-                problems.append(
-                    f"The shared storage claim {name!r} does not exist in namespace "
-                    f"{self.namespace!r}."
-                )
-            elif state not in (_Claims.MOUNTABLE, _Claims.UNKNOWN):
-                problems.append(
-                    f"The shared storage claim {name!r} is {state}: nothing can mount it."
-                )
-        return problems
-
-    def _render_options_form(self, profile_list: list[dict]) -> str:
-        """kubespawner's form rendering, with the jinja environment and the compiled template
-        kept for the process: kubespawner builds both anew for every render, which costs more
-        than rendering the page."""
-        profile_list = self._get_initialized_profile_list(profile_list)
-        template = form_template(
-            tuple(self.additional_profile_form_template_paths), self.profile_form_template
+        profile["thinkube"]["storage_problems"] = await storage_problems(
+            self, self.shared_volumes, fresh=False
         )
-        # menu_profile preselects only what is still offered; an answer kubespawner would
-        # not validate is not passed on (as kubespawner does).
-        user_options = self.user_options or {}
-        if user_options:
-            try:
-                self._validate_user_options(profile_list)
-            except ValueError:
-                user_options = {}
-        return template.render(profile_list=profile_list, user_options=user_options)
+        return profile
 
-    # -- start ---------------------------------------------------------------------------
+    async def render_options_form(self, spawner: Any = None) -> str:
+        """JupyterHub's options_form: the form, with kubespawner's template settings
+        (`profile_form_template`, `additional_profile_form_template_paths`) honoured."""
+        return render_form(
+            await self.form_profile(),
+            self.user_options or {},
+            search_path=tuple(self.additional_profile_form_template_paths),
+            template_source=self.profile_form_template,
+        )
+
+    # -- the check at submit -----------------------------------------------------------------
 
     async def checked_choice(self) -> Choice:
         """The user's options checked against fresh availability; the spawn error to show
@@ -464,7 +368,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             raise choice_error(err) from None
         if not choice.cloud:
-            problems = await self.storage_problems(fresh=True)
+            problems = await storage_problems(self, self.shared_volumes, fresh=True)
             if problems:
                 raise spawn_error(
                     " ".join(problems) + " Nothing was started; please tell the hub's admin.",
@@ -474,8 +378,9 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         self._checked = (time.monotonic(), dict(options), choice)
         return choice
 
-    async def _choice_for_this_start(self) -> Choice:
-        """The choice JupyterHub's apply_user_options just checked, else a fresh check."""
+    async def choice_for_this_start(self) -> Choice:
+        """The choice JupyterHub's apply_user_options just checked, else a fresh check (an
+        admin may have replaced that hook)."""
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
         checked, self._checked = self._checked, None
         if (
@@ -486,29 +391,20 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             return checked[2]
         return await self.checked_choice()
 
+    # -- kubespawner's hooks, for a Kubernetes pod --------------------------------------------
+
     async def load_user_options(self) -> None:
-        """Check the choice against fresh availability, then shape the pod from it."""
-        choice = await self._choice_for_this_start()
-        if choice.cloud:  # the form's cloud choice reached kubespawner's start: refuse
-            raise spawn_error(
-                "A cloud GPU cannot be started as a Kubernetes pod.", reason="invalid-choice"
-            )
-        # The menu's own keys, which kubespawner then finds in the profile's choices.
-        self.user_options = choice.as_user_options()
-        self._loading_options = True
-        try:
-            await super().load_user_options()
-        finally:
-            self._loading_options = False
+        """kubespawner's documented override point, called inside its start: the checked
+        choice applied to the pod's traits (there is no profile_list to load)."""
+        choice = self.thinkube_choice
         overrides = apply_to_configured(
             spawner_overrides(choice, self.pod_settings()), self._configured
         )
         for name, value in overrides.items():
             setattr(self, name, value)
-        self.thinkube_choice = choice
         self.log.info(
             "Spawning %s: %s on %s, %s CPU, %s GiB, %d GPU(s)",
-            self._log_name,
+            server_label(self),
             choice.image["name"],
             choice.node or choice.placement.label,
             choice.cpu,
@@ -520,7 +416,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         """kubespawner's pod, checked with the feasibility filter before it is created: the
         pod we submit, not a model of it, must fit where the check at submit said."""
         pod = await super().get_pod_manifest()
-        choice = getattr(self, "thinkube_choice", None)
+        choice = self.thinkube_choice
         if choice is None or self._menu_cache is None:
             return pod
         spec = self.api.api_client.sanitize_for_serialization(pod)["spec"]
@@ -539,7 +435,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         if not any(reason is None for reason in reasons.values()):
             self.log.warning(
                 "The pod for %s fits no node although its choice did: %s",
-                self._log_name,
+                server_label(self),
                 "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5]),
             )
             placement = menu.placement(choice.placement.key) or choice.placement
@@ -552,85 +448,10 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             )
         return pod
 
-    def start(self):
-        if str((self.user_options or {}).get("where") or "").startswith(CLOUD_PREFIX):
-            self._cloud_starting = True  # now: progress() may be asked before the task runs
-            self._start_future = asyncio.ensure_future(self._start_on_cloud())
-            return self._start_future
-        return asyncio.ensure_future(self._start_or_fail_fast(super().start()))
-
-    async def _start_or_fail_fast(self, start_future: asyncio.Future):
-        if not self.fail_fast_seconds:
-            return await self._refusals_in_words(start_future)
-        watcher = asyncio.ensure_future(self._watch_scheduling())
-        try:
-            done, _ = await asyncio.wait(
-                {start_future, watcher}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if start_future in done:
-                return await self._refusals_in_words(start_future)
-            failure = watcher.result()
-        finally:
-            watcher.cancel()
-        start_future.cancel()
-        await asyncio.gather(start_future, return_exceptions=True)
-        await self.stop(now=True)
-        raise spawn_error(
-            await self._unschedulable_message(failure), reason="unschedulable", status_code=503
-        )
-
-    async def _refusals_in_words(self, start_future: asyncio.Future):
-        """kubespawner's start; an error answer of the Kubernetes API becomes a message for
-        the person, with whatever was made of the server deleted."""
-        try:
-            return await start_future
-        except ApiException as err:
-            self.log.error(
-                "The Kubernetes API refused to start %s: HTTP %s %s",
-                self._log_name,
-                err.status,
-                err.reason,
-            )
-            await self.stop(now=True)
-            raise spawn_error(
-                f"The cluster refused to create your server (HTTP {err.status} from the "
-                "Kubernetes API); nothing was left behind; try again in a moment.",
-                reason="cluster",
-                status_code=503,
-            ) from None
-
-    def _scheduling_events(self) -> list[dict]:
-        return list(self.events)  # kubespawner's: this pod's events since this start
-
-    async def _watch_scheduling(self) -> str:
-        """Return the scheduler's message once the pod has been unschedulable for too long."""
-        first_seen: float | None = None
-        while True:
-            await asyncio.sleep(0.25)
-            pod = (
-                self.pod_reflector.pods.get(f"{self.namespace}/{self.pod_name}")
-                if self.pod_reflector
-                else None
-            )
-            if pod is not None and (pod.get("spec") or {}).get("nodeName"):
-                # Scheduled: the rest is kubespawner's; wait to be cancelled when start ends.
-                await asyncio.Event().wait()
-            events = self._scheduling_events()
-            failures = [e for e in events if _is_lasting_failure(e)]
-            if not failures:
-                continue
-            latest = failures[-1]
-            if first_seen is None:
-                first_seen = time.monotonic()
-            grace = self.fail_fast_seconds
-            if any(e.get("reason") == "TriggeredScaleUp" for e in events):
-                grace += self.scale_up_grace_seconds
-            if time.monotonic() - first_seen >= grace:
-                return latest["message"]
-
-    async def _unschedulable_message(self, scheduler_message: str) -> str:
+    async def unschedulable_message(self, scheduler_message: str) -> str:
+        """The scheduler's reason, and where there is room by our accounting."""
         text = f"The scheduler could not place your server: {scheduler_message}"
-        choice = getattr(self, "thinkube_choice", None)
+        choice = self.thinkube_choice
         if choice is None:
             return text
         try:
@@ -643,129 +464,42 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             return text  # by our accounting it fits: the reason is the scheduler's alone
         return f"{text} {no_room_message(placement, menu, *amounts)}"
 
-    # -- cloud GPUs (RunPod) ---------------------------------------------------------------
-
-    _cloud_backend: RunPodBackend | None = None
-    _cloud_state: dict = {}
-    _cloud_starting = False
+    # -- the lifecycle: the server's, where it runs (servers.py) ---------------------------
 
     @property
-    def cloud(self) -> RunPodBackend:
-        """The RunPod backend for this server (built on first use, with the saved state)."""
-        if self._cloud_backend is None:
-            self._cloud_backend = RunPodBackend(
-                self, self.cloud_config(self.public_hub_url), type(self).__name__
-            )
-            self._cloud_backend.load_state(self._cloud_state)
-        return self._cloud_backend
+    def backend(self) -> Server:
+        """Where this server runs (or ran last): chosen at each start, restored with the
+        state; a Kubernetes pod until either says otherwise."""
+        if self._backend is None:
+            self._backend = KubernetesServer(self)
+        return self._backend
 
-    @property
-    def on_cloud(self) -> bool:
-        """Whether this server is (or was last) a RunPod pod, not a Kubernetes one."""
-        if self._cloud_backend is not None:
-            return bool(self._cloud_backend.pod_id)
-        return bool(self._cloud_state.get(STATE_KEY))
-
-    def cloud_cap(self) -> float:
-        """This person's cloud price cap in USD/h; 0 when cloud GPUs are off for them or
-        not set up on this hub (no RunPod key, or no public hub URL for pods to call)."""
-        if not self.cloud_enabled:
-            return 0.0
-        config = self.cloud.config
-        if config.api_key is None or not config.public_hub_url:
-            return 0.0
-        return self.user_price_cap()
-
-    async def _start_on_cloud(self) -> str:
-        """A RunPod offer from the form: checked like any choice, then rented. The offer
-        chosen first; the same GPU in RunPod's other cloud next, if within the cap."""
-        try:
-            choice = await self._choice_for_this_start()
-            self.user_options = choice.as_user_options()
-            self.thinkube_choice = choice
-            chosen = choice.placement.offer
-            menu = await self.menu()
-            cap = self.cloud_cap()
-            alike = [
-                p.offer
-                for p in menu.placements
-                if p.offer is not None
-                and p.offer != chosen
-                and p.offer.gpu_type_id == chosen.gpu_type_id
-                and p.offer.gpu_count == chosen.gpu_count
-                and (p.offer.price(choice.spot) or cap + 1) <= cap
-            ]
-            image = (choice.image.get("metadata") or {}).get("cloud_image") or self.cloud_image
-            self.log.info(
-                "Spawning %s on RunPod: %s (%s), image %s",
-                self._log_name,
-                chosen.key,
-                "spot" if choice.spot else "on demand",
-                image,
-            )
-            try:
-                return await self.cloud.start([chosen, *alike], image, spot=choice.spot)
-            except CloudStartError as err:
-                raise spawn_error_for(err) from None
-        finally:
-            self._cloud_starting = False
+    def start(self):
+        # The choice's own key says where it runs; the backend checks the rest.
+        where = str((self.user_options or {}).get("where") or "")
+        self._backend = (
+            CloudServer(self) if where.startswith(CLOUD_PREFIX) else KubernetesServer(self)
+        )
+        return self._backend.start()
 
     async def poll(self):
-        if self.on_cloud:
-            return await self.cloud.poll()
-        return await super().poll()
+        return await self.backend.poll()
 
     async def stop(self, now: bool = False):
-        if self.on_cloud:
-            await self.cloud.stop()
-            return
-        await super().stop(now=now)
-
-    def get_state(self) -> dict:
-        state = super().get_state()
-        if self._cloud_backend is not None:
-            state.update(self._cloud_backend.get_state())
-        elif self._cloud_state.get(STATE_KEY):
-            state.update({k: v for k, v in self._cloud_state.items() if k.startswith("runpod_")})
-        return state
-
-    def load_state(self, state: dict) -> None:
-        super().load_state(state)
-        # Runs while the spawner is built: the backend is made on first use, from this.
-        self._cloud_state = dict(state)
-        if self._cloud_backend is not None:
-            self._cloud_backend.load_state(state)
-
-    def clear_state(self) -> None:
-        super().clear_state()
-        self._cloud_state = {}
-        if self._cloud_backend is not None:
-            self._cloud_backend.clear_state()
+        await self.backend.stop(now=now)
 
     async def progress(self):
-        """Real steps: waiting for a node, scheduled, pulling, starting, with the events;
-        for a cloud server, the RunPod backend's steps."""
-        from .form import progress_message
+        async for event in self.backend.progress():
+            yield event
 
-        if self._cloud_starting:
-            async for event in self.cloud.progress():
-                yield event
-            return
+    def get_state(self) -> dict:
+        return self.backend.get_state()
 
-        await self._start_watching_events()
-        yield {"progress": 5, "message": "Waiting for a node"}
-        seen: set[tuple] = set()
-        percent = 10
-        # JupyterHub stops reading once the spawn ends.
-        while True:
-            for event in self._scheduling_events():
-                key = (event["metadata"].get("uid"), event.get("count"))
-                if key in seen:
-                    continue
-                seen.add(key)
-                percent = min(95, percent + 10)
-                yield {
-                    "progress": percent,
-                    "message": progress_message(event, getattr(self, "thinkube_choice", None)),
-                }
-            await asyncio.sleep(0.5)
+    def load_state(self, state: dict) -> None:
+        self._backend = (
+            CloudServer(self, state) if CloudServer.holds(state) else KubernetesServer(self)
+        )
+        self._backend.load_state(state)
+
+    def clear_state(self) -> None:
+        self.backend.clear_state()

@@ -129,7 +129,7 @@ async def test_thinkube_spawner_instantiates_with_that_config(
     assert spawner.availability_url == "http://127.0.0.1:8181/services/thinkube-resources/"
     # The form is ThinkubeSpawner's own callable profile list: the chart's
     # singleuser.profileList ([] by default) must not replace it.
-    assert spawner.profile_list == spawner._thinkube_profile_list
+    assert spawner.options_form == spawner.render_options_form
     settings = spawner.pod_settings()
     # The minimal install mounts no claim (the spawner's own default would mount three).
     assert [(v.claim, v.mount_path) for v in settings.storage.shared] == (

@@ -14,7 +14,8 @@ from tests.runpod.conftest import client_for
 from tests.runpod_fake import RunPodFake
 from tests.utils import eventually
 from thinkube_core.runpod import PodRequest, Secret
-from thinkube_spawner.runpod.backend import STATE_KEY, CloudStartError, RunPodBackend
+from thinkube_core.runpod.models import STATE_POD_ID
+from thinkube_spawner.runpod.backend import CloudStartError, RunPodBackend
 
 
 @pytest.fixture
@@ -77,8 +78,8 @@ async def test_state_carries_the_pod_to_a_new_backend_and_stop_is_idempotent(spa
     fake: RunPodFake = spawner.test_fake
     pod_id = await rent(fake)
     first = backend_for(spawner)
-    first.load_state({STATE_KEY: pod_id})
-    assert first.get_state() == {STATE_KEY: pod_id}
+    first.load_state({STATE_POD_ID: pod_id})
+    assert first.get_state() == {STATE_POD_ID: pod_id}
     assert await first.poll() is None  # running (or starting)
 
     resumed = backend_for(spawner)  # as after a hub restart
@@ -99,13 +100,13 @@ async def test_a_stop_runpod_refuses_keeps_the_pod_id_until_it_is_ended(spawner,
     fake: RunPodFake = spawner.test_fake
     pod_id = await rent(fake)
     backend = backend_for(spawner)
-    backend.load_state({STATE_KEY: pod_id})
+    backend.load_state({STATE_POD_ID: pod_id})
     fault = fake.inject(status=503, field="podTerminate", times=-1)
     await backend.stop()
     assert pod_id in fake.pods
     assert f"could not terminate RunPod pod {pod_id}" in caplog.text
     backend.clear_state()  # what JupyterHub does after stop: the id stays
-    assert backend.get_state() == {STATE_KEY: pod_id}
+    assert backend.get_state() == {STATE_POD_ID: pod_id}
     fake.faults.remove(fault)
     # The next start ends the leftover pod before renting (here RunPod has no capacity).
     fake.inject(error="capacity", field="podFindAndDeployOnDemand", times=-1)
@@ -124,7 +125,7 @@ async def test_poll_assumes_running_while_runpod_cannot_be_asked(spawner, caplog
     fake: RunPodFake = spawner.test_fake
     pod_id = await rent(fake)
     backend = backend_for(spawner)
-    backend.load_state({STATE_KEY: pod_id})
+    backend.load_state({STATE_POD_ID: pod_id})
     fault = fake.inject(status=502, field="pod", times=-1)
     assert await backend.poll() is None
     assert "assuming it still runs" in caplog.text

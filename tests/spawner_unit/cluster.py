@@ -204,3 +204,14 @@ def make_spawner(availability: FakeAvailability | None = None, **traits):
     )
     spawner._availability_client = availability or FakeAvailability()
     return spawner
+
+
+async def apply_options(spawner) -> None:
+    """What happens to a spawner's user_options before kubespawner makes the pod: JupyterHub's
+    apply_user_options hook (the check at submit), the start taking that choice, then
+    kubespawner's load_user_options hook (the choice applied to the pod's traits)."""
+    from thinkube_spawner.servers import KubernetesServer
+
+    await spawner.apply_user_options(spawner, spawner.user_options)
+    await KubernetesServer(spawner).prepare()
+    await spawner.load_user_options()

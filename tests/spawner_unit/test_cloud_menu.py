@@ -11,6 +11,7 @@ from tests.spawner_unit.test_form import Form, render
 from thinkube_core.runpod.offers import Offer
 from thinkube_spawner.form import CLOUD_STORAGE_NOTE, menu_profile
 from thinkube_spawner.menu import ChoiceError, MenuSettings, build_menu, check_choice
+from thinkube_spawner.servers import CloudServer, KubernetesServer
 
 RTX_4090 = Offer("NVIDIA GeForce RTX 4090", "RTX 4090", 24, "COMMUNITY", 0.69, 0.35, "High")
 H100 = Offer("NVIDIA H100 80GB HBM3", "H100 80GB", 80, "SECURE", 2.99, 1.75, "Low")
@@ -196,9 +197,9 @@ async def test_the_spawner_offers_cloud_only_with_a_key_a_public_url_and_a_cap(m
         WithCloud(), cloud_price_cap=1.0, cloud_public_hub_url="https://hub.example.org/"
     )
     assert on.cloud_cap() == 1.0
-    html = await on._render_options_form_dynamically(on)
+    html = await on.get_options_form()
     assert "RunPod community cloud: RTX 4090 24 GB" in html
-    assert "RunPod cloud" not in await off._render_options_form_dynamically(off)
+    assert "RunPod cloud" not in await off.get_options_form()
     # the key is nowhere in the page
     assert "rpa_" not in html
 
@@ -207,28 +208,28 @@ async def test_the_spawner_keeps_a_cloud_servers_pod_id_in_its_state():
     from tests.spawner_unit.cluster import make_spawner
 
     kube = make_spawner()
-    assert not kube.on_cloud and "runpod_pod_id" not in kube.get_state()
+    assert isinstance(kube.backend, KubernetesServer) and "runpod_pod_id" not in kube.get_state()
     state = {**kube.get_state(), "runpod_pod_id": "pod-7", "runpod_offer": RTX_4090.key}
     # the hub restarted: a new spawner loads the saved state, before any use of RunPod
     resumed = make_spawner()
     resumed.load_state(state)
-    assert resumed.on_cloud
+    assert isinstance(resumed.backend, CloudServer)
     assert resumed.get_state()["runpod_pod_id"] == "pod-7"
-    assert resumed.cloud.pod_id == "pod-7"  # the backend, built on first use, has it
+    assert resumed.backend.runpod.pod_id == "pod-7"  # the backend, built on first use, has it
     resumed.clear_state()
-    assert not resumed.on_cloud and "runpod_pod_id" not in resumed.get_state()
+    assert "runpod_pod_id" not in resumed.get_state()
 
 
 async def test_with_cloud_on_lab_servers_accept_the_hubs_origin(monkeypatch):
     """Cloud needs the hub's proxy to pass on the target's host (--change-origin): a lab
     server then sees its own address as Host, and is told the hub's origin may call it."""
-    from tests.spawner_unit.cluster import make_spawner
+    from tests.spawner_unit.cluster import apply_options, make_spawner
 
     monkeypatch.setenv("RUNPOD_API_KEY", "rpa_" + "k" * 40)
     choice = {"image": "scipy", "where": "cpu", "cpu": "1", "memory": "2"}
     plain = make_spawner(args=["--debug"])
     plain.user_options = dict(choice)
-    await plain.load_user_options()
+    await apply_options(plain)
     assert plain.args == ["--debug"]
     cloud = make_spawner(
         args=["--debug"],
@@ -237,5 +238,5 @@ async def test_with_cloud_on_lab_servers_accept_the_hubs_origin(monkeypatch):
     )
     for _ in range(2):  # each spawn starts from the admin's args
         cloud.user_options = dict(choice)
-        await cloud.load_user_options()
+        await apply_options(cloud)
         assert cloud.args == ["--debug", "--ServerApp.allow_origin=https://hub.example.org"]

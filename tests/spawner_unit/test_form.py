@@ -13,6 +13,7 @@ from tests.kubesim.generator import make_node
 from tests.spawner_unit.cluster import (
     A100,
     FakeAvailability,
+    apply_options,
     images,
     lab_menu,
     lab_pods,
@@ -553,17 +554,17 @@ def test_the_rendered_form_when_the_service_is_down_offers_nothing():
 async def test_the_spawner_renders_this_form_through_kubespawner():
     availability = FakeAvailability(freshness=FRESH)
     spawner = make_spawner(availability)
-    html = await spawner._render_options_form_dynamically(spawner)
+    html = await spawner.get_options_form()
     profile = menu_profile(lab_menu(freshness=FRESH), {})
     profile["thinkube"]["storage_problems"] = []  # this test's hub may not read claims
     assert html == render([profile], {})
     assert availability.calls == 1
     # Every render shows what is free now.
-    await spawner._render_options_form_dynamically(spawner)
+    await spawner.get_options_form()
     assert availability.calls == 2
     # At start: one fresh check; kubespawner's own evaluation inside it reuses that.
     spawner.user_options = {"image": "scipy", "where": "cpu", "cpu": "1", "memory": "2"}
-    await spawner.load_user_options()
+    await apply_options(spawner)
     assert availability.calls == 3
 
 
@@ -612,7 +613,7 @@ async def test_the_spawner_preselects_its_last_user_options():
         "memory": "4",
         "gpus": "0",
     }
-    form = Form(await spawner._render_options_form_dynamically(spawner))
+    form = Form(await spawner.get_options_form())
     assert form.selected() == dict(
         zip(FIELDS, ["minimal", "node:cpu-node-1", "1", "4", "0"], strict=True)
     )
@@ -622,7 +623,7 @@ async def test_the_spawner_renders_the_unavailable_page_when_the_service_is_down
     spawner = make_spawner(
         FakeAvailability(error="The availability service cannot be reached (ConnectError).")
     )
-    form = Form(await spawner._render_options_form_dynamically(spawner))
+    form = Form(await spawner.get_options_form())
     assert form.selects == {}
     assert form.ids["thinkube-unavailable"].startswith(
         "The availability service cannot be reached (ConnectError)."

@@ -12,6 +12,7 @@ from tests.kubesim.generator import make_node
 from tests.spawner_unit.cluster import (
     GIB,
     FakeAvailability,
+    apply_options,
     lab_menu,
     lab_nodes,
     lab_pods,
@@ -462,7 +463,7 @@ def spawn_message(err: web.HTTPError) -> str:
 async def test_load_user_options_applies_the_choice_to_the_pod():
     spawner = make_spawner(FakeAvailability(nodes=special_nodes()))
     spawner.user_options = {"profile": "thinkube", **CHOICES["mig"]}
-    await spawner.load_user_options()
+    await apply_options(spawner)
     assert (
         spawner.extra_resource_limits
         == spawner.extra_resource_guarantees
@@ -500,7 +501,7 @@ async def test_load_user_options_rejects_with_the_message_and_changes_nothing(op
     before = (spawner.image, spawner.node_selector, spawner.extra_resource_limits, spawner.volumes)
     spawner.user_options = options
     with pytest.raises(web.HTTPError) as caught:
-        await spawner.load_user_options()
+        await apply_options(spawner)
     assert spawn_message(caught.value) == message
     assert (
         spawner.image,
@@ -514,7 +515,7 @@ async def test_a_choice_that_filled_up_since_the_form_is_a_capacity_error():
     pods = [p for p in lab_pods() if p["metadata"]["name"] != "train-big"]
     availability = FakeAvailability(pods=pods)
     spawner = make_spawner(availability)
-    await spawner._render_options_form_dynamically(spawner)  # the form: gpu-a has 4 free
+    await spawner.get_options_form()  # the form: gpu-a has 4 free
     availability.pods = lab_pods()  # meanwhile train-big took them
     spawner.user_options = {
         "profile": "thinkube",
@@ -523,7 +524,7 @@ async def test_a_choice_that_filled_up_since_the_form_is_a_capacity_error():
         "gpus": "2",
     }
     with pytest.raises(web.HTTPError) as caught:
-        await spawner.load_user_options()
+        await apply_options(spawner)
     assert spawn_message(caught.value) == (
         "gpu-a has no room for 1 CPU and 8 GiB with 2 GPUs (needs 2 GPUs, 0 free). "
         "4 are free on gpu-b."
@@ -538,7 +539,7 @@ async def test_a_choice_that_filled_up_since_the_form_is_a_capacity_error():
 async def test_load_user_options_takes_numbers_as_the_rest_api_sends_them(options):
     spawner = make_spawner()
     spawner.user_options = {"image": "scipy", **options}
-    await spawner.load_user_options()
+    await apply_options(spawner)
     assert (spawner.cpu_limit, spawner.mem_limit) == (4.0, 8 * GIB)
 
 

@@ -32,7 +32,10 @@ EXITED = "EXITED"
 PAUSED = "PAUSED"
 DEAD = "DEAD"
 TERMINATED = "TERMINATED"
-ENDED_STATUSES = frozenset({EXITED, DEAD, TERMINATED})
+ENDED_STATUSES = frozenset({EXITED, DEAD, TERMINATED})  # no longer running
+# Where a spawner keeps the id of its server's pod (the hub's database, per server): the
+# spawners write it, the service's reaper reads it to tell owned pods from orphans.
+STATE_POD_ID = "runpod_pod_id"
 
 
 def meta_env_key(key: str) -> str:
@@ -292,6 +295,7 @@ __all__ = [
     "DEAD",
     "DEFAULT_PROXY_URL_TEMPLATE",
     "ENDED_STATUSES",
+    "STATE_POD_ID",
     "EXITED",
     "META_PREFIX",
     "PAUSED",

@@ -36,9 +36,10 @@ from thinkube_core.runpod.errors import (
     RunPodError,
     UnavailableError,
 )
-from thinkube_core.runpod.models import ENDED_STATUSES, PAUSED, Pod, PodRequest
+from thinkube_core.runpod.models import ENDED_STATUSES, PAUSED, STATE_POD_ID, Pod, PodRequest
 from thinkube_core.runpod.offers import Offer
 
+from ..labels import server_label
 from .settings import (
     JUPYTER_PORT,
     CloudConfig,
@@ -49,7 +50,6 @@ from .settings import (
     singleuser_docker_args,
 )
 
-STATE_KEY = "runpod_pod_id"
 TERMINATE_TIMEOUT_S = 60.0
 
 
@@ -103,7 +103,7 @@ class RunPodBackend:
     def get_state(self) -> dict[str, Any]:
         if not self.pod_id:
             return {}
-        state: dict[str, Any] = {STATE_KEY: self.pod_id}
+        state: dict[str, Any] = {STATE_POD_ID: self.pod_id}
         if self.offer_key:
             state["runpod_offer"] = self.offer_key
         if self.cost_per_hr is not None:
@@ -111,7 +111,7 @@ class RunPodBackend:
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.pod_id = state.get(STATE_KEY) or None
+        self.pod_id = state.get(STATE_POD_ID) or None
         self.offer_key = state.get("runpod_offer")
         self.cost_per_hr = state.get("runpod_cost_per_hr")
 
@@ -126,7 +126,7 @@ class RunPodBackend:
 
     def _emit(self, progress: int, message: str) -> None:
         self._events.append({"progress": progress, "message": message})
-        self.log.info("%s: %s", self.spawner._log_name, message)
+        self.log.info("%s: %s", server_label(self.spawner), message)
         if self._changed is not None:
             self._changed.set()
 
@@ -141,7 +141,7 @@ class RunPodBackend:
                 yield self._events[index]
                 index += 1
                 continue
-            if not (self._starting or getattr(self.spawner, "_spawn_pending", False)):
+            if not (self._starting or self.spawner.pending == "spawn"):
                 return
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -333,7 +333,7 @@ class RunPodBackend:
             return CloudStartError(
                 f"The cloud server failed to start: {err}; the {ended}.", reason="runpod"
             )
-        self.log.error("%s: cloud start failed", self.spawner._log_name, exc_info=err)
+        self.log.error("%s: cloud start failed", server_label(self.spawner), exc_info=err)
         return CloudStartError(
             f"The cloud server failed to start ({type(err).__name__}); the {ended}.",
             reason="error",
@@ -356,13 +356,13 @@ class RunPodBackend:
             self.log.error(
                 "%s: could not terminate RunPod pod %s (%s): %s; the hub service's reaper or "
                 "its terminateAfter will end it",
-                self.spawner._log_name,
+                server_label(self.spawner),
                 pod_id,
                 why,
                 err,
             )
             return
-        self.log.info("%s: RunPod pod %s terminated (%s)", self.spawner._log_name, pod_id, why)
+        self.log.info("%s: RunPod pod %s terminated (%s)", server_label(self.spawner), pod_id, why)
         self.needs_terminate = False
         if self.pod_id == pod_id:
             self.pod_id = None
@@ -382,7 +382,7 @@ class RunPodBackend:
         except (UnavailableError, AuthError, ConfigurationError, RunPodError) as err:
             self.log.warning(
                 "%s: cannot ask RunPod about pod %s (%s); assuming it still runs",
-                self.spawner._log_name,
+                server_label(self.spawner),
                 self.pod_id,
                 err,
             )
@@ -395,7 +395,7 @@ class RunPodBackend:
             # stopped pod still costs: end it now.
             self.log.info(
                 "%s: RunPod pod %s is %s; its server is gone",
-                self.spawner._log_name,
+                server_label(self.spawner),
                 self.pod_id,
                 pod.desired_status,
             )
@@ -411,7 +411,9 @@ class RunPodBackend:
             client = self.client()
         except ConfigurationError as err:
             self.needs_terminate = True
-            self.log.error("%s: cannot stop pod %s: %s", self.spawner._log_name, self.pod_id, err)
+            self.log.error(
+                "%s: cannot stop pod %s: %s", server_label(self.spawner), self.pod_id, err
+            )
             return
         async with client:
             await self._terminate(client, self.pod_id, "server stopped")
@@ -424,4 +426,4 @@ def spawn_error_for(err: CloudStartError):
     return spawn_error(str(err), reason=err.reason, status_code=err.status_code)
 
 
-__all__ = ["STATE_KEY", "CloudStartError", "RunPodBackend", "spawn_error_for"]
+__all__ = ["CloudStartError", "RunPodBackend", "spawn_error_for"]

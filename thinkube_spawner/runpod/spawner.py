@@ -20,6 +20,7 @@ from traitlets import Integer, Unicode, default
 from thinkube_core.runpod.errors import AuthError, ConfigurationError, RunPodError, UnavailableError
 
 from ..errors import spawn_error
+from ..labels import server_label
 from .backend import CloudStartError, RunPodBackend, spawn_error_for
 from .options import (
     OptionsError,
@@ -147,11 +148,11 @@ class RemoteRunPodSpawner(RunPodCloudSettings, Spawner):
         try:
             tried = candidate_offers(offers, request, cap, self.cloud_offer_attempts)
         except OptionsError as err:
-            self.log.info("Rejected cloud options for %s: %s", self._log_name, err)
+            self.log.info("Rejected cloud options for %s: %s", server_label(self), err)
             raise spawn_error(str(err), reason="invalid-choice", status_code=400) from None
         self.log.info(
             "Starting %s on RunPod: %s (%s), cap $%.2f/h",
-            self._log_name,
+            server_label(self),
             ", ".join(o.key for o in tried),
             "spot" if request.spot else "on demand",
             cap,
