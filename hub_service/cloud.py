@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from thinkube_core.flags import parse_flag
 from thinkube_core.runpod import (
     ConfigurationError,
     Offer,
@@ -40,8 +41,6 @@ NO_KEY_REASON = (
     "RUNPOD_API_KEY or RUNPOD_API_KEY_FILE in the service's environment"
 )
 FILTER_NAMES = ("min_vram_gb", "max_price_per_hour", "gpu", "cloud_type", "spot")
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
 MAX_GPU_FILTER_LENGTH = 100
 
 
@@ -83,9 +82,10 @@ def offer_filters(arguments: Mapping[str, str]) -> dict[str, Any]:
         filters["cloud_type"] = cloud
     if "spot" in arguments:
         text = arguments["spot"].strip().lower()
-        if text not in _TRUE | _FALSE:
+        flag = parse_flag(text)
+        if flag is None:
             raise FilterError("spot", "spot must be true or false")
-        filters["spot"] = text in _TRUE
+        filters["spot"] = flag
     return filters
 
 

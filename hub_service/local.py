@@ -5,14 +5,15 @@ form is built by the same code), from:
 
 - psutil: the CPUs this process may run on, load, memory total and available;
 - NVML (:mod:`hub_service.nvml`): the GPUs, with UUID, memory, utilisation, processes;
-- the hub's REST API: the active servers' ``user_options``. What those servers were given
-  is *allocated*, exactly as requests are on a Kubernetes node: pinned CPU cores, GPUs by
-  UUID and chosen memory. ``ThinkubeLocalSpawner`` records its pick under
-  ``user_options["allocation"]`` (:data:`ALLOCATION_KEY`).
+- the hub's REST API: the active servers. What those servers were given is *allocated*,
+  exactly as requests are on a Kubernetes node: pinned CPU cores, GPUs by UUID and chosen
+  memory. ``ThinkubeLocalSpawner`` records its pick in the server's state
+  (:mod:`thinkube_core.allocation`), which only the hub writes; a server still starting,
+  without a pick yet, counts the CPUs and GPUs it asked for.
 
-Reading the servers needs a token with the scopes ``list:users`` and ``read:servers``
-(the same on JupyterHub 5.5 and 6.x; see docs/local.md). Without them, or with the hub
-unreachable, the data is served marked stale.
+Reading the servers needs a token with the scopes ``list:users``, ``read:servers`` and
+``admin:server_state`` (the same on JupyterHub 5.5 and 6.x; see docs/local.md). Without
+them, or with the hub unreachable, the data is served marked stale.
 
 Pure functions build the documents; :class:`LocalInventory` is the thin I/O around them.
 """
@@ -31,6 +32,8 @@ from typing import Any
 
 import httpx
 
+from thinkube_core.allocation import allocation_in
+
 from .background import cancel_and_wait
 from .inventory import Inventory, Published, dumps, iso_now
 from .nodes import GPU_RESOURCE, summary_document
@@ -39,7 +42,6 @@ from .nvml import gpus_from_records, read_nvml
 log = logging.getLogger("thinkube.inventory")
 
 __all__ = [
-    "ALLOCATION_KEY",
     "LocalInventory",
     "allocations_from_users",
     "host_snapshot",
@@ -47,7 +49,6 @@ __all__ = [
 ]
 
 GIB = 1024**3
-ALLOCATION_KEY = "allocation"
 # Nothing like a pod limit applies; a number the menu never reaches.
 _SERVERS_ALLOWED = 10_000
 
@@ -81,12 +82,6 @@ def host_snapshot() -> dict:
 # --- what running servers were given --------------------------------------------------------
 
 
-def _int_list(value: Any) -> list[int]:
-    if not isinstance(value, list):
-        return []
-    return [v for v in value if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
-
-
 def _number(value: Any) -> float:
     try:
         number = float(value)
@@ -107,20 +102,19 @@ def allocations_from_users(users: Iterable[Mapping[str, Any]]) -> list[dict]:
         for name, server in (servers if isinstance(servers, Mapping) else {}).items():
             if not isinstance(server, Mapping) or server.get("stopped"):
                 continue
+            picked = allocation_in(server.get("state"))
+            # A server still starting has no pick yet: what it asked for counts meanwhile.
             options = server.get("user_options")
             options = options if isinstance(options, Mapping) else {}
-            picked = options.get(ALLOCATION_KEY)
-            picked = picked if isinstance(picked, Mapping) else None
-            gpus = picked.get("gpus") if picked else None
             found.append(
                 {
                     "user": str(user.get("name", "")),
                     "server": str(name),
-                    "cores": _int_list(picked.get("cores")) if picked else [],
-                    "gpus": [g for g in gpus if isinstance(g, str)]
-                    if isinstance(gpus, list)
-                    else [],
-                    "memory": int(_number(options.get("memory")) * GIB),
+                    "cores": picked["cores"] if picked else [],
+                    "gpus": picked["gpus"] if picked else [],
+                    "memory": int(
+                        (picked["memory_gib"] if picked else _number(options.get("memory"))) * GIB
+                    ),
                     "cpu_unpinned": 0 if picked else math.ceil(_number(options.get("cpu"))),
                     "gpus_unpinned": 0 if picked else int(_number(options.get("gpus"))),
                 }
@@ -353,7 +347,7 @@ class LocalInventory(Inventory):
             if response.status_code == 403:
                 raise HubServersError(
                     "the service's token may not list servers: give its role the scopes "
-                    "list:users and read:servers"
+                    "list:users, read:servers and admin:server_state"
                 )
             if response.status_code != 200:
                 raise HubServersError(f"hub API answered HTTP {response.status_code}")

@@ -27,6 +27,8 @@ import httpx
 from traitlets import Float, Unicode, default
 from traitlets.config import Configurable
 
+from thinkube_core.runpod.offers import Offer
+
 
 class ServiceUnavailable(Exception):
     """The availability service could not answer; the message says so plainly."""
@@ -138,15 +140,29 @@ class AvailabilityClient:
         version = response.headers.get("ETag", "").strip('"') or None
         return Answer(version, raw=response.content, **freshness)
 
-
-def running_hub():
-    """The JupyterHub application this code runs in, if any."""
-    try:
-        from jupyterhub.app import JupyterHub
-
-        return JupyterHub.instance() if JupyterHub.initialized() else None
-    except Exception:  # outside a hub (tests, tools): fall back to defaults
-        return None
+    async def cloud_offers(self) -> list[Offer]:
+        """RunPod's offers as the service holds them (its cache: no request to RunPod).
+        ServiceUnavailable when the service cannot say, with the reason."""
+        url = self.url.removesuffix("/availability") + "/cloud/offers"
+        try:
+            response = await self._pool().get(url, headers=self._headers, timeout=self.timeout_s)
+        except httpx.HTTPError as err:
+            raise ServiceUnavailable(
+                f"The availability service cannot be reached ({type(err).__name__})."
+            ) from None
+        if response.status_code == 404:
+            raise ServiceUnavailable("Cloud GPUs are not configured on the availability service.")
+        if response.status_code != 200:
+            raise ServiceUnavailable(
+                f"The availability service answered HTTP {response.status_code}."
+            )
+        offers = []
+        for raw in response.json().get("offers") or []:
+            try:
+                offers.append(Offer(**raw))
+            except TypeError:
+                continue  # a field this version does not know: leave that offer out
+        return offers
 
 
 class AvailabilitySettings(Configurable):
@@ -169,9 +185,10 @@ class AvailabilitySettings(Configurable):
     @default("availability_url")
     def _default_availability_url(self) -> str:
         base = (self._service_entry().get("url") or "http://127.0.0.1:8181").rstrip("/")
-        hub = running_hub()
-        prefix = hub.base_url if hub else "/"
-        return f"{base}{prefix.rstrip('/')}/services/{self.availability_service_name}/"
+        # The hub's own URL prefix is its base_url, "/" unless configured, then "hub/".
+        hub_prefix = getattr(getattr(self, "hub", None), "base_url", None) or "/hub/"
+        prefix = hub_prefix.rstrip("/").removesuffix("/hub")
+        return f"{base}{prefix}/services/{self.availability_service_name}/"
 
     availability_token = Unicode(
         config=True,
@@ -193,10 +210,22 @@ class AvailabilitySettings(Configurable):
     _availability_client: AvailabilityClient | None = None
 
     def _service_entry(self) -> dict:
-        """The hub's own entry for the availability service, when it manages it."""
-        hub = running_hub()
-        services = hub.services if hub else []
-        return next((s for s in services if s.get("name") == self.availability_service_name), {})
+        """The service's entry in the hub's configuration (`c.JupyterHub.services`), which
+        JupyterHub hands every spawner with its config."""
+        services = self.config.JupyterHub.get("services") or []
+        return next(
+            (
+                s
+                for s in services
+                if isinstance(s, dict) and s.get("name") == self.availability_service_name
+            ),
+            {},
+        )
+
+    @property
+    def availability_configured(self) -> bool:
+        """Whether this hub runs the availability service (or names one to use)."""
+        return bool(self._service_entry()) or self.trait_has_value("availability_url")
 
     @property
     def availability(self) -> AvailabilityClient:

@@ -114,11 +114,16 @@ c.JupyterHub.custom_scopes = {
 }
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", f"access:services!service={SERVICE}"]},
-    # The service reads which servers run and what they were given (user_options): the
-    # single-machine allocation. list:users + read:servers, on JupyterHub 5.5 and 6.x.
+    # The service reads which servers run and what they were given (their state, which only
+    # the hub writes): the single-machine allocation. The same scopes on JupyterHub 5.5 and 6.x.
     {
         "name": SERVICE,
-        "scopes": [f"access:services!service={SERVICE}", "list:users", "read:servers"],
+        "scopes": [
+            f"access:services!service={SERVICE}",
+            "list:users",
+            "read:servers",
+            "admin:server_state",
+        ],
         "services": [SERVICE],
     },
 ]

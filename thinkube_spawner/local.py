@@ -40,7 +40,8 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default, validate
 
-from hub_service.local import ALLOCATION_KEY
+from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
+from thinkube_core.allocation import allocation_in
 
 from .accounts import (
     DEFAULT_PREFIX,
@@ -52,7 +53,7 @@ from .accounts import (
     existing_account,
     usable,
 )
-from .availability import AvailabilitySettings, ServiceUnavailable, running_hub
+from .availability import AvailabilitySettings, ServiceUnavailable
 from .errors import choice_error, service_unavailable_error, spawn_error
 from .gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, driver_gpus, hiding_plan, isolation_command
 from .labels import server_label
@@ -217,6 +218,11 @@ def _default_environments() -> dict[str, dict]:
 # --- the spawner ------------------------------------------------------------------------------
 
 
+# What this hub's local servers hold now, by spawner: the service sees a new server only at
+# its next refresh, so two starts at once must not pick the same core or GPU meanwhile.
+_held: dict[int, LocalAllocation] = {}
+
+
 class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
     """Local processes, placed by the thinkube spawn form (`spawner_class = "thinkube-local"`)."""
 
@@ -366,21 +372,24 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
             self.log.warning("Spawn form for %s: %s", self.user.name, err)
             return render_form(unavailable_profile(str(err)))
         before = machine_summary_html(machine, self.memory_mode() is not None) if machine else ""
-        options = {k: v for k, v in (self.user_options or {}).items() if k != ALLOCATION_KEY}
+        options = self.user_options or {}
         return render_form(menu_profile(menu, options), options, before=before)
 
     # -- start ---------------------------------------------------------------------------
 
+    def _hold(self, allocation: LocalAllocation | None) -> None:
+        self.allocation = allocation
+        if allocation is None:
+            _held.pop(id(self), None)
+        else:
+            _held[id(self)] = allocation
+
     def _held_elsewhere(self) -> tuple[set[int], set[str]]:
-        """Cores and GPUs held by the hub's other active local servers."""
+        """Cores and GPUs held by the hub's other local servers."""
         cores: set[int] = set()
         gpus: set[str] = set()
-        hub = running_hub()
-        for user in list(hub.users.values()) if hub else []:
-            for spawner in list(user.spawners.values()):
-                held = getattr(spawner, "allocation", None)
-                if spawner is self or held is None or not spawner.active:
-                    continue
+        for holder, held in list(_held.items()):
+            if holder != id(self):
                 cores.update(held.cores)
                 gpus.update(held.gpus)
         return cores, gpus
@@ -406,8 +415,8 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         except ChoiceError as err:
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             raise choice_error(err) from None
-        self.allocation = allocation
-        self.user_options = {**choice.as_user_options(), ALLOCATION_KEY: allocation.as_dict()}
+        self._hold(allocation)
+        self.user_options = choice.as_user_options()
         return choice, allocation
 
     async def start(self):
@@ -441,7 +450,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
             )
             return await super().start()
         except BaseException:
-            self.allocation = None
+            self._hold(None)
             raise
 
     async def server_account(self, server_cmd: list[str]) -> pwd.struct_passwd | None:
@@ -513,7 +522,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         try:
             await super().stop(now=now)
         finally:
-            self.allocation = None
+            self._hold(None)
 
     def get_env(self):
         env = super().get_env()
@@ -558,21 +567,22 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
     def get_state(self):
         state = super().get_state()
         if self.allocation is not None:
-            state["thinkube_allocation"] = self.allocation.as_dict()
+            state[ALLOCATION_STATE] = self.allocation.as_dict()
         return state
 
     def load_state(self, state):
         super().load_state(state)
-        held = state.get("thinkube_allocation")
-        if isinstance(held, dict):
-            self.allocation = LocalAllocation(
-                tuple(held.get("cores") or ()),
-                tuple(held.get("gpus") or ()),
-                int(held.get("memory_gib") or 0),
-                bool(held.get("memory_enforced")),
+        held = allocation_in(state)
+        if held is not None:
+            self._hold(
+                LocalAllocation(
+                    tuple(held["cores"]),
+                    tuple(held["gpus"]),
+                    int(held["memory_gib"]),
+                    held["memory_enforced"],
+                )
             )
-            self.user_options = {**(self.user_options or {}), ALLOCATION_KEY: held}
 
     def clear_state(self):
         super().clear_state()
-        self.allocation = None
+        self._hold(None)

@@ -29,7 +29,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from thinkube_core.quantity import QuantityError, parse_quantity
-from thinkube_core.runpod.offers import Offer
+from thinkube_core.runpod.offers import Offer, price_problem
 from thinkube_core.scheduling import (
     PODS,
     PodRules,
@@ -761,16 +761,9 @@ def _check_cloud_choice(
     if pricing not in (ON_DEMAND, SPOT):
         raise ChoiceError(f"Pricing must be {ON_DEMAND!r} or {SPOT!r}; got {pricing[:20]!r}.")
     spot = pricing == SPOT
-    if cloud_cap <= 0:
-        raise ChoiceError("Cloud GPUs are not available to you on this hub.")
-    price = offer.price(spot)
-    if price is None:
-        raise ChoiceError(f"{offer.display_name} has no {pricing} price on RunPod right now.")
-    if price > cloud_cap:
-        raise ChoiceError(
-            f"{offer.display_name} costs ${price:.2f}/h {pricing.replace('-', ' ')}, over your "
-            f"cloud limit of ${cloud_cap:.2f}/h."
-        )
+    problem = price_problem(offer, spot, cloud_cap)
+    if problem:
+        raise ChoiceError(problem)
     return Choice(image, placement, cpu, memory, offer.gpu_count, None, 0.0, 0, spot)
 
 

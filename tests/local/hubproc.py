@@ -29,6 +29,7 @@ import psutil
 
 from tests.kubesim.sim import free_port
 from tests.utils import eventually, stop_process_group
+from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
 from thinkube_spawner.accounts import account_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +115,19 @@ class LocalHub:
             return server if server and (server.get("ready") or not ready) else None
 
         return await eventually(state, within=60, interval=0.2)
+
+    async def allocation(self, user: str) -> dict:
+        """What `user`'s server was given, from its state in the hub, read as the service
+        reads it (its token, with admin:server_state): never from the user's options."""
+        token = (self.data_dir / "service_token").read_text().strip()
+        async with httpx.AsyncClient(headers={"Authorization": f"token {token}"}) as api:
+
+            async def held():
+                model = (await api.get(urljoin(self.url, f"hub/api/users/{quote(user)}"))).json()
+                server = (model.get("servers") or {}).get("") or {}
+                return (server.get("state") or {}).get(ALLOCATION_STATE)
+
+            return await eventually(held, within=60, interval=0.2)
 
     async def stop_server(self, browser: httpx.AsyncClient, user: str) -> None:
         response = await self.api(browser, "DELETE", f"users/{user}/server")

@@ -77,7 +77,8 @@ async def test_thinkube_hub_login_form_spawn_proxy_second_user_and_ctrl_c(tmp_pa
         server = await hub.server(alice, "alice")
         options = server["user_options"]
         assert options["cpu"] == "1" and options["gpus"] == "0" and options["image"] == "local"
-        allocation = options["allocation"]
+        assert "allocation" not in options  # the pick is the hub's record, not the user's
+        allocation = await hub.allocation("alice")
         assert len(allocation["cores"]) == 1 and allocation["gpus"] == []
         assert allocation["memory_enforced"] is False
 
@@ -110,10 +111,8 @@ async def test_thinkube_hub_login_form_spawn_proxy_second_user_and_ctrl_c(tmp_pa
         # bob starts a server: he gets a different core.
         bob_fields = {**form_fields(bob_html), option("cpu"): "1", option("memory"): "2"}
         await bob.post(urljoin(hub.url, "hub/spawn"), data={**bob_fields, "_xsrf": hub.xsrf(bob)})
-        bob_server = await hub.server(bob, "bob")
-        assert set(bob_server["user_options"]["allocation"]["cores"]).isdisjoint(
-            allocation["cores"]
-        )
+        await hub.server(bob, "bob")
+        assert set((await hub.allocation("bob"))["cores"]).isdisjoint(allocation["cores"])
 
         await hub.stop_server(alice, "alice")
         assert server_processes(hub, "alice") == []
@@ -305,8 +304,9 @@ async def test_two_spawns_at_the_same_instant_never_share_a_core(tmp_path):
 
         # Both submitted before the service can have seen either server.
         await asyncio.gather(submit("erin"), submit("frank"))
-        servers = [await hub.server(people[name], name) for name in people]
-        cores = [set(s["user_options"]["allocation"]["cores"]) for s in servers]
+        for name in people:
+            await hub.server(people[name], name)
+        cores = [set((await hub.allocation(name))["cores"]) for name in people]
         assert all(len(c) == 1 for c in cores) and cores[0].isdisjoint(cores[1]), cores
         affinities = [set(server_processes(hub, name)[0].cpu_affinity()) for name in people]
         assert affinities == cores

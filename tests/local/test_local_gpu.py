@@ -76,8 +76,8 @@ async def spawn_one_gpu(hub, user: str) -> dict:
         option("memory"): "2",
     }
     await browser.post(urljoin(hub.url, "hub/spawn"), data={**fields, "_xsrf": hub.xsrf(browser)})
-    server = await hub.server(browser, user)
-    return server["user_options"]["allocation"]
+    await hub.server(browser, user)
+    return await hub.allocation(user)
 
 
 def listed_by_nvidia_smi(seen: dict) -> list[str]:

@@ -10,13 +10,13 @@ from pathlib import Path
 import psutil
 
 from hub_service.local import (
-    ALLOCATION_KEY,
     LocalInventory,
     allocations_from_users,
     host_snapshot,
     machine_document,
 )
 from hub_service.nodes import summary_document
+from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
 from thinkube_spawner.menu import MenuSettings, build_menu, check_choice
 from thinkube_spawner.shaping import PodSettings, PodTemplate
 
@@ -42,24 +42,28 @@ SETTINGS = MenuSettings(
 IMAGES = [{"name": "local", "display_name": "Local", "default": True, "metadata": {}}]
 
 
-def user(name: str, options: dict | None, stopped: bool = False) -> dict:
-    return {"name": name, "servers": {"": {"stopped": stopped, "user_options": options}}}
+def user(
+    name: str, options: dict | None, stopped: bool = False, allocation: dict | None = None
+) -> dict:
+    """A hub API user model; `allocation` is what the spawner recorded in the server's state."""
+    server = {"stopped": stopped, "user_options": options}
+    if allocation is not None:
+        server["state"] = {ALLOCATION_STATE: allocation}
+    return {"name": name, "servers": {"": server}}
 
 
 def test_allocations_read_from_the_hubs_servers():
     users = [
         user(
             "alice",
-            {
-                "cpu": "2",
-                "memory": "8",
-                "gpus": "1",
-                ALLOCATION_KEY: {"cores": [6, 7], "gpus": ["GPU-a"]},
-            },
+            {"cpu": "2", "memory": "8", "gpus": "1"},
+            allocation={"cores": [6, 7], "gpus": ["GPU-a"], "memory_gib": 8},
         ),
         user("bob", {"cpu": "4", "memory": "16", "gpus": "0"}),  # still starting: no pick yet
         user("carol", {"cpu": "1", "memory": "2"}, stopped=True),
-        user("eve", {ALLOCATION_KEY: {"cores": [-1, "x", True, 3], "gpus": [1, "GPU-b"]}}),
+        user("eve", {}, allocation={"cores": [-1, "x", True, 3], "gpus": [1, "GPU-b"]}),
+        # what a user writes in their options is not an allocation
+        user("mallory", {"allocation": {"cores": [0], "gpus": ["GPU-a"]}}),
         {"name": "no-servers"},
         "not a user",
     ]
@@ -91,6 +95,15 @@ def test_allocations_read_from_the_hubs_servers():
             "cpu_unpinned": 0,
             "gpus_unpinned": 0,
         },
+        {
+            "user": "mallory",
+            "server": "",
+            "cores": [],
+            "gpus": [],
+            "memory": 0,
+            "cpu_unpinned": 0,
+            "gpus_unpinned": 0,
+        },
     ]
 
 
@@ -111,12 +124,11 @@ def test_taken_cores_memory_and_gpus_are_subtracted():
         [
             user(
                 "alice",
-                {
-                    "memory": "8",
-                    ALLOCATION_KEY: {
-                        "cores": [6, 7],
-                        "gpus": ["GPU-5a3c1e2f-8b1d-4c7e-9f2a-6d0e4b7c1a90"],
-                    },
+                {"memory": "8"},
+                allocation={
+                    "cores": [6, 7],
+                    "gpus": ["GPU-5a3c1e2f-8b1d-4c7e-9f2a-6d0e4b7c1a90"],
+                    "memory_gib": 8,
                 },
             ),
             user("bob", {"cpu": "2", "memory": "4", "gpus": "1"}),  # starting
@@ -198,7 +210,7 @@ def test_documents_match_the_services_openapi_schemas():
 
     components = json.loads(OPENAPI_PATH.read_text())["components"]
     allocations = allocations_from_users(
-        [user("alice", {"memory": "8", ALLOCATION_KEY: {"cores": [1], "gpus": []}})]
+        [user("alice", {"memory": "8"}, allocation={"cores": [1], "gpus": [], "memory_gib": 8})]
     )
     for nvml in ("no_library", "workstation_two_models", "gb10_memory_not_supported"):
         node = machine_document(HOST, RECORDS[nvml], allocations)

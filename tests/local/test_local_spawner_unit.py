@@ -11,6 +11,7 @@ import pytest
 
 from hub_service.local import allocations_from_users, machine_document
 from hub_service.nodes import summary_document
+from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
 from thinkube_spawner.form import (
     machine_summary_html,
     menu_profile,
@@ -97,7 +98,9 @@ def test_the_service_sees_what_was_picked():
             "name": "a",
             "servers": {
                 "": {
-                    "user_options": {**choice.as_user_options(), "allocation": allocation.as_dict()}
+                    "user_options": choice.as_user_options(),
+                    # what the spawner keeps in its state, as the hub API shows it
+                    "state": {ALLOCATION_STATE: allocation.as_dict()},
                 }
             },
         }

@@ -10,6 +10,7 @@ from traitlets.config import Config
 
 from tests.runpod_fake import DEFAULT_GPU_TYPES
 from thinkube_core.runpod import Offer
+from thinkube_core.runpod.errors import ConfigurationError
 from thinkube_spawner.runpod.options import (
     CloudRequest,
     OptionsError,
@@ -220,7 +221,7 @@ def test_candidates_for_filters_are_the_cheapest_matching_within_the_cap():
         OptionsError, match=r"No cloud GPU offer matches your request within \$0\.10/h"
     ):
         candidate_offers(offers(), CloudRequest(), cap=0.1, attempts=3)
-    with pytest.raises(OptionsError, match="not enabled"):
+    with pytest.raises(OptionsError, match="not available to you"):
         candidate_offers(offers(), CloudRequest(), cap=0, attempts=3)
 
 
@@ -231,7 +232,9 @@ def test_a_chosen_offer_comes_first_and_falls_back_only_when_asked():
     more = candidate_offers(offers(), CloudRequest(offer_key=key, fallback=True), 1.0, 3)
     assert more[0].key == key and len(more) == 3
     assert all(o.vram_gb >= 24 and o.price_per_hour <= 1.0 for o in more)
-    with pytest.raises(OptionsError, match=r"H100 SXM costs \$2\.69/h on-demand, above your cap"):
+    with pytest.raises(
+        OptionsError, match=r"H100 SXM costs \$2\.69/h on demand, over your cloud limit"
+    ):
         candidate_offers(offers(), CloudRequest(offer_key="SECURE:NVIDIA H100 80GB HBM3:1"), 1.0, 3)
     with pytest.raises(OptionsError, match="Unknown cloud offer 'SECURE:NVIDIA B200:1'"):
         candidate_offers(offers(), CloudRequest(offer_key="SECURE:NVIDIA B200:1"), 9, 3)
@@ -265,5 +268,43 @@ def test_the_form_lists_offers_within_the_cap_and_escapes_everything():
     text = "".join(parsed.text)
     assert "RunPod community cloud: RTX 4090 24 GB, $0.34/h on demand, $0.20/h spot" in text
     assert "not on the lab's shared storage" in text
-    assert "not enabled" in render_form(offers(), 0)
+    assert "not available to you" in render_form(offers(), 0)
     assert "cannot be reached" in render_form([], 1.0, problem="RunPod cannot be reached")
+
+
+async def test_with_the_availability_service_offers_come_from_its_cache(monkeypatch):
+    """One offer source: a RemoteRunPodSpawner on a hub that runs the availability service
+    asks the service (its cache), never RunPod, for the form and the start."""
+    from types import SimpleNamespace
+
+    from jupyterhub.objects import Hub
+
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)  # RunPod could not even be asked
+    offer = Offer("NVIDIA GeForce RTX 4090", "RTX 4090", 24, "SECURE", 0.69, 0.35, "High", 1)
+    two_gpus = Offer("NVIDIA A40", "A40", 48, "SECURE", 0.79, None, "Low", 2)
+    asked = []
+
+    class ServiceCache:
+        async def cloud_offers(self):
+            asked.append("service")
+            return [offer, two_gpus]
+
+    config = Config()
+    config.JupyterHub.services = [{"name": "thinkube-resources", "url": "http://127.0.0.1:8181"}]
+    spawner = RemoteRunPodSpawner(
+        config=config,
+        hub=Hub(),
+        user=SimpleNamespace(name="alice", id=7, url="/user/alice/"),
+        cloud_price_cap=1.0,
+    )
+    assert spawner.availability_configured
+    spawner._availability_client = ServiceCache()
+    assert await spawner.fetch_offers() == [offer]  # priced for its one GPU
+    assert asked == ["service"]
+    # without the service, RunPod itself is the source (here: no key, so it says so)
+    alone = RemoteRunPodSpawner(
+        hub=Hub(), user=SimpleNamespace(name="bob", id=8, url="/user/bob/"), cloud_price_cap=1.0
+    )
+    assert not alone.availability_configured
+    with pytest.raises(ConfigurationError):
+        await alone.fetch_offers()

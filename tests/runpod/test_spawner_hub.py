@@ -418,14 +418,14 @@ async def test_a_cap_of_zero_means_no_cloud_unless_a_group_cap_allows_it(fake, t
             await browser.login(name)
             page = await browser.spawn_page()
             seen.add(page)
-            assert "Cloud GPUs are not enabled for your account." in page, name
+            assert "Cloud GPUs are not available to you on this hub." in page, name
             assert 'name="offer"' not in page
             await browser.aclose()
         async with admin_api(hub) as api:
             response = await api.post("users/henry/server", json={"offer": RTX4090_SECURE})
             seen.add(response.text)
             assert response.status_code == 400, response.text
-            assert "Cloud GPUs are not enabled for your account." in response.json()["message"]
+            assert "Cloud GPUs are not available to you on this hub." in response.json()["message"]
             await wait_gone(api, "henry")
     assert fake.requests_for("podFindAndDeployOnDemand") == [] and fake.pods == {}
 

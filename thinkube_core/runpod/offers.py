@@ -211,3 +211,24 @@ __all__ = [
     "select_offers",
     "sort_offers",
 ]
+
+
+NO_CLOUD_FOR_YOU = "Cloud GPUs are not available to you on this hub."
+
+
+def price_problem(offer: Offer, spot: bool, cap: float) -> str | None:
+    """Why a person with price cap `cap` (USD/h) may not rent `offer` at this pricing, in
+    words; None when they may. The one check of a cloud choice's price, for every spawner."""
+    if cap <= 0:
+        return NO_CLOUD_FOR_YOU
+    pricing = "spot" if spot else "on demand"
+    price = offer.price(spot)
+    if price is None:
+        kind = "spot" if spot else "on-demand"
+        return f"{offer.display_name} has no {kind} price on RunPod right now."
+    if price > cap:
+        return (
+            f"{offer.display_name} costs ${price:.2f}/h {pricing}, over your cloud limit of "
+            f"${cap:.2f}/h."
+        )
+    return None

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from thinkube_core.runpod.offers import CLOUD_TYPES, Offer, filter_offers, sort_offers
+from thinkube_core.flags import parse_flag
+from thinkube_core.runpod.offers import (
+    CLOUD_TYPES,
+    NO_CLOUD_FOR_YOU,
+    Offer,
+    filter_offers,
+    price_problem,
+    sort_offers,
+)
 
 OPTION_NAMES = (
     "offer",
@@ -61,13 +69,10 @@ class CloudRequest:
 
 
 def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "on", "1", "yes"):
-        return True
-    if isinstance(value, str) and value.lower() in ("false", "off", "0", "no", ""):
-        return False
-    raise OptionsError(f"'{name}' must be true or false.")
+    flag = parse_flag(value, empty=False)  # an unticked checkbox
+    if flag is None:
+        raise OptionsError(f"'{name}' must be true or false.")
+    return flag
 
 
 def _number(name: str, value: Any) -> float | None:
@@ -143,7 +148,7 @@ def candidate_offers(
     """The offers to try for `request`, in order (at most `attempts`), all within `cap`
     (USD/h) at the price the request pays (spot or on demand). OptionsError if none."""
     if cap <= 0:
-        raise OptionsError("Cloud GPUs are not enabled for your account.")
+        raise OptionsError(NO_CLOUD_FOR_YOU)
     spot = request.spot
     kind = "spot" if spot else "on-demand"
     limit = cap if request.max_price_per_hour is None else min(cap, request.max_price_per_hour)
@@ -154,14 +159,9 @@ def candidate_offers(
                 f"Unknown cloud offer {request.offer_key!r}: it is not offered now. Reload "
                 "the page to see the current offers."
             )
-        price = chosen.price(spot)
-        if price is None:
-            raise OptionsError(f"{chosen.display_name} has no {kind} price.")
-        if price > cap:
-            raise OptionsError(
-                f"{chosen.display_name} costs {_money(price)} {kind}, above your cap of "
-                f"{_money(cap)}."
-            )
+        problem = price_problem(chosen, spot, cap)
+        if problem:
+            raise OptionsError(problem)
         tried = [chosen]
         if request.fallback:
             others = filter_offers(
@@ -214,7 +214,7 @@ def render_form(
     if problem:
         parts.append(f'<div class="alert alert-warning">{escape(problem)}</div>')
     if cap <= 0:
-        parts.append("<p>Cloud GPUs are not enabled for your account.</p></div>")
+        parts.append(f"<p>{escape(NO_CLOUD_FOR_YOU)}</p></div>")
         return "".join(parts)
     shown = offers_within(offers, cap)
     if not shown and not problem:

@@ -18,7 +18,9 @@ from jupyterhub.spawner import Spawner
 from traitlets import Integer, Unicode, default
 
 from thinkube_core.runpod.errors import AuthError, ConfigurationError, RunPodError, UnavailableError
+from thinkube_core.runpod.offers import NO_CLOUD_FOR_YOU
 
+from ..availability import AvailabilitySettings, ServiceUnavailable
 from ..errors import spawn_error
 from ..labels import server_label
 from .backend import CloudStartError, RunPodBackend, spawn_error_for
@@ -32,7 +34,7 @@ from .options import (
 from .settings import JUPYTER_PORT, RunPodCloudSettings, missing_public_url_message
 
 
-class RemoteRunPodSpawner(RunPodCloudSettings, Spawner):
+class RemoteRunPodSpawner(AvailabilitySettings, RunPodCloudSettings, Spawner):
     """Spawns each server on a RunPod cloud GPU (see the module docstring)."""
 
     @default("env_keep")
@@ -89,6 +91,14 @@ class RemoteRunPodSpawner(RunPodCloudSettings, Spawner):
         return self._backend
 
     async def fetch_offers(self):
+        """The offers, from one source: the availability service's cache when the hub runs
+        it (no request to RunPod per form or start), else RunPod itself."""
+        if self.availability_configured:
+            try:
+                offers = await self.availability.cloud_offers()
+            except ServiceUnavailable as err:
+                raise UnavailableError(str(err)) from None
+            return [o for o in offers if o.gpu_count == self.cloud_gpu_count]
         async with self.backend.client() as client:
             return await client.offers(gpu_count=self.cloud_gpu_count)
 
@@ -127,7 +137,7 @@ class RemoteRunPodSpawner(RunPodCloudSettings, Spawner):
         try:
             request = parse_user_options(self.user_options)
             if cap <= 0:
-                raise OptionsError("Cloud GPUs are not enabled for your account.")
+                raise OptionsError(NO_CLOUD_FOR_YOU)
         except OptionsError as err:
             raise spawn_error(str(err), reason="invalid-choice", status_code=400) from None
         if not self.backend.config.public_hub_url:
