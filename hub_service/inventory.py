@@ -27,7 +27,7 @@ from kubernetes_asyncio import client, config
 from .dcgm import DcgmMetrics, DcgmScraper
 from .kube import ResourceWatcher, describe_error
 from .nodes import summary_document
-from .state import ClusterState, slim_pod
+from .state import ClusterState
 
 log = logging.getLogger("thinkube.inventory")
 
@@ -183,9 +183,9 @@ class KubernetesInventory(Inventory):
             ResourceWatcher(
                 self._api,
                 "pods",
-                self.state.replace_pods,
+                self.state.replace_prepared_pods,
                 self.state.apply_pod,
-                slim=slim_pod,
+                prepare=self.state.prepare_pod,
                 **common,
             ),
         ]
@@ -281,8 +281,10 @@ class KubernetesInventory(Inventory):
     # -- publishing --------------------------------------------------------------
 
     def changed(self) -> None:
-        """Something changed: publish new documents after the debounce."""
-        if self._rebuild_handle is None:
+        """Something changed: publish new documents after the debounce. Not before both
+        lists are in: nodes without their pods would show everything free, and the first
+        full publish comes when the inventory becomes ready."""
+        if self._rebuild_handle is None and self.synced:
             loop = asyncio.get_running_loop()
             self._rebuild_handle = loop.call_later(self.debounce_s, self.rebuild)
 
