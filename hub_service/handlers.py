@@ -100,6 +100,11 @@ class JSONHandler(ServiceAuth, web.RequestHandler):
             raise web.HTTPError(403, f"this needs the scope {', '.join(missing)}")
         self.current_user = model
 
+    def compute_etag(self) -> str | None:
+        # Not tornado's hash of every body (a 3 MB node list at 5,000 nodes): the routes
+        # whose answers are versioned set their own ETag from the published digest.
+        return None
+
     def on_finish(self) -> None:
         self.service.observe_request(
             self, time.perf_counter() - getattr(self, "started", time.perf_counter())
@@ -186,8 +191,15 @@ class ReadyHandler(JSONHandler):
 
 class ResourcesHandler(JSONHandler):
     def get(self) -> None:
+        published = self.service.source.published
         self.freshness()  # headers: the body stays the §2-compatible list
-        self.send_json(self.service.source.published.resources)
+        # The body is the published bytes as they are: its digest is a strong validator.
+        self.set_header("ETag", f'"{published.resources_digest}"')
+        if self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
+        self.send_json(published.resources)
 
 
 class NodeHandler(JSONHandler):
@@ -230,21 +242,25 @@ class AvailabilityHandler(JSONHandler):
             self.set_header("Cache-Control", "no-cache")
             self.finish()
             return
-        self.send_json(
-            with_fields(
-                {**fresh, "version": version},
-                b'{"nodes":'
-                + published.resources
-                + b',"summary":'
-                + with_fields(fresh, published.summary)
-                + b',"images":'
-                + images_json
-                + b',"cloud":'
-                + cloud_json
-                + b"}",
-            ),
-            cache_control="no-cache",  # kept, but revalidated (If-None-Match) before each use
+        head = json.dumps({**fresh, "version": version}).encode()[:-1] + b',"nodes":'
+        tail = (
+            b',"summary":'
+            + with_fields(fresh, published.summary)
+            + b',"images":'
+            + images_json
+            + b',"cloud":'
+            + cloud_json
+            + b"}"
         )
+        # Sent as three writes with the length given, so the node list (3 MB at 5,000
+        # nodes) goes out as the published bytes, never copied into a new body.
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-cache")  # kept, but revalidated before each use
+        self.set_header("Content-Length", len(head) + len(published.resources) + len(tail))
+        for part in (head, published.resources):
+            self.write(part)
+            self.flush()
+        self.finish(tail)
 
 
 class CloudOffersHandler(JSONHandler):

@@ -54,10 +54,15 @@ class Published:
     built_at: float = 0.0  # monotonic
 
     @functools.cached_property
+    def resources_digest(self) -> str:
+        """Changes when the node list does; made once per publication, on first use."""
+        return hashlib.blake2b(self.resources, digest_size=16).hexdigest()
+
+    @functools.cached_property
     def content_digest(self) -> str:
         """Changes when the documents do: a rebuild after an event that changed nothing we
         publish (a pod's status, a node's heartbeat) keeps it, so clients keep their copy."""
-        digest = hashlib.blake2b(self.resources, digest_size=16)
+        digest = hashlib.blake2b(self.resources_digest.encode(), digest_size=16)
         digest.update(b"\0" + self.summary)
         return digest.hexdigest()
 
