@@ -37,6 +37,10 @@ FRESHNESS_HEADERS = {
 }
 
 
+# Bodies above this are written separately from the headers (see JSONHandler.send_json).
+LARGE_BODY_BYTES = 64 * 1024
+
+
 class ServiceAuth(HubOAuthenticated):
     """Every handler shares the service's one HubOAuth (its token cache and settings),
     instead of HubOAuthenticated's default ``HubOAuth.instance()``."""
@@ -121,7 +125,14 @@ class JSONHandler(ServiceAuth, web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", cache_control)
-        self.finish(body if isinstance(body, bytes) else json.dumps(body).encode())
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if len(data) > LARGE_BODY_BYTES:
+            # tornado sends the headers and the first body chunk as one new bytes object:
+            # a large body goes out in a write of its own, so the published bytes are sent
+            # as they are instead of being copied (3 MB at 5,000 nodes) for every request.
+            self.set_header("Content-Length", len(data))
+            self.flush()
+        self.finish(data)
 
     def send_bad_request(self, field: str | None, message: str) -> None:
         self.send_json({"status": 400, "error": message, "field": field}, 400)
@@ -221,10 +232,9 @@ class AvailabilityHandler(JSONHandler):
     the (one) inventory snapshot they come from."""
 
     async def get(self) -> None:
-        images = await self.service.run_db(self.service.catalog.list, "jupyter")
+        images_json = await self.service.jupyter_images_json()
         published = self.service.source.published  # after the await: the newest
         fresh = self.freshness()
-        images_json = json.dumps(images).encode()
         cloud = self.service.cloud.offers.state() if self.service.cloud else None
         if cloud is not None:
             cloud.pop("age_seconds", None)  # it changes with time; fetched_at says the same
@@ -332,6 +342,7 @@ class ImageHandler(JSONHandler):
         except CatalogError as err:
             self.send_bad_request(err.field, str(err))
             return
+        self.service.catalog_changed()
         self.service.log.info(
             "image %s %s by %s %s",
             name,
@@ -342,7 +353,9 @@ class ImageHandler(JSONHandler):
         self.send_json(entry, 201 if created else 200)
 
     async def delete(self, name: str) -> None:
-        if not await self.service.run_db(self.service.catalog.delete, name):
+        deleted = await self.service.run_db(self.service.catalog.delete, name)
+        self.service.catalog_changed()
+        if not deleted:
             raise web.HTTPError(404, f"no image named {name!r}")
         self.service.log.info(
             "image %s deleted by %s %s",
