@@ -254,7 +254,6 @@ class ResourceWatcher:
         # The resourceVersion=0 list came back in pages: this server pages every list (it
         # has no watch cache for the resource), so later lists are paged too.
         self.paged_at_zero = False
-        self.lists: list[tuple[str, int]] = []  # (resourceVersion, limit) of recent lists
         self._list = (
             self.core.list_node if kind == "nodes" else self.core.list_pod_for_all_namespaces
         )
@@ -299,7 +298,6 @@ class ResourceWatcher:
     async def _list_at(self, version: str, limit: int) -> tuple[list, str, bool]:
         """All objects at `version` in pages of `limit` (0: one response): the prepared
         items, the list's resourceVersion, and whether the server paged it."""
-        self.lists = [*self.lists[-9:], (version, limit)]
         items: list = []
         prepare = self.prepare
         keep = items.append if prepare is None else (lambda obj: items.append(prepare(obj)))
@@ -328,7 +326,6 @@ class ResourceWatcher:
                 log.info("%s list expired while paging: listing in one piece", self.kind)
                 items.clear()
                 token, limit = "", 0
-                self.lists.append((version, 0))
                 continue
             try:
                 head = await read_list(response.content.iter_any(), keep)
