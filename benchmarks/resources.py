@@ -28,6 +28,10 @@ Figures (all requests go straight to the service's own URL, not through the prox
   concurrent clients (16), ``--requests`` requests after a warm-up; time until the whole body
   is read (aiohttp client, in this process). ``server_*_mean_ms``: the service's own mean
   handling time over the same requests (its Prometheus histogram, sum/count delta).
+- ``service_cpu_ms_per_request``/``client_cpu_ms_per_request``: CPU time (user + system) of
+  the service process and of this benchmark's own process (the 16 clients) over the
+  ``cluster/resources`` load, per request: where the latency goes on a busy machine, where
+  the wall-clock figures also carry whatever else runs on it.
 - ``summary_p50_ms``/``summary_p99_ms``: the same for ``GET api/v1/cluster/summary``.
 - ``availability_p50_ms``/``availability_p99_ms``: the same for ``GET api/v1/availability``
   (the spawner's route: nodes, summary, images and cloud offers in one answer), and
@@ -187,6 +191,13 @@ def service_process(hub: psutil.Process) -> psutil.Process | None:
         except psutil.Error:
             continue
     return None
+
+
+def cpu_seconds(process: psutil.Process | None) -> float | None:
+    if process is None:
+        return None
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 async def get(
@@ -413,7 +424,20 @@ async def measure(args, workdir: Path) -> dict:
             await load(http, "api/v1/cluster/summary", args.clients, args.warmup)
             calls_before = proxy.requests
             metrics_before = (await get(http, "metrics"))[1].decode()
+            cpu_before = (cpu_seconds(service), cpu_seconds(psutil.Process()))
             latencies = await load(http, "api/v1/cluster/resources", args.clients, args.requests)
+            cpu_after = (cpu_seconds(service), cpu_seconds(psutil.Process()))
+            for key, before, after in zip(
+                ("service_cpu_ms_per_request", "client_cpu_ms_per_request"),
+                cpu_before,
+                cpu_after,
+                strict=True,
+            ):
+                figures[key] = (
+                    round((after - before) / args.requests * 1000, 2)
+                    if before is not None and after is not None
+                    else None
+                )
             summary = await load(http, "api/v1/cluster/summary", args.clients, args.requests)
             availability = await load(http, "api/v1/availability", args.clients, args.requests)
             async with http.get("api/v1/availability") as response:
@@ -501,6 +525,8 @@ CURVE_FIELDS = (
     "p50_ms",
     "p99_ms",
     "server_mean_ms",
+    "service_cpu_ms_per_request",
+    "client_cpu_ms_per_request",
     "availability_p99_ms",
     "availability_304_p99_ms",
     "summary_p99_ms",

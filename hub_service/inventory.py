@@ -266,10 +266,11 @@ class KubernetesInventory(Inventory):
             self.rebuild()
             verb = "back" if self._healthy is False else "synced"
             log.info(
-                "Kubernetes inventory %s: %d nodes, %d pods listed; data is current",
+                "Kubernetes inventory %s: %d nodes, %d pods listed (in %.1f s); data is current",
                 verb,
                 len(self.state.nodes),
                 len(self.state.pods),
+                max(w.health.last_list_s or 0.0 for w in self.watchers),
             )
             self._healthy = True
 
