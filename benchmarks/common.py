@@ -57,6 +57,49 @@ async def start_kubesim(
     return KubesimProcess(process, url, time.perf_counter() - started)
 
 
+STATIC_SERVER = """
+import sys
+from tornado import ioloop, web
+
+body = open(sys.argv[1], "rb").read()
+
+
+class Static(web.RequestHandler):
+    def compute_etag(self):
+        return None
+
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Length", len(body))
+        self.flush()
+        self.finish(body)
+
+
+web.Application([(r"/", Static)]).listen(int(sys.argv[2]), "127.0.0.1")
+print("listening", flush=True)
+ioloop.IOLoop.current().start()
+"""
+
+
+async def start_static_server(body_path: Path, port: int) -> asyncio.subprocess.Process:
+    """A bare tornado server in a process of its own answering every GET with the bytes in
+    `body_path` from memory: no hub, no authentication, nothing computed. Loaded by the same
+    clients, it is the floor of any Python service answering with those bytes here."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        STATIC_SERVER,
+        str(body_path),
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    if (await process.stdout.readline()).strip() != b"listening":
+        process.terminate()
+        await process.wait()
+        raise RuntimeError("the static server did not start")
+    return process
+
+
 async def bare_list(url: str, resource: str = "pods", page_size: int = 500) -> dict:
     """The floor of any informer's first sync: a plain client (aiohttp, no Kubernetes
     client) listing every object in pages of `page_size`, each page parsed with json.loads

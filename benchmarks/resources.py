@@ -28,6 +28,9 @@ Figures (all requests go straight to the service's own URL, not through the prox
   concurrent clients (16), ``--requests`` requests after a warm-up; time until the whole body
   is read (aiohttp client, in this process). ``server_*_mean_ms``: the service's own mean
   handling time over the same requests (its Prometheus histogram, sum/count delta).
+- ``static_p50_ms``/``static_p99_ms``: the floor of the first two: the same clients and
+  load against a bare tornado server (a process of its own, no hub, no authentication)
+  answering the same bytes from memory.
 - ``service_cpu_ms_per_request``/``client_cpu_ms_per_request``: CPU time (user + system) of
   the service process and of this benchmark's own process (the 16 clients) over the
   ``cluster/resources`` load, per request: where the latency goes on a busy machine, where
@@ -71,7 +74,14 @@ import aiohttp
 import psutil
 from kubernetes_asyncio import client, config
 
-from benchmarks.common import bare_list, cluster_arguments, emit, percentile, start_kubesim
+from benchmarks.common import (
+    bare_list,
+    cluster_arguments,
+    emit,
+    percentile,
+    start_kubesim,
+    start_static_server,
+)
 from tests.kubesim.sim import free_port
 
 SERVICE = "thinkube-resources"
@@ -191,6 +201,29 @@ def service_process(hub: psutil.Process) -> psutil.Process | None:
         except psutil.Error:
             continue
     return None
+
+
+async def static_floor(body: bytes, workdir: Path, args) -> dict:
+    """The same load on a bare tornado server answering the same bytes from memory."""
+    path = workdir / "static.json"
+    path.write_bytes(body)
+    port = free_port()
+    server = await start_static_server(path, port)
+    try:
+        async with aiohttp.ClientSession(
+            base_url=f"http://127.0.0.1:{port}/",
+            timeout=aiohttp.ClientTimeout(total=30),
+            connector=aiohttp.TCPConnector(limit=args.clients + 4),
+        ) as http:
+            await load(http, "/", args.clients, args.warmup)
+            latencies = await load(http, "/", args.clients, args.requests)
+    finally:
+        server.terminate()
+        await server.wait()
+    return {
+        "static_p50_ms": round(statistics.median(latencies), 2),
+        "static_p99_ms": round(percentile(latencies, 0.99), 2),
+    }
 
 
 def cpu_seconds(process: psutil.Process | None) -> float | None:
@@ -419,6 +452,7 @@ async def measure(args, workdir: Path) -> dict:
             nodes_doc = document["nodes"] if isinstance(document, dict) else document
             figures["nodes_in_response"] = len(nodes_doc)
             figures["response_bytes"] = len(body)
+            figures.update(await static_floor(body, workdir, args))
 
             await load(http, "api/v1/cluster/resources", args.clients, args.warmup)
             await load(http, "api/v1/cluster/summary", args.clients, args.warmup)
@@ -524,6 +558,7 @@ CURVE_FIELDS = (
     "response_bytes",
     "p50_ms",
     "p99_ms",
+    "static_p99_ms",
     "server_mean_ms",
     "service_cpu_ms_per_request",
     "client_cpu_ms_per_request",
