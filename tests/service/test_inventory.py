@@ -576,7 +576,13 @@ async def test_a_version_the_server_has_not_reached_relists_the_newest(make_kube
     await until_ready(inventory)
     ahead = inventory.watchers[0].resource_version
     port = sim.port
+    errors = inventory.watchers[0].health.errors
     await sim.stop()
+
+    async def refused():  # the watch resumed, found nobody there, and failed: a list is next
+        return inventory.watchers[0].health.errors > errors
+
+    await eventually(refused, within=5)
     restored = await make_kubesim()
     await restored.stop()
     await restored.start(port)
