@@ -1,4 +1,4 @@
-"""What the benchmarks share: a kubesim subprocess, and percentiles."""
+"""What the benchmarks share: a kubesim subprocess, a bare list of its pods, and percentiles."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,6 +55,78 @@ async def start_kubesim(
         raise RuntimeError(f"kubesim did not start: {line!r}")
     url = line.split("kubesim listening on", 1)[1].strip()
     return KubesimProcess(process, url, time.perf_counter() - started)
+
+
+STATIC_SERVER = """
+import sys
+from tornado import ioloop, web
+
+body = open(sys.argv[1], "rb").read()
+
+
+class Static(web.RequestHandler):
+    def compute_etag(self):
+        return None
+
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Length", len(body))
+        self.flush()
+        self.finish(body)
+
+
+web.Application([(r"/", Static)]).listen(int(sys.argv[2]), "127.0.0.1")
+print("listening", flush=True)
+ioloop.IOLoop.current().start()
+"""
+
+
+async def start_static_server(body_path: Path, port: int) -> asyncio.subprocess.Process:
+    """A bare tornado server in a process of its own answering every GET with the bytes in
+    `body_path` from memory: no hub, no authentication, nothing computed. Loaded by the same
+    clients, it is the floor of any Python service answering with those bytes here."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        STATIC_SERVER,
+        str(body_path),
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    if (await process.stdout.readline()).strip() != b"listening":
+        process.terminate()
+        await process.wait()
+        raise RuntimeError("the static server did not start")
+    return process
+
+
+async def bare_list(url: str, resource: str = "pods", page_size: int = 500) -> dict:
+    """The floor of any informer's first sync: a plain client (aiohttp, no Kubernetes
+    client) listing every object in pages of `page_size`, each page parsed with json.loads
+    and dropped. ``bare_list_s`` is the time; ``bare_list_objects`` and ``bare_list_mb``
+    what came."""
+    started = time.perf_counter()
+    objects = size = 0
+    token = ""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+        while True:
+            params = {"limit": str(page_size)}
+            if token:
+                params["continue"] = token
+            async with http.get(f"{url.rstrip('/')}/api/v1/{resource}", params=params) as answer:
+                answer.raise_for_status()
+                body = await answer.read()
+            page = json.loads(body)
+            objects += len(page["items"])
+            size += len(body)
+            token = page["metadata"].get("continue") or ""
+            if not token:
+                break
+    return {
+        "bare_list_s": round(time.perf_counter() - started, 2),
+        "bare_list_objects": objects,
+        "bare_list_mb": round(size / 2**20, 1),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,6 +1,12 @@
 """The availability service at cluster scale, against kubesim, behind a real JupyterHub.
 
     python -m benchmarks.resources --nodes 1000 --pods 50000 --json resources.json
+    python -m benchmarks.resources --nodes 5000 --pods 150000   # Kubernetes' envelope
+    python -m benchmarks.resources --curve                      # 1k, 2k, 5k nodes
+
+``--curve`` runs the whole measurement at 1,000, 2,000 and 5,000 nodes (``--curve-nodes``),
+``--pods-per-node`` (30) pods each, one after the other, and prints one JSON object whose
+``curve`` holds each run's figures and ``curve_summary`` the headline figures side by side.
 
 Starts kubesim (``python -m tests.kubesim``), a byte-level counting TCP proxy in front of it
 (so that the Kubernetes API requests the service makes can be counted), and a real JupyterHub
@@ -13,11 +19,28 @@ benchmark's token is the ``api_token`` of a second, URL-less hub service whose r
 Figures (all requests go straight to the service's own URL, not through the proxy):
 
 - ``sync_s``: hub start until ``api/v1/ready`` answers 200 (first full list of nodes and pods).
+- ``bare_list_s``: kubesim listing all pods to a plain client (aiohttp, pages of
+  ``--page-size``, each parsed with json.loads and dropped), measured before the hub starts:
+  the floor of any first sync. ``service_sync_share_s`` = ``sync_s`` - ``bare_list_s``, the
+  service's own share (and the hub's start-up); ``service_start_to_ready_s``: from the service
+  process's start (the hub starts it) until ready, so without the hub's own start-up.
 - ``p50_ms``/``p99_ms``: ``GET api/v1/cluster/resources`` with a valid token, ``--clients``
   concurrent clients (16), ``--requests`` requests after a warm-up; time until the whole body
   is read (aiohttp client, in this process). ``server_*_mean_ms``: the service's own mean
   handling time over the same requests (its Prometheus histogram, sum/count delta).
+- ``static_p50_ms``/``static_p99_ms``: the floor of the first two: the same clients and
+  load against a bare tornado server (a process of its own, no hub, no authentication)
+  answering the same bytes from memory.
+- ``service_cpu_ms_per_request``/``client_cpu_ms_per_request``: CPU time (user + system) of
+  the service process and of this benchmark's own process (the 16 clients) over the
+  ``cluster/resources`` load, per request: where the latency goes on a busy machine, where
+  the wall-clock figures also carry whatever else runs on it.
 - ``summary_p50_ms``/``summary_p99_ms``: the same for ``GET api/v1/cluster/summary``.
+- ``availability_p50_ms``/``availability_p99_ms``: the same for ``GET api/v1/availability``
+  (the spawner's route: nodes, summary, images and cloud offers in one answer), and
+  ``availability_304_p50_ms``/``availability_304_p99_ms`` with ``If-None-Match`` set to the
+  answer's ETag, as a spawner revalidating its copy sends it (304, no body).
+  ``server_availability_mean_ms``: the service's own mean for the 200s.
 - ``freshness_p50_ms``/``freshness_p99_ms``: a pod bound to a node (``spec.nodeName``) is
   created, then deleted (grace period 0), through kubesim's Kubernetes API; each time until
   ``GET api/v1/cluster/resources/{node}`` shows the changed ``pod_count`` (polled every 2 ms).
@@ -33,6 +56,7 @@ Figures (all requests go straight to the service's own URL, not through the prox
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -50,7 +74,14 @@ import aiohttp
 import psutil
 from kubernetes_asyncio import client, config
 
-from benchmarks.common import cluster_arguments, emit, percentile, start_kubesim
+from benchmarks.common import (
+    bare_list,
+    cluster_arguments,
+    emit,
+    percentile,
+    start_kubesim,
+    start_static_server,
+)
 from tests.kubesim.sim import free_port
 
 SERVICE = "thinkube-resources"
@@ -172,8 +203,40 @@ def service_process(hub: psutil.Process) -> psutil.Process | None:
     return None
 
 
-async def get(http: aiohttp.ClientSession, path: str) -> tuple[int, bytes]:
-    async with http.get(path) as response:
+async def static_floor(body: bytes, workdir: Path, args) -> dict:
+    """The same load on a bare tornado server answering the same bytes from memory."""
+    path = workdir / "static.json"
+    path.write_bytes(body)
+    port = free_port()
+    server = await start_static_server(path, port)
+    try:
+        async with aiohttp.ClientSession(
+            base_url=f"http://127.0.0.1:{port}/",
+            timeout=aiohttp.ClientTimeout(total=30),
+            connector=aiohttp.TCPConnector(limit=args.clients + 4),
+        ) as http:
+            await load(http, "/", args.clients, args.warmup)
+            latencies = await load(http, "/", args.clients, args.requests)
+    finally:
+        server.terminate()
+        await server.wait()
+    return {
+        "static_p50_ms": round(statistics.median(latencies), 2),
+        "static_p99_ms": round(percentile(latencies, 0.99), 2),
+    }
+
+
+def cpu_seconds(process: psutil.Process | None) -> float | None:
+    if process is None:
+        return None
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def get(
+    http: aiohttp.ClientSession, path: str, headers: dict | None = None
+) -> tuple[int, bytes]:
+    async with http.get(path, headers=headers) as response:
         return response.status, await response.read()
 
 
@@ -190,7 +253,14 @@ def server_seconds(metrics: str, handler: str) -> tuple[float, float]:
     return values["sum"], values["count"]
 
 
-async def load(http: aiohttp.ClientSession, path: str, clients: int, total: int) -> list[float]:
+async def load(
+    http: aiohttp.ClientSession,
+    path: str,
+    clients: int,
+    total: int,
+    headers: dict | None = None,
+    expect: int = 200,
+) -> list[float]:
     latencies: list[float] = []
     remaining = total
 
@@ -199,9 +269,9 @@ async def load(http: aiohttp.ClientSession, path: str, clients: int, total: int)
         while remaining > 0:
             remaining -= 1
             started = time.perf_counter()
-            status, body = await get(http, path)
+            status, body = await get(http, path, headers)
             latencies.append((time.perf_counter() - started) * 1000)
-            if status != 200:
+            if status != expect:
                 raise RuntimeError(f"{path}: {status} {body[:200]!r}")
 
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -309,9 +379,11 @@ async def measure(args, workdir: Path) -> dict:
     kubeconfig = workdir / "kubeconfig"
     kubesim = await start_kubesim(args.nodes, args.gpu_nodes, args.pods, kubeconfig)
     kube_port = kubesim.port
+    figures["kubesim_startup_s"] = round(kubesim.startup_s, 1)
     proxy = CountingProxy(kube_port)
     hub = None
     try:
+        figures.update(await bare_list(kubesim.url, "pods", args.page_size))
         await proxy.start()
         proxied = workdir / "kubeconfig-proxied"
         proxied.write_text(
@@ -366,7 +438,11 @@ async def measure(args, workdir: Path) -> dict:
                     )
                 await asyncio.sleep(0.2)
             figures["sync_s"] = round(time.perf_counter() - started, 2)
+            ready_at = time.time()
+            figures["service_sync_share_s"] = round(figures["sync_s"] - figures["bare_list_s"], 2)
             service = service_process(psutil.Process(hub.pid))
+            if service is not None:
+                figures["service_start_to_ready_s"] = round(ready_at - service.create_time(), 2)
             figures["rss_mb_after_sync"] = (
                 round(service.memory_info().rss / 2**20, 1) if service else None
             )
@@ -376,27 +452,58 @@ async def measure(args, workdir: Path) -> dict:
             nodes_doc = document["nodes"] if isinstance(document, dict) else document
             figures["nodes_in_response"] = len(nodes_doc)
             figures["response_bytes"] = len(body)
+            figures.update(await static_floor(body, workdir, args))
 
             await load(http, "api/v1/cluster/resources", args.clients, args.warmup)
             await load(http, "api/v1/cluster/summary", args.clients, args.warmup)
             calls_before = proxy.requests
             metrics_before = (await get(http, "metrics"))[1].decode()
+            cpu_before = (cpu_seconds(service), cpu_seconds(psutil.Process()))
             latencies = await load(http, "api/v1/cluster/resources", args.clients, args.requests)
+            cpu_after = (cpu_seconds(service), cpu_seconds(psutil.Process()))
+            for key, before, after in zip(
+                ("service_cpu_ms_per_request", "client_cpu_ms_per_request"),
+                cpu_before,
+                cpu_after,
+                strict=True,
+            ):
+                figures[key] = (
+                    round((after - before) / args.requests * 1000, 2)
+                    if before is not None and after is not None
+                    else None
+                )
             summary = await load(http, "api/v1/cluster/summary", args.clients, args.requests)
+            availability = await load(http, "api/v1/availability", args.clients, args.requests)
+            async with http.get("api/v1/availability") as response:
+                etag = response.headers["ETag"]
+                figures["availability_bytes"] = len(await response.read())
+            not_modified = await load(
+                http,
+                "api/v1/availability",
+                args.clients,
+                args.requests,
+                headers={"If-None-Match": etag},
+                expect=304,
+            )
             metrics_after = (await get(http, "metrics"))[1].decode()
             kube_calls = proxy.requests - calls_before
             for key, handler in (
                 ("server_mean_ms", "ResourcesHandler"),
                 ("server_summary_mean_ms", "SummaryHandler"),
+                ("server_availability_mean_ms", "AvailabilityHandler"),
             ):
                 s0, c0 = server_seconds(metrics_before, handler)
                 s1, c1 = server_seconds(metrics_after, handler)
                 figures[key] = round((s1 - s0) / (c1 - c0) * 1000, 2) if c1 > c0 else None
-            served = 2 * args.requests
+            served = 4 * args.requests
             figures["p50_ms"] = round(statistics.median(latencies), 2)
             figures["p99_ms"] = round(percentile(latencies, 0.99), 2)
             figures["summary_p50_ms"] = round(statistics.median(summary), 2)
             figures["summary_p99_ms"] = round(percentile(summary, 0.99), 2)
+            figures["availability_p50_ms"] = round(statistics.median(availability), 2)
+            figures["availability_p99_ms"] = round(percentile(availability, 0.99), 2)
+            figures["availability_304_p50_ms"] = round(statistics.median(not_modified), 2)
+            figures["availability_304_p99_ms"] = round(percentile(not_modified, 0.99), 2)
             figures["requests_measured"] = len(latencies)
             figures["clients"] = args.clients
             figures["kube_api_calls_during_load"] = kube_calls
@@ -437,10 +544,49 @@ async def measure(args, workdir: Path) -> dict:
     figures["targets"] = {
         "p99_ms": 50,
         "freshness_p99_ms": 1000,
-        "rss_mb": 400,
+        # 400 MB up to the 1,000-node cluster; 1 GB at Kubernetes' envelope (5,000 nodes)
+        "rss_mb": 400 if args.nodes <= 1000 else 1000,
         "speedup": 100,
+        "service_sync_share_s": 20,
     }
     return figures
+
+
+CURVE_FIELDS = (
+    "nodes",
+    "pods",
+    "response_bytes",
+    "p50_ms",
+    "p99_ms",
+    "static_p99_ms",
+    "server_mean_ms",
+    "service_cpu_ms_per_request",
+    "client_cpu_ms_per_request",
+    "availability_p99_ms",
+    "availability_304_p99_ms",
+    "summary_p99_ms",
+    "freshness_p99_ms",
+    "rss_mb",
+    "sync_s",
+    "bare_list_s",
+    "service_sync_share_s",
+    "service_start_to_ready_s",
+    "speedup",
+)
+
+
+async def curve(args) -> dict:
+    """The whole measurement at each size of ``--curve-nodes``, one after the other."""
+    runs = []
+    for nodes in args.curve_nodes:
+        sized = argparse.Namespace(**vars(args))
+        sized.nodes, sized.pods = nodes, nodes * args.pods_per_node
+        with tempfile.TemporaryDirectory(prefix="thinkube-bench-") as tmp:
+            runs.append(await measure(sized, Path(tmp)))
+    return {
+        "curve_summary": [{key: run.get(key) for key in CURVE_FIELDS} for run in runs],
+        "curve": runs,
+    }
 
 
 def main() -> None:
@@ -452,9 +598,22 @@ def main() -> None:
     parser.add_argument("--naive-nodes", type=int, default=50, help="nodes the naive side lists")
     parser.add_argument("--naive-repeat", type=int, default=3, help="list_node calls timed")
     parser.add_argument("--sync-timeout", type=float, default=180)
+    parser.add_argument(
+        "--page-size", type=int, default=500, help="pages of the bare list (the service's)"
+    )
+    parser.add_argument(
+        "--curve", action="store_true", help="run at each of --curve-nodes, not at --nodes"
+    )
+    parser.add_argument(
+        "--curve-nodes", type=int, nargs="+", default=[1000, 2000, 5000], metavar="NODES"
+    )
+    parser.add_argument("--pods-per-node", type=int, default=30, help="pods per node (--curve)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="thinkube-bench-") as tmp:
-        figures = asyncio.run(measure(args, Path(tmp)))
+    if args.curve:
+        figures = asyncio.run(curve(args))
+    else:
+        with tempfile.TemporaryDirectory(prefix="thinkube-bench-") as tmp:
+            figures = asyncio.run(measure(args, Path(tmp)))
     emit(figures, args.json)
 
 

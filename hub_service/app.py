@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -27,7 +28,7 @@ from traitlets.config import Application
 from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
 from .cloud import Cloud
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
-from .inventory import Inventory, KubernetesInventory
+from .inventory import Inventory
 from .local import LocalInventory
 from .page import page_route
 
@@ -290,6 +291,8 @@ class ThinkubeService(Application):
             )
         self.hub_auth = HubOAuth(parent=self, cache_max_age=60)
         self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="thinkube-db")
+        self._catalog_writes = 0
+        self._images_read: tuple[int, asyncio.Future[bytes]] | None = None
         self.openapi_bytes = OPENAPI_PATH.read_bytes()
         self._setup_metrics()
 
@@ -386,8 +389,34 @@ class ThinkubeService(Application):
         """Catalog calls are short, blocking SQLAlchemy transactions: keep them off the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
 
+    def catalog_changed(self) -> None:
+        """This service wrote the catalog: reads begun before now are out of date."""
+        self._catalog_writes += 1
+
+    def _jupyter_images_json(self) -> bytes:
+        return json.dumps(self.catalog.list("jupyter")).encode()
+
+    async def jupyter_images_json(self) -> bytes:
+        """The Jupyter images as JSON, for the availability answer. Requests that arrive
+        while a read is under way share it (16 spawn forms at once make one query, not 16
+        queued behind two threads), unless this service has written the catalog since that
+        read began: whoever wrote an image sees it in their next answer."""
+        pending = self._images_read
+        if pending is None or pending[0] != self._catalog_writes:
+            future = asyncio.ensure_future(self.run_db(self._jupyter_images_json))
+            pending = self._images_read = (self._catalog_writes, future)
+
+            def done(_: asyncio.Future) -> None:
+                if self._images_read is pending:
+                    self._images_read = None
+
+            future.add_done_callback(done)
+        return await asyncio.shield(pending[1])
+
     def make_inventory(self) -> Inventory:
         if self.inventory == "kubernetes":
+            from .cluster import KubernetesInventory
+
             return KubernetesInventory(
                 kubeconfig=os.path.expanduser(self.kubeconfig),
                 debounce_s=self.debounce_seconds,
@@ -422,6 +451,10 @@ class ThinkubeService(Application):
             level = logging.DEBUG  # not ready is logged once, when it happens, by the inventory
         else:
             level = logging.WARNING if status < 500 else logging.ERROR
+        if all(level < sink.level for sink in self.log.handlers):
+            # The application logger passes everything to its handlers, which filter: no
+            # record at all for a line none of them would write (each request's 200).
+            return
         # Never the query string: it may carry a token.
         self.log.log(
             level,

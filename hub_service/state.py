@@ -3,7 +3,15 @@ events. Pure: no I/O, so it is tested without any server.
 
 It keeps raw Node objects (there are few, and the documents need their labels and
 conditions) but only a compact summary per pod (its node, phase and requests/limits,
-computed once when the pod arrives), never whole pod objects.
+computed once when the pod arrives), never whole pod objects. A listed pod is summarised
+as soon as it is parsed (:meth:`ClusterState.prepare_pod`), and a relist swaps the whole
+set at once (:meth:`ClusterState.replace_prepared_pods`), so a half-read list is never
+published.
+
+Pods mostly ask for the same few amounts: requests and limits are computed once per
+distinct *resource shape* (what accounting reads to total them: each container's
+``resources``, each init container's ``resources`` and ``restartPolicy``, the pod-level
+``resources`` and ``overhead``) and shared by every pod of that shape.
 
 Malformed objects (a pod whose spec cannot be counted, a node with a bad quantity) are left
 out of every document and counted in :attr:`ClusterState.skipped`, by kind. The count is of
@@ -13,6 +21,7 @@ stops counting when it is fixed or deleted.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import sys
 from collections import Counter
@@ -25,6 +34,14 @@ from .dcgm import DcgmMetrics, metrics_for_node
 from .nodes import node_document
 
 PodKey = tuple[str, str]
+# What a listed pod contributes: its key (None: it has no usable name), its
+# resourceVersion, and its summary (None: malformed, left out and counted).
+PreparedPod = tuple[PodKey | None, str | None, PodSummary | None]
+
+# The spec fields accounting totals requests and limits from; every other field of the pod
+# is read from a copy without them, so the shape alone decides the amounts.
+_SHAPE_FIELDS = ("containers", "initContainers", "resources", "overhead")
+_MAX_SHAPES = 10_000  # distinct shapes remembered; more (all pods unique) starts afresh
 
 
 def _version(obj: Mapping[str, Any]) -> str | None:
@@ -33,42 +50,80 @@ def _version(obj: Mapping[str, Any]) -> str | None:
     return version if isinstance(version, str) and version else None
 
 
-_POD_METADATA = ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
-_CONTAINER_FIELDS = ("name", "resources", "restartPolicy")
-
-
-def slim_pod(pod: Any) -> Any:
-    """What accounting reads of a pod, and nothing else (env, volumes, status details go).
-    Anything odd is passed on unchanged, for the accounting to reject and count."""
+def _pod_key(pod: Any) -> PodKey | None:
     try:
-        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
-        slim_spec = {k: spec[k] for k in ("nodeName", "overhead", "resources") if k in spec}
-        for kind in ("containers", "initContainers"):
-            if kind in spec:
-                slim_spec[kind] = [
-                    {k: c[k] for k in _CONTAINER_FIELDS if k in c} for c in spec[kind]
-                ]
-        return {
-            "metadata": {k: meta[k] for k in _POD_METADATA if k in meta},
-            "spec": slim_spec,
-            "status": {"phase": status["phase"]} if "phase" in status else {},
-        }
+        meta = pod["metadata"]
+        key = (meta.get("namespace") or "", meta["name"])
     except (KeyError, TypeError, AttributeError):
-        return pod
+        return None
+    if not isinstance(key[0], str) or not isinstance(key[1], str) or not key[1]:
+        return None
+    return key
+
+
+def _node_name(node: Any) -> str | None:
+    try:
+        name = node["metadata"]["name"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON value as a hashable key. Types are kept apart as JSON keeps them: "1", 1, 1.0
+    and true are four different keys (accounting reads them differently)."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is dict:
+        return (dict, tuple([(k, _frozen(v)) for k, v in value.items()]))
+    if kind is list:
+        return (list, tuple([_frozen(v) for v in value]))
+    return (kind, value)
+
+
+def _resource_shape(spec: dict) -> tuple | None:
+    """A key for everything the pod's requests and limits are computed from; None when the
+    spec is too odd to key (accounting then reads the whole pod, and rejects it)."""
+    parts: list[Any] = []
+    for kind in ("containers", "initContainers"):
+        containers = spec.get(kind)
+        if type(containers) is not list:
+            if containers is not None:
+                return None
+            parts.append(None)
+            continue
+        shape = []
+        for container in containers:
+            if type(container) is not dict:
+                return None
+            shape.append(
+                (_frozen(container.get("resources")), _frozen(container.get("restartPolicy")))
+            )
+        parts.append(tuple(shape))
+    parts.append(_frozen(spec.get("resources")))
+    parts.append(_frozen(spec.get("overhead")))
+    try:
+        hash(parts_key := tuple(parts))
+    except TypeError:  # not from JSON (an unhashable object written by hand)
+        return None
+    return parts_key
 
 
 class ClusterState:
     def __init__(self) -> None:
         self.nodes: dict[str, dict] = {}
         self.pods: dict[PodKey, PodSummary] = {}
-        self._resource_sets: dict[tuple, tuple] = {}
         self.pods_by_node: dict[str, dict[PodKey, PodSummary]] = {}
         # The resourceVersion each summary was made from: a relist reuses unchanged ones.
         self._pod_versions: dict[PodKey, str] = {}
+        # resource shape -> (requests, limits), shared by every pod of that shape
+        self._shapes: dict[tuple, tuple[Mapping, Mapping]] = {}
         # Node names whose documents must be rebuilt; None means all of them.
         self.dirty: set[str] | None = None
         self.version = 0  # bumped on every change that can alter a document
         self._documents: dict[str, dict] = {}
+        self._order: list[str] = []  # the names in self._documents, sorted
         self._bad_pods: set[PodKey] = set()
         self._bad_nodes: set[str] = set()
         self._unnamed: Counter[str] = Counter()  # objects without a name, per full list
@@ -85,6 +140,48 @@ class ClusterState:
 
     # -- pods ----------------------------------------------------------------------
 
+    def summarize(self, pod: Any) -> PodSummary | None:
+        """The pod's summary, as :func:`~thinkube_core.accounting.summarize_pod` makes it, with
+        requests and limits computed once per resource shape; None when it is malformed."""
+        try:
+            spec = pod.get("spec")
+            shape = _resource_shape(spec) if isinstance(spec, dict) else None
+            amounts = self._shapes.get(shape) if shape is not None else None
+            if amounts is None:
+                summary = summarize_pod(pod)
+                amounts = (summary.requests, summary.limits)
+                if shape is not None:
+                    if len(self._shapes) >= _MAX_SHAPES:
+                        self._shapes.clear()
+                    self._shapes[shape] = amounts
+            else:
+                # Everything but the amounts from the pod without its resource fields.
+                rest = {k: v for k, v in spec.items() if k not in _SHAPE_FIELDS}
+                rest["containers"] = []
+                summary = summarize_pod({**pod, "spec": rest})
+        except Exception:  # MalformedObject; anything else would be a bug, still not fatal
+            return None
+        return dataclasses.replace(
+            summary,
+            namespace=sys.intern(summary.namespace),
+            node_name=sys.intern(summary.node_name) if summary.node_name else summary.node_name,
+            phase=sys.intern(summary.phase),
+            requests=amounts[0],
+            limits=amounts[1],
+        )
+
+    def prepare_pod(self, pod: Any) -> PreparedPod:
+        """What a listed pod contributes, made as it is read so the raw object can go at
+        once. A pod still at the resourceVersion its current summary was made from keeps
+        that summary."""
+        key = _pod_key(pod)
+        if key is None:
+            return None, None, None
+        version = _version(pod)
+        if version is not None and self._pod_versions.get(key) == version:
+            return key, version, self.pods[key]
+        return key, version, self.summarize(pod)
+
     def _unlink_pod(self, key: PodKey) -> None:
         self._pod_versions.pop(key, None)
         old = self.pods.pop(key, None)
@@ -93,12 +190,8 @@ class ClusterState:
             self._touch(old.node_name)
 
     def apply_pod(self, event_type: str, pod: Any) -> None:
-        try:
-            meta = pod["metadata"]
-            key = (meta.get("namespace") or "", meta["name"])
-            if not isinstance(key[0], str) or not isinstance(key[1], str) or not key[1]:
-                raise TypeError("bad name")
-        except (KeyError, TypeError, AttributeError):
+        key = _pod_key(pod)
+        if key is None:
             # Without a name it cannot be followed by later events; count it once per list.
             self._unnamed["Pod"] += 1
             return
@@ -108,10 +201,9 @@ class ClusterState:
             return
         version = _version(pod)
         if version is not None and self._pod_versions.get(key) == version:
-            return  # a relist: this pod has not changed since its summary was made
-        try:
-            summary = self._shared(summarize_pod(pod))
-        except Exception:  # MalformedObject; anything else would be a bug, still not fatal
+            return  # this pod has not changed since its summary was made
+        summary = self.summarize(pod)
+        if summary is None:
             self._bad_pods.add(key)
             self._unlink_pod(key)
             return
@@ -129,54 +221,60 @@ class ClusterState:
             self.pods_by_node.setdefault(summary.node_name, {})[key] = summary
             self._touch(summary.node_name)
 
-    def _shared(self, summary: PodSummary) -> PodSummary:
-        """Pods mostly ask for the same few amounts: keep one copy of each requests/limits
-        mapping (and of the strings), not one per pod."""
-        key = (tuple(sorted(summary.requests.items())), tuple(sorted(summary.limits.items())))
-        shared = self._resource_sets.get(key)
-        if shared is None:
-            shared = self._resource_sets[key] = (summary.requests, summary.limits)
-        return dataclasses.replace(
-            summary,
-            namespace=sys.intern(summary.namespace),
-            node_name=sys.intern(summary.node_name) if summary.node_name else summary.node_name,
-            phase=sys.intern(summary.phase),
-            requests=shared[0],
-            limits=shared[1],
-        )
-
     def replace_pods(self, pods: Iterable[Any]) -> None:
-        """A full relist: what is not in it is gone. Pods whose resourceVersion did not
-        change keep their summary; only new or changed pods are summarised again."""
-        pods = list(pods)
-        listed: set[PodKey] = set()
-        for pod in pods:
-            try:
-                meta = pod["metadata"]
-                listed.add((meta.get("namespace") or "", meta["name"]))
-            except (KeyError, TypeError, AttributeError):
+        """A full relist of raw pods: what is not in it is gone."""
+        self.replace_prepared_pods([self.prepare_pod(pod) for pod in pods])
+
+    def replace_prepared_pods(self, prepared: Iterable[PreparedPod]) -> None:
+        """A full relist, as :meth:`prepare_pod` made it: what is not in it is gone. Only
+        the nodes whose pods changed are rebuilt."""
+        pods: dict[PodKey, PodSummary] = {}
+        versions: dict[PodKey, str] = {}
+        bad: set[PodKey] = set()
+        unnamed = 0
+        for key, version, summary in prepared:
+            if key is None:
+                unnamed += 1
+            elif summary is None:
+                bad.add(key)
+            else:
+                pods[key] = summary
+                if version is not None:
+                    versions[key] = version
+        bad.difference_update(pods)  # listed twice, the later one good: not a duplicate bug
+        old_pods = self.pods
+        for key, summary in pods.items():
+            old = old_pods.get(key)
+            if old is summary:
                 continue
-        for key in [key for key in self.pods if key not in listed]:
-            self._unlink_pod(key)
-        self._bad_pods &= listed
-        self._unnamed["Pod"] = 0
-        for pod in pods:
-            self.apply_pod("ADDED", pod)
-        self._touch_all()
+            if old == summary:
+                pods[key] = old  # a new version the accounting does not see
+                continue
+            if old is not None and old.node_name:
+                self._touch(old.node_name)
+            if summary.node_name:
+                self._touch(summary.node_name)
+        for key, old in old_pods.items():
+            if key not in pods and old.node_name:
+                self._touch(old.node_name)
+        by_node: dict[str, dict[PodKey, PodSummary]] = {}
+        for key, summary in pods.items():
+            if summary.node_name:
+                by_node.setdefault(summary.node_name, {})[key] = summary
+        self.pods, self._pod_versions, self.pods_by_node = pods, versions, by_node
+        self._bad_pods = bad
+        self._unnamed["Pod"] = unnamed
+        self.version += 1
 
     # -- nodes ---------------------------------------------------------------------
 
     def apply_node(self, event_type: str, node: Any) -> None:
-        try:
-            name = node["metadata"]["name"]
-            if not isinstance(name, str) or not name:
-                raise TypeError("bad name")
-        except (KeyError, TypeError, AttributeError):
+        name = _node_name(node)
+        if name is None:
             self._unnamed["Node"] += 1
             return
         if event_type == "DELETED":
             self.nodes.pop(name, None)
-            self._documents.pop(name, None)
             self._bad_nodes.discard(name)
         else:
             self.nodes[name] = node
@@ -184,14 +282,27 @@ class ClusterState:
         self._touch(name)
 
     def replace_nodes(self, nodes: Iterable[Any]) -> None:
-        self.nodes.clear()
-        self._documents.clear()
-        self._bad_nodes.clear()
-        self.metrics_by_node.clear()
-        self._unnamed["Node"] = 0
+        """A full relist: what is not in it is gone; a node still at the resourceVersion
+        its document was made from keeps it."""
+        listed: dict[str, Any] = {}
+        unnamed = 0
         for node in nodes:
+            name = _node_name(node)
+            if name is None:
+                unnamed += 1
+            else:
+                listed[name] = node
+        for name in [name for name in self.nodes if name not in listed]:
+            self.apply_node("DELETED", self.nodes[name])
+            self.metrics_by_node.pop(name, None)
+        for name, node in listed.items():
+            old = self.nodes.get(name)
+            version = _version(node)
+            if old is not None and version is not None and _version(old) == version:
+                continue
             self.apply_node("ADDED", node)
-        self._touch_all()
+        self._unnamed["Node"] = unnamed
+        self.version += 1
 
     def set_dcgm(self, merged: DcgmMetrics) -> None:
         """Live GPU metrics from DCGM, by hostname (as :mod:`hub_service.dcgm` merges them);
@@ -214,21 +325,32 @@ class ClusterState:
         self.version += 1
         self.dirty = None
 
+    def _drop_document(self, name: str) -> None:
+        if self._documents.pop(name, None) is not None:
+            del self._order[bisect.bisect_left(self._order, name)]
+
+    def _set_document(self, name: str, document: dict) -> None:
+        if name not in self._documents:
+            bisect.insort(self._order, name)
+        self._documents[name] = document
+
     def node_documents(self) -> list[dict]:
-        """Every node's document, rebuilding only the nodes that changed."""
-        names = set(self.nodes) if self.dirty is None else self.dirty
+        """Every node's document by name, rebuilding only the nodes that changed."""
+        names = set(self.nodes) | set(self._documents) if self.dirty is None else self.dirty
         for name in names:
             node = self.nodes.get(name)
             if node is None:
-                self._documents.pop(name, None)
+                self._drop_document(name)
                 continue
             try:
-                self._documents[name] = node_document(
+                document = node_document(
                     node, self.pods_by_node.get(name, {}).values(), self.metrics_by_node.get(name)
                 )
-                self._bad_nodes.discard(name)
             except Exception:  # MalformedObject; anything else would be a bug, still not fatal
                 self._bad_nodes.add(name)
-                self._documents.pop(name, None)
+                self._drop_document(name)
+                continue
+            self._bad_nodes.discard(name)
+            self._set_document(name, document)
         self.dirty = set()
-        return [self._documents[name] for name in sorted(self._documents)]
+        return [self._documents[name] for name in self._order]
