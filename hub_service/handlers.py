@@ -203,7 +203,7 @@ class ReadyHandler(JSONHandler):
 class ResourcesHandler(JSONHandler):
     def get(self) -> None:
         published = self.service.source.published
-        self.freshness()  # headers: the body stays the §2-compatible list
+        self.freshness()  # headers: the body stays the plain list of node documents
         # The body is the published bytes as they are: its digest is a strong validator.
         self.set_header("ETag", f'"{published.resources_digest}"')
         if self.check_etag_header():

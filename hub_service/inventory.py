@@ -26,7 +26,7 @@ class Published:
 
     generated_at: str = ""
     resource_version: str = ""
-    resources: bytes = b"[]"  # the node list, §2-compatible
+    resources: bytes = b"[]"  # the node list (a plain list, the shape scripts rely on)
     nodes: dict[str, bytes] = field(default_factory=dict)
     summary: bytes = b"{}"
     node_count: int = 0

@@ -204,9 +204,6 @@ async def read_list(chunks: AsyncIterator[bytes], on_item: Callable[[Any], None]
 @dataclass
 class WatchHealth:
     synced_once: bool = False
-    connected: bool = False
-    last_sync: float | None = None  # monotonic time of the last full list
-    last_event: float | None = None  # monotonic time of the last event or bookmark
     restarts: int = 0  # watches resumed or relisted
     relists: int = 0  # after 410 Gone
     errors: int = 0
@@ -363,7 +360,6 @@ class ResourceWatcher:
                 kind, obj = event.get("type"), event.get("object")
                 if not isinstance(obj, dict):
                     obj = {}
-                self.health.last_event = time.monotonic()
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise Gone(obj.get("message", "410 Gone"))
@@ -395,9 +391,7 @@ class ResourceWatcher:
                 items, version = await self.list_all()
                 self.resource_version = version
                 self.replace(items)
-                now = time.monotonic()
-                self.health.synced_once = self.health.connected = True
-                self.health.last_sync = self.health.last_event = now
+                self.health.synced_once = True
                 self.health.unhealthy_since = None
                 self.health.last_error = ""
                 self.health.listed = len(items)
@@ -434,7 +428,6 @@ class ResourceWatcher:
             except Exception as err:  # network errors, 5xx, timeouts, bad JSON
                 self.health.errors += 1
                 self.health.last_error = describe_error(err)
-                self.health.connected = False
                 if self.health.unhealthy_since is None:
                     self.health.unhealthy_since = time.time()
                 log.debug("%s list/watch failed: %s", self.kind, self.health.last_error)

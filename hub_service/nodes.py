@@ -213,7 +213,7 @@ def _slots_per_gpu(gpu: Mapping[str, Any]) -> list[tuple[int, int]]:
 
 
 def gpu_details(gpu: dict | None, metrics: Mapping[int, dict] | None = None) -> list[dict]:
-    """One entry per physical GPU, in the old service's shape (memory in MiB).
+    """One entry per physical GPU (memory in MiB), as `gpu_details` of the node documents.
 
     ``available``: the GPU still has a free schedulable slot (see :func:`_slots_per_gpu` for
     how allocated slots are assigned to GPUs). ``metrics`` maps a GPU index to live values as
@@ -261,7 +261,7 @@ def _numbers(resources: Mapping[str, Decimal]) -> dict[str, float | int]:
 
 
 def _headline(resources: Mapping[str, Decimal], gpus: int) -> dict[str, float | int]:
-    """The old service's ``{cpu, memory, gpu}``."""
+    """The ``{cpu, memory, gpu}`` headline figures of a node document."""
     return {
         "cpu": _number("cpu", resources.get("cpu", _ZERO)),
         "memory": _number("memory", resources.get("memory", _ZERO)),
@@ -329,7 +329,7 @@ def node_document(
 ) -> dict:
     """The availability entry of one node; ``pods`` are the pods bound to it.
 
-    ``capacity`` / ``allocated`` / ``available`` keep the old service's shape, filled from
+    ``capacity`` / ``allocated`` / ``available`` are the headline figures, filled from
     allocatable (not ``status.capacity``) and requests (not limits). A node that is NotReady or
     cordoned is still reported, with ``available`` all zeros and ``reason`` saying why; taints
     are reported as they are: whether a pod tolerates them is the feasibility filter's business

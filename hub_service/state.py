@@ -121,7 +121,6 @@ class ClusterState:
         self._shapes: dict[tuple, tuple[Mapping, Mapping]] = {}
         # Node names whose documents must be rebuilt; None means all of them.
         self.dirty: set[str] | None = None
-        self.version = 0  # bumped on every change that can alter a document
         self._documents: dict[str, dict] = {}
         self._order: list[str] = []  # the names in self._documents, sorted
         self._bad_pods: set[PodKey] = set()
@@ -264,7 +263,6 @@ class ClusterState:
         self.pods, self._pod_versions, self.pods_by_node = pods, versions, by_node
         self._bad_pods = bad
         self._unnamed["Pod"] = unnamed
-        self.version += 1
 
     # -- nodes ---------------------------------------------------------------------
 
@@ -302,7 +300,6 @@ class ClusterState:
                 continue
             self.apply_node("ADDED", node)
         self._unnamed["Node"] = unnamed
-        self.version += 1
 
     def set_dcgm(self, merged: DcgmMetrics) -> None:
         """Live GPU metrics from DCGM, by hostname (as :mod:`hub_service.dcgm` merges them);
@@ -317,12 +314,10 @@ class ClusterState:
     # -- documents -----------------------------------------------------------------
 
     def _touch(self, name: str) -> None:
-        self.version += 1
         if self.dirty is not None:
             self.dirty.add(name)
 
     def _touch_all(self) -> None:
-        self.version += 1
         self.dirty = None
 
     def _drop_document(self, name: str) -> None:

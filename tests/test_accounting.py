@@ -2,12 +2,10 @@ from decimal import Decimal
 
 import pytest
 
+from hub_service.nodes import free_units
 from thinkube_core.accounting import (
     MalformedObject,
     PodSummary,
-    fits,
-    fits_pod_count,
-    is_extended_resource,
     node_allocatable,
     node_capacity,
     percent,
@@ -16,6 +14,7 @@ from thinkube_core.accounting import (
     sum_resources,
     summarize_pod,
 )
+from thinkube_core.scheduling import demand_reason
 
 GI = 1024**3
 MI = 1024**2
@@ -313,76 +312,14 @@ def test_describe_node_allocated_resources_end_to_end():
     # memory 2560Mi / 15360Mi = 16.66% -> 16; limits 4Gi / 15Gi = 26.66% -> 26
     assert percent(requests["memory"], allocatable["memory"]) == 16
     assert percent(limits["memory"], allocatable["memory"]) == 26
-    # the GPU is taken: another GPU pod does not fit, a cpu-only pod does
-    assert fits({"nvidia.com/gpu": D(1)}, allocatable, requests) == ["nvidia.com/gpu"]
-    assert fits({"cpu": D("2.5")}, allocatable, requests) == []
-    assert fits_pod_count(allocatable, len(pods))
-
-
-# --- fitting ------------------------------------------------------------------------------
-
-
-def test_fits_exactly_at_the_limit():
-    allocatable = {"cpu": D(4), "memory": D(8 * GI)}
-    allocated = {"cpu": D(3), "memory": D(6 * GI)}
-    # free: 1 cpu, 2Gi
-    assert fits({"cpu": D(1), "memory": D(2 * GI)}, allocatable, allocated) == []
-    assert fits({"cpu": D("1.001"), "memory": D(2 * GI + 1)}, allocatable, allocated) == [
-        "cpu",
-        "memory",
-    ]
-
-
-def test_fits_missing_resource_on_node_is_zero():
-    assert fits({"nvidia.com/gpu": D(1)}, {"cpu": D(4)}, {}) == ["nvidia.com/gpu"]
-
-
-def test_fits_ignores_zero_requests():
-    assert fits({"nvidia.com/gpu": D(0), "cpu": D(0)}, {}, {}) == []
-
-
-def test_fits_compares_cpu_in_whole_millicores_like_the_scheduler():
-    # 100u cpu is MilliValue() 1m; free 0.5m rounds up to 1m, so it fits
-    assert fits({"cpu": D("0.0001")}, {"cpu": D("0.0015")}, {"cpu": D("0.001")}) == []
-
-
-def test_fits_over_allocated_node():
-    # overcommitted requests (allocated > allocatable) leave negative free
-    assert fits({"cpu": D("0.1")}, {"cpu": D(1)}, {"cpu": D(2)}) == ["cpu"]
-
-
-def test_fits_pod_count():
-    assert fits_pod_count({"pods": D(110)}, 109)
-    assert not fits_pod_count({"pods": D(110)}, 110)
-    assert not fits_pod_count({}, 0)
+    # the GPU is taken: another GPU pod does not fit, a cpu-only pod does (the filter on
+    # the free room these totals leave)
+    room = {"free": free_units(allocatable, requests, len(pods)), "pods_allocatable": 110}
+    assert demand_reason({"nvidia.com/gpu": 1}, room) == "needs 1 GPU, 0 free"
+    assert demand_reason({"cpu": 2500}, room) is None
 
 
 # --- resource names and percentages -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "extended"),
-    [
-        ("nvidia.com/gpu", True),
-        ("nvidia.com/mig-1g.10gb", True),
-        ("nvidia.com/gpu.shared", True),
-        ("amd.com/gpu", True),
-        ("cpu", False),
-        ("memory", False),
-        ("ephemeral-storage", False),
-        ("hugepages-2Mi", False),
-        ("pods", False),
-        ("kubernetes.io/something", False),
-        ("example.kubernetes.io/thing", False),
-        ("requests.nvidia.com/gpu", False),
-        ("Nvidia.com/gpu", False),  # the domain must be lower case
-        ("nvidia.com/", False),
-        ("nvidia.com/gpu/x", False),
-        ("nvidia.com/-gpu", False),
-    ],
-)
-def test_is_extended_resource(name, extended):
-    assert is_extended_resource(name) is extended
 
 
 @pytest.mark.parametrize(

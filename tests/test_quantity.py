@@ -6,11 +6,9 @@ from thinkube_core.quantity import (
     QuantityError,
     format_bytes,
     format_cpu,
-    format_resource,
     int_value,
     milli_value,
     parse_quantity,
-    to_gib,
 )
 
 GI = 1024**3
@@ -182,14 +180,6 @@ def test_format_bytes(size, text):
     assert format_bytes(Decimal(size)) == text
 
 
-def test_format_resource_dispatches_on_name():
-    assert format_resource("cpu", Decimal("0.25")) == "250m"
-    assert format_resource("memory", Decimal(GI)) == "1Gi"
-    assert format_resource("hugepages-2Mi", Decimal(4 * 1024**2)) == "4Mi"
-    assert format_resource("nvidia.com/gpu", Decimal(2)) == "2"
-    assert format_resource("example.com/widget", Decimal("1.5")) == "1.5"
-
-
 def test_round_trip_through_format():
     for text in ["1Gi", "1536Mi", "64Ki", "3Ti"]:
         assert format_bytes(parse_quantity(text)) == text
@@ -203,10 +193,3 @@ def test_go_value_and_milli_value_round_away_from_zero():
     assert int_value(Decimal(GI)) == GI
     assert milli_value(Decimal("0.0001")) == 1  # 100u -> 1m
     assert milli_value(Decimal("1.5")) == 1500
-
-
-def test_to_gib():
-    assert to_gib(parse_quantity("1.5Gi")) == 1.5
-    assert to_gib(parse_quantity("512Mi")) == 0.5
-    assert to_gib(Decimal(0)) == 0.0
-    assert isinstance(to_gib(Decimal(GI)), float)

@@ -18,8 +18,6 @@ Works on raw JSON dicts as returned by the Kubernetes API. The rules follow:
   4. ``spec.overhead`` is added to every request, and to a limit only when that limit is
      present and non-zero (a missing limit means unlimited).
 
-* The kube-scheduler NodeResourcesFit plugin (``fitsRequest``) for :func:`fits`.
-
 Only what is in the object is counted. The API server defaults a container's missing requests
 to its limits when the pod is created, so real pods already carry those requests; a dict
 written by hand with limits only has no requests here.
@@ -29,7 +27,6 @@ Anything malformed raises :class:`MalformedObject`, never ``KeyError`` or ``Type
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -47,9 +44,6 @@ from thinkube_core.quantity import (
 __all__ = [
     "MalformedObject",
     "PodSummary",
-    "fits",
-    "fits_pod_count",
-    "is_extended_resource",
     "node_allocatable",
     "node_capacity",
     "percent",
@@ -258,61 +252,6 @@ def sum_resources(
             _add_into(requests, summary.requests)
             _add_into(limits, summary.limits)
     return requests, limits
-
-
-def _scheduler_units(name: str, amount: Decimal) -> int:
-    """The scheduler compares cpu in whole millicores and everything else in whole units."""
-    return milli_value(amount) if name == "cpu" else int_value(amount)
-
-
-def fits(
-    requests: Mapping[str, Decimal],
-    allocatable: Mapping[str, Decimal],
-    allocated_requests: Mapping[str, Decimal],
-) -> list[str]:
-    """Names of the resources the node lacks for these requests, sorted; empty means it fits.
-
-    As NodeResourcesFit: a resource requested with a non-zero amount is insufficient when
-    ``allocatable - already requested < request``; a resource the node does not list has 0.
-    Amounts are compared in the scheduler's integer units (cpu millicores, else whole units,
-    rounded up); the scheduler rounds each pod before summing, we round the given sum.
-    """
-    insufficient = []
-    for name, amount in requests.items():
-        needed = _scheduler_units(name, amount)
-        if needed <= 0:
-            continue
-        free = _scheduler_units(name, allocatable.get(name, _ZERO)) - _scheduler_units(
-            name, allocated_requests.get(name, _ZERO)
-        )
-        if needed > free:
-            insufficient.append(name)
-    return sorted(insufficient)
-
-
-def fits_pod_count(allocatable: Mapping[str, Decimal], pods_on_node: int) -> bool:
-    """Whether one more pod fits under the node's ``pods`` allocatable (absent means 0)."""
-    return pods_on_node + 1 <= allocatable.get("pods", _ZERO)
-
-
-# A qualified name as in k8s.io/apimachinery validation.IsQualifiedName.
-_DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_QUALIFIED_NAME_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-
-
-def is_extended_resource(name: str) -> bool:
-    """k8s.io/component-helpers ``IsExtendedResourceName``: ``nvidia.com/gpu`` yes, ``cpu``,
-    ``hugepages-2Mi`` and ``*kubernetes.io/*`` no."""
-    if "/" not in name or "kubernetes.io/" in name or name.startswith("requests."):
-        return False
-    # The name must stay valid as the quota name "requests.<name>".
-    prefix, _, local = f"requests.{name}".partition("/")
-    return (
-        len(prefix) <= 253
-        and _DNS_SUBDOMAIN_RE.fullmatch(prefix) is not None
-        and len(local) <= 63
-        and _QUALIFIED_NAME_RE.fullmatch(local) is not None
-    )
 
 
 def percent(part: Decimal, whole: Decimal, *, milli: bool | None = None) -> int:

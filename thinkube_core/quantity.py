@@ -36,11 +36,9 @@ __all__ = [
     "QuantityError",
     "format_bytes",
     "format_cpu",
-    "format_resource",
     "int_value",
     "milli_value",
     "parse_quantity",
-    "to_gib",
 ]
 
 # Wide enough for any accepted quantity and sums of many of them; traps rounding so that a
@@ -54,7 +52,6 @@ _MAX_EXPONENT = 100  # |power of ten| after applying the suffix
 _BINARY_POWERS = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}  # of 1024
 _DECIMAL_EXPONENTS = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 _NANO = Decimal("1e-9")
-_GIB = 1 << 30
 
 _QUANTITY_RE = re.compile(
     r"(?P<sign>[+-]?)(?P<whole>[0-9]*)(?:\.(?P<fraction>[0-9]*))?"
@@ -171,19 +168,3 @@ def format_bytes(size: Decimal) -> str:
             if EXACT_CONTEXT.remainder(size, unit) == 0:
                 return _plain(EXACT_CONTEXT.divide_int(size, unit)) + suffix
     return _plain(size)
-
-
-def format_resource(name: str, amount: Decimal) -> str:
-    """Format by resource kind: cores for cpu, bytes for memory/storage/hugepages, else digits."""
-    if name == "cpu":
-        return format_cpu(amount)
-    if name in ("memory", "ephemeral-storage", "storage") or name.startswith("hugepages-"):
-        return format_bytes(amount)
-    if amount == amount.to_integral_value():
-        return _plain(amount)
-    return format(amount.normalize(context=EXACT_CONTEXT), "f")
-
-
-def to_gib(size: Decimal) -> float:
-    """Bytes as GiB for display. Dividing a float by 2**30 is exact, so this is correctly rounded."""
-    return float(size) / _GIB

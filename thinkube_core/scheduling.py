@@ -35,7 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from thinkube_core.accounting import MalformedObject, pod_requests
-from thinkube_core.quantity import QuantityError, int_value, milli_value, parse_quantity
+from thinkube_core.quantity import int_value, milli_value
 
 __all__ = [
     "NO_EXECUTE",
@@ -299,14 +299,6 @@ def pod_demand(spec: Mapping[str, Any]) -> dict[str, int]:
         name: scheduler_units(name, amount)
         for name, amount in pod_requests({"spec": defaulted}).items()
     }
-
-
-def quantity_units(name: str, raw: Any) -> int:
-    """One quantity (a trait value, a form choice) in scheduler units."""
-    try:
-        return scheduler_units(name, parse_quantity(raw))
-    except QuantityError as err:
-        raise MalformedObject(f"{name}: {err}") from None
 
 
 def describe_amount(name: str, units: int) -> str:
