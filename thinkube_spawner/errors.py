@@ -12,6 +12,9 @@ except ImportError:  # JupyterHub 5.5
 
 def spawn_error(message: str, reason: str, status_code: int = 400) -> web.HTTPError:
     """A rejection the hub shows as-is (and re-renders the form with, when it comes quickly)."""
+    # Names from the catalog or the cluster may hold text that cannot be sent (a lone
+    # surrogate): the page showing the message must not fail on it.
+    message = message.encode("utf-8", "replace").decode("utf-8")
     if SpawnException is not None:
         error = SpawnException(message, reason=reason, status_code=status_code)
     else:

@@ -395,7 +395,18 @@ def render_form(
     `template_source` are kubespawner's `additional_profile_form_template_paths` and
     `profile_form_template`. `before` is HTML put above the form (escaped by the caller)."""
     template = form_template(search_path, template_source)
-    return before + template.render(profile_list=[profile], user_options=user_options or {})
+    html = before + template.render(profile_list=[profile], user_options=user_options or {})
+    return valid_text(html)
+
+
+def valid_text(text: str) -> str:
+    """`text` as it can be sent: whatever text the catalog or the cluster holds (a lone
+    surrogate, from a JSON escape, cannot be encoded) comes out as valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def options_from_formdata(formdata: dict[str, list[str]]) -> dict[str, str]:

@@ -23,11 +23,13 @@ from kubernetes_asyncio import client
 from tests.conftest import api_client_for
 from tests.e2e.test_thinkube_spawner import (
     A100,
+    assert_no_secret_logged,
     claim,
     form_fields,
     hub_config,
     option,
     pods,
+    record_tokens,
     spawn_page,
     stop,
     storage_class,
@@ -365,7 +367,7 @@ async def test_a_claim_waiting_for_its_first_consumer_does_not_block(
 
 
 async def test_an_admin_claim_that_is_missing_fails_fast_with_its_name(
-    make_kubesim, hub_with_service
+    make_kubesim, hub_with_service, caplog
 ):
     """Claims the spawner does not know of (the admin's own volumes) fail fast with the
     scheduler's message, instead of waiting out start_timeout."""
@@ -377,6 +379,8 @@ async def test_an_admin_claim_that_is_missing_fails_fast_with_its_name(
         volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "home-{username}"}}],
         volume_mounts=[{"name": "home", "mountPath": "/home/jovyan/work"}],
     )
+    caplog.set_level("DEBUG")
+    tokens = record_tokens(config)
     hub = await hub_with_service(sim=sim, config=config)
     admin = hub.token("admin-probe", roles_=["admin"])
     hub.user("gus")
@@ -397,6 +401,7 @@ async def test_an_admin_claim_that_is_missing_fails_fast_with_its_name(
             message = unescape((await api.get("users/gus/server/progress")).text)
     assert 'persistentvolumeclaim "home-gus" not found' in message.replace('\\"', '"'), message
     assert await pods(sim) == []
+    assert_no_secret_logged(caplog.text, tokens)  # the pod that failed fast was logged clean
 
 
 # A product bug that kubesim must catch: the service counting limits where the scheduler

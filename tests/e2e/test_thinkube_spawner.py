@@ -41,6 +41,20 @@ def claim(name: str) -> dict:
     }
 
 
+def record_tokens(config: dict) -> list[str]:
+    """The servers' hub tokens, as each spawn gets one (the hub forgets a failed one's): for
+    the checks that no log line carries them."""
+    tokens: list[str] = []
+    config["ThinkubeSpawner"]["pre_spawn_hook"] = lambda spawner: tokens.append(spawner.api_token)
+    return tokens
+
+
+def assert_no_secret_logged(text: str, tokens: list[str]) -> None:
+    assert tokens and all(tokens)
+    for token in tokens:
+        assert token not in text
+
+
 def storage_class(name: str, binding: str = "Immediate") -> dict:
     """A class kubesim provisions claims of (binding now, or when a pod first uses one)."""
     return {
@@ -171,8 +185,11 @@ async def stop(hub, user: str) -> None:
         await eventually(stopped, within=60, interval=0.2)
 
 
-async def test_form_spawn_gpu_server_through_proxy_and_stop(lab, hub_with_service):
-    hub = await hub_with_service(sim=lab, config=hub_config(lab))
+async def test_form_spawn_gpu_server_through_proxy_and_stop(lab, hub_with_service, caplog):
+    caplog.set_level("DEBUG")
+    config = hub_config(lab)
+    tokens = record_tokens(config)
+    hub = await hub_with_service(sim=lab, config=config)
     browser, html = await spawn_page(hub, "alice")
     # The form shows the kubesim nodes with the right free counts.
     assert "Any node with a free NVIDIA A100 SXM4 80GB (8 free on 2 nodes, 80 GiB)" in html
@@ -231,6 +248,7 @@ async def test_form_spawn_gpu_server_through_proxy_and_stop(lab, hub_with_servic
         remembered[option("where")] == "gpu:nvidia-a100-sxm4-80gb"
         and remembered[option("gpus")] == "1"
     )
+    assert_no_secret_logged(caplog.text, tokens)
 
 
 async def test_rest_api_user_options_pin_a_node(lab, hub_with_service, caplog):
@@ -389,8 +407,8 @@ async def test_a_pod_the_cluster_refuses_is_said_in_words_and_no_secret_is_logge
 ):
     caplog.set_level("DEBUG")
     lab.faults.refuse.append(("POST", r"/api/v1/namespaces/[^/]+/pods$", 500))
-    tokens = []  # the server's token, which the hub forgets after a failed start
-    config = hub_config(lab, pre_spawn_hook=lambda spawner: tokens.append(spawner.api_token))
+    config = hub_config(lab)
+    tokens = record_tokens(config)
     hub = await hub_with_service(sim=lab, config=config)
     browser, html = await spawn_page(hub, "hank")
     fields = form_fields(html)
@@ -408,9 +426,8 @@ async def test_a_pod_the_cluster_refuses_is_said_in_words_and_no_secret_is_logge
     assert "Traceback" not in text and "ApiException" not in text
     assert await pods(lab) == []
     # kubespawner logged the pod it could not create, without the server's token
-    (token,) = tokens
-    assert token and "Failed for" in caplog.text
-    assert token not in caplog.text
+    assert "Failed for" in caplog.text  # kubespawner logged the pod it could not create
+    assert_no_secret_logged(caplog.text, tokens)
     assert "'value': '[secret]'" in caplog.text
     lab.faults.refuse.clear()
     async with httpx.AsyncClient() as http:  # the hub is fine

@@ -656,3 +656,23 @@ async def test_kubespawner_finds_every_canonical_choice_in_the_profile(options):
     spawner._validate_user_options(profile_list)
     spawner._load_profile(canonical["profile"], profile_list)
     assert defaults(profile_list[0]) == {k: v for k, v in canonical.items() if k != "profile"}
+
+
+def test_any_stored_text_renders_as_valid_utf8():
+    """A catalog entry or a node name holding text that cannot be sent (a lone surrogate, as
+    a JSON escape can carry) and markup: the page is still valid UTF-8 and escaped."""
+    from thinkube_spawner.errors import spawn_error
+    from thinkube_spawner.form import render_form
+
+    menu = lab_menu(freshness=FRESH)
+    menu.images[0] = dict(
+        menu.images[0],
+        display_name="SciPy \ud800 <script>alert(1)</script>",
+        description='"><img src=x onerror=alert(1)> \udfff',
+    )
+    html = render_form(menu_profile(menu, {}))
+    html.encode("utf-8")  # strict: raises if anything cannot be sent
+    assert "<script>alert(1)</script>" not in html and "<img src=x" not in html
+    assert "SciPy ? &lt;script&gt;" in html
+    message = spawn_error("Image SciPy \ud800 is gone.", reason="invalid-choice").jupyterhub_message
+    assert message.encode("utf-8") == b"Image SciPy ? is gone."
