@@ -1,0 +1,207 @@
+"""The GPU queue's decisions, pure: in which order waiting work runs, what starts now and
+where, each entry's position, where it is expected to run and an estimate of when.
+
+One queue for the hub: GPU jobs and waiting notebook requests compete in one order.
+
+**Order.** Higher priority first; within a priority, fair share between people: each
+person's first waiting entry (counting what they already run) comes before anyone's second,
+and so on; then submission time. A person with a hundred queued jobs does not starve one
+with one.
+
+**Starting.** Entries are taken in that order. One starts when the feasibility filter
+(`thinkube_core.scheduling`, the same truth the spawn form uses) finds a node whose rules
+take it and that has room now; among those, the node with the least work ahead of it: the
+remaining expected time of what runs there plus the expected time of what is queued for it.
+An entry that cannot start holds its place for its kind: later entries that need the same
+kind of GPU (or, without GPUs, the same place) do not start ahead of it, so a job asking for
+four GPUs is not starved by a stream of one-GPU jobs. Entries of other kinds may start.
+
+**Estimates.** Where each waiting entry is expected to run (the least-loaded node that
+takes it and could hold it at all) and when it may start: on that node, a timeline of its
+GPUs, each busy until its running job's expected end, handed in queue order. Labelled an
+estimate: expected times are what people said, not what will happen. Unknown (None) when
+there is no basis: no node could ever hold it, or it needs no GPU and the node is full with
+nothing expected to end.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from thinkube_core.scheduling import PODS, PodRules, rules_reason
+
+__all__ = ["Plan", "QueueEntry", "Running", "plan", "queue_order"]
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A waiting job or notebook request, as the planner sees it."""
+
+    id: str
+    user: str
+    submitted_at: float
+    expected_s: float  # how long it is expected to run once started
+    demand: Mapping[str, int]  # scheduler units (cpu millicores, memory bytes, GPUs)
+    rules: PodRules  # where it may run
+    priority: int = 0
+    kind: str = "job"  # "job" | "server"
+
+    @property
+    def gpu_resource(self) -> str | None:
+        return next((n for n, u in self.demand.items() if n.startswith("nvidia.com/") and u), None)
+
+    @property
+    def gpus(self) -> int:
+        resource = self.gpu_resource
+        return self.demand[resource] if resource else 0
+
+
+@dataclass(frozen=True)
+class Running:
+    """Work that holds resources now: a started job or server."""
+
+    id: str
+    user: str
+    node: str
+    started_at: float
+    expected_s: float | None  # None: no end expected (a notebook server)
+    gpus: int = 0
+
+
+@dataclass
+class Plan:
+    start: list[tuple[QueueEntry, str]] = field(default_factory=list)  # start now, there
+    order: list[str] = field(default_factory=list)  # the waiting entries, in queue order
+    positions: dict[str, int] = field(default_factory=dict)  # 1-based, in `order`
+    expected_node: dict[str, str | None] = field(default_factory=dict)
+    eta: dict[str, float | None] = field(default_factory=dict)  # epoch seconds, or unknown
+
+    def ahead_of(self, entry_id: str) -> int:
+        return self.positions.get(entry_id, 0) - 1
+
+
+def queue_order(
+    waiting: Iterable[QueueEntry], running_per_user: Mapping[str, int] | None = None
+) -> list[QueueEntry]:
+    """Priority, then fair share between people, then submission time (see the module)."""
+    running_per_user = running_per_user or {}
+    by_user: dict[str, list[QueueEntry]] = defaultdict(list)
+    for entry in waiting:
+        by_user[entry.user].append(entry)
+    ranked = []
+    for user, entries in by_user.items():
+        entries.sort(key=lambda e: (-e.priority, e.submitted_at, e.id))
+        held = running_per_user.get(user, 0)
+        for turn, entry in enumerate(entries):
+            ranked.append(((-entry.priority, held + turn, entry.submitted_at, entry.id), entry))
+    ranked.sort(key=lambda pair: pair[0])
+    return [entry for _, entry in ranked]
+
+
+def _fits(demand: Mapping[str, int], free: Mapping[str, int]) -> bool:
+    if free.get(PODS, 0) < 1:
+        return False
+    return all(units <= 0 or free.get(name, 0) >= units for name, units in demand.items())
+
+
+def _kind_key(entry: QueueEntry) -> tuple:
+    """What a waiting entry holds its place for: its GPU resource, else its rules."""
+    return (entry.gpu_resource,) if entry.gpu_resource else ("cpu", entry.rules)
+
+
+def plan(
+    waiting: Sequence[QueueEntry],
+    running: Sequence[Running],
+    nodes: Sequence[Mapping],
+    now: float,
+) -> Plan:
+    """What to start now, and where everything waiting stands (see the module)."""
+    running_per_user = Counter(r.user for r in running)
+    order = queue_order(waiting, running_per_user)
+    result = Plan(order=[e.id for e in order])
+    result.positions = {entry_id: index + 1 for index, entry_id in enumerate(result.order)}
+
+    by_name = {node["name"]: node for node in nodes}
+    free = {name: dict(node.get("free") or {}) for name, node in by_name.items()}
+    # Work ahead of each node (seconds): what runs there, then what is queued for it.
+    load: dict[str, float] = defaultdict(float)
+    gpu_ends: dict[str, list[float]] = defaultdict(list)  # per node: when each busy GPU frees
+    for job in running:
+        remaining = max(0.0, job.started_at + job.expected_s - now) if job.expected_s else None
+        load[job.node] += remaining if remaining is not None else 0.0
+        end = now + remaining if remaining is not None else float("inf")
+        gpu_ends[job.node].extend([end] * job.gpus)
+    slots: dict[str, list[float]] = {}  # per node: a heap of when each GPU is next free
+
+    def timeline(name: str, resource: str) -> list[float]:
+        if name not in slots:
+            allocatable = (by_name[name].get("free") or {}).get(resource, 0) + len(gpu_ends[name])
+            busy = sorted(gpu_ends[name])
+            heap = busy + [now] * max(0, allocatable - len(busy))
+            heapq.heapify(heap)
+            slots[name] = heap
+        return slots[name]
+
+    taking: dict[PodRules, list[str]] = {}  # the nodes whose rules take each kind of pod
+
+    def nodes_taking(rules: PodRules) -> list[str]:
+        if rules not in taking:
+            taking[rules] = [n for n, node in by_name.items() if rules_reason(rules, node) is None]
+        return taking[rules]
+
+    held_kinds: set[tuple] = set()
+    for entry in order:
+        candidates = nodes_taking(entry.rules)
+        kind = _kind_key(entry)
+        if kind not in held_kinds:
+            room = [n for n in candidates if _fits(entry.demand, free[n])]
+            if room:
+                node = min(room, key=lambda n: (load[n], n))
+                result.start.append((entry, node))
+                for name, units in entry.demand.items():
+                    free[node][name] = free[node].get(name, 0) - units
+                free[node][PODS] = free[node].get(PODS, 0) - 1
+                load[node] += entry.expected_s
+                if entry.gpus:
+                    heap = timeline(node, entry.gpu_resource)
+                    for _ in range(min(entry.gpus, len(heap))):
+                        heapq.heappushpop(heap, now + entry.expected_s)
+                result.expected_node[entry.id] = node
+                result.eta[entry.id] = now
+                continue
+            held_kinds.add(kind)
+        # Waits: where it is expected to run, and an estimate of when.
+        able = [n for n in candidates if _could_ever_hold(entry, by_name[n], gpu_ends[n])]
+        if not able:
+            result.expected_node[entry.id] = None
+            result.eta[entry.id] = None
+            continue
+        node = min(able, key=lambda n: (load[n], n))
+        result.expected_node[entry.id] = node
+        load[node] += entry.expected_s
+        if entry.gpus:
+            heap = timeline(node, entry.gpu_resource)
+            freed = [heapq.heappop(heap) for _ in range(entry.gpus)]
+            start = max(freed)
+            for _ in freed:
+                heapq.heappush(heap, start + entry.expected_s)
+            result.eta[entry.id] = start if start != float("inf") else None
+        else:
+            ends = [e for e in gpu_ends[node] if e != float("inf")]
+            result.eta[entry.id] = min(ends) if ends else None
+    for entry, _ in result.start:
+        result.positions.pop(entry.id, None)
+    result.order = [e for e in result.order if e in result.positions]
+    result.positions = {entry_id: index + 1 for index, entry_id in enumerate(result.order)}
+    return result
+
+
+def _could_ever_hold(entry: QueueEntry, node: Mapping, busy_gpus: list[float]) -> bool:
+    """Whether the node could hold the entry once everything running there ended."""
+    if not entry.gpus:
+        return True
+    free = (node.get("free") or {}).get(entry.gpu_resource, 0)
+    return free + len(busy_gpus) >= entry.gpus
