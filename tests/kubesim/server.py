@@ -358,7 +358,7 @@ class ResourceHandler(BaseHandler):
         except ValueError as err:
             raise ApiError(400, "BadRequest", f"invalid limit: {limit_arg}") from err
         continue_token = self.get_query_argument("continue", "")
-        if rv == "0" and not continue_token:
+        if rv == "0" and not continue_token and not self.sim.cached_lists_paginate:
             # Kubernetes 1.32 serves resourceVersion=0 from its watch cache, which cannot
             # paginate: the whole list comes back, whatever the limit.
             limit = 0

@@ -37,7 +37,9 @@ class KubeSim:
     `history_window` is how many writes the watch cache keeps (older watches get 410);
     `process_runtime` runs pods' commands as real processes (see kubelet.py);
     `scheduler_names` are the `spec.schedulerName`s whose pods kubesim's scheduler places
-    (others stay Pending, as with no such scheduler running).
+    (others stay Pending, as with no such scheduler running);
+    `cached_lists_paginate`: lists served from the watch cache (resourceVersion=0) honour
+    `limit`, as from Kubernetes 1.33 on; by default they come whole, as in 1.32.
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class KubeSim:
         watch_max_seconds: float = 1800.0,
         faults: Faults | None = None,
         scheduler_names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES,
+        cached_lists_paginate: bool = False,
     ):
         self.store = Store(history_window)
+        self.cached_lists_paginate = cached_lists_paginate
         self.faults = faults or Faults()
         self.injected_errors = 0
         self.bookmark_interval_s = bookmark_interval_s

@@ -324,7 +324,7 @@ async def test_a_token_without_the_scopes_is_told_which_scopes_it_needs(tmp_path
             assert not inventory.ready
             assert inventory.not_ready_reason == (
                 "the service's token may not list servers: give its role the scopes "
-                "list:users and read:servers"
+                "list:users, read:servers and admin:server_state"
             )
         finally:
             await inventory.stop()

@@ -433,7 +433,10 @@ async def test_a_cap_of_zero_means_no_cloud_unless_a_group_cap_allows_it(fake, t
 @pytest.mark.parametrize(
     ("user_options", "message"),
     [
-        ({"offer": "SECURE:NVIDIA H100 80GB HBM3:1"}, "H100 SXM costs $2.69/h on-demand, above"),
+        (
+            {"offer": "SECURE:NVIDIA H100 80GB HBM3:1"},
+            "H100 SXM costs $2.69/h on demand, over your cloud limit",
+        ),
         ({"offer": "SECURE:NVIDIA B200 <script>:1"}, "Unknown cloud offer"),
         ({"offer": RTX4090_SECURE, "image": "evil/miner"}, "Unknown option 'image'"),
         ({"min_vram_gb": 200}, "No cloud GPU offer matches your request within $1.00/h"),
@@ -462,7 +465,7 @@ async def test_a_tampered_form_is_refused_with_the_form_again(fake, tmp_path, se
         response = await browser.submit({"offer": "SECURE:NVIDIA H100 80GB HBM3:1"})
         seen.add(response.text)
         text = unescape(response.text)
-        assert "above your cap of $1.00/h" in text
+        assert "over your cloud limit of $1.00/h" in text
         assert re.search(r'name="offer"', response.text)  # the form, to choose again
         await browser.aclose()
     assert fake.pods == {}

@@ -532,7 +532,7 @@ async def test_after_a_410_it_relists_at_the_last_version_seen_unpaged(make_kube
 
 
 async def test_a_server_that_pages_the_first_list_gets_paged_relists(make_kubesim, inventories):
-    sim = await make_kubesim()
+    sim = await make_kubesim(cached_lists_paginate=True)  # as Kubernetes 1.33+ does
     seen = record_requests(sim)
     sim.load([make_node("n1", 8, 32)])
     sim.load([{"apiVersion": "v1", "kind": "Pod", **pod(f"p{i}", "n1")} for i in range(5)])
@@ -603,7 +603,7 @@ async def test_a_version_the_server_has_not_reached_relists_the_newest(make_kube
 async def test_a_continue_token_that_expires_falls_back_to_one_unpaged_list(
     make_kubesim, inventories
 ):
-    sim = await make_kubesim()
+    sim = await make_kubesim(cached_lists_paginate=True)  # pages, as Kubernetes 1.33+ does
     sim.load([make_node(f"n{i}", 8, 32) for i in range(3)])
     seen = record_requests(sim)
 

@@ -282,8 +282,26 @@ async def test_list_is_sorted_with_freshness_in_headers(documents):
         assert set(node["capacity"]) == set(node["allocated"]) == {"cpu", "memory", "gpu"}
 
 
+def scheduling_facts(node: dict) -> tuple[dict, dict]:
+    """What the feasibility filter reads besides taints, and the rest of the document."""
+    keys = ("labels", "free", "scheduling_key")
+    facts = {key: node[key] for key in keys}
+    assert len(facts["scheduling_key"]) == 16 and isinstance(facts["labels"], dict)
+    return facts, {key: value for key, value in node.items() if key not in keys}
+
+
 async def test_cpu_node_with_init_sidecar_overhead_pod_level_terminating_and_completed(documents):
     _, nodes = documents
+    facts, node = scheduling_facts(nodes["cpu-a"])
+    # the room the filter sees, in the scheduler's units (cpu millicores), pods counted
+    assert facts["free"] == {
+        "cpu": 9550,
+        "ephemeral-storage": EPHEMERAL,
+        "hugepages-2Mi": 0,
+        "memory": 54848 * MI,
+        "pods": 106,
+    }
+    assert facts["labels"]["kubernetes.io/hostname"] == "cpu-a"
     # requests: init-and-sidecar (2, 3200Mi) + sandboxed (0.35, 320Mi) + pod-level (3, 4096Mi)
     #   + terminating (1, 2048Mi) = (6.35, 9664Mi); "done" (Succeeded) is left out
     # limits: (2, 3328Mi) + (0.6, 576Mi) + (4, 8192Mi) + (1, 2048Mi) = (7.6, 14144Mi)
@@ -291,7 +309,7 @@ async def test_cpu_node_with_init_sidecar_overhead_pod_level_terminating_and_com
     # percent (kubectl: int(used / allocatable * 100), cpu in millicores):
     #   cpu requests 6350/15900 = 39.9 -> 39; cpu limits 7600/15900 = 47.8 -> 47
     #   memory requests 9664/64512 = 14.98 -> 14; memory limits 14144/64512 = 21.9 -> 21
-    assert nodes["cpu-a"] == {
+    assert node == {
         "name": "cpu-a",
         "instance_type": None,
         "ready": True,
@@ -326,6 +344,16 @@ async def test_cpu_node_with_init_sidecar_overhead_pod_level_terminating_and_com
 
 async def test_time_sliced_gpu_node(documents):
     _, nodes = documents
+    facts, node = scheduling_facts(nodes["ts-3090"])
+    assert facts["free"] == {
+        "cpu": 12900,
+        "ephemeral-storage": EPHEMERAL,
+        "hugepages-2Mi": 0,
+        "memory": 51 * GI,
+        "nvidia.com/gpu": 1,
+        "pods": 108,
+    }
+    assert facts["labels"]["nvidia.com/gpu.product"] == "NVIDIA-GeForce-RTX-3090-SHARED"
     # slice-1 (2, 8Gi, 1 GPU) + slice-2 (1, 4Gi, 2 GPUs) = (3, 12Gi, 3); "crashed" (Failed) out
     # 1 physical RTX 3090 x 4 replicas = 4 schedulable, 3 allocated, 1 free
     # available (15.9 - 3, 63Gi - 12Gi) = (12.9, 51Gi); percent 3000/15900 = 18.9 -> 18,
@@ -337,7 +365,7 @@ async def test_time_sliced_gpu_node(documents):
         "replicas": 4,
         "shared": True,
     }
-    assert nodes["ts-3090"] == {
+    assert node == {
         "name": "ts-3090",
         "instance_type": None,
         "ready": True,
