@@ -676,3 +676,29 @@ def test_any_stored_text_renders_as_valid_utf8():
     assert "SciPy ? &lt;script&gt;" in html
     message = spawn_error("Image SciPy \ud800 is gone.", reason="invalid-choice").jupyterhub_message
     assert message.encode("utf-8") == b"Image SciPy ? is gone."
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["lab", "one small node", "gpu nodes only", "tainted pool"],
+)
+def test_no_option_is_greyed_out_without_its_reason_on_the_page(case):
+    from tests.spawner_unit.cluster import taint
+
+    nodes = {
+        "lab": None,
+        "one small node": [make_node("cpu-node-1", 16, 64, None, 1)],
+        "gpu nodes only": [make_node("gpu-1", 64, 512, A100, 1)],
+        "tainted pool": [taint(make_node("pool-1", 16, 64, None, 1), "dedicated", "ml")],
+    }[case]
+    menu = lab_menu(nodes=nodes, freshness=FRESH) if nodes else lab_menu(freshness=FRESH)
+    form = Form(render([menu_profile(menu, {})], {}))
+    disabled = [
+        (name, option)
+        for name, options in form.selects.items()
+        for option in options
+        if option["disabled"]
+    ]
+    assert disabled  # each case greys something out
+    for name, option in disabled:
+        assert " — " in option["text"] and option["text"].split(" — ", 1)[1].strip(), (name, option)
