@@ -31,8 +31,15 @@ class SecretRedactingFilter(logging.Filter):
         return True
 
 
+# Loggers that write whole pods, environment included: the Kubernetes client logs every
+# response body at DEBUG (the pod kubespawner created, the pods it reads back).
+POD_LOGGERS = ("kubernetes_asyncio.client.rest",)
+
+
 def redact_secrets_in(log: logging.Logger | logging.LoggerAdapter) -> None:
-    """Add the filter to this logger once (spawners share the hub's logger)."""
+    """Add the filter, once, to this logger (spawners share the hub's) and to the loggers
+    that write pods."""
     logger = log.logger if isinstance(log, logging.LoggerAdapter) else log
-    if not any(isinstance(f, SecretRedactingFilter) for f in logger.filters):
-        logger.addFilter(SecretRedactingFilter())
+    for each in (logger, *map(logging.getLogger, POD_LOGGERS)):
+        if not any(isinstance(f, SecretRedactingFilter) for f in each.filters):
+            each.addFilter(SecretRedactingFilter())
