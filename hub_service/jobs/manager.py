@@ -1,0 +1,329 @@
+"""The hub's GPU queue, running: submissions in, the planner's decisions out to a backend
+(Kubernetes Jobs, or processes on this machine), endings back in, everything recorded in
+the store so that a restarted service loses nothing.
+
+The planner (`queue.plan`) is asked again whenever something that changes its answer
+happens: a submission, a cancel, an ending, or the inventory publishing new documents. It
+runs off the request path, debounced; each request reads the last plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from thinkube_core.scheduling import PodRules, pod_demand
+
+from ..background import cancel_and_wait
+from .queue import Plan, QueueEntry, Running, plan
+from .spec import JobRequest, job_pod_spec
+from .store import ACTIVE, CANCELLED, COMPLETED, FAILED, LOST, QUEUED, RUNNING, JobStore
+
+log = logging.getLogger("thinkube.jobs")
+
+__all__ = ["Ending", "JobBackend", "JobQueue", "QueueSettings"]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a running job ended, as its backend saw it."""
+
+    exit_code: int | None
+    reason: str  # Completed | Failed | DeadlineExceeded | Cancelled | Lost
+    message: str = ""
+
+
+class JobBackend(Protocol):
+    """Where jobs run. `start` must not block long; an ending is reported through the
+    `ended` callback the queue gives it."""
+
+    name: str
+
+    async def start(self, entry: Mapping[str, Any], request: JobRequest, node: str) -> dict:
+        """Start the job on `node`; returns the backend's record of it (kept in the store)."""
+
+    async def stop(self, entry: Mapping[str, Any], reason: str) -> None:
+        """End a running job now (its processes or pod), freeing what it holds."""
+
+    async def reattach(self, entry: Mapping[str, Any]) -> bool:
+        """After a restart: follow a job the store says runs; False when it is gone."""
+
+    def logs(
+        self, entry: Mapping[str, Any], after: str | None, follow: bool
+    ) -> AsyncIterator[tuple[str, str, str]]:
+        """(event id, stream, text) after the event `after`; with `follow`, until the job
+        ends. Event ids let a dropped stream resume without losing or repeating lines."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    deadline_factor: float = 2.0  # a job is ended at this many times its expected time
+    max_deadline_s: float = 14 * 86400
+    tolerations: tuple[dict, ...] = ()  # what job pods tolerate, besides GPU nodes' taints
+    gpu_taint_keys: tuple[str, ...] = ("nvidia.com/gpu",)
+    debounce_s: float = 0.05
+
+
+def request_of(entry: Mapping[str, Any]) -> JobRequest:
+    """The checked request, as stored (the script is kept beside it)."""
+    stored = dict(entry["request"])
+    return JobRequest(
+        script=entry.get("script") or "",
+        script_name=stored["script_name"],
+        expected_s=float(entry["expected_s"]),
+        gpus=int(stored["gpus"]),
+        gpu_model=stored.get("gpu_model"),
+        gpu_resource=stored["gpu_resource"],
+        cpu=float(stored["cpu"]),
+        memory=int(stored["memory"]),
+        image=stored["image"],
+        name=entry.get("name") or "",
+        project=entry.get("project") or "",
+        metadata=entry.get("metadata") or {},
+        priority=int(entry.get("priority") or 0),
+    )
+
+
+def stored_request(request: JobRequest) -> dict[str, Any]:
+    return {
+        "script_name": request.script_name,
+        "gpus": request.gpus,
+        "gpu_model": request.gpu_model,
+        "gpu_resource": request.gpu_resource,
+        "cpu": request.cpu,
+        "memory": request.memory,
+        "image": dict(request.image),
+    }
+
+
+class JobQueue:
+    def __init__(
+        self,
+        store: JobStore,
+        backend: JobBackend,
+        documents: Callable[[], Sequence[Mapping[str, Any]]],
+        settings: QueueSettings = QueueSettings(),
+        run_db: Callable[..., Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.documents = documents  # the inventory's node documents now
+        self.settings = settings
+        self.clock = clock
+        self._run_db = run_db
+        self.plan = Plan()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._specs: dict[str, tuple[PodRules, dict[str, int]]] = {}
+        self._next_deadline: float | None = None
+        self.changed: list[Callable[[], None]] = []  # told after each plan
+
+    async def db(self, fn, *args, **kwargs):
+        if self._run_db is None:
+            return fn(*args, **kwargs)
+        return await self._run_db(lambda: fn(*args, **kwargs))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for entry in await self.db(self.store.active):
+            if entry["status"] == RUNNING and not await self.backend.reattach(entry):
+                await self._finish(entry, LOST, "Lost", None, "the job was gone after a restart")
+        self._task = asyncio.create_task(self._run(), name="thinkube-job-queue")
+        self.poke()
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+        await self.backend.close()
+
+    def poke(self) -> None:
+        """Something changed: plan again (soon, once)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            # Woken by a change, or when the next running job's deadline comes.
+            timeout = None if self._next_deadline is None else self._next_deadline - self.clock()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), max(0.0, timeout) if timeout is not None else None
+                )
+            await asyncio.sleep(self.settings.debounce_s)
+            self._wake.clear()
+            try:
+                await self.replan()
+            except Exception:  # a failed pass must not stop the queue
+                log.exception("planning the queue failed")
+
+    # -- the plan ---------------------------------------------------------------------------
+
+    def _spec(self, entry: Mapping[str, Any]) -> tuple[PodRules, dict[str, int]]:
+        held = self._specs.get(entry["id"])
+        if held is None:
+            spec = job_pod_spec(
+                request_of(entry),
+                tolerations=self.settings.tolerations,
+                gpu_taint_keys=self.settings.gpu_taint_keys,
+            )
+            held = self._specs[entry["id"]] = (PodRules.of_pod_spec(spec), pod_demand(spec))
+        return held
+
+    async def replan(self) -> Plan:
+        now = self.clock()
+        active = await self.db(self.store.active)
+        for entry in active:
+            if entry["status"] == RUNNING and entry["deadline_at"] and entry["deadline_at"] <= now:
+                await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
+        active = [e for e in active if e["status"] in ACTIVE]
+        deadlines = [
+            e["deadline_at"] for e in active if e["status"] == RUNNING and e["deadline_at"]
+        ]
+        waiting, running = [], []
+        for entry in active:
+            rules, demand = self._spec(entry)
+            if entry["status"] == QUEUED:
+                waiting.append(
+                    QueueEntry(
+                        entry["id"],
+                        entry["user"],
+                        entry["submitted_at"],
+                        entry["expected_s"],
+                        demand,
+                        rules,
+                        entry["priority"],
+                        entry["kind"],
+                    )
+                )
+            elif entry["node"]:
+                gpus = next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
+                running.append(
+                    Running(
+                        entry["id"],
+                        entry["user"],
+                        entry["node"],
+                        entry["started_at"] or now,
+                        entry["expected_s"],
+                        gpus,
+                    )
+                )
+        nodes = self.documents()
+        self.plan = plan(waiting, running, nodes, now)
+        by_id = {e["id"]: e for e in active}
+        for queued, node in self.plan.start:
+            deadlines.append(await self._start(by_id[queued.id], node))
+        self._next_deadline = min((d for d in deadlines if d), default=None)
+        for callback in self.changed:
+            callback()
+        return self.plan
+
+    async def _start(self, entry: Mapping[str, Any], node: str) -> float | None:
+        """Start it there; the deadline it runs under (None when it could not start)."""
+        now = self.clock()
+        deadline = now + min(
+            entry["expected_s"] * self.settings.deadline_factor, self.settings.max_deadline_s
+        )
+        try:
+            record = await self.backend.start(entry, request_of(entry), node)
+        except Exception as err:  # the backend refused: the job fails with its reason
+            log.warning("job %s could not start on %s: %s", entry["id"], node, err)
+            await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
+            return None
+        await self.db(
+            self.store.update,
+            entry["id"],
+            status=RUNNING,
+            started_at=now,
+            node=node,
+            deadline_at=deadline,
+            placement=record,
+        )
+        log.info("job %s of %s started on %s", entry["id"], entry["user"], node)
+        return deadline
+
+    # -- submissions, endings ---------------------------------------------------------------
+
+    async def submit(self, user: str, request: JobRequest, kind: str = "job") -> dict:
+        entry = {
+            "id": f"{kind[0]}-{secrets.token_hex(6)}",
+            "kind": kind,
+            "user": user,
+            "name": request.name,
+            "project": request.project,
+            "status": QUEUED,
+            "priority": request.priority,
+            "request": stored_request(request),
+            "script": request.script,
+            "metadata": dict(request.metadata),
+            "expected_s": request.expected_s,
+            "submitted_at": self.clock(),
+        }
+        stored = await self.db(self.store.add, entry)
+        self.poke()
+        return stored
+
+    async def ended(self, entry_id: str, ending: Ending) -> None:
+        """A backend's report: the job ended by itself (or was lost)."""
+        entry = await self.db(self.store.get, entry_id)
+        if entry is None or entry["status"] not in ACTIVE:
+            return
+        status = (
+            COMPLETED
+            if ending.reason == "Completed"
+            else LOST
+            if ending.reason == "Lost"
+            else FAILED
+        )
+        await self._finish(entry, status, ending.reason, ending.exit_code, ending.message)
+
+    async def cancel(self, entry: Mapping[str, Any]) -> dict:
+        """Idempotent: a queued job leaves the queue, a running one is ended now."""
+        if entry["status"] == RUNNING:
+            return await self._end_now(entry, CANCELLED, "Cancelled", "cancelled")
+        if entry["status"] == QUEUED:
+            return await self._finish(entry, CANCELLED, "Cancelled", None, "cancelled while queued")
+        return dict(entry)
+
+    async def _end_now(self, entry: Mapping[str, Any], status: str, reason: str, message: str):
+        try:
+            await self.backend.stop(entry, reason)
+        except Exception as err:
+            log.warning("job %s: the backend could not end it: %s", entry["id"], err)
+        return await self._finish(entry, status, reason, None, message)
+
+    async def _finish(self, entry, status, reason, exit_code, message) -> dict:
+        finished = await self.db(
+            self.store.finish,
+            entry["id"],
+            status,
+            reason,
+            self.clock(),
+            exit_code=exit_code,
+            message=message,
+        )
+        self._specs.pop(entry["id"], None)
+        log.info("job %s of %s ended: %s", entry["id"], entry["user"], reason)
+        self.poke()
+        return finished or dict(entry)
+
+    # -- views ------------------------------------------------------------------------------
+
+    def where(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Where a job stands: its position, the place it is expected to run, an estimate."""
+        entry_id = entry["id"]
+        if entry["status"] != QUEUED:
+            return {"position": None, "expected_node": entry.get("node"), "eta": None}
+        return {
+            "position": self.plan.positions.get(entry_id),
+            "expected_node": self.plan.expected_node.get(entry_id),
+            "eta": self.plan.eta.get(entry_id),
+        }
