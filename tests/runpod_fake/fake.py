@@ -1,4 +1,6 @@
-"""The RunPod stand-in: RunPod's GraphQL API, schema-first, over HTTP.
+"""The RunPod stand-in: RunPod's GraphQL API, schema-first, over HTTP; beside it on the same
+server, the part of RunPod's REST API v2 the project reads (pods and their log streams, see
+rest.py and logs.py).
 
 Every request is parsed and validated against RunPod's schema, the part of it this project
 uses (runpod.graphql beside this module, RunPod's own declarations), so a query the real API
@@ -17,7 +19,10 @@ EXITED, `podTerminate` removes the pod (a second terminate answers "pod not foun
 terminate"). A pod's `dockerArgs` runs as a real local process on a loopback address of
 its own (see runtime.py); with `startJupyter` and no dockerArgs a real jupyter-lab runs with
 the JUPYTER_PASSWORD env value as its token. If the process exits by itself the pod is
-EXITED. `terminateAfter` and `stopAfter` are honoured (a dead-man switch).
+EXITED. `terminateAfter` and `stopAfter` are honoured (a dead-man switch). Before the
+container runs, REST v2 shows the pod PROVISIONING (the image "pulled") for the first half of
+`start_delay_s` and STARTING for the second; the pod's log gets the host's lifecycle lines
+(`system`) and every line its process writes to stdout or stderr (`container`).
 
 RunPod's proxy URL for a pod port is `https://{podId}-{port}.proxy.runpod.net`; here
 `proxy_url_template` (`http://{ip}:{port}`, filled from the pod's runtime port mapping)
