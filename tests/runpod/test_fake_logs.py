@@ -690,10 +690,14 @@ async def test_stopping_the_stand_in_ends_open_streams(make_runpod_fake):
     fake = await make_runpod_fake()
     pod_id = await create_pod(fake, "import time; print('up'); time.sleep(600)")
 
+    stopping = []
+
     async def on_event(event: Event) -> None:
         if event.line == "up":
-            asyncio.get_running_loop().call_soon(asyncio.ensure_future, fake.stop())
+            stopping.append(asyncio.ensure_future(fake.stop()))
 
     stream = await logs(fake, pod_id, on_event=on_event, read_timeout_s=15)
+    await stopping[0]
     assert stream.ended in ("end", "cut") and stream.lines()[-1] == "up"
     assert fake.log_streams == 0
+    assert fake.pod(pod_id).last_process.returncode is not None
