@@ -348,6 +348,13 @@ async def test_python_dash_m_runs_it_standalone(tmp_path):
         async with client_for(fake_like) as client:
             offers = await client.offers(gpu="4090")
         assert [(o.cloud_type, o.stock) for o in offers] == [("COMMUNITY", None), ("SECURE", None)]
+        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        assert line == f"runpod-fake REST v2 at {match.group(1).removesuffix('/graphql')}/v2\n"
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.get(
+                line.split()[-1] + "/pods", headers={"Authorization": "Bearer rpa_STANDALONE0000"}
+            )
+        assert response.json() == {"pods": []}
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)

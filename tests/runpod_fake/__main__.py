@@ -2,8 +2,9 @@
 
     python -m tests.runpod_fake --port 8765 [--api-key KEY] [--capacity 'NVIDIA L4=0'] ...
 
-The first line on stdout is `runpod-fake listening on http://127.0.0.1:PORT/graphql`; point
-a client at it with RUNPOD_API_URL, RUNPOD_API_KEY (the --api-key, default $RUNPOD_API_KEY,
+The first line on stdout is `runpod-fake listening on http://127.0.0.1:PORT/graphql`, the
+second `runpod-fake REST v2 at http://127.0.0.1:PORT/v2`; point a client at them with
+RUNPOD_API_URL, RUNPOD_REST_URL, RUNPOD_API_KEY (the --api-key, default $RUNPOD_API_KEY,
 else "runpod-fake-key") and RUNPOD_PROXY_URL_TEMPLATE=http://{ip}:{port}. It serves until
 SIGTERM or SIGINT, then ends every pod's process.
 """
@@ -22,7 +23,8 @@ from .fake import RunPodFake
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.runpod_fake", description="A stand-in for RunPod's GraphQL API."
+        prog="python -m tests.runpod_fake",
+        description="A stand-in for RunPod's GraphQL API and REST API v2.",
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -58,6 +60,7 @@ async def serve(args: argparse.Namespace) -> None:
         fake.inject(delay_s=args.latency, times=-1)
     await fake.start(args.port, args.host)
     print(f"runpod-fake listening on {fake.url}", flush=True)
+    print(f"runpod-fake REST v2 at {fake.rest_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

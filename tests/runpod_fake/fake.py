@@ -1,4 +1,6 @@
-"""The RunPod stand-in: RunPod's GraphQL API, schema-first, over HTTP.
+"""The RunPod stand-in: RunPod's GraphQL API, schema-first, over HTTP; beside it on the same
+server, the part of RunPod's REST API v2 the project reads (pods and their log streams, see
+rest.py and logs.py).
 
 Every request is parsed and validated against RunPod's schema, the part of it this project
 uses (runpod.graphql beside this module, RunPod's own declarations), so a query the real API
@@ -17,7 +19,10 @@ EXITED, `podTerminate` removes the pod (a second terminate answers "pod not foun
 terminate"). A pod's `dockerArgs` runs as a real local process on a loopback address of
 its own (see runtime.py); with `startJupyter` and no dockerArgs a real jupyter-lab runs with
 the JUPYTER_PASSWORD env value as its token. If the process exits by itself the pod is
-EXITED. `terminateAfter` and `stopAfter` are honoured (a dead-man switch).
+EXITED. `terminateAfter` and `stopAfter` are honoured (a dead-man switch). Before the
+container runs, REST v2 shows the pod PROVISIONING (the image "pulled") for the first half of
+`start_delay_s` and STARTING for the second; the pod's log gets the host's lifecycle lines
+(`system`) and every line its process writes to stdout or stderr (`container`).
 
 RunPod's proxy URL for a pod port is `https://{podId}-{port}.proxy.runpod.net`; here
 `proxy_url_template` (`http://{ip}:{port}`, filled from the pod's runtime port mapping)
@@ -27,6 +32,7 @@ points at the pod's address, so clients configured with it reach the real server
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import inspect
 import json
@@ -50,7 +56,8 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 
-from . import runtime
+from . import logs as podlogs
+from . import rest, runtime
 from .catalog import DEFAULT_GPU_TYPES, GpuTypeSpec
 
 log = logging.getLogger("runpod_fake")
@@ -93,17 +100,27 @@ def _parse_time(value: Any) -> float | None:
     return moment.timestamp()
 
 
+POD_CREATING = ("podFindAndDeployOnDemand", "podRentInterruptable")
+
+
 @dataclass
 class Fault:
-    """Injected trouble. Hits the next `times` requests (-1: all) whose root field is
-    `field` (any when None).
+    """Injected trouble. Hits the next `times` requests (-1: all) whose GraphQL root field
+    or REST operationId (listPods, getPod, deletePod, getPodLogs) is `field` (when None:
+    any request the fault can apply to).
 
     status: answer with this HTTP status (500, 502, 503, 504, 429).
     delay_s: answer only after this long (a slow RunPod).
     error: answer 200 with this GraphQL error for the field: "capacity"
-      (SUPPLY_CONSTRAINT), "generic" ("Something went wrong..."), or any text.
+      (SUPPLY_CONSTRAINT), "generic" ("Something went wrong..."), or any text. GraphQL only.
     after: do all that after executing the request (the work is done, the answer lost or
       late); otherwise instead of executing it.
+    drop_after_events: a log stream (getPodLogs) is cut after this many events: the
+      connection closes mid-body, as a failing network or proxy would.
+    slow_start_s: the pod a create request makes (podFindAndDeployOnDemand,
+      podRentInterruptable) stays PROVISIONING this much longer, with no log line at all.
+    vanish_after_s: the pod a create request makes is terminated by RunPod this long after
+      its container starts: GraphQL and REST then answer as for a pod that is gone.
     """
 
     status: int | None = None
@@ -113,12 +130,27 @@ class Fault:
     after: bool = False
     times: int = 1
     retry_after: int | None = None
+    drop_after_events: int | None = None
+    slow_start_s: float = 0.0
+    vanish_after_s: float | None = None
     hits: int = 0
 
-    def matches(self, fields: list[str]) -> bool:
+    def matches(self, fields: list[str], rest: bool = False) -> bool:
         if self.times != -1 and self.hits >= self.times:
             return False
+        if self.error is not None and rest:
+            return False
+        if self.drop_after_events is not None and "getPodLogs" not in fields:
+            return False
+        if (self.slow_start_s or self.vanish_after_s is not None) and not any(
+            f in POD_CREATING for f in fields
+        ):
+            return False
         return self.field is None or self.field in fields
+
+    @property
+    def shapes_pod(self) -> bool:
+        return bool(self.slow_start_s) or self.vanish_after_s is not None
 
     @property
     def spent(self) -> bool:
@@ -168,11 +200,26 @@ class FakePod:
     gpu_ids: list[str] = field(default_factory=list)
     start_task: asyncio.Task | None = field(default=None, repr=False)
     history: list[str] = field(default_factory=list)
+    # What REST v2 adds: the log, the phase before the container runs (PROVISIONING,
+    # STARTING), a container that could not start (ERROR), and faults given at creation.
+    logs: podlogs.LogBook = field(default_factory=podlogs.LogBook, repr=False)
+    phase: str = "PROVISIONING"
+    start_failed: bool = False
+    slow_start_s: float = 0.0
+    vanish_after_s: float | None = None
 
     def set_status(self, status: str, why: str) -> None:
         self.desired_status = status
         self.last_status_change = f"{why}: {time.strftime('%a %b %d %Y %H:%M:%S GMT+0000')}"
         self.history.append(status)
+        self.logs.poke()
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.logs.poke()
+
+    def system_line(self, line: str) -> None:
+        self.logs.append("system", line)
 
     @property
     def address(self) -> str | None:
@@ -311,6 +358,9 @@ class RunPodFake:
         # test in which any other request was rejected as invalid (HTTP 400).
         self.allow_invalid = False
         self.faults: list[Fault] = []
+        # Seconds of silence after which a log stream sends an SSE comment.
+        self.log_heartbeat_s = 15.0
+        self.log_streams = 0  # log streams open now
         self.rng = random.Random(seed)
         self.addresses = runtime.AddressPool(self.rng)
         self.host = "127.0.0.1"
@@ -325,17 +375,26 @@ class RunPodFake:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/graphql"
 
+    @property
+    def rest_url(self) -> str:
+        """REST v2's base URL, as `https://api.runpod.io/v2` is RunPod's."""
+        return f"http://{self.host}:{self.port}/v2"
+
     def env(self) -> dict[str, str]:
         """The environment a client (or `thinkube cloud`) needs to use this stand-in."""
         return {
             "RUNPOD_API_URL": self.url,
+            "RUNPOD_REST_URL": self.rest_url,
             "RUNPOD_API_KEY": self.api_key,
             "RUNPOD_PROXY_URL_TEMPLATE": self.proxy_url_template,
         }
 
     async def start(self, port: int = 0, host: str = "127.0.0.1") -> RunPodFake:
         self.host = host
-        app = web.Application([(r"/graphql", GraphQLHandler, {"fake": self})])
+        app = web.Application(
+            [(r"/graphql", GraphQLHandler, {"fake": self}), *rest.routes(self)],
+            log_function=rest.log_request,
+        )
         self.server = HTTPServer(app, idle_connection_timeout=300)
         sockets = bind_sockets(port, host)
         self.port = sockets[0].getsockname()[1]
@@ -392,6 +451,33 @@ class RunPodFake:
         self.faults.append(fault)
         return fault
 
+    def take_fault(self, fields: list[str], rest: bool = False) -> Fault | None:
+        """The first fault that applies to this request, counted as hit."""
+        fault = next((f for f in self.faults if f.matches(fields, rest)), None)
+        if fault is not None:
+            fault.hits += 1
+        return fault
+
+    async def vanish(self, pod_id: str) -> None:
+        """RunPod ends the pod on its own (a host failure, a spot reclaim, the balance): it
+        is terminated, and every API answers as for a pod that is gone."""
+        pod = self.pods[pod_id]
+        if pod.desired_status == "TERMINATED":
+            return
+        pod.set_status("TERMINATED", "Terminated by Runpod")
+        await self._halt(pod)
+        self.terminated[pod_id] = pod
+        self.pods.pop(pod_id, None)
+        log.info("pod %s vanished", pod_id)
+
+    def log_lines(self, pod_id: str, source: str | None = None) -> list[str]:
+        """The pod's log lines as REST v2 serves them (one source, or both)."""
+        return [
+            entry.line
+            for entry in self.pod(pod_id).logs.lines
+            if source is None or entry.source == source
+        ]
+
     def pod(self, pod_id: str) -> FakePod:
         return self.pods.get(pod_id) or self.terminated[pod_id]
 
@@ -441,6 +527,10 @@ class RunPodFake:
                 record.error_messages.append(error.get("message") or "")
         return status, result, headers
 
+    def authenticate_rest(self, authorization: str | None):
+        """REST v2 takes the key as a bearer token only."""
+        return self._authenticate(authorization, None)
+
     def _authenticate(self, authorization: str | None, query_key: str | None):
         key = None
         if authorization and authorization.lower().startswith("bearer "):
@@ -457,9 +547,8 @@ class RunPodFake:
         except GraphQLError as err:
             raise _RequestFailed(400, _error(err.message, "GRAPHQL_PARSE_FAILED", err)) from None
         record.fields = _root_fields(document, operation_name)
-        fault = next((f for f in self.faults if f.matches(record.fields)), None)
+        fault = self.take_fault(record.fields)
         if fault is not None:
-            fault.hits += 1
             if not fault.after:
                 answer = await self._apply(fault, record)
                 if answer is not None:
@@ -472,7 +561,11 @@ class RunPodFake:
                 400,
                 {"errors": [_format(e, "GRAPHQL_VALIDATION_FAILED") for e in errors]},
             )
-        context = {"user": user, "read_only": read_only}
+        context = {
+            "user": user,
+            "read_only": read_only,
+            "creation_fault": fault if fault is not None and fault.shapes_pod else None,
+        }
         result = graphql.execute(
             self.schema,
             document,
@@ -696,6 +789,10 @@ class RunPodFake:
             stop_at=_parse_time(input.get("stopAfter")),
             gpu_ids=[f"GPU-{uuid.UUID(int=self.rng.getrandbits(128))}" for _ in range(gpu_count)],
         )
+        creation_fault = info.context.get("creation_fault")
+        if creation_fault is not None:
+            pod.slow_start_s = creation_fault.slow_start_s
+            pod.vanish_after_s = creation_fault.vanish_after_s
         pod.set_status("RUNNING", "Rented by User")
         self.pods[pod.id] = pod
         pod.start_task = self._spawn(self._start_container(pod))
@@ -731,6 +828,8 @@ class RunPodFake:
         self.capacity[key] -= pod.gpu_count
         pod.holds_gpus = True
         pod.exit_code = None
+        pod.start_failed = False
+        pod.phase = "PROVISIONING"
         pod.set_status("RUNNING", "Resumed by User")
         pod.start_task = self._spawn(self._start_container(pod))
         return pod.to_graphql()
@@ -738,9 +837,30 @@ class RunPodFake:
     # -- pod lifecycle -----------------------------------------------------------
 
     async def _start_container(self, pod: FakePod) -> None:
-        await asyncio.sleep(self.start_delay_s)
+        # PROVISIONING (the image is pulled) for the first half of the start delay, STARTING
+        # (the container is made) for the second; a slow-start fault adds silence before.
+        pod.set_phase("PROVISIONING")
+        if pod.slow_start_s:
+            await asyncio.sleep(pod.slow_start_s)
         if pod.desired_status != "RUNNING" or pod.id not in self.pods:
             return
+        image = pod.image_name or "runpod/base:latest"
+        repository, _, tag = image.rpartition(":")
+        if not repository or "/" in tag:
+            repository, tag = image, "latest"
+        digest = uuid.UUID(int=self.rng.getrandbits(128)).hex * 2
+        pod.system_line(f"{tag} Pulling from {repository}")
+        pod.system_line(f"Digest: sha256:{digest}")
+        pod.system_line(f"Status: Image is up to date for {image}")
+        await asyncio.sleep(self.start_delay_s / 2)
+        if pod.desired_status != "RUNNING" or pod.id not in self.pods:
+            return
+        pod.set_phase("STARTING")
+        pod.system_line(f"create container {image}")
+        await asyncio.sleep(self.start_delay_s / 2)
+        if pod.desired_status != "RUNNING" or pod.id not in self.pods:
+            return
+        pod.system_line("start container")
         address = self.addresses.take()
         container = runtime.Container(address=address, workdir=runtime.new_workdir(pod.id))
         pod.container = container
@@ -760,13 +880,23 @@ class RunPodFake:
                 container.follow_task = self._spawn(self._follow(pod, container, process))
         except (OSError, ValueError) as err:
             container.output.append(f"runpod-fake: container failed to start: {err}\n")
+            pod.system_line(f"error starting container: {err}")
             log.warning("pod %s: container failed to start: %s", pod.id, err)
             pod.exit_code = 127
+            pod.start_failed = True
             pod.set_status("EXITED", "Exited by Runpod")
             await self._release(pod)
             return
         pod.started_at = time.time()
+        pod.set_phase("RUNNING")
+        if pod.vanish_after_s is not None:
+            self._spawn(self._vanish_later(pod, pod.vanish_after_s))
         log.info("pod %s running on %s", pod.id, address)
+
+    async def _vanish_later(self, pod: FakePod, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if self.pods.get(pod.id) is pod:
+            await self.vanish(pod.id)
 
     def _command(self, pod: FakePod, container: runtime.Container):
         env = {k: os.environ[k] for k in runtime.HOST_ENV if k in os.environ}
@@ -800,8 +930,16 @@ class RunPodFake:
         self, pod: FakePod, container: runtime.Container, process: asyncio.subprocess.Process
     ) -> None:
         assert process.stdout is not None
-        async for line in process.stdout:
-            container.output.append(line.decode(errors="replace"))
+        # stderr is on the same pipe: the lines come interleaved as the process wrote them.
+        lines = podlogs.LineSplitter()
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while data := await process.stdout.read(65536):
+            container.output.append(text.decode(data))
+            for line in lines.feed(data):
+                pod.logs.append("container", line)
+        container.output.append(text.decode(b"", final=True))
+        for line in lines.finish():
+            pod.logs.append("container", line)
         code = await process.wait()
         if pod.container is container and pod.desired_status == "RUNNING":
             log.info("pod %s: its process exited with %s", pod.id, code)
@@ -829,6 +967,7 @@ class RunPodFake:
 
     async def stop_pod(self, pod_id: str) -> None:
         pod = self.pods[pod_id]
+        pod.system_line("stop container")
         pod.set_status("EXITED", "Stopped by User")
         await self._halt(pod)
 
@@ -955,7 +1094,4 @@ def _failure(fault: Fault) -> _RequestFailed:
         )
     if status == 500:
         return _RequestFailed(500, {"errors": [{"message": GENERIC_MESSAGE}]})
-    return _RequestFailed(
-        status,
-        f"<html><head><title>{status}</title></head><body>error code: {status}</body></html>",
-    )
+    return _RequestFailed(status, rest.edge_error_page(status))
