@@ -14,21 +14,24 @@ import json
 import logging
 import os
 import secrets
+import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import Application
 
+from .background import DaemonThreadPool
 from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
 from .cloud import Cloud
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
 from .inventory import Inventory
+from .lifecycle import HubWatch
 from .local import LocalInventory
 from .page import page_route
 
@@ -260,6 +263,40 @@ class ThinkubeService(Application):
         "(a 304 while nothing changed); 0: no refresh. E.g. `10`.",
     )
 
+    token_cache_seconds = Integer(
+        5,
+        config=True,
+        help="Seconds the hub's answer about a token is reused before the hub is asked "
+        "again; a browser's login cookie holds a token and is checked the same way. A "
+        "revoked token, or a browser logged out of the hub, stops working within this. At "
+        "least 1. E.g. `5`.",
+    )
+    hub_auth_timeout_seconds = Float(
+        5.0,
+        config=True,
+        help="Longest wait for the hub to check a token; past it (or when the hub cannot be "
+        "reached, or fails) the request gets 503 with the reason. E.g. `5`.",
+    )
+    stop_with_hub = Bool(
+        True,
+        config=True,
+        help="Stop when the hub process that started this service is gone (killed, crashed), "
+        "releasing the port for the next hub's service: on Linux through the parent-death "
+        "signal, elsewhere when the parent process changed and the hub's API has not "
+        "answered for hub_gone_seconds. False for a service started by something else than "
+        "the hub. E.g. `False`.",
+    )
+    hub_gone_seconds = Float(
+        10.0,
+        config=True,
+        help="With stop_with_hub, where the parent-death signal is not available: once the "
+        "hub process is gone, stop after its API has not answered for this long. E.g. `10`.",
+    )
+
+    # The pid of the process that started this one (the hub), recorded at the program's
+    # start; `python -m hub_service` sets it before anything else runs.
+    hub_pid = Integer(0)
+
     hub_auth = Instance(HubOAuth)
     catalog = Instance(Catalog, allow_none=True)
     registry = Instance(CollectorRegistry)
@@ -289,8 +326,20 @@ class ThinkubeService(Application):
                 "JUPYTERHUB_API_TOKEN is not set: run this service from JupyterHub "
                 "(c.JupyterHub.services, see docs/service.md)"
             )
-        self.hub_auth = HubOAuth(parent=self, cache_max_age=60)
-        self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="thinkube-db")
+        if self.token_cache_seconds < 1:
+            # HubAuth reads 0 as "cache forever": the opposite of what 0 seems to ask for
+            raise ServiceConfigError(
+                f"token_cache_seconds must be at least 1 (it is {self.token_cache_seconds})"
+            )
+        if not self.hub_pid:
+            self.hub_pid = os.getppid()
+        self.hub_auth = HubOAuth(parent=self, cache_max_age=self.token_cache_seconds)
+        # Daemon threads: a catalog call stuck in a slow database never holds the exit.
+        self._db_pool = DaemonThreadPool(2, "thinkube-db")
+        self._stopping: asyncio.Event | None = None
+        self._http_server: HTTPServer | None = None
+        self._stop_reason = ""
+        self.hub_watch: HubWatch | None = None
         self._catalog_writes = 0
         self._images_read: tuple[int, asyncio.Future[bytes]] | None = None
         self.openapi_bytes = OPENAPI_PATH.read_bytes()
@@ -447,8 +496,13 @@ class ThinkubeService(Application):
 
     def _log_request(self, handler: web.RequestHandler) -> None:
         status = handler.get_status()
+        cut = status == 500 and self._stopping is not None and self._stopping.is_set()
         if status < 400 or (status == 503 and isinstance(handler, ReadyHandler)):
             level = logging.DEBUG  # not ready is logged once, when it happens, by the inventory
+        elif cut:
+            # tornado's 500 for a request whose task the stop cancelled: its connection was
+            # already closed, nobody received it
+            level = logging.INFO
         else:
             level = logging.WARNING if status < 500 else logging.ERROR
         if all(level < sink.level for sink in self.log.handlers):
@@ -458,8 +512,8 @@ class ThinkubeService(Application):
         # Never the query string: it may carry a token.
         self.log.log(
             level,
-            "%d %s %s %.1fms",
-            status,
+            "%s %s %s %.1fms",
+            "cut by the stop:" if cut else status,
             handler.request.method,
             handler.request.path,
             1000 * handler.request.request_time(),
@@ -486,7 +540,13 @@ class ThinkubeService(Application):
             environ=os.environ,
         )
         server = HTTPServer(self.make_app(), xheaders=True)
-        server.listen(self.port, self.ip)
+        try:
+            server.listen(self.port, self.ip)
+        except OSError as err:
+            raise ServiceConfigError(
+                f"cannot listen on {self.ip}:{self.port}: {err.strerror or err}"
+            ) from None
+        self._http_server = server  # stopped even if the start is cut short
         await self.source.start()
         await self.cloud.start()
         self.log.info(
@@ -499,29 +559,95 @@ class ThinkubeService(Application):
         )
         return server
 
-    async def stop_async(self, server: HTTPServer) -> None:
-        server.stop()
-        if self.source is not None:
-            await self.source.stop()
+    def request_stop(self, reason: str) -> None:
+        """Stop serving (a signal, or the hub gone); the first reason is the one logged."""
+        if self._stopping is None or self._stopping.is_set():
+            return
+        self._stop_reason = reason
+        self._stopping.set()
+
+    async def stop_async(self, server: HTTPServer | None) -> None:
+        """Stop within about a second, whatever is under way: no new connections first (the
+        port is free for the next hub's service at once), then the background loops and
+        watches (cancelled, not awaited to their timeouts), the open connections, the
+        catalog. A part that outlasts its bound is logged and left behind."""
+        if server is not None:
+            server.stop()
+        parts = [part.stop() for part in (self.hub_watch, self.source) if part is not None]
         if self.cloud is not None:
-            await self.cloud.aclose()
-        self._db_pool.shutdown(wait=False)
+            parts.append(self.cloud.aclose())
+        await self._bounded(self._gather_logged(parts), 1.0, "the background loops")
+        if server is not None:
+            await self._bounded(server.close_all_connections(), 0.3, "the open connections")
+        self._db_pool.shutdown(wait=False, cancel_futures=True)
         if self.catalog is not None:
-            self.catalog.close()
+            loop = asyncio.get_running_loop()
+            closing = loop.run_in_executor(None, self.catalog.close)
+            await self._bounded(closing, 0.3, "the catalog's database connections")
+        await self._bounded(close_hub_http_client(), 0.2, "the hub API client")
+
+    async def _gather_logged(self, steps: list[Awaitable]) -> None:
+        for result in await asyncio.gather(*steps, return_exceptions=True):
+            if isinstance(result, Exception):
+                self.log.warning("stopping: a background part failed: %r", result)
+
+    async def _bounded(self, step: Awaitable, seconds: float, what: str) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await step
+        except TimeoutError:
+            self.log.warning("stopping: not waiting longer than %gs for %s", seconds, what)
+        except Exception as err:  # stopping goes on whatever one part did
+            self.log.warning("stopping: %s failed: %r", what, err)
 
     def start(self) -> None:
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        import signal
-
-        server = await self.start_async()
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # Blocking helpers (name lookups, psutil and NVML reads) in daemon threads too:
+        # asyncio.run waits for the default executor's threads when it ends.
+        loop.set_default_executor(DaemonThreadPool(8, "thinkube-blocking"))
+        self._stopping = asyncio.Event()
+        # Before anything starts, so a signal during the start stops it too.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await self.stop_async(server)
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        try:
+            starting = asyncio.ensure_future(self.start_async())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a start that failed: its error
+                if self.stop_with_hub:
+                    self.hub_watch = HubWatch(
+                        self.hub_pid,
+                        self.hub_auth.api_url.rstrip("/") + "/",
+                        self.request_stop,
+                        grace_s=self.hub_gone_seconds,
+                    )
+                    self.hub_watch.start()
+            else:
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+            await stopping
+        finally:
+            if self._stop_reason:
+                # SIGTERM also when the hub died (the parent-death signal)
+                self.log.info("%s stopping: %s", self.name, self._stop_reason)
+            await self.stop_async(self._http_server)
+            if self._stop_reason:
+                self.log.info("%s stopped", self.name)
+
+
+async def close_hub_http_client() -> None:
+    """JupyterHub 6 checks tokens through a shared aiohttp session: close it (5.x uses
+    tornado's client, nothing to close)."""
+    try:
+        from jupyterhub.httpclient import JupyterHubHTTPClient
+    except ImportError:
+        return
+    if JupyterHubHTTPClient.initialized():
+        await JupyterHubHTTPClient.loop_instance().close()
 
 
 def options_markdown() -> str:
@@ -559,8 +685,11 @@ class ServiceConfigError(Exception):
     """A configuration the service cannot start with; `main` reports it without a traceback."""
 
 
-def main(argv=None) -> None:
+def main(argv=None, hub_pid: int | None = None) -> None:
+    """Run the service; `hub_pid` is the process that started it (default: the parent)."""
     app = ThinkubeService.instance()
+    if hub_pid:
+        app.hub_pid = hub_pid
     try:
         app.initialize(argv)
         app.start()

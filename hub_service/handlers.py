@@ -3,11 +3,14 @@ the inventory's published bytes or the catalog.
 
 Authentication is the hub's: an API token (``Authorization: token ...``) or the OAuth cookie
 a browser gets by logging in through the hub (:class:`HubOAuth`). Tokens in the URL are
-ignored (HubAuth's default), and no log line carries a query string or a header.
+ignored (HubAuth's default), and no log line carries a query string or a header. The hub's
+answer about a token is reused for ``token_cache_seconds``; when the hub cannot be asked
+(unreachable, too slow, failing) the request gets 503 with the reason, never a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -40,6 +43,16 @@ FRESHNESS_HEADERS = {
 # Bodies above this are written separately from the headers (see JSONHandler.send_json).
 LARGE_BODY_BYTES = 64 * 1024
 
+HUB_UNREACHABLE = "The hub cannot be reached to check your token; try again in a moment."
+HUB_RETRY_AFTER_SECONDS = 5
+
+
+class HubUnreachable(web.HTTPError):
+    """The hub could not be asked to check a token: 503, with a Retry-After."""
+
+    def __init__(self) -> None:
+        super().__init__(503, HUB_UNREACHABLE)
+
 
 class ServiceAuth(HubOAuthenticated):
     """Every handler shares the service's one HubOAuth (its token cache and settings),
@@ -52,6 +65,33 @@ class ServiceAuth(HubOAuthenticated):
     @property
     def hub_auth(self) -> HubOAuth:
         return self.service.hub_auth
+
+    async def ask_hub(self, check: Any) -> Any:
+        """Await `check`, a call of HubAuth that asks the hub (a token's owner, an OAuth
+        code's token), within ``hub_auth_timeout_seconds``. The hub unreachable, too slow or
+        failing (HubAuth raises a 5xx for each) is a 503 with the reason: the request may be
+        fine, the hub is not."""
+        timeout = self.service.hub_auth_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                return await check
+        except TimeoutError:
+            # HubAuth logs its own failures (unreachable, 5xx), not a wait cut short
+            self.service.log.warning("the hub did not check a token within %gs", timeout)
+        except web.HTTPError as err:
+            if err.status_code < 500:
+                raise
+        raise HubUnreachable()
+
+    def error_message(self, kwargs: dict) -> str:
+        """An error's words for the body (what the raised HTTPError says, else the status's
+        name); a Retry-After header when the hub could not be asked."""
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, HubUnreachable):
+            self.set_header("Retry-After", str(HUB_RETRY_AFTER_SECONDS))
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            return exc.log_message % exc.args if exc.args else exc.log_message
+        return self._reason
 
     def log_exception(self, typ, value, tb) -> None:
         # tornado's default logs the full URI, query string included; the access log line
@@ -80,7 +120,7 @@ class JSONHandler(ServiceAuth, web.RequestHandler):
         self.started = time.perf_counter()
         if self.public:
             return
-        model = await self.hub_auth.get_user(self, sync=False)
+        model = await self.ask_hub(self.hub_auth.get_user(self, sync=False))
         if not model:
             if self.request.method == "GET" and "text/html" in self.request.headers.get(
                 "Accept", ""
@@ -115,11 +155,7 @@ class JSONHandler(ServiceAuth, web.RequestHandler):
         )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        message = self._reason
-        exc = kwargs.get("exc_info", (None, None))[1]
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        self.send_json({"status": status_code, "error": message}, status_code)
+        self.send_json({"status": status_code, "error": self.error_message(kwargs)}, status_code)
 
     def send_json(self, body: Any, status: int = 200, cache_control: str = "no-store") -> None:
         self.set_status(status)
@@ -390,7 +426,18 @@ class NotFoundHandler(JSONHandler):
 
 
 class OAuthCallbackHandler(ServiceAuth, HubOAuthCallbackHandler):
-    pass
+    """The end of a browser's login through the hub: the hub is asked for the code's token
+    and its owner (a 503 with the reason if it cannot be asked); plain JSON errors."""
+
+    async def get(self) -> None:
+        # HubOAuthCallbackHandler.get asks the hub twice (the code's token, its owner);
+        # one bound for the whole exchange.
+        await self.ask_hub(super().get())
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        body = {"status": status_code, "error": self.error_message(kwargs)}
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
 
 
 def routes(prefix: str) -> list[tuple]:

@@ -4,6 +4,7 @@ documentation of its options, and the example hub configuration."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,33 @@ def test_example_hub_config_wires_the_service(tmp_path):
     roles = {role["name"]: role for role in config.JupyterHub.load_roles}
     assert "access:services!service=thinkube-resources" in roles["user"]["scopes"]
     assert "custom:thinkube:images:write" in roles["thinkube-image-writers"]["scopes"]
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_service(
+            "--db-url",
+            f"sqlite:///{tmp_path / 'c.sqlite'}",
+            env={
+                "JUPYTERHUB_API_TOKEN": "not-a-real-token",
+                "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
+            },
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_token_cache_of_0_is_refused_not_read_as_forever(tmp_path):
+    result = run_service(
+        "--ThinkubeService.token_cache_seconds=0",
+        "--db-url",
+        f"sqlite:///{tmp_path / 'c.sqlite'}",
+        env={"JUPYTERHUB_API_TOKEN": "not-a-real-token"},
+    )
+    assert result.returncode == 1
+    assert "token_cache_seconds must be at least 1 (it is 0)" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,13 +1,16 @@
-"""Stopping the service's background loops (hub_service/background.py)."""
+"""Stopping the service's background loops, and the daemon threads its blocking calls run
+in (hub_service/background.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 
 import pytest
 
-from hub_service.background import cancel_and_wait
+from hub_service.background import DaemonThreadPool, cancel_and_wait
 
 
 async def forever() -> None:
@@ -48,3 +51,54 @@ async def test_cancelling_the_caller_still_cancels_the_caller():
     with pytest.raises(asyncio.CancelledError):
         await stopper
     loop_task.cancel()
+
+
+# --- the threads blocking calls run in ------------------------------------------------------
+
+
+async def test_the_pool_runs_blocking_calls_for_the_loop():
+    pool = DaemonThreadPool(2, "test-pool")
+    loop = asyncio.get_running_loop()
+    try:
+        results = await asyncio.gather(*(loop.run_in_executor(pool, pow, 2, n) for n in range(10)))
+        assert results == [2**n for n in range(10)]
+        with pytest.raises(ZeroDivisionError):
+            await loop.run_in_executor(pool, divmod, 1, 0)
+        assert all(thread.daemon for thread in threading.enumerate() if "test-pool" in thread.name)
+    finally:
+        pool.shutdown(wait=True)
+    assert not any("test-pool" in thread.name for thread in threading.enumerate())
+
+
+def test_shutdown_does_not_wait_for_a_stuck_call_and_cancels_the_queued(caplog):
+    release = threading.Event()
+    pool = DaemonThreadPool(1, "stuck-pool", join_timeout_s=0.2)
+    stuck = pool.submit(release.wait, 30)
+    queued = pool.submit(pow, 2, 3)
+    time.sleep(0.05)  # the one thread has taken the stuck call
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="thinkube.background"):
+        pool.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - started < 1
+    assert "not waiting for blocking calls still under way in ['stuck-pool-0']" in caplog.text
+    assert queued.cancelled()
+    assert not stuck.done()
+    with pytest.raises(RuntimeError, match="after the service has stopped"):
+        pool.submit(pow, 2, 3)
+    release.set()
+    assert stuck.result(5) is True
+
+
+def test_asyncio_takes_the_pool_as_its_default_executor_and_does_not_wait_on_it():
+    release = threading.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(DaemonThreadPool(2, "default-pool", join_timeout_s=0.2))
+        loop.run_in_executor(None, release.wait, 30)  # never awaited: stuck past the end
+        assert await loop.run_in_executor(None, pow, 3, 2) == 9
+
+    started = time.monotonic()
+    asyncio.run(main())  # ends by shutting down the default executor
+    assert time.monotonic() - started < 2
+    release.set()
