@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
+from xml.etree import ElementTree
 
 import hypothesis
 import hypothesis.errors
@@ -103,3 +106,63 @@ async def test_the_live_service_matches_its_openapi_document(hub):
     # the service it checked is the one the document describes
     served = await hub.client(token).get("api/v1/openapi.json")
     assert served.json() == json.loads(OPENAPI_PATH.read_text())
+
+
+CLI_MAX_EXAMPLES = 30  # per operation, in each phase that generates
+
+
+async def run_schemathesis_cli(base_url: str, token: str, workdir: Path) -> tuple[int, str]:
+    """`schemathesis run --checks all` against the live service: the examples, coverage
+    (boundaries of every constraint, methods the document does not list) and fuzzing
+    phases, positive and negative, seeded so that a failure reproduces."""
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        str(OPENAPI_PATH),
+        "--url",
+        base_url,
+        "--header",
+        f"Authorization: token {token}",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        str(CLI_MAX_EXAMPLES),
+        "--seed",
+        "20260601",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "10",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(workdir / "junit.xml"),
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=workdir,  # schemathesis keeps a cache in the folder it runs in
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    return process.returncode, output.decode(errors="replace")
+
+
+async def test_all_checks_find_no_server_error_and_no_mismatch(hub, tmp_path):
+    """Every check schemathesis has (`--checks all`): no 5xx, answers as documented, schema-
+    valid requests accepted and invalid ones refused (so every bound the document states
+    is the service's), 405 with `Allow` for methods it does not list, no answer without
+    credentials."""
+    token = hub.token(
+        "schemathesis-cli", [ACCESS_SCOPE, IMAGES_WRITE_SCOPE], roles_=[IMAGE_WRITERS_ROLE]
+    )
+    returncode, output = await run_schemathesis_cli(hub.service_url.rstrip("/"), token, tmp_path)
+    assert returncode == 0, output
+    print(output[-2500:])
+    assert token not in output
+    cases = ElementTree.parse(tmp_path / "junit.xml").getroot()
+    assert int(cases.get("tests")) >= 15  # every operation of the document
