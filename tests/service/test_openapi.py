@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from hub_service import catalog
 from hub_service.handlers import OPENAPI_PATH
 from tests.hub_fixtures import ACCESS_SCOPE, IMAGE_WRITERS_ROLE, IMAGES_WRITE_SCOPE
 from tests.kubesim.generator import populate
@@ -108,7 +109,7 @@ async def test_the_live_service_matches_its_openapi_document(hub):
     assert served.json() == json.loads(OPENAPI_PATH.read_text())
 
 
-CLI_MAX_EXAMPLES = 30  # per operation, in each phase that generates
+CLI_MAX_EXAMPLES = 50  # per operation, in each phase that generates
 
 
 async def run_schemathesis_cli(base_url: str, token: str, workdir: Path) -> tuple[int, str]:
@@ -162,7 +163,38 @@ async def test_all_checks_find_no_server_error_and_no_mismatch(hub, tmp_path):
     )
     returncode, output = await run_schemathesis_cli(hub.service_url.rstrip("/"), token, tmp_path)
     assert returncode == 0, output
-    print(output[-2500:])
     assert token not in output
     cases = ElementTree.parse(tmp_path / "junit.xml").getroot()
     assert int(cases.get("tests")) >= 15  # every operation of the document
+
+
+def test_the_document_states_the_catalogs_own_bounds():
+    """The bounds and patterns in the document are the ones the catalog applies (the same
+    constants), so that what schemathesis finds valid is what the service takes."""
+    schemas = json.loads(OPENAPI_PATH.read_text())["components"]["schemas"]
+    for name in ("Image", "ImageInput"):
+        entry = schemas[name]["properties"]
+        for field, limit in (("display_name", catalog.MAX_DISPLAY_NAME), ("kind", 63)):
+            assert (entry[field]["minLength"], entry[field]["maxLength"]) == (1, limit)
+        assert entry["display_name"]["pattern"] == catalog.LINE_PATTERN
+        assert entry["kind"]["pattern"] == catalog.SLUG_PATTERN
+        assert entry["description"]["maxLength"] == catalog.MAX_DESCRIPTION
+        assert entry["description"]["pattern"] == catalog.TEXT_PATTERN
+        assert entry["image"]["maxLength"] == catalog.MAX_IMAGE_REFERENCE
+        assert entry["image"]["pattern"] == catalog.IMAGE_REFERENCE_PATTERN
+        assert entry["tags"]["maxItems"] == catalog.MAX_TAGS
+        assert entry["tags"]["items"]["maxLength"] == catalog.MAX_TAG
+        assert entry["tags"]["items"]["pattern"] == catalog.LINE_PATTERN
+        assert entry["pull_policy"]["enum"] == list(catalog.PULL_POLICIES)
+    assert "name" in schemas["Image"]["properties"]
+    assert "name" not in schemas["ImageInput"]["properties"]
+    metadata = schemas["ImageMetadata"]["properties"]
+    assert (metadata["cpu_limit"]["minimum"], metadata["cpu_limit"]["maximum"]) == (
+        float(catalog.CPU_LIMIT_MIN),
+        float(catalog.CPU_LIMIT_MAX),
+    )
+    assert metadata["mem_limit"]["pattern"] == catalog.MEMORY_PATTERN
+    assert metadata["mem_limit"]["maxLength"] == catalog.MAX_MEMORY_TEXT
+    cloud_image = metadata["cloud_image"]["oneOf"][0]
+    assert cloud_image["pattern"] == catalog.IMAGE_REFERENCE_PATTERN
+    assert cloud_image["maxLength"] == catalog.MAX_IMAGE_REFERENCE
