@@ -7,8 +7,9 @@ ignored (HubAuth's default), and no log line carries a query string or a header.
 
 Every handler streams its request body (:class:`BoundedBody`), so nothing of a body is read
 before the request is authenticated, its method allowed and its declared size within the
-route's limit: a body is refused (401, 403, 405, 413, 415) with at most one chunk of it read,
-and a body that grows past the limit while it arrives is refused when it does.
+route's limit; the body of a refused request (401, 403, 405, 413, 415) is dropped as it
+arrives, never kept, and a body that grows past the limit while it arrives is refused when
+it does.
 """
 
 from __future__ import annotations
@@ -234,6 +235,11 @@ class BoundedBody(web.RequestHandler):
         return bytes(self._body or b"")
 
 
+def _quoted(name: str) -> str:
+    """A name from the URL as an error quotes it: cut short."""
+    return repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
+
+
 def _message(error: web.HTTPError) -> str:
     if not error.log_message:
         return error.reason or "error"
@@ -424,7 +430,7 @@ class NodeHandler(JSONHandler):
     def get(self, name: str) -> None:
         cached = self.service.source.published.nodes.get(name)
         if cached is None:
-            raise web.HTTPError(404, f"no node named {name!r}")
+            raise web.HTTPError(404, f"no node named {_quoted(name)}")
         self.send_document(cached)
 
 
@@ -543,7 +549,7 @@ class ImageHandler(JSONHandler):
     async def get(self, name: str) -> None:
         image = await self.service.run_db(self.service.catalog.get, name)
         if image is None:
-            raise web.HTTPError(404, f"no image named {name!r}")
+            raise web.HTTPError(404, f"no image named {_quoted(name)}")
         self.send_json(image)
 
     async def put(self, name: str) -> None:
@@ -573,7 +579,7 @@ class ImageHandler(JSONHandler):
         deleted = await self.service.run_db(self.service.catalog.delete, name)
         self.service.catalog_changed()
         if not deleted:
-            raise web.HTTPError(404, f"no image named {name!r}")
+            raise web.HTTPError(404, f"no image named {_quoted(name)}")
         self.service.log.info(
             "image %s deleted by %s %s",
             name,

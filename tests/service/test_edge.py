@@ -555,6 +555,14 @@ async def test_the_served_document_refuses_what_the_service_refuses(hub, reader)
     }
 
 
+async def test_a_long_name_in_the_url_is_not_echoed_back_whole(hub, reader):
+    for path in ("api/v1/cluster/resources/", "api/v1/images/"):
+        response = await reader.get(path + "n" * 4000)
+        assert response.status_code == 404
+        assert len(response.content) < 300
+        assert response.json()["error"].endswith("...")
+
+
 # -- no request input gets a 5xx --------------------------------------------------------------
 
 
