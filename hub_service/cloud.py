@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -52,11 +53,16 @@ class FilterError(ValueError):
         self.field = field
 
 
+# A filter's number in ASCII digits: float() alone would also take "４", "1_000", "nan" and
+# "infinity".
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def _number(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise FilterError(name, f"{name} must be a number, not {text[:40]!r}") from None
+    text = text.strip()
+    if not _NUMBER_RE.fullmatch(text):
+        raise FilterError(name, f"{name} must be a number in digits 0-9, not {text[:40]!r}")
+    value = float(text)
     if not math.isfinite(value) or value < 0:
         raise FilterError(name, f"{name} must be a finite number of at least 0")
     return value

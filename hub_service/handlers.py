@@ -6,6 +6,12 @@ a browser gets by logging in through the hub (:class:`HubOAuth`). Tokens in the 
 ignored (HubAuth's default), and no log line carries a query string or a header. The hub's
 answer about a token is reused for ``token_cache_seconds``; when the hub cannot be asked
 (unreachable, too slow, failing) the request gets 503 with the reason, never a 500.
+
+Every handler streams its request body (:class:`BoundedBody`), so nothing of a body is read
+before the request is authenticated, its method allowed and its declared size within the
+route's limit; the body of a refused request (401, 403, 405, 413, 415) is dropped as it
+arrives, never kept, and a body that grows past the limit while it arrives is refused when
+it does.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 from jupyterhub.utils import url_path_join
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
+from tornado.ioloop import IOLoop
 
-from .catalog import CatalogError
+from .bodies import BodyError, check_json_media_type, parse_json_body
+from .catalog import CatalogError, CatalogFull
 from .cloud import FILTER_NAMES, FilterError, offer_filters
 
 if TYPE_CHECKING:
@@ -52,6 +60,20 @@ class HubUnreachable(web.HTTPError):
 
     def __init__(self) -> None:
         super().__init__(503, HUB_UNREACHABLE)
+
+# The largest request body any route takes: a catalog entry (a few KB at the catalog's
+# bounds) as JSON.
+MAX_ENTRY_BODY_BYTES = 64 * 1024
+
+# A refused request's body is read and dropped (see BoundedBody) up to this much, for this
+# long at most, and while it keeps coming.
+DRAIN_BYTES = 128 * 1024 * 1024
+DRAIN_SECONDS = 30.0
+DRAIN_IDLE_SECONDS = 5.0
+
+# Methods a handler may implement; HEAD and OPTIONS are implemented by none, so they are
+# answered 405 like any other method a route does not take.
+_METHODS = ("GET", "PUT", "DELETE", "POST", "PATCH")
 
 
 class ServiceAuth(HubOAuthenticated):
@@ -106,11 +128,181 @@ class ServiceAuth(HubOAuthenticated):
         )
 
 
-class JSONHandler(ServiceAuth, web.RequestHandler):
-    """Hub tokens or hub OAuth cookies; plain JSON errors."""
+class BoundedBody(web.RequestHandler):
+    """The request body as it arrives (the subclass is a ``stream_request_body`` handler;
+    its prepare calls :meth:`begin_body` first): kept up to ``max_body_bytes``, refused with
+    413 past it. ``allowed_methods`` are the methods the class implements; a 405 says them
+    in ``Allow``.
 
-    required_scopes: tuple[str, ...] = ()  # beyond access to the service
+    A request refused in prepare (:meth:`refuse`) is answered once tornado has read its
+    body, dropping it as it comes, never keeping it: an answer finished before the body is
+    read makes tornado close the connection, and whoever is still sending, or about to send
+    the next request on it (the hub's proxy above all), may then see a reset connection (the
+    proxy answers 503) instead of the answer. The dropping stops, and the answer goes out
+    with the connection closed after it, past DRAIN_BYTES, DRAIN_SECONDS, or
+    DRAIN_IDLE_SECONDS without data; at once for a body declared larger than DRAIN_BYTES,
+    and for a client that waits for ``100 Continue`` before sending its body. An answer
+    finished before the body is read (those, a redirect to the hub's login, tornado's own
+    errors) says ``Connection: close``.
+    """
+
+    max_body_bytes = 0  # a route that takes a body raises it for the methods that do
+    methods_note = ""  # said after the methods a route takes, in a 405
+    _body: bytearray | None = None
+    _admitted = False  # prepare is over and tornado reads the body
+    _refusal: web.HTTPError | None = None  # answered once the body is read
+    _dropped = 0
+    _drain_started = 0.0
+    _last_data = 0.0
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        return [
+            method
+            for method in _METHODS
+            if getattr(cls, method.lower()) is not getattr(web.RequestHandler, method.lower())
+        ]
+
+    def set_status(self, status_code: int, reason: str | None = None) -> None:
+        super().set_status(status_code, reason)
+        if status_code == 405:  # here, so that every way of answering 405 says it
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+
+    def method_not_allowed(self) -> web.HTTPError:
+        return web.HTTPError(
+            405,
+            f"{self.request.method[:20]} is not a method of this route "
+            f"(it takes {', '.join(self.allowed_methods())}){self.methods_note}",
+        )
+
+    def begin_body(self) -> None:
+        """First thing in prepare. tornado's own limit on a body would answer a bare 400
+        (in place of this handler's JSON 413, or written after another answer), so it is
+        lifted: this handler counts instead (data_received)."""
+        self._body = bytearray()
+        set_limit = getattr(self.request.connection, "set_max_body_size", None)
+        if set_limit is not None:
+            set_limit(max(self._declared_length(), 1 << 62))
+
+    def limit_body(self) -> None:
+        """Before the body is read: 413 for one declared larger than the route takes."""
+        if self._declared_length() > self.max_body_bytes:
+            raise web.HTTPError(413, self._too_large())
+
+    def _declared_length(self) -> int:
+        text = self.request.headers.get("Content-Length", "").strip()
+        return int(text) if text.isascii() and text.isdigit() else 0
+
+    def _body_on_its_way(self) -> bool:
+        transfer = self.request.headers.get("Transfer-Encoding", "").lower()
+        return self._declared_length() > 0 or "chunked" in transfer
+
+    def _too_large(self) -> str:
+        if self.max_body_bytes:
+            return f"the body is larger than this route takes ({self.max_body_bytes} bytes)"
+        return f"{self.request.method[:20]} here takes no body"
+
+    def refuse(self, error: web.HTTPError) -> None:
+        """In prepare: answer ``error`` (as write_error writes it) without keeping any of the
+        body (see the class's description)."""
+        self._refusal = error
+        on_its_way = self._body_on_its_way()
+        if on_its_way and (
+            self.request.headers.get("Expect", "").lower() == "100-continue"
+            or self._declared_length() > DRAIN_BYTES
+        ):
+            self._answer_refusal()
+            return
+        self._admitted = True
+        # tornado calls the request's method once the body has arrived: now that answers.
+        setattr(self, self.request.method.lower(), self._answer_refusal)
+        if on_its_way:
+            self._drain_started = self._last_data = time.monotonic()
+            IOLoop.current().call_later(1.0, self._check_draining)
+
+    def admitted(self) -> None:
+        """At the end of prepare, for a request that goes on."""
+        self._admitted = True
+
+    def finish(self, chunk: Any = None) -> Any:
+        if not self._admitted and not self._headers_written:
+            # Finished before its body is read: tornado closes the connection after this.
+            self.set_header("Connection", "close")
+        return super().finish(chunk)
+
+    def _answer_refusal(self, *args: Any, **kwargs: Any) -> None:
+        error = self._refusal
+        if error is not None and not self._finished:
+            self.send_error(error.status_code, exc_info=(type(error), error, None))
+
+    def _stop_draining(self) -> None:
+        """The body is not read to its end: tornado closes the connection after this."""
+        self._admitted = False
+        self._answer_refusal()
+
+    def _check_draining(self) -> None:
+        if self._finished:
+            return
+        now = time.monotonic()
+        if now - self._last_data > DRAIN_IDLE_SECONDS or now - self._drain_started > DRAIN_SECONDS:
+            self._stop_draining()
+        else:
+            IOLoop.current().call_later(1.0, self._check_draining)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._answer_refusal()  # gone before its answer: recorded all the same
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        if self._refusal is not None:
+            self._dropped += len(chunk)
+            self._last_data = time.monotonic()
+            if self._dropped > DRAIN_BYTES:
+                self._stop_draining()
+            return
+        if self._body is None:
+            self._body = bytearray()
+        if len(self._body) + len(chunk) > self.max_body_bytes:
+            self._body = None
+            self.refuse(web.HTTPError(413, self._too_large()))
+            return
+        self._body += chunk
+
+    @property
+    def body(self) -> bytes:
+        return bytes(self._body or b"")
+
+
+def _quoted(name: str) -> str:
+    """A name from the URL as an error quotes it: cut short."""
+    return repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
+
+
+def _message(error: web.HTTPError) -> str:
+    if not error.log_message:
+        return error.reason or "error"
+    return error.log_message % error.args if error.args else error.log_message
+
+
+@web.stream_request_body
+class JSONHandler(ServiceAuth, BoundedBody):
+    """Hub tokens or hub OAuth cookies; plain JSON errors.
+
+    Before any of the body is read (:meth:`admit`), in this order: who is asking (401, or
+    the hub's login for a browser), access to the service (403), the method (405, with
+    ``Allow``; a method the route does not take says nothing about the scopes the others
+    need), the scopes of the method (403), the body's declared size (413) and what else a
+    route checks before reading it (415).
+    """
+
     public = False
+
+    @property
+    def required_scopes(self) -> tuple[str, ...]:
+        """Scopes the request's method needs beyond access to the service."""
+        return ()
 
     @property
     def hub_scopes(self) -> set[str]:
@@ -118,31 +310,47 @@ class JSONHandler(ServiceAuth, web.RequestHandler):
 
     async def prepare(self) -> None:
         self.started = time.perf_counter()
-        if self.public:
+        self.begin_body()
+        try:
+            await self.admit()
+        except web.HTTPError as error:
+            self.refuse(error)
             return
-        model = await self.ask_hub(self.hub_auth.get_user(self, sync=False))
-        if not model:
-            if self.request.method == "GET" and "text/html" in self.request.headers.get(
-                "Accept", ""
-            ):
-                # A person in a browser: send them through the hub's OAuth login.
-                self.redirect(self.get_login_url())
-                return
-            raise web.HTTPError(
-                401,
-                "authentication required: send a hub API token (Authorization: token ...) "
-                "or log in through the hub",
-            )
-        if not self.hub_auth.check_scopes(self.hub_scopes, model):
-            raise web.HTTPError(
-                403,
-                f"{model.get('kind', 'user')} {model.get('name')} may not use this service "
-                f"(needs the scope access:services!service={self.service.service_name})",
-            )
-        missing = [s for s in self.required_scopes if not self.hub_auth.check_scopes({s}, model)]
-        if missing:
-            raise web.HTTPError(403, f"this needs the scope {', '.join(missing)}")
-        self.current_user = model
+        self.admitted()
+
+    async def admit(self) -> None:
+        """Raise HTTPError for a request this route refuses before reading its body."""
+        model = None
+        if not self.public:
+            model = await self.ask_hub(self.hub_auth.get_user(self, sync=False))
+            if not model:
+                if self.request.method == "GET" and "text/html" in self.request.headers.get(
+                    "Accept", ""
+                ):
+                    # A person in a browser: send them through the hub's OAuth login.
+                    self.redirect(self.get_login_url())
+                    return
+                raise web.HTTPError(
+                    401,
+                    "authentication required: send a hub API token (Authorization: token ...) "
+                    "or log in through the hub",
+                )
+            if not self.hub_auth.check_scopes(self.hub_scopes, model):
+                raise web.HTTPError(
+                    403,
+                    f"{model.get('kind', 'user')} {model.get('name')} may not use this service "
+                    f"(needs the scope access:services!service={self.service.service_name})",
+                )
+            self.current_user = model
+        if self.request.method not in self.allowed_methods():
+            raise self.method_not_allowed()
+        if model is not None:
+            missing = [
+                s for s in self.required_scopes if not self.hub_auth.check_scopes({s}, model)
+            ]
+            if missing:
+                raise web.HTTPError(403, f"this needs the scope {', '.join(missing)}")
+        self.limit_body()
 
     def compute_etag(self) -> str | None:
         # Not tornado's hash of every body (a 3 MB node list at 5,000 nodes): the routes
@@ -155,7 +363,16 @@ class JSONHandler(ServiceAuth, web.RequestHandler):
         )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.send_json({"status": status_code, "error": self.error_message(kwargs)}, status_code)
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if status_code == 405 and not isinstance(exc, web.HTTPError):
+            # tornado's, for a method no handler can have (TRACE)
+            message = _message(self.method_not_allowed())
+        else:
+            message = self.error_message(kwargs)
+        document: dict[str, Any] = {"status": status_code, "error": message}
+        if status_code in (413, 415):  # refusals of a body, like its 400s
+            document["field"] = None
+        self.send_json(document, status_code)
 
     def send_json(self, body: Any, status: int = 200, cache_control: str = "no-store") -> None:
         self.set_status(status)
@@ -170,8 +387,8 @@ class JSONHandler(ServiceAuth, web.RequestHandler):
             self.flush()
         self.finish(data)
 
-    def send_bad_request(self, field: str | None, message: str) -> None:
-        self.send_json({"status": 400, "error": message, "field": field}, 400)
+    def send_bad_request(self, field: str | None, message: str, status: int = 400) -> None:
+        self.send_json({"status": status, "error": message, "field": field}, status)
 
     def freshness(self) -> dict:
         """generated_at / resource_version / stale / age_seconds of the inventory data, also
@@ -253,7 +470,7 @@ class NodeHandler(JSONHandler):
     def get(self, name: str) -> None:
         cached = self.service.source.published.nodes.get(name)
         if cached is None:
-            raise web.HTTPError(404, f"no node named {name!r}")
+            raise web.HTTPError(404, f"no node named {_quoted(name)}")
         self.send_document(cached)
 
 
@@ -341,40 +558,50 @@ class ImagesHandler(JSONHandler):
 
 
 class JupyterImagesHandler(ImagesHandler):
-    """``images/jupyter`` is the Jupyter list, so no single image can be called ``jupyter``."""
+    """``images/jupyter`` is the Jupyter list (GET alone), so no single image can be called
+    ``jupyter``: a PUT or DELETE there is a method the list does not take."""
 
     kind = "jupyter"
-
-    @property
-    def required_scopes(self) -> tuple[str, ...]:
-        return () if self.request.method == "GET" else (self.service.images_write_scope,)
-
-    def put(self) -> None:
-        self.send_bad_request("name", "'jupyter' is reserved (images/jupyter lists Jupyter images)")
-
-    def delete(self) -> None:
-        raise web.HTTPError(404, "no image named 'jupyter'")
+    methods_note = ": it is the list of Jupyter images, and no image can be called 'jupyter'"
 
 
 class ImageHandler(JSONHandler):
     @property
     def required_scopes(self) -> tuple[str, ...]:
-        return () if self.request.method == "GET" else (self.service.images_write_scope,)
+        if self.request.method in ("PUT", "DELETE"):
+            return (self.service.images_write_scope,)
+        return ()
+
+    @property
+    def max_body_bytes(self) -> int:  # type: ignore[override]
+        return MAX_ENTRY_BODY_BYTES if self.request.method == "PUT" else 0
+
+    async def admit(self) -> None:
+        await super().admit()
+        if self._finished or self.request.method != "PUT":
+            return
+        # A body that is not JSON is refused before it is read.
+        try:
+            check_json_media_type(self.request.headers.get("Content-Type"))
+        except BodyError as err:
+            raise web.HTTPError(err.status, str(err)) from None
 
     async def get(self, name: str) -> None:
         image = await self.service.run_db(self.service.catalog.get, name)
         if image is None:
-            raise web.HTTPError(404, f"no image named {name!r}")
+            raise web.HTTPError(404, f"no image named {_quoted(name)}")
         self.send_json(image)
 
     async def put(self, name: str) -> None:
         try:
-            body = json.loads(self.request.body or b"")
-        except ValueError:
-            self.send_bad_request(None, "the body is not valid JSON")
-            return
-        try:
+            body = parse_json_body(self.body, self.request.headers.get("Content-Type"))
             entry, created = await self.service.run_db(self.service.catalog.put, name, body)
+        except BodyError as err:
+            self.send_bad_request(err.field, str(err), err.status)
+            return
+        except CatalogFull as err:
+            self.send_bad_request(err.field, str(err), 409)
+            return
         except CatalogError as err:
             self.send_bad_request(err.field, str(err))
             return
@@ -392,7 +619,7 @@ class ImageHandler(JSONHandler):
         deleted = await self.service.run_db(self.service.catalog.delete, name)
         self.service.catalog_changed()
         if not deleted:
-            raise web.HTTPError(404, f"no image named {name!r}")
+            raise web.HTTPError(404, f"no image named {_quoted(name)}")
         self.service.log.info(
             "image %s deleted by %s %s",
             name,
@@ -416,18 +643,33 @@ class OpenAPIHandler(JSONHandler):
 
 
 class NotFoundHandler(JSONHandler):
-    """Any other path under the prefix: a JSON 404, not tornado's HTML page."""
+    """Any other path under the prefix: a JSON 404, not tornado's HTML page (any method; the
+    body is never read)."""
 
     public = True
 
     def prepare(self) -> None:
         self.started = time.perf_counter()
-        raise web.HTTPError(404, "no such route")
+        self.begin_body()
+        self.refuse(web.HTTPError(404, "no such route"))
 
 
-class OAuthCallbackHandler(ServiceAuth, HubOAuthCallbackHandler):
-    """The end of a browser's login through the hub: the hub is asked for the code's token
-    and its owner (a 503 with the reason if it cannot be asked); plain JSON errors."""
+@web.stream_request_body
+class OAuthCallbackHandler(ServiceAuth, HubOAuthCallbackHandler, BoundedBody):
+    """The end of a browser's login through the hub: GET, without a body; the hub is asked
+    for the code's token and its owner (a 503 with the reason if it cannot be asked); plain
+    JSON errors."""
+
+    def prepare(self) -> None:
+        self.begin_body()
+        try:
+            if self.request.method not in self.allowed_methods():
+                raise self.method_not_allowed()
+            self.limit_body()
+        except web.HTTPError as error:
+            self.refuse(error)
+            return
+        self.admitted()
 
     async def get(self) -> None:
         # HubOAuthCallbackHandler.get asks the hub twice (the code's token, its owner);

@@ -1,4 +1,7 @@
 import copy
+import json
+import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -8,12 +11,23 @@ from sqlalchemy.exc import IntegrityError
 
 from hub_service.catalog import (
     DEFAULT_IMAGES,
+    MAX_DESCRIPTION,
+    MAX_DISPLAY_NAME,
+    MAX_IMAGE_REFERENCE,
+    MAX_IMAGES,
+    MAX_TAG,
+    MAX_TAGS,
+    MEMORY_PATTERN,
+    MEMORY_UNITS,
     Catalog,
     CatalogError,
+    CatalogFull,
     _ImageRow,
     is_valid_image_reference,
     validate_entry,
 )
+from hub_service.handlers import MAX_ENTRY_BODY_BYTES
+from thinkube_core.quantity import parse_quantity
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -135,7 +149,7 @@ def test_full_entry_is_kept_and_copied():
         "metadata": {
             "gpu_required": True,
             "cpu_limit": 0.5,
-            "mem_limit": "1.5Gi",
+            "mem_limit": "1536Mi",
             "cloud_image": "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
         },
     }
@@ -155,8 +169,10 @@ def test_full_entry_is_kept_and_copied():
     assert body == original
 
 
-@pytest.mark.parametrize("cpu_limit", [1, 0.25, 64, None])
-@pytest.mark.parametrize("mem_limit", ["16Gi", "500M", "1e9", "1.5Gi", "2048", None])
+@pytest.mark.parametrize("cpu_limit", [1, 0.25, 64, 0.001, 4096, 4096.0, None])
+@pytest.mark.parametrize(
+    "mem_limit", ["16Gi", "500M", "1536Mi", "2048", "1", "1Pi", "1125899906842624", "1125T", None]
+)
 def test_accepted_limits(cpu_limit, mem_limit):
     entry = validate_entry("x", image(metadata={"cpu_limit": cpu_limit, "mem_limit": mem_limit}))
     assert (entry["metadata"]["cpu_limit"], entry["metadata"]["mem_limit"]) == (
@@ -199,6 +215,22 @@ INVALID = [
     ("ok", image(display_name=5), "display_name"),
     ("ok", image(display_name=None), "display_name"),
     ("ok", image(display_name="   "), "display_name"),
+    ("ok", image(display_name="\u3000\u00a0"), "display_name"),
+    ("ok", image(display_name="a" * 129), "display_name"),
+    ("ok", image(display_name="two\nlines"), "display_name"),
+    ("ok", image(display_name="bell\x07"), "display_name"),
+    ("ok", image(display_name="\ud800"), "display_name"),
+    ("ok", image(description="x" * 2001), "description"),
+    ("ok", image(description="nul\x00"), "description"),
+    ("ok", image(description="c1\x85"), "description"),
+    ("ok", image(description="lone \udfff"), "description"),
+    ("ok", image(tags=["t"] * 33), "tags"),
+    ("ok", image(tags=["ok", "t" * 65]), "tags.1"),
+    ("ok", image(tags=["tab\tinside"]), "tags.0"),
+    ("ok", image(tags=["\ud83d"]), "tags.0"),
+    ("ok", image("a" * 256), "image"),
+    ("ok", image(kind="k" * 64), "kind"),
+    ("ok", image(pull_policy="x" * 10_000), "pull_policy"),
     ("ok", image(description=None), "description"),
     ("ok", image(default=1), "default"),
     ("ok", image(default="true"), "default"),
@@ -222,7 +254,23 @@ INVALID = [
     ("ok", image(metadata={"cpu_limit": -1}), "metadata.cpu_limit"),
     ("ok", image(metadata={"cpu_limit": float("nan")}), "metadata.cpu_limit"),
     ("ok", image(metadata={"cpu_limit": float("inf")}), "metadata.cpu_limit"),
+    ("ok", image(metadata={"cpu_limit": 0.0009}), "metadata.cpu_limit"),
+    ("ok", image(metadata={"cpu_limit": 4096.5}), "metadata.cpu_limit"),
+    ("ok", image(metadata={"cpu_limit": 4097}), "metadata.cpu_limit"),
+    ("ok", image(metadata={"cpu_limit": 1e308}), "metadata.cpu_limit"),
+    ("ok", image(metadata={"cpu_limit": 1e-300}), "metadata.cpu_limit"),
+    ("ok", image(metadata={"cpu_limit": 10**5000}), "metadata.cpu_limit"),
     ("ok", image(metadata={"mem_limit": "16GB"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "1e100"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "1e9"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "1.5Gi"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "+8Gi"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "016Gi"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "2Pi"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "1025Ti"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "1125899906842625"}), "metadata.mem_limit"),
+    ("ok", image(metadata={"mem_limit": "\uff14Gi"}), "metadata.mem_limit"),  # a full-width 4
+    ("ok", image(metadata={"mem_limit": "1" * 19}), "metadata.mem_limit"),
     ("ok", image(metadata={"mem_limit": "16 Gi"}), "metadata.mem_limit"),
     ("ok", image(metadata={"mem_limit": ""}), "metadata.mem_limit"),
     ("ok", image(metadata={"mem_limit": "0"}), "metadata.mem_limit"),
@@ -266,7 +314,9 @@ def test_rejected_replacement_keeps_the_old_entry(catalog):
 def test_error_messages_are_plain():
     with pytest.raises(CatalogError) as raised:
         validate_entry("ok", image(metadata={"cpu_limit": 0}))
-    assert str(raised.value) == "metadata.cpu_limit: must be a positive number, not 0"
+    assert str(raised.value) == (
+        "metadata.cpu_limit: must be a number of cores from 0.001 to 4096, not 0"
+    )
     with pytest.raises(CatalogError) as raised:
         validate_entry("ok", {"name": "other", "image": "ubuntu"})
     assert str(raised.value) == "name: 'other' does not match the name in the URL ('ok')"
@@ -276,6 +326,25 @@ def test_error_messages_are_plain():
     with pytest.raises(CatalogError) as raised:
         validate_entry("ok", image(metadata={"mem_limit": "16GB"}))
     assert raised.value.message.startswith("'16GB' is not a Kubernetes quantity")
+    with pytest.raises(CatalogError) as raised:
+        validate_entry("ok", image(metadata={"mem_limit": "1.5Gi"}))
+    assert raised.value.message == (
+        "'1.5Gi' must be a whole number of bytes or of one unit "
+        "(k, M, G, T, P, Ki, Mi, Gi, Ti, Pi), like '1536Mi'"
+    )
+    # a refused value is quoted back cut short, not whole
+    with pytest.raises(CatalogError) as raised:
+        validate_entry("ok", image("Q" * 200))
+    assert str(raised.value) == (
+        "image: " + repr("Q" * 80) + "... is not a valid image reference "
+        "([registry[:port]/]lowercase/path[:tag][@sha256:<64 hex digits>])"
+    )
+    with pytest.raises(CatalogError) as raised:
+        validate_entry("ok", image(pull_policy="x" * 10_000))
+    assert len(str(raised.value)) < 200
+    with pytest.raises(CatalogError) as raised:
+        validate_entry("ok", image(metadata={"cpu_limit": 10**5000}))
+    assert len(str(raised.value)) < 200
 
 
 # --- storage --------------------------------------------------------------------------------
@@ -504,3 +573,148 @@ def test_defaults_of_different_kinds_seed_together(catalog):
         ]
     )
     assert [entry["name"] for entry in catalog.list() if entry["default"]] == ["a", "b"]
+
+
+# --- bounds ---------------------------------------------------------------------------------
+
+
+def test_the_memory_pattern_is_exactly_one_byte_to_one_pebibyte():
+    """MEMORY_PATTERN carries the bound itself (the OpenAPI document gives it): for every unit,
+    each whole count is admitted exactly when 1 <= count * unit <= 1Pi."""
+    from random import Random
+
+    pattern = re.compile(MEMORY_PATTERN)
+    draw = Random(7)
+    for unit, size in MEMORY_UNITS.items():
+        largest = 2**50 // size
+        counts = {1, 2, 9, 10, 11, largest - 1, largest, largest + 1, largest * 10 + 9}
+        counts |= {draw.randint(1, largest * 2) for _ in range(200)}
+        counts |= {int("9" * digits) for digits in range(1, len(str(largest)) + 2)}
+        for count in counts:
+            text = f"{count}{unit}"
+            expected = 1 <= count * size <= 2**50
+            assert bool(pattern.fullmatch(text)) is expected, text
+            if expected:
+                assert validate_entry("x", image(metadata={"mem_limit": text}))
+                assert parse_quantity(text) == count * size
+    for text in ("0", "0Gi", "00", "01", "1.0", "1e3", "1E", "1K", "1ki", "Gi", " 1", "1 "):
+        assert not pattern.fullmatch(text), text
+
+
+def test_the_largest_entry_fits_in_a_request_body():
+    """Every field at its longest, every character sent as a 12-byte surrogate-pair escape,
+    is still within the body a PUT may send."""
+    astral = "\U0001f600"
+    longest = {
+        "display_name": astral * MAX_DISPLAY_NAME,
+        "description": astral * MAX_DESCRIPTION,
+        "default": False,
+        "image": "a" * MAX_IMAGE_REFERENCE,
+        "tags": [f"{index:02d}" + astral * (MAX_TAG - 2) for index in range(MAX_TAGS)],
+        "kind": "k" * 63,
+        "pull_policy": "IfNotPresent",
+        "metadata": {
+            "gpu_required": True,
+            "cpu_limit": 4095.999,
+            "mem_limit": "1125899906842624",
+            "cloud_image": "b" * MAX_IMAGE_REFERENCE,
+        },
+    }
+    assert validate_entry("n" * 63, longest)
+    assert len(json.dumps(longest).encode()) <= MAX_ENTRY_BODY_BYTES
+
+
+def test_the_catalog_keeps_at_most_max_images(catalog):
+    for number in range(MAX_IMAGES):
+        catalog.put(f"image-{number}", image())
+    with pytest.raises(CatalogFull) as raised:
+        catalog.put("one-more", image())
+    assert raised.value.field is None
+    assert str(raised.value).startswith(f"the catalog holds {MAX_IMAGES} images")
+    assert catalog.get("one-more") is None
+    # replacing one is no new entry
+    replaced, created = catalog.put("image-0", image(display_name="Replaced"))
+    assert (replaced["display_name"], created) == ("Replaced", False)
+    catalog.delete("image-1")
+    assert catalog.put("one-more", image())[1] is True
+
+
+# --- rows an older version wrote -------------------------------------------------------------
+
+
+def store_raw(catalog: Catalog, name: str, spec_json: str, kind: str = "jupyter") -> None:
+    """A row as an older version (or a hand) wrote it: the spec column's text as it is."""
+    with catalog.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO images (name, kind, is_default, spec, created_at, updated_at) "
+            "VALUES (?, ?, 0, ?, '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
+            (name, kind, spec_json),
+        )
+
+
+def old_spec(**fields) -> str:
+    spec = {
+        "display_name": "Old",
+        "description": "",
+        "image": "ubuntu:24.04",
+        "tags": [],
+        "pull_policy": "IfNotPresent",
+        "metadata": {"gpu_required": False, "cpu_limit": None, "mem_limit": None},
+    }
+    spec.update(fields)
+    return json.dumps(spec)  # ensure_ascii: a lone surrogate is stored as "\ud800"
+
+
+def test_stored_text_that_breaks_the_rules_is_served_repaired(catalog, caplog):
+    store_raw(catalog, "surrogate", old_spec(description="bad \ud800 text", display_name="\udc00"))
+    store_raw(catalog, "huge", old_spec(description="x" * 10_000_000, tags=["t"] * 100))
+    store_raw(
+        catalog,
+        "controls",
+        old_spec(display_name="two\nlines\x00", tags=["ok", 3, "", "a\x07b", "z" * 100]),
+    )
+    store_raw(catalog, "old-memory", old_spec(metadata={"mem_limit": "1.5Gi", "cpu_limit": 2}))
+    with caplog.at_level(logging.WARNING, logger="thinkube.catalog"):
+        entries = {entry["name"]: entry for entry in catalog.list()}
+        catalog.list()  # each row is reported once, not on every read
+    assert entries["surrogate"]["description"] == "bad \ufffd text"
+    assert entries["surrogate"]["display_name"] == "\ufffd"
+    assert len(entries["huge"]["description"]) == MAX_DESCRIPTION
+    assert entries["huge"]["description"].endswith("\u2026")
+    assert entries["huge"]["tags"] == ["t"]  # the first 32, repeats dropped
+    assert entries["controls"]["display_name"] == "twolines"
+    assert entries["controls"]["tags"] == ["ok", "ab", "z" * (MAX_TAG - 1) + "\u2026"]
+    assert entries["old-memory"]["metadata"]["mem_limit"] == "1536Mi"
+    for entry in entries.values():
+        assert validate_entry(entry["name"], entry) == entry  # as the API would take them
+        json.dumps(entry, ensure_ascii=False).encode()  # valid UTF-8 throughout
+    assert catalog.get("huge") == entries["huge"]
+    reports = [record.getMessage() for record in caplog.records]
+    assert len(reports) == 4
+    assert all("served repaired" in report for report in reports)
+
+
+def test_stored_entries_whose_values_break_the_rules_are_withheld(catalog, caplog):
+    catalog.put("good", image())
+    store_raw(catalog, "nan-cpu", old_spec(metadata={"cpu_limit": float("nan")}))
+    store_raw(catalog, "huge-cpu", old_spec(metadata={"cpu_limit": 1e308}))
+    store_raw(catalog, "huge-memory", old_spec(metadata={"mem_limit": "1e100"}))
+    store_raw(catalog, "bad-image", old_spec(image="Not An Image"))
+    store_raw(catalog, "no-image", json.dumps({"display_name": "x"}))
+    store_raw(catalog, "not-json", "{not json")
+    store_raw(catalog, "too-deep", "[" * 100_000 + "]" * 100_000)
+    store_raw(catalog, "a list", "[1, 2]")
+    store_raw(catalog, "Bad_Name", old_spec())
+    store_raw(catalog, "bad-kind", old_spec(), kind="Not A Kind")
+    with caplog.at_level(logging.WARNING, logger="thinkube.catalog"):
+        assert [entry["name"] for entry in catalog.list()] == ["good"]
+        assert catalog.list("jupyter") == [catalog.get("good")]
+    for name in ("nan-cpu", "huge-cpu", "huge-memory", "not-json", "too-deep", "Bad_Name"):
+        assert catalog.get(name) is None
+    withheld = [record.getMessage() for record in caplog.records]
+    assert len(withheld) == 10
+    assert any("stored image 'nan-cpu' is withheld: metadata.cpu_limit:" in m for m in withheld)
+    # replaced or deleted like any other
+    assert catalog.put("nan-cpu", image())[1] is False
+    assert catalog.get("nan-cpu") is not None
+    assert catalog.delete("not-json")

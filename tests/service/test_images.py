@@ -136,7 +136,11 @@ BAD_BODIES = [
     ({"image": "ubuntu:24.04", "tags": ["ok", 3]}, "tags.1", "must be a string"),
     ({"image": "ubuntu:24.04", "colour": "blue"}, "colour", "colour"),
     ({"image": "ubuntu:24.04", "default": "yes"}, "default", "must be true or false"),
-    ({"image": "ubuntu:24.04", "metadata": {"cpu_limit": -1}}, "metadata.cpu_limit", "positive"),
+    (
+        {"image": "ubuntu:24.04", "metadata": {"cpu_limit": -1}},
+        "metadata.cpu_limit",
+        "from 0.001 to 4096",
+    ),
     ({"image": "ubuntu:24.04", "metadata": {"mem_limit": "lots"}}, "metadata.mem_limit", "lots"),
     ({"image": "ubuntu:24.04", "metadata": {"gpu": 1}}, "metadata.gpu", "gpu"),
     ({"image": "ubuntu:24.04", "name": "other"}, "name", "does not match the name in the URL"),
@@ -169,15 +173,26 @@ async def test_not_json_and_bad_names_are_400(hub, writer):
         headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 400
-    assert response.json() == {"status": 400, "error": "the body is not valid JSON", "field": None}
+    assert response.json() == {
+        "status": 400,
+        "error": "the body is not valid JSON (expecting property name enclosed in double "
+        "quotes at line 1, column 2)",
+        "field": None,
+    }
 
     response = await writer.put("api/v1/images/Not_A_Slug", json={"image": "ubuntu:24.04"})
     assert response.status_code == 400
     assert response.json()["field"] == "name"
-
-    # images/jupyter is the Jupyter list: no image can take that name
-    response = await writer.put("api/v1/images/jupyter", json={"image": "ubuntu:24.04"})
-    assert response.status_code == 400
-    assert response.json()["field"] == "name"
-    assert (await writer.get("api/v1/images/jupyter")).json()[0]["name"] != "jupyter"
     assert "Not_A_Slug" not in await names(writer)
+
+
+async def test_images_jupyter_is_the_list_and_no_image(hub, writer):
+    """images/jupyter is the Jupyter list: a PUT or DELETE there is a method the list does
+    not take (405 with Allow), and no image can take that name."""
+    for method in ("PUT", "DELETE"):
+        response = await writer.request(method, "api/v1/images/jupyter", json={"image": "u:1"})
+        assert response.status_code == 405
+        assert response.headers["allow"] == "GET"
+        assert "no image can be called 'jupyter'" in response.json()["error"]
+    assert (await writer.get("api/v1/images/jupyter")).json()[0]["name"] != "jupyter"
+    assert "jupyter" not in await names(writer)
