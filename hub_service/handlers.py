@@ -364,7 +364,7 @@ class JSONHandler(ServiceAuth, BoundedBody):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
-        if status_code == 405 and not isinstance(exc, web.HTTPError):
+        if status_code == 405 and not (isinstance(exc, web.HTTPError) and exc.log_message):
             # tornado's, for a method no handler can have (TRACE)
             message = _message(self.method_not_allowed())
         else:
