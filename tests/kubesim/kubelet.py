@@ -419,13 +419,47 @@ class Kubelet:
                         f"spec.containers{{{container['name']}}}",
                     )
             await self.stop_process(key, grace)
-            if self.store.find(PODS, *key) is not None:
-                self.store.remove(PODS, *key)
+            current = self.store.find(PODS, *key)
+            if current is not None:
+                self.sim.pod_terminated(key, self._terminal_status(current))
             pod_ip = (pod.get("status") or {}).get("podIP")
             if pod_ip:
                 self.addresses.give_back(pod_ip)
         finally:
             self._stopping.discard(key)
+
+    def _terminal_status(self, pod: dict) -> dict:
+        """The status a deleted pod ends with: containers that were running were killed."""
+        status = copy.deepcopy(pod.get("status") or {})
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return status
+        now = now_rfc3339()
+        status["phase"] = "Failed"
+        for container_status in status.get("containerStatuses") or []:
+            running = (container_status.get("state") or {}).get("running")
+            if running is None and "terminated" in (container_status.get("state") or {}):
+                continue
+            container_status.update(
+                state={
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "Error",
+                        "startedAt": (running or {}).get("startedAt", now),
+                        "finishedAt": now,
+                    }
+                },
+                ready=False,
+                started=False,
+            )
+        for condition in status.get("conditions") or []:
+            if condition["type"] in ("Ready", "ContainersReady") and condition["status"] != "False":
+                condition.update(status="False", reason="PodFailed", lastTransitionTime=now)
+        return status
+
+    def kill_now(self, key: tuple[str, str]) -> None:
+        """A deletion with no grace period: the process goes at once."""
+        if key in self.processes:
+            self._spawn(self.stop_process(key, 0))
 
     async def stop_process(self, key: tuple[str, str], grace_s: float) -> None:
         await stop_process_group(self.processes.pop(key, None), grace_s)

@@ -123,6 +123,7 @@ BY_PATH: dict[tuple[str, str, str], ResourceType] = {
 BY_KIND: dict[tuple[str, str], ResourceType] = {
     (rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES
 }
+BY_PLURAL: dict[str, ResourceType] = {rt.plural: rt for rt in RESOURCE_TYPES}
 
 
 def groups() -> dict[str, list[ResourceType]]:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from . import admission, openapi, patch, tables
+from . import openapi, patch, tables
+from .garbage import PROPAGATION_POLICIES
 from .resources import BY_PATH, RESOURCE_TYPES, ResourceType, groups
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import ApiError, dumps, not_found
@@ -287,9 +288,6 @@ class ResourceHandler(BaseHandler):
             )
 
     def _admit(self, obj: dict, new: bool = False) -> dict:
-        obj = admission.default_object(obj, self.rt.kind)
-        if new:
-            obj = self.sim.admit_new(self.rt.kind, obj)
         if self.rt.kind == "Secret" and isinstance(obj.get("stringData"), dict):
             # The apiserver folds write-only stringData into data.
             obj = dict(obj)
@@ -297,28 +295,7 @@ class ResourceHandler(BaseHandler):
             for key, value in obj.pop("stringData").items():
                 data[key] = base64.b64encode(str(value).encode()).decode()
             obj["data"] = data
-        causes = admission.validate(obj, self.rt.kind, self.rt.api_version)
-        if causes:
-            name = obj.get("metadata", {}).get("name") or obj.get("metadata", {}).get(
-                "generateName", ""
-            )
-            code, reason, message = admission.request_error(
-                self.rt.kind, self.rt.api_version, name, causes, self.rt.group
-            )
-            raise ApiError(
-                code,
-                reason,
-                message,
-                {
-                    "name": name,
-                    "group": self.rt.group,
-                    "kind": self.rt.kind,
-                    "causes": [
-                        {"reason": c.reason, "message": c.message, "field": c.field} for c in causes
-                    ],
-                },
-            )
-        return admission.canonicalize_quantities(obj, self.rt.kind, self.rt.api_version)
+        return self.sim.admit(self.rt, obj, new=new)
 
     def _dry_run(self) -> bool:
         return self.get_query_argument("dryRun", "") == "All"
@@ -569,19 +546,45 @@ class ResourceHandler(BaseHandler):
                     f"Precondition failed: {key} in precondition: {preconditions[key]}, {key} in object meta: {meta.get(field_name)}",
                 )
         grace = self.get_query_argument("gracePeriodSeconds", None)
-        grace_s = int(grace) if grace is not None else options.get("gracePeriodSeconds")
+        try:
+            grace_s = int(grace) if grace is not None else options.get("gracePeriodSeconds")
+        except ValueError as err:
+            raise ApiError(400, "BadRequest", f"invalid gracePeriodSeconds: {grace}") from err
+        policy = self._propagation_policy(options)
         if self._dry_run():
             self.send_json(current)
             return
-        if self.rt.kind == "Pod":
-            result = self.sim.delete_pod(current, grace_s)
-        elif meta.get("finalizers"):
-            result = store.mark_terminating(self.rt, current, 0)
-        else:
-            if self.rt.kind == "Namespace":
-                self.sim.delete_namespace_contents(self.name)
-            result = store.remove(self.rt, self.namespace, self.name)
+        result = self.sim.delete_object(self.rt, current, grace_s, policy)
         self.send_json(result)
+
+    def _propagation_policy(self, options: dict) -> str | None:
+        policy = self.get_query_argument("propagationPolicy", None) or options.get(
+            "propagationPolicy"
+        )
+        orphan = options.get("orphanDependents")
+        if orphan is None and self.get_query_argument("orphanDependents", None) is not None:
+            orphan = truthy(self.get_query_argument("orphanDependents"))
+        if policy is not None and policy not in PROPAGATION_POLICIES:
+            raise ApiError(
+                422,
+                "Invalid",
+                f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported '
+                f'value: "{policy}": supported values: "Foreground", "Background", "Orphan", '
+                '"nil"',
+            )
+        if policy is None and orphan is not None:
+            policy = "Orphan" if orphan else "Background"
+        if policy is None and self.rt.kind == "Job":
+            # batch/v1 keeps a deleted Job's pods unless told otherwise, and says so.
+            self.add_header("Warning", f'299 - "{JOB_ORPHAN_WARNING}"')
+            policy = "Orphan"
+        return policy
+
+
+JOB_ORPHAN_WARNING = (
+    "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background "
+    "to remove them or set propagationPolicy=Orphan to suppress this warning"
+)
 
 
 class NotFoundHandler(BaseHandler):
