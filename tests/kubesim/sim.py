@@ -44,7 +44,10 @@ class KubeSim:
     `scheduler_names` are the `spec.schedulerName`s whose pods kubesim's scheduler places
     (others stay Pending, as with no such scheduler running);
     `job_backoff_s` is the Job controller's first delay before it replaces a failed pod
-    (kube-controller-manager: 10 s, doubled per failure), shorter for quick tests.
+    (kube-controller-manager: 10 s, doubled per failure) and `restart_backoff_s` the
+    kubelet's before it restarts a crashed container the second time (10 s, doubled):
+    shorter for quick tests; `volume_mounts` is how processes see their volumes
+    ("namespace", "rewrite" or "auto", see sandbox.py).
     """
 
     def __init__(
@@ -57,6 +60,8 @@ class KubeSim:
         faults: Faults | None = None,
         scheduler_names: tuple[str, ...] = DEFAULT_SCHEDULER_NAMES,
         job_backoff_s: float = 10.0,
+        restart_backoff_s: float = 10.0,
+        volume_mounts: str = "auto",
     ):
         self.store = Store(history_window)
         self.faults = faults or Faults()
@@ -67,7 +72,12 @@ class KubeSim:
         self.volumes = VolumeController(self)
         self.garbage = GarbageCollector(self)
         self.jobs = JobController(self, job_backoff_s)
-        self.kubelet = Kubelet(self, process_runtime)
+        self.kubelet = Kubelet(
+            self,
+            process_runtime,
+            restart_backoff_s=restart_backoff_s,
+            volume_mounts=volume_mounts,
+        )
         self.server: HTTPServer | None = None
         self.host = "127.0.0.1"
         self.port = 0
