@@ -213,6 +213,7 @@ class Kubelet:
         self._starting: set[PodKey] = set()
         self._stopping: set[PodKey] = set()
         self._terminated: set[PodKey] = set()
+        self._silent: dict[tuple[PodKey, str], LogBuffer] = {}
         self._tasks: set[asyncio.Task] = set()
         self.store.subscribe(self.on_change)
 
@@ -255,6 +256,8 @@ class Kubelet:
             return
         pod = change.obj
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        if change.type == "DELETED" or pod["metadata"].get("deletionTimestamp"):
+            self._end_silent_logs(key)
         if change.type == "DELETED":
             self._terminated.discard(key)
             if key in self.pods:
@@ -277,16 +280,30 @@ class Kubelet:
             self._starting.add(key)
             self._spawn(self._start(key))
 
+    def _end_silent_logs(self, key: PodKey) -> None:
+        if self._silent:
+            for silent_key in [k for k in self._silent if k[0] == key]:
+                self._silent.pop(silent_key).close()
+
     def uses_process(self, pod: dict) -> bool:
         wanted = (pod["metadata"].get("annotations") or {}).get(RUNTIME_ANNOTATION)
         return wanted == "process" if wanted else self.process_runtime
 
-    def log_buffer(self, key: PodKey, container: str, previous: bool = False) -> LogBuffer | None:
+    def log_buffer(self, key: PodKey, container: str, previous: bool = False) -> LogBuffer:
+        """The log of a container's current (or previous) instance. While a container waits
+        to restart, its current log is the instance that ended, which is also the previous
+        one. A container kubesim does not run (pretend, or loaded as running) has a silent
+        log that ends with the pod."""
         run = self.pods.get(key)
         for c in run.containers if run else ():
             if c.name == container:
-                return c.previous_log if previous else c.log
-        return None
+                if not previous:
+                    return c.log
+                if "waiting" in c.state:
+                    return c.log
+                if c.previous_log is not None:
+                    return c.previous_log
+        return self._silent.setdefault((key, container), LogBuffer())
 
     # -- start -------------------------------------------------------------------------
 
@@ -855,10 +872,6 @@ class Kubelet:
                     except ProcessLookupError:
                         pass
 
-    def logs(self, namespace: str | None, name: str) -> str:
-        run = self.pods.get((namespace or "", name))
-        return run.containers[0].log.text() if run else ""
-
     async def shutdown(self) -> None:
         for key in list(self.pods):
             run = self.pods.pop(key)
@@ -867,6 +880,8 @@ class Kubelet:
         # Pods still in their grace period when the emulator stops: their processes too.
         for process in list(self.all_processes):
             await stop_process_group(process, 0)
+        for buffer in self._silent.values():
+            buffer.close()
         for task in list(self._tasks):
             task.cancel()
         if self._volume_root is not None:

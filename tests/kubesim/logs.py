@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -83,6 +83,155 @@ class LogOptions:
     limit_bytes: int | None = None
 
 
+class LogRequestError(Exception):
+    """A log request the apiserver refuses: (code, reason, message)."""
+
+    def __init__(self, code: int, reason: str, message: str):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def _flag(args: Mapping[str, str], name: str) -> bool:
+    raw = args.get(name)
+    if raw is None or raw in _FALSE or raw == "":
+        return False
+    if raw in _TRUE:
+        return True
+    raise LogRequestError(400, "BadRequest", f'{name} must be true or false, not "{raw}"')
+
+
+def _whole(args: Mapping[str, str], name: str) -> int | None:
+    raw = args.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise LogRequestError(
+            400, "BadRequest", f'{name} must be a whole number, not "{raw}"'
+        ) from None
+
+
+def _time_ns(raw: str) -> int:
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise LogRequestError(
+            400,
+            "BadRequest",
+            f'sinceTime must be an RFC 3339 time such as 2024-05-01T12:00:00Z, not "{raw}"',
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1_000_000_000
+
+
+def parse_options(args: Mapping[str, str], pod_name: str, now_ns: int | None = None) -> LogOptions:
+    """``PodLogOptions`` from a request's query, checked as ``ValidatePodLogOptions`` does."""
+    tail, limit, since_seconds = (
+        _whole(args, "tailLines"),
+        _whole(args, "limitBytes"),
+        _whole(args, "sinceSeconds"),
+    )
+    since_time = args.get("sinceTime")
+    errors = []
+    if tail is not None and tail < 0:
+        errors.append(f"tailLines: Invalid value: {tail}: must be greater than or equal to 0")
+    if limit is not None and limit < 1:
+        errors.append(f"limitBytes: Invalid value: {limit}: must be greater than 0")
+    if since_seconds is not None and since_time is not None:
+        errors.append(": Forbidden: at most one of `sinceTime` or `sinceSeconds` may be specified")
+    elif since_seconds is not None and since_seconds < 1:
+        errors.append(f"sinceSeconds: Invalid value: {since_seconds}: must be greater than 0")
+    if errors:
+        detail = errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"
+        raise LogRequestError(422, "Invalid", f'PodLogOptions "{pod_name}" is invalid: {detail}')
+    since_ns = None
+    if since_time is not None:
+        since_ns = _time_ns(since_time)
+    elif since_seconds is not None:
+        since_ns = (now_ns if now_ns is not None else time.time_ns()) - since_seconds * 10**9
+    return LogOptions(
+        container=args.get("container") or None,
+        follow=_flag(args, "follow"),
+        previous=_flag(args, "previous"),
+        timestamps=_flag(args, "timestamps"),
+        since_ns=since_ns,
+        tail_lines=tail,
+        limit_bytes=limit,
+    )
+
+
+def choose_container(pod: Mapping, wanted: str | None) -> str:
+    """The container a request reads (the apiserver's ``validateContainer``)."""
+    spec = pod.get("spec") or {}
+    name = pod["metadata"]["name"]
+    names = [
+        c["name"]
+        for key in ("initContainers", "containers", "ephemeralContainers")
+        for c in spec.get(key) or []
+    ]
+    if wanted:
+        if wanted not in names:
+            raise LogRequestError(
+                400, "BadRequest", f"container {wanted} is not valid for pod {name}"
+            )
+        return wanted
+    containers = spec.get("containers") or []
+    if len(containers) == 1:
+        return containers[0]["name"]
+    message = f"a container name must be specified for pod {name}"
+    if containers:
+        message += f", choose one of: [{' '.join(names)}]"
+    raise LogRequestError(400, "BadRequest", message)
+
+
+def check_container_state(pod: Mapping, container: str, previous: bool) -> None:
+    """The kubelet's ``validateContainerLogStatus``: is there a log to read?"""
+    status = pod.get("status") or {}
+    name = pod["metadata"]["name"]
+    found = next(
+        (
+            s
+            for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
+            for s in status.get(key) or []
+            if s.get("name") == container
+        ),
+        None,
+    )
+    if found is None:
+        raise LogRequestError(
+            400, "BadRequest", f'container "{container}" in pod "{name}" is not available'
+        )
+    state, last = found.get("state") or {}, found.get("lastState") or {}
+    if previous:
+        if not (last.get("terminated") or {}).get("containerID"):
+            raise LogRequestError(
+                400,
+                "BadRequest",
+                f'previous terminated container "{container}" in pod "{name}" not found',
+            )
+        return
+    if "running" in state or "terminated" in state or "terminated" in last:
+        return
+    if "waiting" in state:
+        reason = (state["waiting"] or {}).get("reason", "")
+        raise LogRequestError(
+            400,
+            "BadRequest",
+            f'container "{container}" in pod "{name}" is waiting to start: {reason}',
+        )
+    raise LogRequestError(
+        400,
+        "BadRequest",
+        f'container "{container}" in pod "{name}" is waiting to start - no logs yet',
+    )
+
+
 def select(lines: Iterable[tuple[int, bytes]], options: LogOptions) -> list[tuple[int, bytes]]:
     """What a request shows of the lines already there: tail first, then since."""
     chosen = list(lines)
@@ -125,4 +274,15 @@ async def stream(buffer: LogBuffer, options: LogOptions) -> AsyncIterator[bytes]
         pending = fresh
 
 
-__all__ = ["LogBuffer", "LogOptions", "render", "rfc3339_nano", "select", "stream"]
+__all__ = [
+    "LogBuffer",
+    "LogOptions",
+    "LogRequestError",
+    "check_container_state",
+    "choose_container",
+    "parse_options",
+    "render",
+    "rfc3339_nano",
+    "select",
+    "stream",
+]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from . import openapi, patch, tables
+from . import logs, openapi, patch, tables
 from .garbage import PROPAGATION_POLICIES
 from .resources import BY_PATH, RESOURCE_TYPES, ResourceType, groups
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -306,8 +306,7 @@ class ResourceHandler(BaseHandler):
         store = self.sim.store
         if self.name is not None:
             if self.subresource == "log":
-                self.set_header("Content-Type", "text/plain")
-                self.finish(self.sim.kubelet.logs(self.namespace, self.name))
+                await self._pod_log()
                 return
             if tables.wants_table(self.request.headers.get("Accept", "")):
                 obj = store.get(self.rt, self.namespace, self.name)
@@ -354,6 +353,48 @@ class ResourceHandler(BaseHandler):
             {"kind": f"{self.rt.kind}List", "apiVersion": self.rt.api_version, "metadata": meta}
         )
         self.send_json(head[:-1] + b',"items":[' + b",".join(items) + b"]}")
+
+    async def _pod_log(self) -> None:
+        """GET pods/{name}/log: the container's output, streamed while it runs with follow."""
+        if self.rt.kind != "Pod":
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        pod = self.sim.store.get(self.rt, self.namespace, self.name)
+        args = {key: self.get_query_argument(key) for key in self.request.query_arguments}
+        try:
+            options = logs.parse_options(args, self.name)
+            container = logs.choose_container(pod, options.container)
+            if not (pod.get("spec") or {}).get("nodeName"):
+                # No node yet: the apiserver has no kubelet to ask and answers nothing.
+                self.set_header("Content-Type", "text/plain")
+                self.finish()
+                return
+            logs.check_container_state(pod, container, options.previous)
+        except logs.LogRequestError as err:
+            raise ApiError(err.code, err.reason, err.message) from None
+        buffer = self.sim.kubelet.log_buffer(
+            (self.namespace or "", self.name), container, options.previous
+        )
+        self.set_status(200)
+        self.set_header("Content-Type", "text/plain")
+        self._log_task = asyncio.ensure_future(self._send_log(buffer, options))
+        try:
+            await self._log_task
+        except (asyncio.CancelledError, StreamClosedError):
+            return  # the client went away
+        self.finish()
+
+    async def _send_log(self, buffer: logs.LogBuffer, options: logs.LogOptions) -> None:
+        if options.follow:
+            await self.flush()  # headers now: a follower may wait long for the first line
+        async for chunk in logs.stream(buffer, options):
+            self.write(chunk)
+            if options.follow:
+                await self.flush()
+
+    def on_connection_close(self) -> None:
+        task = getattr(self, "_log_task", None)
+        if task is not None and not task.done():
+            task.cancel()
 
     async def _watch(self, labels, fields) -> None:
         store = self.sim.store
