@@ -135,6 +135,49 @@ def resource_list(group_version: str, types: list[ResourceType]) -> dict:
     }
 
 
+VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
+VISIBILITY_VERSION = "v1beta2"
+
+
+def visibility_resources() -> dict:
+    """Discovery of Kueue's visibility API (an aggregated API serving pending workloads)."""
+    resources = []
+    for plural, kind, namespaced in (
+        ("clusterqueues", "ClusterQueue", False),
+        ("localqueues", "LocalQueue", True),
+    ):
+        resources += [
+            {
+                "name": plural,
+                "singularName": plural[:-1],
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": [],
+            },
+            {
+                "name": f"{plural}/pendingworkloads",
+                "singularName": "",
+                "namespaced": namespaced,
+                "kind": "PendingWorkloadsSummary",
+                "verbs": ["get"],
+            },
+        ]
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{VISIBILITY_GROUP}/{VISIBILITY_VERSION}",
+        "resources": resources,
+    }
+
+
+def visibility_group() -> dict:
+    version = {
+        "groupVersion": f"{VISIBILITY_GROUP}/{VISIBILITY_VERSION}",
+        "version": VISIBILITY_VERSION,
+    }
+    return {"name": VISIBILITY_GROUP, "versions": [version], "preferredVersion": version}
+
+
 class CoreResourcesHandler(BaseHandler):
     def get(self) -> None:
         self.send_json(resource_list("v1", [rt for rt in RESOURCE_TYPES if not rt.group]))
@@ -151,14 +194,25 @@ class GroupsHandler(BaseHandler):
             {
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
-                "groups": [group_entry(name, types) for name, types in groups().items()],
+                "groups": [
+                    group_entry(name, types) for name, types in groups(self.sim.addons).items()
+                ]
+                + ([visibility_group()] if "kueue" in self.sim.addons else []),
             }
         )
 
 
 class GroupHandler(BaseHandler):
     def get(self, group: str, version: str | None = None) -> None:
-        types = groups().get(group)
+        if group == VISIBILITY_GROUP and "kueue" in self.sim.addons:
+            if version and version != VISIBILITY_VERSION:
+                raise web.HTTPError(404)
+            if version:
+                self.send_json(visibility_resources())
+            else:
+                self.send_json({"kind": "APIGroup", "apiVersion": "v1", **visibility_group()})
+            return
+        types = groups(self.sim.addons).get(group)
         if not types or (version and version != types[0].version):
             raise web.HTTPError(404)
         if version:
@@ -170,9 +224,9 @@ class GroupHandler(BaseHandler):
 class OpenAPIV3Handler(BaseHandler):
     def get(self, group_version: str | None = None) -> None:
         if not group_version:
-            self.send_json(openapi.root())
+            self.send_json(openapi.root(self.sim.addons))
             return
-        doc = openapi.document(group_version.strip("/"))
+        doc = openapi.document(group_version.strip("/"), self.sim.addons)
         if doc is None:
             raise web.HTTPError(404)
         self.send_json(doc)
@@ -207,6 +261,8 @@ class ResourceHandler(BaseHandler):
         if tail:
             subresource = tail[0]
         rt = BY_PATH.get((group, version, plural))
+        if rt is not None and rt.addon and rt.addon not in self.sim.addons:
+            rt = None  # a custom resource this cluster has not installed
         if rt is None or len(tail) > 1:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if namespace is not None and not rt.namespaced:
@@ -628,6 +684,35 @@ JOB_ORPHAN_WARNING = (
 )
 
 
+class PendingWorkloadsHandler(BaseHandler):
+    """Kueue's visibility API: GET .../{localqueues|clusterqueues}/{name}/pendingworkloads."""
+
+    def get(self, namespace: str | None, kind: str, name: str) -> None:
+        if self._finished:
+            return
+        try:
+            if "kueue" not in self.sim.addons:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            if (kind == "localqueues") != (namespace is not None):
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            numbers = {}
+            for key in ("offset", "limit"):
+                raw = self.get_query_argument(key, "0")
+                try:
+                    numbers[key] = int(raw)
+                except ValueError:
+                    raise ApiError(
+                        400, "BadRequest", f'{key} must be a whole number, not "{raw}"'
+                    ) from None
+            body = self.sim.kueue.pending_workloads(
+                namespace, name, kind, numbers["offset"], numbers["limit"]
+            )
+        except ApiError as err:
+            self.send_status(err)
+            return
+        self.send_json(body)
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         self.send_status(
@@ -648,6 +733,11 @@ def make_app(sim: KubeSim) -> web.Application:
             (r"/apis/?", GroupsHandler),
             (r"/apis/([^/]+)/?", GroupHandler),
             (r"/apis/([^/]+)/([^/]+)/?", GroupHandler),
+            (
+                rf"/apis/{re.escape(VISIBILITY_GROUP)}/{VISIBILITY_VERSION}/"
+                r"(?:namespaces/([^/]+)/)?(localqueues|clusterqueues)/([^/]+)/pendingworkloads/?",
+                PendingWorkloadsHandler,
+            ),
             (r"/apis/([^/]+)/([^/]+)/(.+)", ResourceHandler),
         ],
         default_handler_class=NotFoundHandler,

@@ -17,6 +17,7 @@ from . import admission
 from .garbage import FOREGROUND, ORPHAN, GarbageCollector
 from .jobs import JobController
 from .kubelet import Kubelet
+from .kueue import Kueue
 from .resources import BY_KIND, BY_PATH, ResourceType
 from .scheduler import DEFAULT_SCHEDULER_NAMES, Scheduler, event_name
 from .server import Faults, make_app
@@ -47,7 +48,8 @@ class KubeSim:
     (kube-controller-manager: 10 s, doubled per failure) and `restart_backoff_s` the
     kubelet's before it restarts a crashed container the second time (10 s, doubled):
     shorter for quick tests; `volume_mounts` is how processes see their volumes
-    ("namespace", "rewrite" or "auto", see sandbox.py).
+    ("namespace", "rewrite" or "auto", see sandbox.py); `kueue` installs Kueue: its custom
+    resources, controllers and visibility API (see kueue.py).
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class KubeSim:
         job_backoff_s: float = 10.0,
         restart_backoff_s: float = 10.0,
         volume_mounts: str = "auto",
+        kueue: bool = False,
     ):
         self.store = Store(history_window)
+        self.addons = frozenset({"kueue"} if kueue else ())
         self.faults = faults or Faults()
         self.injected_errors = 0
         self.bookmark_interval_s = bookmark_interval_s
@@ -72,6 +76,7 @@ class KubeSim:
         self.volumes = VolumeController(self)
         self.garbage = GarbageCollector(self)
         self.jobs = JobController(self, job_backoff_s)
+        self.kueue = Kueue(self) if kueue else None
         self.kubelet = Kubelet(
             self,
             process_runtime,
@@ -106,6 +111,8 @@ class KubeSim:
         self.volumes.start()
         self.garbage.start()
         self.jobs.start()
+        if self.kueue is not None:
+            self.kueue.start()
         return self
 
     def _listen(self) -> None:
@@ -120,6 +127,8 @@ class KubeSim:
             self.server = None
         await self.scheduler.stop()
         self.jobs.stop()
+        if self.kueue is not None:
+            self.kueue.stop()
         await self.kubelet.shutdown()
 
     async def go_down(self) -> None:
@@ -173,6 +182,11 @@ class KubeSim:
             if rt is None:
                 raise ValueError(
                     f"kubesim does not serve {manifest.get('apiVersion')} {manifest.get('kind')}"
+                )
+            if rt.addon and rt.addon not in self.addons:
+                raise ValueError(
+                    f"{rt.kind} is a {rt.addon} resource: start kubesim with {rt.addon}=True "
+                    f"(--{rt.addon} on the command line)"
                 )
             given_status = manifest.get("status")
             namespace = manifest.get("metadata", {}).get("namespace") or (
@@ -256,6 +270,8 @@ class KubeSim:
         """The mutating admission plugins that look at the cluster, for a new object, and
         what the registry's create strategy adds after them."""
         obj = self.volumes.admit_new(kind, obj)
+        if self.kueue is not None:
+            obj = self.kueue.admit_new(kind, obj)
         if kind == "Pod":
             obj = scheduling_gated(obj)
         return obj

@@ -261,6 +261,47 @@ COLUMNS["storageclasses"] = [
     ("AllowVolumeExpansion", "string", lambda o: str(bool(o.get("allowVolumeExpansion"))).lower()),
     _AGE,
 ]
+
+
+def _condition_status(obj: dict, kind: str) -> str:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return condition.get("status", "")
+    return ""
+
+
+# Kueue's CRDs: their additionalPrinterColumns (those of priority 0).
+COLUMNS["clusterqueues"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Cohort", "string", lambda o: (o.get("spec") or {}).get("cohortName", "")),
+    ("Pending Workloads", "integer", lambda o: (o.get("status") or {}).get("pendingWorkloads", 0)),
+]
+COLUMNS["localqueues"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("ClusterQueue", "string", lambda o: (o.get("spec") or {}).get("clusterQueue", "")),
+    ("Pending Workloads", "integer", lambda o: (o.get("status") or {}).get("pendingWorkloads", 0)),
+    (
+        "Admitted Workloads",
+        "integer",
+        lambda o: (o.get("status") or {}).get("admittedWorkloads", 0),
+    ),
+]
+COLUMNS["workloads"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Queue", "string", lambda o: (o.get("spec") or {}).get("queueName", "")),
+    (
+        "Reserved in",
+        "string",
+        lambda o: ((o.get("status") or {}).get("admission") or {}).get("clusterQueue", ""),
+    ),
+    ("Admitted", "string", lambda o: _condition_status(o, "Admitted")),
+    ("Finished", "string", lambda o: _condition_status(o, "Finished")),
+    _AGE,
+]
+COLUMNS["workloadpriorityclasses"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Value", "integer", lambda o: o.get("value", 0)),
+]
 DEFAULT_COLUMNS: list[Column] = [
     ("Name", "string", lambda o: o["metadata"]["name"]),
     ("Created At", "date", lambda o: o["metadata"].get("creationTimestamp", "")),
