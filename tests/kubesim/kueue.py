@@ -335,6 +335,87 @@ def summary(items: list[dict]) -> dict:
     }
 
 
+# -- a scenario ---------------------------------------------------------------------------------
+
+
+def queue_manifests(
+    quotas: Mapping[str, str | int],
+    local_queues: Mapping[str, str] | None = None,
+    cluster_queue: str = "cluster-queue",
+    flavor: str = "default-flavor",
+    node_labels: Mapping[str, str] | None = None,
+    tolerations: list[dict] | None = None,
+    priority_classes: Mapping[str, int] | None = None,
+    strategy: str = "BestEffortFIFO",
+) -> list[dict]:
+    """The objects of a one-flavor Kueue setup, for ``KubeSim(kueue=True).load(...)``:
+
+        sim.load(queue_manifests({"cpu": 8, "memory": "32Gi", "nvidia.com/gpu": 2},
+                                 local_queues={"default": "user-queue"},
+                                 priority_classes={"high": 1000}))
+
+    One ResourceFlavor (with ``node_labels`` and ``tolerations`` for the pods it admits), one
+    ClusterQueue open to every namespace whose quota covers exactly ``quotas``, a LocalQueue
+    per ``{namespace: name}`` (default: ``user-queue`` in ``default``), and
+    WorkloadPriorityClasses ``{name: value}``. The names are those of Kueue's own examples.
+    """
+    flavor_spec: dict[str, Any] = {}
+    if node_labels:
+        flavor_spec["nodeLabels"] = dict(node_labels)
+    if tolerations:
+        flavor_spec["tolerations"] = list(tolerations)
+    manifests: list[dict] = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ResourceFlavor",
+            "metadata": {"name": flavor},
+            "spec": flavor_spec,
+        },
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ClusterQueue",
+            "metadata": {"name": cluster_queue},
+            "spec": {
+                "namespaceSelector": {},
+                "queueingStrategy": strategy,
+                "resourceGroups": [
+                    {
+                        "coveredResources": list(quotas),
+                        "flavors": [
+                            {
+                                "name": flavor,
+                                "resources": [
+                                    {"name": name, "nominalQuota": str(amount)}
+                                    for name, amount in quotas.items()
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+    ]
+    for namespace, name in (local_queues or {"default": "user-queue"}).items():
+        manifests.append(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "LocalQueue",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"clusterQueue": cluster_queue},
+            }
+        )
+    for name, value in (priority_classes or {}).items():
+        manifests.append(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "WorkloadPriorityClass",
+                "metadata": {"name": name},
+                "value": value,
+            }
+        )
+    return manifests
+
+
 # -- webhooks -----------------------------------------------------------------------------------
 
 
@@ -1075,5 +1156,6 @@ __all__ = [
     "namespace_admitted",
     "pending_items",
     "pod_set_requests",
+    "queue_manifests",
     "workload_name",
 ]

@@ -22,6 +22,7 @@ from tests.kubesim.kueue import (
     namespace_admitted,
     pending_items,
     pod_set_requests,
+    queue_manifests,
     workload_name,
 )
 from tests.utils import eventually
@@ -195,26 +196,47 @@ def test_namespace_selectors_and_positions():
     assert items[0]["priority"] == 5 and items[0]["localQueueName"] == "x"
 
 
+def test_queue_manifests_make_a_one_flavor_setup():
+    objects = queue_manifests(
+        {"cpu": 4, "nvidia.com/gpu": "2"},
+        local_queues={"team-a": "jobs", "team-b": "jobs"},
+        node_labels={"nvidia.com/gpu.product": "NVIDIA-L4"},
+        priority_classes={"high": 100},
+    )
+    kinds = [(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objects]
+    assert kinds == [
+        ("ResourceFlavor", "default-flavor", None),
+        ("ClusterQueue", "cluster-queue", None),
+        ("LocalQueue", "jobs", "team-a"),
+        ("LocalQueue", "jobs", "team-b"),
+        ("WorkloadPriorityClass", "high", None),
+    ]
+    [group] = objects[1]["spec"]["resourceGroups"]
+    assert group["coveredResources"] == ["cpu", "nvidia.com/gpu"]
+    assert group["flavors"][0]["resources"] == [
+        {"name": "cpu", "nominalQuota": "4"},
+        {"name": "nvidia.com/gpu", "nominalQuota": "2"},
+    ]
+    assert objects[1]["spec"]["namespaceSelector"] == {}
+    assert objects[0]["spec"]["nodeLabels"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+
+
 # -- through the API ----------------------------------------------------------------------------
 
 
 @pytest.fixture
 async def queued(make_kubesim):
     sim = await make_kubesim(kueue=True, process_runtime=True, job_backoff_s=0.05)
+    sim.load([make_node("gpu-1", 16, 64, GPU, 0), make_node("gpu-2", 16, 64, GPU, 1)])
     sim.load(
-        [
-            make_node("gpu-1", 16, 64, GPU, 0),
-            make_node("gpu-2", 16, 64, GPU, 1),
-            flavor(
-                "default",
-                tolerations=[
-                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-                ],
-            ),
-            cluster_queue(),
-            local_queue(),
-            priority_class("high", 1000),
-        ]
+        queue_manifests(
+            {"cpu": 8, "memory": "32Gi", "nvidia.com/gpu": 1},
+            local_queues={"default": "lq"},
+            cluster_queue="cq",
+            flavor="default",
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            priority_classes={"high": 1000},
+        )
     )
     api = await api_client_for(sim.kubeconfig)
     sim.api = api
@@ -287,6 +309,14 @@ async def test_kueue_is_served_only_when_installed(make_kubesim, kubesim):
         )
         assert missing.status_code == 404
         assert missing.json()["message"] == 'localqueue.visibility.kueue.x-k8s.io "nope" not found'
+        sim.load(queue_manifests({"cpu": 1}))
+        odd = await http.get(f"{VISIBILITY}/clusterqueues/cluster-queue/pendingworkloads?limit=x")
+        assert (odd.status_code, odd.json()["message"]) == (
+            400,
+            'limit must be a whole number, not "x"',
+        )
+        empty = await http.get(f"{VISIBILITY}/clusterqueues/cluster-queue/pendingworkloads")
+        assert empty.json()["items"] == []
 
 
 async def test_jobs_wait_in_queue_order_for_quota(queued):
