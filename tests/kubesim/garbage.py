@@ -64,25 +64,31 @@ class GarbageCollector:
 
     def on_change(self, change: Change) -> None:
         meta = change.obj["metadata"]
-        key = (change.plural, meta.get("namespace", ""), meta["name"])
-        uid = meta.get("uid", "")
-        if meta.get("ownerReferences") or key in self._owners:
-            self._index(key, () if change.type == "DELETED" else owner_uids(meta))
-            for owner in self._owners.get(key, ()) or owner_uids(meta):
-                if owner in self._deleting_owners:  # a foreground owner may be free now
-                    self._check_owners.add(self._deleting_owners[owner])
-                    self._schedule()
+        refs = meta.get("ownerReferences")
+        if refs or self._owners:  # the common write (no owners anywhere) stops here
+            key = (change.plural, meta.get("namespace", ""), meta["name"])
+            if refs or key in self._owners:
+                self._owner_changed(change, key, meta)
         if change.type == "DELETED":
+            uid = meta.get("uid", "")
             self._deleting_owners.pop(uid, None)
             if uid in self._dependents:
                 self._check_dependents |= self._dependents[uid]
                 self._schedule()
-            return
-        finalizers = meta.get("finalizers") or ()
-        if meta.get("deletionTimestamp") and (FOREGROUND in finalizers or ORPHAN in finalizers):
-            self._deleting_owners[uid] = key
-            self._check_owners.add(key)
-            self._schedule()
+        elif meta.get("deletionTimestamp"):
+            finalizers = meta.get("finalizers") or ()
+            if FOREGROUND in finalizers or ORPHAN in finalizers:
+                key = (change.plural, meta.get("namespace", ""), meta["name"])
+                self._deleting_owners[meta.get("uid", "")] = key
+                self._check_owners.add(key)
+                self._schedule()
+
+    def _owner_changed(self, change: Change, key: ObjectKey, meta: dict) -> None:
+        self._index(key, () if change.type == "DELETED" else owner_uids(meta))
+        for owner in self._owners.get(key, ()) or owner_uids(meta):
+            if owner in self._deleting_owners:  # a foreground owner may be free now
+                self._check_owners.add(self._deleting_owners[owner])
+                self._schedule()
 
     def _index(self, key: ObjectKey, owners: tuple[str, ...]) -> None:
         for uid in self._owners.pop(key, ()):
