@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--process-runtime", action="store_true", help="run pods' commands as local processes"
     )
     parser.add_argument(
+        "--kueue",
+        action="store_true",
+        help="install Kueue: its queues, workloads, admission and visibility API",
+    )
+    parser.add_argument(
         "--history-window", type=int, default=10000, help="writes kept for watches before 410 Gone"
     )
     parser.add_argument(
@@ -77,6 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
         process_runtime=args.process_runtime,
         faults=Faults(latency_s=args.latency, error_rate=args.error_rate),
         scheduler_names=args.scheduler_names,
+        kueue=args.kueue,
     )
     if args.nodes:
         populate(sim, args.nodes, args.gpu_nodes, args.pods, args.seed)

@@ -49,6 +49,7 @@ __all__ = [
     "KUBERNETES_VERSION",
     "Cause",
     "bad_request_message",
+    "default_job",
     "default_object",
     "default_pod",
     "invalid_message",
@@ -1065,12 +1066,8 @@ def _default_volume(volume: dict) -> None:
         volume["hostPath"].setdefault("type", "")
 
 
-def default_pod(obj: Mapping) -> dict:
-    """A new Pod as the apiserver stores it: v1 defaulting plus the default admission plugins
-    (ServiceAccount, Priority, DefaultTolerationSeconds). Returns a new dict."""
-    pod = copy.deepcopy(dict(obj))
-    _default(pod, "spec", {})
-    spec = pod["spec"]
+def _default_pod_spec(spec: dict) -> None:
+    """The v1 defaulters of a PodSpec (a Pod's or a template's), in place."""
     host_network = bool(spec.get("hostNetwork"))
     for key in ("initContainers", "containers"):
         for container in spec.get(key) or []:
@@ -1082,6 +1079,70 @@ def default_pod(obj: Mapping) -> dict:
         _default_volume(volume)
     for key, value in _POD_SPEC_DEFAULTS:
         _default(spec, key, copy.copy(value))  # never share the {} between pods
+
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+_LEGACY_JOB_NAME_LABEL = "job-name"
+_LEGACY_CONTROLLER_UID_LABEL = "controller-uid"
+
+
+def default_job(obj: Mapping) -> dict:
+    """A new Job as the apiserver stores it: batch/v1 ``SetDefaults_Job`` and the Job
+    strategy's generated selector (it names the Job's uid, so the uid must be set), with the
+    template's labels copied to a Job that has none, as the stored object reads back."""
+    job = copy.deepcopy(dict(obj))
+    meta = job.setdefault("metadata", {})
+    spec = job.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return job
+    if spec.get("completions") is None and spec.get("parallelism") is None:
+        spec["completions"] = 1
+        spec["parallelism"] = 1
+    if spec.get("parallelism") is None:
+        spec["parallelism"] = 1
+    if spec.get("backoffLimit") is None:
+        spec["backoffLimit"] = 2**31 - 1 if spec.get("backoffLimitPerIndex") is not None else 6
+    _default(spec, "completionMode", "NonIndexed")
+    if spec.get("suspend") is None:
+        spec["suspend"] = False
+    policy = spec.get("podFailurePolicy")
+    if isinstance(policy, dict):
+        for rule in policy.get("rules") or []:
+            for pattern in rule.get("onPodConditions") or []:
+                _default(pattern, "status", "True")
+    replacement = "Failed" if policy is not None else "TerminatingOrFailed"
+    _default(spec, "podReplacementPolicy", replacement)
+    template = spec.get("template")
+    if isinstance(template, dict):
+        template_meta = template.setdefault("metadata", {})
+        if not spec.get("manualSelector") and meta.get("uid"):
+            uid, name = meta["uid"], meta.get("name", "")
+            spec["selector"] = {"matchLabels": {CONTROLLER_UID_LABEL: uid}}
+            labels = template_meta.setdefault("labels", {})
+            labels.update(
+                {
+                    _LEGACY_CONTROLLER_UID_LABEL: uid,
+                    CONTROLLER_UID_LABEL: uid,
+                    _LEGACY_JOB_NAME_LABEL: name,
+                    JOB_NAME_LABEL: name,
+                }
+            )
+        if isinstance(template.get("spec"), dict):
+            _default_pod_spec(template["spec"])
+        if template_meta.get("labels") and not meta.get("labels"):
+            meta["labels"] = dict(template_meta["labels"])
+    job["status"] = {}
+    return job
+
+
+def default_pod(obj: Mapping) -> dict:
+    """A new Pod as the apiserver stores it: v1 defaulting plus the default admission plugins
+    (ServiceAccount, Priority, DefaultTolerationSeconds). Returns a new dict."""
+    pod = copy.deepcopy(dict(obj))
+    _default(pod, "spec", {})
+    spec = pod["spec"]
+    _default_pod_spec(spec)
     # ServiceAccount admission; v1 also mirrors the name into the deprecated serviceAccount.
     account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     spec["serviceAccountName"] = spec["serviceAccount"] = account
@@ -1120,6 +1181,8 @@ def default_object(obj: Mapping, kind: str) -> dict:
     """An object of any kind as the v1 defaulters leave it; a new dict (Pods: ``default_pod``)."""
     if kind == "Pod":
         return default_pod(obj)
+    if kind == "Job":
+        return default_job(obj)
     new = copy.deepcopy(dict(obj))
     for where, key, value in _STORAGE_DEFAULTS.get(kind, ()):
         parent = new.setdefault(where, {}) if where else new

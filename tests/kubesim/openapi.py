@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .resources import RESOURCE_TYPES, ResourceType
+from .resources import ResourceType, served
 
 COMMON_PARAMETERS = [
     {"name": name, "in": "query", "schema": {"type": "string"}}
@@ -44,8 +44,8 @@ def _operations(rt: ResourceType, collection: bool) -> dict:
     }
 
 
-def document(group_version: str) -> dict | None:
-    types = [rt for rt in RESOURCE_TYPES if group_version_path(rt) == group_version]
+def document(group_version: str, addons: frozenset[str] = frozenset()) -> dict | None:
+    types = [rt for rt in served(addons) if group_version_path(rt) == group_version]
     if not types:
         return None
     paths = {}
@@ -63,11 +63,11 @@ def document(group_version: str) -> dict | None:
     }
 
 
-def root() -> dict:
+def root(addons: frozenset[str] = frozenset()) -> dict:
     paths = {}
-    for group_version in sorted({group_version_path(rt) for rt in RESOURCE_TYPES}):
+    for group_version in sorted({group_version_path(rt) for rt in served(addons)}):
         digest = (
-            hashlib.sha512(json.dumps(document(group_version), sort_keys=True).encode())
+            hashlib.sha512(json.dumps(document(group_version, addons), sort_keys=True).encode())
             .hexdigest()[:32]
             .upper()
         )

@@ -18,6 +18,8 @@ class ResourceType:
     # Field selectors the apiserver accepts for this type, beyond metadata.name/namespace.
     fields: frozenset[str] = field(default_factory=frozenset)
     has_status: bool = False
+    # Served only when the emulator runs this add-on ("kueue"), as CRDs are.
+    addon: str = ""
 
     @property
     def api_version(self) -> str:
@@ -115,6 +117,55 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", True),
     ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True),
     ResourceType("coordination.k8s.io", "v1", "Lease", "leases", True),
+    # Kueue's custom resources (kueue.x-k8s.io, storage version v1beta2).
+    ResourceType(
+        "kueue.x-k8s.io",
+        "v1beta2",
+        "ResourceFlavor",
+        "resourceflavors",
+        False,
+        ("flavor", "flavors", "rf"),
+        addon="kueue",
+    ),
+    ResourceType(
+        "kueue.x-k8s.io",
+        "v1beta2",
+        "ClusterQueue",
+        "clusterqueues",
+        False,
+        ("cq",),
+        has_status=True,
+        addon="kueue",
+    ),
+    ResourceType(
+        "kueue.x-k8s.io",
+        "v1beta2",
+        "LocalQueue",
+        "localqueues",
+        True,
+        ("queue", "queues", "lq"),
+        has_status=True,
+        addon="kueue",
+    ),
+    ResourceType(
+        "kueue.x-k8s.io",
+        "v1beta2",
+        "Workload",
+        "workloads",
+        True,
+        ("kwl", "kueueworkload", "kueueworkloads"),
+        has_status=True,
+        addon="kueue",
+    ),
+    ResourceType(
+        "kueue.x-k8s.io",
+        "v1beta2",
+        "WorkloadPriorityClass",
+        "workloadpriorityclasses",
+        False,
+        ("wpc",),
+        addon="kueue",
+    ),
 )
 
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {
@@ -123,12 +174,18 @@ BY_PATH: dict[tuple[str, str, str], ResourceType] = {
 BY_KIND: dict[tuple[str, str], ResourceType] = {
     (rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES
 }
+BY_PLURAL: dict[str, ResourceType] = {rt.plural: rt for rt in RESOURCE_TYPES}
 
 
-def groups() -> dict[str, list[ResourceType]]:
+def served(addons: frozenset[str] | set[str] = frozenset()) -> list[ResourceType]:
+    """The types an emulator with these add-ons serves."""
+    return [rt for rt in RESOURCE_TYPES if not rt.addon or rt.addon in addons]
+
+
+def groups(addons: frozenset[str] | set[str] = frozenset()) -> dict[str, list[ResourceType]]:
     """Named API groups (not the core group) with their resource types."""
     named: dict[str, list[ResourceType]] = {}
-    for rt in RESOURCE_TYPES:
+    for rt in served(addons):
         if rt.group:
             named.setdefault(rt.group, []).append(rt)
     return named

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from . import admission, openapi, patch, tables
+from . import logs, openapi, patch, tables
+from .garbage import PROPAGATION_POLICIES
 from .resources import BY_PATH, RESOURCE_TYPES, ResourceType, groups
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import ApiError, dumps, not_found
@@ -134,6 +135,49 @@ def resource_list(group_version: str, types: list[ResourceType]) -> dict:
     }
 
 
+VISIBILITY_GROUP = "visibility.kueue.x-k8s.io"
+VISIBILITY_VERSION = "v1beta2"
+
+
+def visibility_resources() -> dict:
+    """Discovery of Kueue's visibility API (an aggregated API serving pending workloads)."""
+    resources = []
+    for plural, kind, namespaced in (
+        ("clusterqueues", "ClusterQueue", False),
+        ("localqueues", "LocalQueue", True),
+    ):
+        resources += [
+            {
+                "name": plural,
+                "singularName": plural[:-1],
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": [],
+            },
+            {
+                "name": f"{plural}/pendingworkloads",
+                "singularName": "",
+                "namespaced": namespaced,
+                "kind": "PendingWorkloadsSummary",
+                "verbs": ["get"],
+            },
+        ]
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{VISIBILITY_GROUP}/{VISIBILITY_VERSION}",
+        "resources": resources,
+    }
+
+
+def visibility_group() -> dict:
+    version = {
+        "groupVersion": f"{VISIBILITY_GROUP}/{VISIBILITY_VERSION}",
+        "version": VISIBILITY_VERSION,
+    }
+    return {"name": VISIBILITY_GROUP, "versions": [version], "preferredVersion": version}
+
+
 class CoreResourcesHandler(BaseHandler):
     def get(self) -> None:
         self.send_json(resource_list("v1", [rt for rt in RESOURCE_TYPES if not rt.group]))
@@ -150,14 +194,25 @@ class GroupsHandler(BaseHandler):
             {
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
-                "groups": [group_entry(name, types) for name, types in groups().items()],
+                "groups": [
+                    group_entry(name, types) for name, types in groups(self.sim.addons).items()
+                ]
+                + ([visibility_group()] if "kueue" in self.sim.addons else []),
             }
         )
 
 
 class GroupHandler(BaseHandler):
     def get(self, group: str, version: str | None = None) -> None:
-        types = groups().get(group)
+        if group == VISIBILITY_GROUP and "kueue" in self.sim.addons:
+            if version and version != VISIBILITY_VERSION:
+                raise web.HTTPError(404)
+            if version:
+                self.send_json(visibility_resources())
+            else:
+                self.send_json({"kind": "APIGroup", "apiVersion": "v1", **visibility_group()})
+            return
+        types = groups(self.sim.addons).get(group)
         if not types or (version and version != types[0].version):
             raise web.HTTPError(404)
         if version:
@@ -169,9 +224,9 @@ class GroupHandler(BaseHandler):
 class OpenAPIV3Handler(BaseHandler):
     def get(self, group_version: str | None = None) -> None:
         if not group_version:
-            self.send_json(openapi.root())
+            self.send_json(openapi.root(self.sim.addons))
             return
-        doc = openapi.document(group_version.strip("/"))
+        doc = openapi.document(group_version.strip("/"), self.sim.addons)
         if doc is None:
             raise web.HTTPError(404)
         self.send_json(doc)
@@ -206,6 +261,8 @@ class ResourceHandler(BaseHandler):
         if tail:
             subresource = tail[0]
         rt = BY_PATH.get((group, version, plural))
+        if rt is not None and rt.addon and rt.addon not in self.sim.addons:
+            rt = None  # a custom resource this cluster has not installed
         if rt is None or len(tail) > 1:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if namespace is not None and not rt.namespaced:
@@ -287,9 +344,6 @@ class ResourceHandler(BaseHandler):
             )
 
     def _admit(self, obj: dict, new: bool = False) -> dict:
-        obj = admission.default_object(obj, self.rt.kind)
-        if new:
-            obj = self.sim.admit_new(self.rt.kind, obj)
         if self.rt.kind == "Secret" and isinstance(obj.get("stringData"), dict):
             # The apiserver folds write-only stringData into data.
             obj = dict(obj)
@@ -297,28 +351,7 @@ class ResourceHandler(BaseHandler):
             for key, value in obj.pop("stringData").items():
                 data[key] = base64.b64encode(str(value).encode()).decode()
             obj["data"] = data
-        causes = admission.validate(obj, self.rt.kind, self.rt.api_version)
-        if causes:
-            name = obj.get("metadata", {}).get("name") or obj.get("metadata", {}).get(
-                "generateName", ""
-            )
-            code, reason, message = admission.request_error(
-                self.rt.kind, self.rt.api_version, name, causes, self.rt.group
-            )
-            raise ApiError(
-                code,
-                reason,
-                message,
-                {
-                    "name": name,
-                    "group": self.rt.group,
-                    "kind": self.rt.kind,
-                    "causes": [
-                        {"reason": c.reason, "message": c.message, "field": c.field} for c in causes
-                    ],
-                },
-            )
-        return admission.canonicalize_quantities(obj, self.rt.kind, self.rt.api_version)
+        return self.sim.admit(self.rt, obj, new=new)
 
     def _dry_run(self) -> bool:
         return self.get_query_argument("dryRun", "") == "All"
@@ -329,8 +362,7 @@ class ResourceHandler(BaseHandler):
         store = self.sim.store
         if self.name is not None:
             if self.subresource == "log":
-                self.set_header("Content-Type", "text/plain")
-                self.finish(self.sim.kubelet.logs(self.namespace, self.name))
+                await self._pod_log()
                 return
             if tables.wants_table(self.request.headers.get("Accept", "")):
                 obj = store.get(self.rt, self.namespace, self.name)
@@ -377,6 +409,48 @@ class ResourceHandler(BaseHandler):
             {"kind": f"{self.rt.kind}List", "apiVersion": self.rt.api_version, "metadata": meta}
         )
         self.send_json(head[:-1] + b',"items":[' + b",".join(items) + b"]}")
+
+    async def _pod_log(self) -> None:
+        """GET pods/{name}/log: the container's output, streamed while it runs with follow."""
+        if self.rt.kind != "Pod":
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        pod = self.sim.store.get(self.rt, self.namespace, self.name)
+        args = {key: self.get_query_argument(key) for key in self.request.query_arguments}
+        try:
+            options = logs.parse_options(args, self.name)
+            container = logs.choose_container(pod, options.container)
+            if not (pod.get("spec") or {}).get("nodeName"):
+                # No node yet: the apiserver has no kubelet to ask and answers nothing.
+                self.set_header("Content-Type", "text/plain")
+                self.finish()
+                return
+            logs.check_container_state(pod, container, options.previous)
+        except logs.LogRequestError as err:
+            raise ApiError(err.code, err.reason, err.message) from None
+        buffer = self.sim.kubelet.log_buffer(
+            (self.namespace or "", self.name), container, options.previous
+        )
+        self.set_status(200)
+        self.set_header("Content-Type", "text/plain")
+        self._log_task = asyncio.ensure_future(self._send_log(buffer, options))
+        try:
+            await self._log_task
+        except (asyncio.CancelledError, StreamClosedError):
+            return  # the client went away
+        self.finish()
+
+    async def _send_log(self, buffer: logs.LogBuffer, options: logs.LogOptions) -> None:
+        if options.follow:
+            await self.flush()  # headers now: a follower may wait long for the first line
+        async for chunk in logs.stream(buffer, options):
+            self.write(chunk)
+            if options.follow:
+                await self.flush()
+
+    def on_connection_close(self) -> None:
+        task = getattr(self, "_log_task", None)
+        if task is not None and not task.done():
+            task.cancel()
 
     async def _watch(self, labels, fields) -> None:
         store = self.sim.store
@@ -569,19 +643,74 @@ class ResourceHandler(BaseHandler):
                     f"Precondition failed: {key} in precondition: {preconditions[key]}, {key} in object meta: {meta.get(field_name)}",
                 )
         grace = self.get_query_argument("gracePeriodSeconds", None)
-        grace_s = int(grace) if grace is not None else options.get("gracePeriodSeconds")
+        try:
+            grace_s = int(grace) if grace is not None else options.get("gracePeriodSeconds")
+        except ValueError as err:
+            raise ApiError(400, "BadRequest", f"invalid gracePeriodSeconds: {grace}") from err
+        policy = self._propagation_policy(options)
         if self._dry_run():
             self.send_json(current)
             return
-        if self.rt.kind == "Pod":
-            result = self.sim.delete_pod(current, grace_s)
-        elif meta.get("finalizers"):
-            result = store.mark_terminating(self.rt, current, 0)
-        else:
-            if self.rt.kind == "Namespace":
-                self.sim.delete_namespace_contents(self.name)
-            result = store.remove(self.rt, self.namespace, self.name)
+        result = self.sim.delete_object(self.rt, current, grace_s, policy)
         self.send_json(result)
+
+    def _propagation_policy(self, options: dict) -> str | None:
+        policy = self.get_query_argument("propagationPolicy", None) or options.get(
+            "propagationPolicy"
+        )
+        orphan = options.get("orphanDependents")
+        if orphan is None and self.get_query_argument("orphanDependents", None) is not None:
+            orphan = truthy(self.get_query_argument("orphanDependents"))
+        if policy is not None and policy not in PROPAGATION_POLICIES:
+            raise ApiError(
+                422,
+                "Invalid",
+                f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported '
+                f'value: "{policy}": supported values: "Foreground", "Background", "Orphan", '
+                '"nil"',
+            )
+        if policy is None and orphan is not None:
+            policy = "Orphan" if orphan else "Background"
+        if policy is None and self.rt.kind == "Job":
+            # batch/v1 keeps a deleted Job's pods unless told otherwise, and says so.
+            self.add_header("Warning", f'299 - "{JOB_ORPHAN_WARNING}"')
+            policy = "Orphan"
+        return policy
+
+
+JOB_ORPHAN_WARNING = (
+    "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background "
+    "to remove them or set propagationPolicy=Orphan to suppress this warning"
+)
+
+
+class PendingWorkloadsHandler(BaseHandler):
+    """Kueue's visibility API: GET .../{localqueues|clusterqueues}/{name}/pendingworkloads."""
+
+    def get(self, namespace: str | None, kind: str, name: str) -> None:
+        if self._finished:
+            return
+        try:
+            if "kueue" not in self.sim.addons:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            if (kind == "localqueues") != (namespace is not None):
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            numbers = {}
+            for key in ("offset", "limit"):
+                raw = self.get_query_argument(key, "0")
+                try:
+                    numbers[key] = int(raw)
+                except ValueError:
+                    raise ApiError(
+                        400, "BadRequest", f'{key} must be a whole number, not "{raw}"'
+                    ) from None
+            body = self.sim.kueue.pending_workloads(
+                namespace, name, kind, numbers["offset"], numbers["limit"]
+            )
+        except ApiError as err:
+            self.send_status(err)
+            return
+        self.send_json(body)
 
 
 class NotFoundHandler(BaseHandler):
@@ -604,6 +733,11 @@ def make_app(sim: KubeSim) -> web.Application:
             (r"/apis/?", GroupsHandler),
             (r"/apis/([^/]+)/?", GroupHandler),
             (r"/apis/([^/]+)/([^/]+)/?", GroupHandler),
+            (
+                rf"/apis/{re.escape(VISIBILITY_GROUP)}/{VISIBILITY_VERSION}/"
+                r"(?:namespaces/([^/]+)/)?(localqueues|clusterqueues)/([^/]+)/pendingworkloads/?",
+                PendingWorkloadsHandler,
+            ),
             (r"/apis/([^/]+)/([^/]+)/(.+)", ResourceHandler),
         ],
         default_handler_class=NotFoundHandler,

@@ -316,7 +316,9 @@ class Store:
             )
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
-        meta["uid"] = str(uuid.uuid4())
+        # The API path gives every new object its uid before admission (a Job's selector
+        # names it); objects made here without one get theirs now.
+        meta["uid"] = meta.get("uid") or str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta.pop("deletionTimestamp", None)
         meta.pop("resourceVersion", None)
@@ -390,8 +392,9 @@ class Store:
             generation += 1
         new["metadata"]["generation"] = generation
         if current["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-            # A terminating object whose last finalizer is removed goes away.
-            if rt.plural != "pods":
+            # A terminating object whose last finalizer is removed goes away; a pod only once
+            # its kubelet is done with it (its grace period cut to zero).
+            if rt.plural != "pods" or new["metadata"].get("deletionGracePeriodSeconds") == 0:
                 return self._commit(rt, "DELETED", new, current)
         return self._commit(rt, "MODIFIED", new, current)
 

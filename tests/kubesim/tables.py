@@ -22,6 +22,79 @@ def age(timestamp: str | None) -> str:
     return f"{seconds}s"
 
 
+def human_duration(seconds: float) -> str:
+    """k8s.io/apimachinery's ``duration.HumanDuration``, finer than ``age``: 95s, 5m30s, 3h20m."""
+    seconds = int(seconds)
+    if seconds < -1:
+        return "<invalid>"
+    if seconds < 0:
+        return "0s"
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 10:
+        rest = seconds % 60
+        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h{rest}m" if rest else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        rest = hours % 24
+        return f"{hours // 24}d{rest}h" if rest else f"{hours // 24}d"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    years, days = divmod(hours // 24, 365)
+    return f"{years}y{days}d" if days and years < 8 else f"{years}y"
+
+
+def _timestamp(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _has_condition(obj: dict, kind: str) -> bool:
+    return any(
+        c.get("type") == kind and c.get("status") == "True"
+        for c in (obj.get("status") or {}).get("conditions") or []
+    )
+
+
+def _job_status(job: dict) -> str:
+    """printJob's Status column."""
+    if _has_condition(job, "Complete"):
+        return "Complete"
+    if _has_condition(job, "Failed"):
+        return "Failed"
+    if job["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    for kind in ("Suspended", "FailureTarget", "SuccessCriteriaMet"):
+        if _has_condition(job, kind):
+            return kind
+    return "Running"
+
+
+def _job_completions(job: dict) -> str:
+    spec, succeeded = job.get("spec") or {}, (job.get("status") or {}).get("succeeded", 0)
+    if spec.get("completions") is not None:
+        return f"{succeeded}/{spec['completions']}"
+    if (spec.get("parallelism") or 0) > 1:
+        return f"{succeeded}/1 of {spec['parallelism']}"
+    return f"{succeeded}/1"
+
+
+def _job_duration(job: dict) -> str:
+    status = job.get("status") or {}
+    if not status.get("startTime"):
+        return ""
+    started = _timestamp(status["startTime"])
+    ended = _timestamp(status["completionTime"]) if status.get("completionTime") else None
+    return human_duration(((ended or datetime.now(UTC)) - started).total_seconds())
+
+
 def _node_status(node: dict) -> str:
     ready = next(
         (c for c in node.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"),
@@ -47,6 +120,11 @@ def _pod_status(pod: dict) -> str:
     status = pod.get("status") or {}
     if pod["metadata"].get("deletionTimestamp"):
         return "Terminating"
+    if any(
+        c.get("type") == "PodScheduled" and c.get("reason") == "SchedulingGated"
+        for c in status.get("conditions") or []
+    ):
+        return "SchedulingGated"
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if "waiting" in state and state["waiting"].get("reason"):
@@ -168,6 +246,13 @@ COLUMNS["persistentvolumes"] = [
     ("Reason", "string", lambda o: (o.get("status") or {}).get("reason", "")),
     _AGE,
 ]
+COLUMNS["jobs"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Status", "string", _job_status),
+    ("Completions", "string", _job_completions),
+    ("Duration", "string", _job_duration),
+    _AGE,
+]
 COLUMNS["storageclasses"] = [
     ("Name", "string", _class_name),
     ("Provisioner", "string", lambda o: o.get("provisioner", "")),
@@ -175,6 +260,47 @@ COLUMNS["storageclasses"] = [
     ("VolumeBindingMode", "string", lambda o: o.get("volumeBindingMode", "")),
     ("AllowVolumeExpansion", "string", lambda o: str(bool(o.get("allowVolumeExpansion"))).lower()),
     _AGE,
+]
+
+
+def _condition_status(obj: dict, kind: str) -> str:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return condition.get("status", "")
+    return ""
+
+
+# Kueue's CRDs: their additionalPrinterColumns (those of priority 0).
+COLUMNS["clusterqueues"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Cohort", "string", lambda o: (o.get("spec") or {}).get("cohortName", "")),
+    ("Pending Workloads", "integer", lambda o: (o.get("status") or {}).get("pendingWorkloads", 0)),
+]
+COLUMNS["localqueues"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("ClusterQueue", "string", lambda o: (o.get("spec") or {}).get("clusterQueue", "")),
+    ("Pending Workloads", "integer", lambda o: (o.get("status") or {}).get("pendingWorkloads", 0)),
+    (
+        "Admitted Workloads",
+        "integer",
+        lambda o: (o.get("status") or {}).get("admittedWorkloads", 0),
+    ),
+]
+COLUMNS["workloads"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Queue", "string", lambda o: (o.get("spec") or {}).get("queueName", "")),
+    (
+        "Reserved in",
+        "string",
+        lambda o: ((o.get("status") or {}).get("admission") or {}).get("clusterQueue", ""),
+    ),
+    ("Admitted", "string", lambda o: _condition_status(o, "Admitted")),
+    ("Finished", "string", lambda o: _condition_status(o, "Finished")),
+    _AGE,
+]
+COLUMNS["workloadpriorityclasses"] = [
+    ("Name", "string", lambda o: o["metadata"]["name"]),
+    ("Value", "integer", lambda o: o.get("value", 0)),
 ]
 DEFAULT_COLUMNS: list[Column] = [
     ("Name", "string", lambda o: o["metadata"]["name"]),

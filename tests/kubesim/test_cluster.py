@@ -447,8 +447,18 @@ async def test_gated_pods_wait_untouched_and_other_schedulers_pods_too(kubesim):
     await asyncio.sleep(0.3)
     for name in ("gated", "other"):
         pod = await core.read_namespaced_pod(name, "default")
-        assert not pod.spec.node_name and not pod.status.conditions
+        assert not pod.spec.node_name
         assert await events_of(core, "default", name) == []
+    # The apiserver marks a pod created with gates; the scheduler leaves it alone.
+    [gated] = (await core.read_namespaced_pod("gated", "default")).status.conditions
+    assert (gated.type, gated.status, gated.reason) == ("PodScheduled", "False", "SchedulingGated")
+    assert gated.message == "Scheduling is blocked due to non-empty scheduling gates"
+    assert not (await core.read_namespaced_pod("other", "default")).status.conditions
+    # Removing the last gate hands the pod to the scheduler.
+    await core.patch_namespaced_pod(
+        "gated", "default", [{"op": "remove", "path": "/spec/schedulingGates"}]
+    )
+    assert (await eventually(lambda: _bound(core, "gated"))).spec.node_name == "worker"
     await api.close()
 
 
