@@ -62,6 +62,7 @@ class KubernetesInventory(Inventory):
             else None
         )
         self._node_bytes: dict[str, tuple[dict, bytes]] = {}
+        self.listeners: list = []
         self.published = Published()
         self.rebuild()  # valid (empty) documents before the first sync
 
@@ -253,7 +254,10 @@ class KubernetesInventory(Inventory):
             node_count=len(documents),
             pod_count=len(self.state.pods),
             built_at=time.monotonic(),
+            documents=documents,
+            counted_jobs=self.state.counted_jobs(),
         )
+        self.notify()
 
     def stats(self) -> dict:
         return {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,6 +33,14 @@ class Published:
     node_count: int = 0
     pod_count: int = 0
     built_at: float = 0.0  # monotonic
+    # The same node documents as objects (for the GPU queue), and the queue's jobs whose
+    # pods they count (job id -> node).
+    documents: list[dict] = field(default_factory=list)
+    counted_jobs: Mapping[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def summary_document(self) -> dict:
+        return json.loads(self.summary)
 
     @functools.cached_property
     def resources_digest(self) -> str:
@@ -52,6 +61,12 @@ class Inventory:
 
     published: Published
     metrics_status: dict
+    # Told after each publication (the GPU queue plans again).
+    listeners: list[Callable[[], None]]
+
+    def notify(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     @property
     def ready(self) -> bool:

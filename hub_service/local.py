@@ -317,6 +317,7 @@ class LocalInventory(Inventory):
         # One client for the inventory's life: the hub is asked every refresh_s.
         self._http: httpx.AsyncClient | None = None
         self.refreshes = 0
+        self.listeners: list = []
         self.published = Published()
         self._publish([])
 
@@ -413,7 +414,9 @@ class LocalInventory(Inventory):
             node_count=1,
             pod_count=len(allocations),
             built_at=time.monotonic(),
+            documents=[document],
         )
+        self.notify()
 
     async def _run(self) -> None:
         while True:

@@ -115,6 +115,7 @@ class ClusterState:
         self.nodes: dict[str, dict] = {}
         self.pods: dict[PodKey, PodSummary] = {}
         self.pods_by_node: dict[str, dict[PodKey, PodSummary]] = {}
+        self.job_pods: dict[PodKey, PodSummary] = {}  # the GPU queue's pods
         # The resourceVersion each summary was made from: a relist reuses unchanged ones.
         self._pod_versions: dict[PodKey, str] = {}
         # resource shape -> (requests, limits), shared by every pod of that shape
@@ -183,6 +184,7 @@ class ClusterState:
 
     def _unlink_pod(self, key: PodKey) -> None:
         self._pod_versions.pop(key, None)
+        self.job_pods.pop(key, None)
         old = self.pods.pop(key, None)
         if old is not None and old.node_name:
             self.pods_by_node.get(old.node_name, {}).pop(key, None)
@@ -214,6 +216,8 @@ class ClusterState:
             return  # a status-only change the accounting does not see
         self._unlink_pod(key)
         self.pods[key] = summary
+        if summary.job_id:
+            self.job_pods[key] = summary
         if version is not None:
             self._pod_versions[key] = version
         if summary.node_name:
@@ -261,8 +265,17 @@ class ClusterState:
             if summary.node_name:
                 by_node.setdefault(summary.node_name, {})[key] = summary
         self.pods, self._pod_versions, self.pods_by_node = pods, versions, by_node
+        self.job_pods = {key: summary for key, summary in pods.items() if summary.job_id}
         self._bad_pods = bad
         self._unnamed["Pod"] = unnamed
+
+    def counted_jobs(self) -> dict[str, str]:
+        """The GPU queue's jobs whose pods the node documents count now: job id -> node."""
+        return {
+            summary.job_id: summary.node_name
+            for summary in self.job_pods.values()
+            if summary.job_id and summary.node_name and summary.counts_on_node
+        }
 
     # -- nodes ---------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from thinkube_core.job_labels import JOB_ID_LABEL
 from thinkube_core.quantity import (
     EXACT_CONTEXT,
     QuantityError,
@@ -76,6 +77,7 @@ class PodSummary:
     terminating: bool
     requests: Mapping[str, Decimal]
     limits: Mapping[str, Decimal]
+    job_id: str | None = None  # a GPU job's pod: the queue's id of the job
 
     @property
     def counts_on_node(self) -> bool:
@@ -220,7 +222,14 @@ def summarize_pod(pod: dict) -> PodSummary:
         terminating=metadata.get("deletionTimestamp") is not None,
         requests=MappingProxyType(pod_requests(pod)),
         limits=MappingProxyType(pod_limits(pod)),
+        job_id=_job_id(metadata),
     )
+
+
+def _job_id(metadata: Mapping[str, Any]) -> str | None:
+    labels = metadata.get("labels")
+    value = labels.get(JOB_ID_LABEL) if isinstance(labels, Mapping) else None
+    return value if isinstance(value, str) and value else None
 
 
 def node_capacity(node: dict) -> dict[str, Decimal]:

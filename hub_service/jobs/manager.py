@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from thinkube_core.scheduling import PodRules, pod_demand
 
 from ..background import cancel_and_wait
-from .queue import Plan, QueueEntry, Running, plan
+from .queue import Plan, QueueEntry, Running, plan, with_assumed
 from .spec import JobRequest, job_pod_spec
 from .store import ACTIVE, CANCELLED, COMPLETED, FAILED, LOST, QUEUED, RUNNING, JobStore
 
@@ -113,10 +113,12 @@ class JobQueue:
         settings: QueueSettings = QueueSettings(),
         run_db: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.time,
+        counted: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self.store = store
         self.backend = backend
         self.documents = documents  # the inventory's node documents now
+        self.counted = counted  # the jobs those documents count: job id -> node
         self.settings = settings
         self.clock = clock
         self._run_db = run_db
@@ -189,6 +191,8 @@ class JobQueue:
             e["deadline_at"] for e in active if e["status"] == RUNNING and e["deadline_at"]
         ]
         waiting, running = [], []
+        counted = self.counted()
+        assumed = []
         for entry in active:
             rules, demand = self._spec(entry)
             if entry["status"] == QUEUED:
@@ -205,6 +209,8 @@ class JobQueue:
                     )
                 )
             elif entry["node"]:
+                if entry["id"] not in counted:
+                    assumed.append((entry["node"], demand))
                 gpus = next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
                 running.append(
                     Running(
@@ -216,7 +222,7 @@ class JobQueue:
                         gpus,
                     )
                 )
-        nodes = self.documents()
+        nodes = with_assumed(self.documents(), assumed)
         self.plan = plan(waiting, running, nodes, now)
         by_id = {e["id"]: e for e in active}
         for queued, node in self.plan.start:

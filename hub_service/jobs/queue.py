@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from thinkube_core.scheduling import PODS, PodRules, rules_reason
 
-__all__ = ["Plan", "QueueEntry", "Running", "plan", "queue_order"]
+__all__ = ["Plan", "QueueEntry", "Running", "plan", "queue_order", "with_assumed"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,30 @@ def queue_order(
             ranked.append(((-entry.priority, held + turn, entry.submitted_at, entry.id), entry))
     ranked.sort(key=lambda pair: pair[0])
     return [entry for _, entry in ranked]
+
+
+def with_assumed(
+    nodes: Sequence[Mapping], assumed: Iterable[tuple[str, Mapping[str, int]]]
+) -> list[Mapping]:
+    """The node documents with what started work holds taken off their `free`, for work
+    the documents do not count yet (its pod not yet seen bound, its process not yet
+    published): without it, the next plan would see the room it took still free."""
+    taken: dict[str, Counter] = defaultdict(Counter)
+    for node, demand in assumed:
+        taken[node].update(demand)
+        taken[node][PODS] += 1
+    if not taken:
+        return list(nodes)
+    adjusted = []
+    for node in nodes:
+        held = taken.get(node["name"])
+        if held:
+            free = dict(node.get("free") or {})
+            for name, units in held.items():
+                free[name] = free.get(name, 0) - units
+            node = {**node, "free": free}
+        adjusted.append(node)
+    return adjusted
 
 
 def _fits(demand: Mapping[str, int], free: Mapping[str, int]) -> bool:
