@@ -26,9 +26,11 @@ from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from .availability import AvailabilityAnswers
+from .background import cancel_and_wait
 from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
 from .cloud import Cloud
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
+from .heap import keep_frozen
 from .inventory import Inventory
 from .local import LocalInventory
 from .page import page_route
@@ -298,6 +300,7 @@ class ThinkubeService(Application):
             )
         self.hub_auth = HubOAuth(parent=self, cache_max_age=60)
         self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="thinkube-db")
+        self._heap_task: asyncio.Task | None = None
         self._catalog_writes = 0
         self._images_read: tuple[int, asyncio.Future[bytes]] | None = None
         self._images_kept: tuple[int, float, bytes] | None = None  # writes, began, JSON
@@ -538,6 +541,9 @@ class ThinkubeService(Application):
         server.listen(self.port, self.ip)
         await self.source.start()
         await self.cloud.start()
+        self._heap_task = asyncio.create_task(
+            keep_frozen(lambda: self.source.ready), name="thinkube-heap"
+        )
         self.log.info(
             "%s listening on %s:%d%s (inventory: %s)",
             self.name,
@@ -550,6 +556,7 @@ class ThinkubeService(Application):
 
     async def stop_async(self, server: HTTPServer) -> None:
         server.stop()
+        await cancel_and_wait(self._heap_task)
         if self.source is not None:
             await self.source.stop()
         if self.cloud is not None:
