@@ -27,7 +27,12 @@ from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 from thinkube_core.accounting import MalformedObject
 from thinkube_core.scheduling import PodRules, node_reason, pod_demand
 
-from .availability import AvailabilitySettings, ServiceUnavailable, paused_gc
+from .availability import (
+    AvailabilitySettings,
+    ServiceUnavailable,
+    freeze_long_lived,
+    paused_gc,
+)
 from .claims import storage_problems
 from .errors import choice_error, service_unavailable_error, spawn_error
 from .form import TEMPLATES, menu_profile, options_from_formdata, render_form, unavailable_profile
@@ -603,3 +608,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
 
     def clear_state(self) -> None:
         self.backend.clear_state()
+
+
+# Last: what the hub, kubespawner and this module brought in is in memory now.
+freeze_long_lived()
