@@ -19,6 +19,11 @@ benchmark's users and counts the answers by status:
 - ``spawn_page``: ``GET /hub/spawn`` by logged-in users (the hub's cookies), the cluster
   unchanged: each render asks the service (a 304) and renders the form.
 
+Each runs as fast as answers come (every connection sends its next request when the last is
+answered): the throughput. With ``--paced`` each runs again at its target's rate (each
+connection pausing a random time around ``clients / rate`` between requests), as
+``<name>_paced``: the latency, and the hub API's, at that rate rather than at saturation.
+
 Meanwhile a separate process (``--background``) asks the hub's REST API ``GET /hub/api/user``
 with a token every ``--probe-interval`` seconds, through the same proxy (``hub_api_p99_ms``:
 what a person or script sees while the load runs) and at the hub's own port
@@ -111,6 +116,7 @@ function request()
 end
 
 RESPONSE_FUNCTION
+DELAY_FUNCTION
 
 function done(summary, latency, requests)
   local counts = {}
@@ -131,6 +137,15 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, summary.bytes,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
     latency.mean, e.connect, e.read, e.write, e.timeout, e.status, table.concat(parts, ", ")))
+end
+"""
+
+# Paced runs: each connection waits a random time around `clients / rate` seconds before
+# its next request (a person's pause between pages), so that all of them together ask at
+# about `rate` per second instead of as fast as answers come.
+PACE = """
+function delay()
+  return math.random(LOW_MS, HIGH_MS)
 end
 """
 
@@ -262,6 +277,39 @@ def background_main(spec_path: str) -> int:
 # -- the hub -------------------------------------------------------------------------------
 
 
+# Put in the hub's config: every garbage collection the hub makes that takes 5 ms or more,
+# as "generation milliseconds" lines, so the figures can say what part of the tail is the
+# collector's.
+GC_LOG = """
+import gc as _gc, time as _time
+_gc_log = open("GC_LOG_PATH", "a", buffering=1)
+_gc_started = [0.0]
+def _gc_timer(phase, info):
+    if phase == "start":
+        _gc_started[0] = _time.perf_counter()
+    else:
+        ms = (_time.perf_counter() - _gc_started[0]) * 1000
+        if ms >= 5:
+            _gc_log.write(f"{_time.time():.3f} {info['generation']} {ms:.1f}\\n")
+_gc.callbacks.append(_gc_timer)
+"""
+
+
+def gc_pauses(path: Path, since: float, until: float) -> dict:
+    """The hub's collections of 5 ms or more between two wall-clock times."""
+    pauses = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            at, generation, ms = line.split()
+            if since <= float(at) <= until:
+                pauses.append((int(generation), float(ms)))
+    return {
+        "hub_gc_pauses_over_5_ms": len(pauses),
+        "hub_gc_pause_max_ms": max((ms for _, ms in pauses), default=0.0),
+        "hub_gc_pause_total_ms": round(sum(ms for _, ms in pauses), 1),
+    }
+
+
 def hub_config(
     workdir: Path, kube_url: str, hub_port: int, internal_port: int, bench_token: str
 ) -> str:
@@ -278,7 +326,9 @@ def hub_config(
         "--log-file",
         str(workdir / "service.log"),
     ]
-    return f"""
+    return (
+        GC_LOG.replace("GC_LOG_PATH", str(workdir / "hub-gc.log"))
+        + f"""
 c = get_config()  # noqa
 c.JupyterHub.bind_url = "http://127.0.0.1:{hub_port}/"
 c.JupyterHub.hub_port = {internal_port}
@@ -317,6 +367,7 @@ c.JupyterHub.load_roles = [
     }},
 ]
 """
+    )
 
 
 def free_port() -> int:
@@ -452,6 +503,7 @@ async def run_wrk(
     seconds: float,
     count_statuses: bool,
     extra: dict[str, psutil.Process] | None = None,
+    rate: float | None = None,
     on_start=None,
 ) -> dict:
     """wrk against `url` for `seconds` with the header sets rotated; its figures, and the
@@ -461,8 +513,17 @@ async def run_wrk(
         "\n".join("\t".join(f"{k}: {v}" for k, v in h.items()) for h in headers) + "\n"
     )
     script = workdir / "wrk.lua"
+    pace = ""
+    if rate:
+        # a little under clients / rate: each connection also waits for its answers
+        mean_ms = args.clients * 1000 / rate * 0.95
+        pace = PACE.replace("LOW_MS", str(round(mean_ms / 2))).replace(
+            "HIGH_MS", str(round(mean_ms * 3 / 2))
+        )
     script.write_text(
-        WRK_LUA.replace("RESPONSE_FUNCTION", COUNT_RESPONSES if count_statuses else "")
+        WRK_LUA.replace("RESPONSE_FUNCTION", COUNT_RESPONSES if count_statuses else "").replace(
+            "DELAY_FUNCTION", pace
+        )
     )
     before = cpu_seconds(extra or {})
     process = await asyncio.create_subprocess_exec(
@@ -608,9 +669,11 @@ async def scenario(
     processes: Processes,
     probe: dict,
     churn: dict | None = None,
+    rate: float | None = None,
 ) -> dict:
-    """A warm-up, then the timed run with the background probe (and churn) alongside."""
-    await run_wrk(wrk, url, headers, workdir, args, args.warmup_seconds, False)
+    """A warm-up, then the timed run with the background probe (and churn) alongside;
+    paced at `rate` requests per second in all when given, else as fast as answers come."""
+    await run_wrk(wrk, url, headers, workdir, args, args.warmup_seconds, False, rate=rate)
     spec = {**probe, **(churn or {})}
     spec_path = workdir / f"background-{name}.json"
     spec_path.write_text(json.dumps(spec))
@@ -629,16 +692,29 @@ async def scenario(
     named["probe"] = psutil.Process(helper.pid)
     profilers = start_profilers(args, name, named)
     await asyncio.sleep(0.5)  # the helper's imports, before the load starts
+    started = time.time()
     raw = await run_wrk(
-        wrk, url, headers, workdir, args, args.seconds, expected is not None, extra=named
+        wrk,
+        url,
+        headers,
+        workdir,
+        args,
+        args.seconds,
+        expected is not None,
+        extra=named,
+        rate=rate,
     )
+    ended = time.time()
     helper.stdin.close()
     out, _ = await asyncio.wait_for(helper.communicate(), 60)
     for profiler in profilers:
         await asyncio.get_running_loop().run_in_executor(None, profiler.wait)
     side = json.loads(out.decode().strip().splitlines()[-1])
     figures = summarise(raw, expected)
+    if rate:
+        figures["paced_at_requests_per_s"] = rate
     figures.update(side)
+    figures.update(gc_pauses(workdir / "hub-gc.log", started, ended))
     figures["load_average_before"] = [round(v, 2) for v in load_before]
     return figures
 
@@ -689,58 +765,45 @@ async def measure(args, workdir: Path) -> dict:
             "interval": args.probe_interval,
         }
         token_headers = [{"Authorization": f"token {t}"} for t in tokens]
-        results = {}
-        if "304" in args.scenarios:
-            results["availability_304"] = await scenario(
+        schedulable = [
+            n["metadata"]["name"] for n in kube_nodes if not n["spec"].get("unschedulable")
+        ]
+        churn = {
+            "kube_url": kubesim.url,
+            "churn_per_second": args.churn_per_second,
+            "churn_nodes": schedulable[:200],
+            "churn_keep": 50,
+        }
+        # name: (--scenarios key, URL, header sets, expected status, churn)
+        runs = {
+            "availability_304": (
                 "304",
-                wrk,
                 availability_url,
                 [{**h, "If-None-Match": version} for h in token_headers],
                 304,
-                workdir,
-                args,
-                processes,
-                probe,
-            )
-        if "spawn" in args.scenarios:
-            results["spawn_page"] = await scenario(
+                None,
+            ),
+            "spawn_page": (
                 "spawn",
-                wrk,
                 f"{url}hub/spawn",
                 [{"Cookie": cookie_header(c)} for c in cookies],
                 200,
-                workdir,
-                args,
-                processes,
-                probe,
-            )
-        if "200" in args.scenarios:
-            schedulable = [
-                n["metadata"]["name"] for n in kube_nodes if not n["spec"].get("unschedulable")
-            ]
-            churn = {
-                "kube_url": kubesim.url,
-                "churn_per_second": args.churn_per_second,
-                "churn_nodes": schedulable[:200],
-                "churn_keep": 50,
-            }
-            results["availability_200"] = await scenario(
-                "200",
-                wrk,
-                availability_url,
-                token_headers,
                 None,
-                workdir,
-                args,
-                processes,
-                probe,
-                churn,
-            )
+            ),
+            # the status is not counted: wrk would copy each 1 MB body into Lua
+            "availability_200": ("200", availability_url, token_headers, None, churn),
+        }
+        results = {}
+        for name, (key, target, headers, expected, changes) in runs.items():
+            if key not in args.scenarios:
+                continue
+            run = (name, wrk, target, headers, expected, workdir, args, processes, probe, changes)
+            results[name] = await scenario(*run)
+            if args.paced:
+                rate = TARGETS[name]["min_requests_per_s"]
+                results[f"{name}_paced"] = await scenario(*run, rate=rate)
         figures["scenarios"] = results
-        figures["hub_api_during_load_p99_ms"] = max(
-            (r["hub_api_p99_ms"] or 0) for r in results.values()
-        )
-        figures["verdicts"] = verdicts(results, figures["hub_api_during_load_p99_ms"])
+        figures["verdicts"] = verdicts(results)
     finally:
         if hub is not None:
             await stop_hub(hub)
@@ -767,20 +830,30 @@ async def measure(args, workdir: Path) -> dict:
     return figures
 
 
-def verdicts(results: dict, hub_api_p99: float) -> dict:
+def verdicts(results: dict) -> dict:
+    """Each target against the run as fast as answers come (throughput) and, with --paced,
+    the run at the target's rate (latency, and the hub API's latency, at that rate)."""
     out = {}
     for name, target in TARGETS.items():
         if name == "hub_api_during_load":
-            out[name] = hub_api_p99 <= target["max_p99_ms"]
+            for kind in ("", "_paced"):
+                runs = [r for n, r in results.items() if n.endswith("_paced") == bool(kind)]
+                if runs:
+                    worst = max(r["hub_api_p99_ms"] or float("inf") for r in runs)
+                    out[f"{name}{kind}"] = worst <= target["max_p99_ms"]
             continue
-        run = results.get(name)
-        if run is None:
-            continue
-        out[name] = (
-            run["requests_per_s"] >= target["min_requests_per_s"]
-            and run["p99_ms"] <= target.get("max_p99_ms", float("inf"))
-            and run["errors"] <= target["max_errors"]
-        )
+        for run_name in (name, f"{name}_paced"):
+            run = results.get(run_name)
+            if run is None:
+                continue
+            checks = {
+                "requests_per_s": run["requests_per_s"] >= target["min_requests_per_s"]
+                if run_name == name
+                else None,
+                "p99_ms": run["p99_ms"] <= target["max_p99_ms"] if "max_p99_ms" in target else None,
+                "errors": run["errors"] <= target["max_errors"],
+            }
+            out[run_name] = {k: v for k, v in checks.items() if v is not None}
     return out
 
 
@@ -806,11 +879,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sync-timeout", type=float, default=300)
     parser.add_argument(
+        "--paced",
+        action="store_true",
+        help="run each scenario again at its target's rate: the latency at that rate",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the hub's, the service's and wrk's files here"
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy the service and the hub into this folder"
     )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="thinkube-load-") as tmp:
-        figures = asyncio.run(measure(args, Path(tmp)))
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        figures = asyncio.run(measure(args, args.workdir.resolve()))
+    else:
+        with tempfile.TemporaryDirectory(prefix="thinkube-load-") as tmp:
+            figures = asyncio.run(measure(args, Path(tmp)))
     emit(figures, args.json)
     return 0
 
