@@ -215,7 +215,7 @@ async def background(spec: dict) -> dict:
         rate = spec.get("churn_per_second") or 0
         if not rate:
             return
-        nodes, keep = spec["churn_nodes"], spec["churn_keep"]
+        nodes, keep, prefix = spec["churn_nodes"], spec["churn_keep"], spec["churn_prefix"]
         async with httpx.AsyncClient(base_url=spec["kube_url"] + "/api/v1/", timeout=30) as kube:
             index = 0
             next_at = time.perf_counter()
@@ -223,7 +223,7 @@ async def background(spec: dict) -> dict:
                 pod = {
                     "apiVersion": "v1",
                     "kind": "Pod",
-                    "metadata": {"name": f"load-churn-{index}", "namespace": "default"},
+                    "metadata": {"name": f"{prefix}-{index}", "namespace": "default"},
                     "spec": {
                         "nodeName": nodes[index % len(nodes)],
                         "containers": [
@@ -240,7 +240,7 @@ async def background(spec: dict) -> dict:
                     churn["created" if answer.status_code == 201 else "failed"] += 1
                     if index >= keep:
                         answer = await kube.delete(
-                            f"namespaces/default/pods/load-churn-{index - keep}",
+                            f"namespaces/default/pods/{prefix}-{index - keep}",
                             params={"gracePeriodSeconds": 0},
                         )
                         churn["deleted" if answer.status_code == 200 else "failed"] += 1
@@ -250,6 +250,11 @@ async def background(spec: dict) -> dict:
                 next_at += 1 / rate
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.perf_counter()))
+            for left in range(max(0, index - keep), index):  # the cluster as it was
+                with contextlib.suppress(httpx.HTTPError):
+                    await kube.delete(
+                        f"namespaces/default/pods/{prefix}-{left}", params={"gracePeriodSeconds": 0}
+                    )
 
     started = time.perf_counter()
     await asyncio.gather(
@@ -773,6 +778,7 @@ async def measure(args, workdir: Path) -> dict:
             "churn_per_second": args.churn_per_second,
             "churn_nodes": schedulable[:200],
             "churn_keep": 50,
+            "churn_prefix": "churn",
         }
         # name: (--scenarios key, URL, header sets, expected status, churn)
         runs = {
@@ -801,7 +807,12 @@ async def measure(args, workdir: Path) -> dict:
             results[name] = await scenario(*run)
             if args.paced:
                 rate = TARGETS[name]["min_requests_per_s"]
-                results[f"{name}_paced"] = await scenario(*run, rate=rate)
+                paced = (
+                    f"{name}_paced",
+                    *run[1:-1],
+                    changes and {**changes, "churn_prefix": "paced"},
+                )
+                results[f"{name}_paced"] = await scenario(*paced, rate=rate)
         figures["scenarios"] = results
         figures["verdicts"] = verdicts(results)
     finally:
