@@ -171,7 +171,8 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         config=True,
         help="How long the availability fetched by the check at submit is reused when "
         "kubespawner evaluates the profile list again during the same start, e.g. `10`. "
-        "Form renders and the check at submit always fetch.",
+        "Form renders (forms rendered at once share one request) and the check at submit "
+        "always fetch.",
     )
 
     # -- the form ------------------------------------------------------------------------
