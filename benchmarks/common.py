@@ -152,3 +152,36 @@ def emit(figures: dict, path: Path | None) -> None:
     print(text)
     if path:
         Path(path).write_text(text + "\n")
+
+
+SHARED_CLAIMS = ("thinkube-notebooks", "thinkube-datasets", "thinkube-models")
+
+
+def shared_claims_scenario(workdir: Path, storage_class: str = "seaweedfs") -> Path:
+    """A kubesim scenario file with the claims ThinkubeSpawner mounts by default (and the
+    storage class that binds them), so that its spawn form finds them mountable."""
+    manifests = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": storage_class},
+            "provisioner": "seaweedfs-csi-driver",
+            "volumeBindingMode": "Immediate",
+        },
+        *(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": storage_class,
+                    "resources": {"requests": {"storage": "100Gi"}},
+                },
+            }
+            for name in SHARED_CLAIMS
+        ),
+    ]
+    path = workdir / "shared-claims.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
+    return path

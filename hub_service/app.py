@@ -26,14 +26,22 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import Application
 
-from .background import DaemonThreadPool
+from .availability import AvailabilityAnswers
+from .background import DaemonThreadPool, cancel_and_wait
 from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
 from .cloud import Cloud
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
+from .heap import keep_frozen
 from .inventory import Inventory
 from .lifecycle import HubWatch
 from .local import LocalInventory
 from .page import page_route
+
+# How often the image catalog is read again for the availability answer, which otherwise
+# keeps its last read until this service writes the catalog. Not per request: a read in the
+# database thread slows the event loop (the two contend for the GIL) by far more than it
+# costs, and a spawn form asks on every render.
+IMAGES_REFRESH_SECONDS = 10.0
 
 
 class ThinkubeService(Application):
@@ -340,8 +348,12 @@ class ThinkubeService(Application):
         self._http_server: HTTPServer | None = None
         self._stop_reason = ""
         self.hub_watch: HubWatch | None = None
+        self._heap_task: asyncio.Task | None = None
         self._catalog_writes = 0
         self._images_read: tuple[int, asyncio.Future[bytes]] | None = None
+        self._images_kept: tuple[int, float, bytes] | None = None  # writes, began, JSON
+        self._cloud_kept: tuple[tuple, bytes] | None = None
+        self.availability_answers = AvailabilityAnswers()
         self.openapi_bytes = OPENAPI_PATH.read_bytes()
         self._setup_metrics()
 
@@ -446,21 +458,60 @@ class ThinkubeService(Application):
         return json.dumps(self.catalog.list("jupyter")).encode()
 
     async def jupyter_images_json(self) -> bytes:
-        """The Jupyter images as JSON, for the availability answer. Requests that arrive
-        while a read is under way share it (16 spawn forms at once make one query, not 16
-        queued behind two threads), unless this service has written the catalog since that
-        read began: whoever wrote an image sees it in their next answer."""
+        """The Jupyter images as JSON, for the availability answer, without a query per
+        request: a spawn form asks on every render. A read is kept until this service writes
+        the catalog (whoever wrote an image sees it in their next answer) and is read again
+        in the background every IMAGES_REFRESH_SECONDS meanwhile (a write made elsewhere,
+        straight into the database, shows within that). Requests that must wait for a read
+        share it (16 spawn forms at once make one query, not 16 queued behind two threads),
+        unless this service has written the catalog since that read began."""
+        kept = self._images_kept
+        if kept is not None and kept[0] == self._catalog_writes:
+            if time.monotonic() - kept[1] >= IMAGES_REFRESH_SECONDS:
+                self._read_images()  # answered from the kept read meanwhile
+            return kept[2]
+        return await asyncio.shield(self._read_images())
+
+    def _read_images(self) -> asyncio.Future[bytes]:
+        """The read under way that began after the service's last write, or a new one."""
         pending = self._images_read
-        if pending is None or pending[0] != self._catalog_writes:
-            future = asyncio.ensure_future(self.run_db(self._jupyter_images_json))
-            pending = self._images_read = (self._catalog_writes, future)
+        if pending is not None and pending[0] == self._catalog_writes:
+            return pending[1]
+        writes, began = self._catalog_writes, time.monotonic()
+        future = asyncio.ensure_future(self.run_db(self._jupyter_images_json))
+        pending = self._images_read = (writes, future)
 
-            def done(_: asyncio.Future) -> None:
-                if self._images_read is pending:
-                    self._images_read = None
+        def done(_: asyncio.Future) -> None:
+            if self._images_read is pending:
+                self._images_read = None
+            if future.cancelled() or future.exception() is not None:
+                return  # the next request reads again (a waiting one gets the error)
+            kept = self._images_kept
+            if kept is None or (kept[0], kept[1]) <= (writes, began):  # never an older read
+                self._images_kept = (writes, began, future.result())
 
-            future.add_done_callback(done)
-        return await asyncio.shield(pending[1])
+        future.add_done_callback(done)
+        return future
+
+    def cloud_json(self) -> bytes:
+        """The cloud offers as the availability answer holds them (null without a cloud
+        part), serialised once per refresh of the offers, not per request."""
+        if self.cloud is None:
+            return b"null"
+        offers = self.cloud.offers
+        key = (offers.configured, offers.offers, offers.fetched_at, offers.error)
+        kept = self._cloud_kept
+        if (
+            kept is not None
+            and len(kept[0]) == len(key)
+            and all(a is b or a == b for a, b in zip(kept[0], key, strict=True))
+        ):
+            return kept[1]
+        state = offers.state()
+        state.pop("age_seconds", None)  # it changes with time; fetched_at says the same
+        data = json.dumps(state).encode()
+        self._cloud_kept = (key, data)
+        return data
 
     def make_inventory(self) -> Inventory:
         if self.inventory == "kubernetes":
@@ -549,6 +600,9 @@ class ThinkubeService(Application):
         self._http_server = server  # stopped even if the start is cut short
         await self.source.start()
         await self.cloud.start()
+        self._heap_task = asyncio.create_task(
+            keep_frozen(lambda: self.source.ready), name="thinkube-heap"
+        )
         self.log.info(
             "%s listening on %s:%d%s (inventory: %s)",
             self.name,
@@ -573,6 +627,7 @@ class ThinkubeService(Application):
         catalog. A part that outlasts its bound is logged and left behind."""
         if server is not None:
             server.stop()
+        await cancel_and_wait(self._heap_task)
         parts = [part.stop() for part in (self.hub_watch, self.source) if part is not None]
         if self.cloud is not None:
             parts.append(self.cloud.aclose())

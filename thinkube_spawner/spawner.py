@@ -12,8 +12,10 @@ before it is created, or a RunPod pod. Only kubespawner's public surface is used
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
+import json
 import time
 from collections import OrderedDict
 from typing import Any
@@ -25,7 +27,12 @@ from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 from thinkube_core.accounting import MalformedObject
 from thinkube_core.scheduling import PodRules, node_reason, pod_demand
 
-from .availability import AvailabilitySettings, ServiceUnavailable, paused_gc
+from .availability import (
+    AvailabilitySettings,
+    ServiceUnavailable,
+    freeze_long_lived,
+    paused_gc,
+)
 from .claims import storage_problems
 from .errors import choice_error, service_unavailable_error, spawn_error
 from .form import TEMPLATES, menu_profile, options_from_formdata, render_form, unavailable_profile
@@ -74,6 +81,8 @@ class _BuiltMenus:
     def __init__(self, size: int = 8):
         self.size = size
         self._menus: OrderedDict[MenuSettings, tuple[str, Menu]] = OrderedDict()
+        # id(built menu): (built menu, freshness, the menu with that freshness)
+        self._fresh: OrderedDict[int, tuple[Menu, tuple, Menu]] = OrderedDict()
 
     def get(self, settings: MenuSettings) -> tuple[str, Menu] | None:
         held = self._menus.get(settings)
@@ -87,8 +96,67 @@ class _BuiltMenus:
         while len(self._menus) > self.size:
             self._menus.popitem(last=False)
 
+    def with_freshness(self, built: Menu, freshness: dict) -> Menu:
+        """`built` with an answer's freshness: the same object while both are the same, so
+        that what is made from it (the rendered form) can be kept for it."""
+        key = tuple(freshness.items())
+        held = self._fresh.get(id(built))
+        if held is not None and held[0] is built and held[1] == key:
+            self._fresh.move_to_end(id(built))
+            return held[2]
+        menu = dataclasses.replace(built, **freshness)
+        self._fresh[id(built)] = (built, key, menu)
+        self._fresh.move_to_end(id(built))
+        while len(self._fresh) > self.size:
+            self._fresh.popitem(last=False)
+        return menu
+
 
 _built_menus = _BuiltMenus()
+
+
+class _RenderedForms:
+    """The spawn form's HTML for the newest menus, per everything else it is made from (the
+    person's last options, their cloud price cap, the storage problems, the template), shared
+    by the hub's spawners: while the cluster is unchanged a render is a lookup, instead of
+    the profile and the page made again from the menu's 1,000 nodes on the hub's event loop.
+    Only a few menus are kept (each holds every node's document)."""
+
+    def __init__(self, menus: int = 4, forms_per_menu: int = 256):
+        self.menus, self.forms_per_menu = menus, forms_per_menu
+        self._forms: OrderedDict[int, tuple[Menu, OrderedDict[tuple, str]]] = OrderedDict()
+
+    def get(self, menu: Menu, key: tuple) -> str | None:
+        held = self._forms.get(id(menu))
+        if held is None or held[0] is not menu:
+            return None
+        self._forms.move_to_end(id(menu))
+        return held[1].get(key)
+
+    def put(self, menu: Menu, key: tuple, html: str) -> None:
+        held = self._forms.get(id(menu))
+        if held is None or held[0] is not menu:
+            held = self._forms[id(menu)] = (menu, OrderedDict())
+        self._forms.move_to_end(id(menu))
+        held[1][key] = html
+        while len(held[1]) > self.forms_per_menu:
+            held[1].popitem(last=False)
+        while len(self._forms) > self.menus:
+            self._forms.popitem(last=False)
+
+
+_rendered_forms = _RenderedForms()
+# Form renders that share a request to the service already under way: (menu settings,
+# service URL, token) -> the menu it will give.
+_menus_under_way: dict[tuple, asyncio.Future[Menu]] = {}
+
+
+def _options_key(options: dict) -> str | None:
+    """The person's last options as a key, or None when they cannot be one."""
+    try:
+        return json.dumps(options, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
 
 
 class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
@@ -103,7 +171,8 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         config=True,
         help="How long the availability fetched by the check at submit is reused when "
         "kubespawner evaluates the profile list again during the same start, e.g. `10`. "
-        "Form renders and the check at submit always fetch.",
+        "Form renders (forms rendered at once share one request) and the check at submit "
+        "always fetch.",
     )
 
     # -- the form ------------------------------------------------------------------------
@@ -291,7 +360,12 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
 
     # -- the menu and the form -------------------------------------------------------------
 
-    async def menu(self, fresh: bool = False) -> Menu:
+    async def menu(self, fresh: bool = False, join: bool = False) -> Menu:
+        """The menu from the service's current answer (`fresh`), else from the last one
+        while younger than menu_cache_seconds. With `join`, a request to the service for the
+        same menu already under way is shared instead of made again: many forms rendered at
+        once then make one request, whose answer is at most its own latency older than each
+        of them (the check at submit never joins)."""
         if (
             not fresh
             and self._menu_cache
@@ -299,6 +373,28 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         ):
             return self._menu_cache[1]
         settings = self.menu_settings()
+        if join:
+            key = (settings, self.availability_url, self.availability_token)
+            pending = _menus_under_way.get(key)
+            if pending is None:
+                pending = _menus_under_way[key] = asyncio.ensure_future(
+                    self._current_menu(settings)
+                )
+
+                def done(future: asyncio.Future[Menu]) -> None:
+                    if _menus_under_way.get(key) is future:
+                        del _menus_under_way[key]
+                    if not future.cancelled():
+                        future.exception()  # each joined render gets it; none is left unread
+
+                pending.add_done_callback(done)
+            menu = await asyncio.shield(pending)
+        else:
+            menu = await self._current_menu(settings)
+        self._menu_cache = (time.monotonic(), menu)
+        return menu
+
+    async def _current_menu(self, settings: MenuSettings) -> Menu:
         held = _built_menus.get(settings)
         answer = await self.availability.fetch(held[0] if held else None)
         if held and answer.unchanged:
@@ -324,33 +420,43 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
                 del data  # what the menu does not keep is freed here, by reference counting
             if answer.version:
                 _built_menus.put(settings, answer.version, built)
-        menu = dataclasses.replace(built, **answer.freshness)
-        self._menu_cache = (time.monotonic(), menu)
-        return menu
-
-    async def form_profile(self) -> dict:
-        """The form's one profile: the menu as it is now, the person's last choices
-        preselected, what keeps a server from starting at all said above it."""
-        try:
-            menu = await self.menu(fresh=True)
-        except ServiceUnavailable as err:
-            self.log.warning("Spawn form for %s: %s", self.user.name, err)
-            return unavailable_profile(str(err))
-        profile = menu_profile(menu, self.user_options or {}, self.cloud_cap())
-        profile["thinkube"]["storage_problems"] = await storage_problems(
-            self, self.shared_volumes, fresh=False
-        )
-        return profile
+        return _built_menus.with_freshness(built, answer.freshness)
 
     async def render_options_form(self, spawner: Any = None) -> str:
-        """JupyterHub's options_form: the form, with kubespawner's template settings
-        (`profile_form_template`, `additional_profile_form_template_paths`) honoured."""
-        return render_form(
-            await self.form_profile(),
-            self.user_options or {},
-            search_path=tuple(self.additional_profile_form_template_paths),
-            template_source=self.profile_form_template,
-        )
+        """JupyterHub's options_form: the form with the menu as it is now, the person's last
+        choices preselected, what keeps a server from starting at all said above it;
+        kubespawner's template settings (`profile_form_template`,
+        `additional_profile_form_template_paths`) honoured. The page made for a menu is
+        kept for the next render with the same inputs."""
+        options = self.user_options or {}
+        search_path = tuple(self.additional_profile_form_template_paths)
+        try:
+            menu = await self.menu(fresh=True, join=True)
+        except ServiceUnavailable as err:
+            self.log.warning("Spawn form for %s: %s", self.user.name, err)
+            return render_form(
+                unavailable_profile(str(err)),
+                options,
+                search_path=search_path,
+                template_source=self.profile_form_template,
+            )
+        problems = await storage_problems(self, self.shared_volumes, fresh=False)
+        cap = self.cloud_cap()
+        options_key = _options_key(options)
+        key = (options_key, cap, tuple(problems), search_path, self.profile_form_template)
+        html = _rendered_forms.get(menu, key) if options_key is not None else None
+        if html is None:
+            profile = menu_profile(menu, options, cap)
+            profile["thinkube"]["storage_problems"] = problems
+            html = render_form(
+                profile,
+                options,
+                search_path=search_path,
+                template_source=self.profile_form_template,
+            )
+            if options_key is not None:
+                _rendered_forms.put(menu, key, html)
+        return html
 
     # -- the check at submit -----------------------------------------------------------------
 
@@ -503,3 +609,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
 
     def clear_state(self) -> None:
         self.backend.clear_state()
+
+
+# Last: what the hub, kubespawner and this module brought in is in memory now.
+freeze_long_lived()

@@ -127,9 +127,7 @@ def result_view(
             "started_at": iso(started),
             "finished_at": iso(finished),
             "queued_seconds": round(waited_until - submitted, 3) if submitted else None,
-            "run_seconds": (
-                round((finished or now) - started, 3) if started is not None else None
-            ),
+            "run_seconds": (round((finished or now) - started, 3) if started is not None else None),
         },
     }
 

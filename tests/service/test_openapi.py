@@ -168,7 +168,7 @@ async def test_all_checks_find_no_server_error_and_no_mismatch(hub, tmp_path):
     assert int(cases.get("tests")) >= 15  # every operation of the document
 
 
-def test_the_document_states_the_catalogs_own_bounds():
+async def test_the_document_states_the_catalogs_own_bounds():
     """The bounds and patterns in the document are the ones the catalog applies (the same
     constants), so that what schemathesis finds valid is what the service takes."""
     schemas = json.loads(OPENAPI_PATH.read_text())["components"]["schemas"]

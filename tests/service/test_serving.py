@@ -12,6 +12,7 @@ import threading
 import pytest
 import pytest_asyncio
 
+from hub_service import app as app_module
 from hub_service.app import ThinkubeService
 from hub_service.catalog import Catalog
 from hub_service.handlers import LARGE_BODY_BYTES
@@ -180,7 +181,7 @@ def service(monkeypatch):
     service.catalog.close()
 
 
-async def test_requests_share_a_read_unless_the_service_wrote_since_it_began(service):
+async def test_requests_share_a_read_unless_the_service_wrote_since_it_began(service, monkeypatch):
     catalog = service.catalog
     early = [asyncio.ensure_future(service.jupyter_images_json()) for _ in range(3)]
     await asyncio.sleep(0.05)  # the first read is under way, holding the others
@@ -195,6 +196,25 @@ async def test_requests_share_a_read_unless_the_service_wrote_since_it_began(ser
     # begun after the write: a read of its own, which sees it
     assert [image["name"] for image in json.loads(await late)] == ["first", "second"]
     assert catalog.reads == 2
-    # nothing under way: the next request reads again
-    await service.jupyter_images_json()
+    # the read is kept: the next requests answer from it without a query
+    assert [image["name"] for image in json.loads(await service.jupyter_images_json())] == [
+        "first",
+        "second",
+    ]
+    assert catalog.reads == 2
+    # read again in the background once it is older than IMAGES_REFRESH_SECONDS (a write
+    # made elsewhere, straight into the database, shows), answered from it meanwhile
+    await service.run_db(catalog.put, "third", {"image": "example/third:1"})  # not told
+    monkeypatch.setattr(app_module, "IMAGES_REFRESH_SECONDS", 0.0)
+    assert len(json.loads(await service.jupyter_images_json())) == 2
+    monkeypatch.setattr(app_module, "IMAGES_REFRESH_SECONDS", 60.0)
+
+    async def third_shown() -> bool:
+        return len(json.loads(await service.jupyter_images_json())) == 3
+
+    await eventually(third_shown)
     assert catalog.reads == 3
+    # and at once after this service wrote
+    service.catalog_changed()
+    await service.jupyter_images_json()
+    assert catalog.reads == 4

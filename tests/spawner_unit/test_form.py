@@ -603,6 +603,69 @@ async def test_spawners_share_the_menu_of_one_service_version(monkeypatch):
     assert len(builds) == 5
 
 
+async def test_the_form_made_for_a_menu_is_kept_while_its_inputs_are_the_same(monkeypatch):
+    import thinkube_spawner.spawner as spawner_module
+
+    profiles = []
+
+    def counting_menu_profile(*args, **kwargs):
+        profiles.append(args)
+        return menu_profile(*args, **kwargs)
+
+    monkeypatch.setattr(spawner_module, "menu_profile", counting_menu_profile)
+    monkeypatch.setattr(spawner_module, "_built_menus", spawner_module._BuiltMenus())
+    monkeypatch.setattr(spawner_module, "_rendered_forms", spawner_module._RenderedForms())
+    service = FakeAvailability(freshness={**FRESH, "version": "v1"})
+    alice, bob = make_spawner(service), make_spawner(service)
+    first = await alice.get_options_form()
+    assert await bob.get_options_form() == first  # the same menu and inputs: kept
+    assert (len(profiles), service.calls) == (1, 2)  # every render still asks the service
+    # the person's last options, the freshness, a new version: made again
+    bob.user_options = {"image": "minimal", "where": "cpu", "cpu": "1", "memory": "4"}
+    assert Form(await bob.get_options_form()).selected()["profile-option-thinkube--image"] == (
+        "minimal"
+    )
+    service.freshness = {**STALE, "version": "v1"}
+    assert "thinkube-stale" in Form(await alice.get_options_form()).ids
+    service.freshness = {**FRESH, "version": "v2"}
+    assert await alice.get_options_form() == first  # the same page, made again
+    assert len(profiles) == 4
+    # options that cannot be a key are rendered, never kept
+    alice.user_options = {"image": {"not", "json"}}
+    await alice.get_options_form()
+    await alice.get_options_form()
+    assert len(profiles) == 6
+
+
+async def test_forms_rendered_at_once_share_one_request_to_the_service(monkeypatch):
+    import asyncio
+
+    import thinkube_spawner.spawner as spawner_module
+
+    monkeypatch.setattr(spawner_module, "_built_menus", spawner_module._BuiltMenus())
+    service = FakeAvailability(freshness={**FRESH, "version": "v1"})
+    spawners = [make_spawner(service) for _ in range(5)]
+    pages = await asyncio.gather(*(spawner.get_options_form() for spawner in spawners))
+    assert len(set(pages)) == 1
+    assert service.calls == 1
+    # one after the other: each render asks
+    await spawners[0].get_options_form()
+    await spawners[1].get_options_form()
+    assert service.calls == 3
+    # the check at submit always makes its own request
+    for spawner in spawners[:2]:
+        spawner.user_options = {"image": "scipy", "where": "cpu", "cpu": "1", "memory": "2"}
+    await asyncio.gather(*(apply_options(spawner) for spawner in spawners[:2]))
+    assert service.calls == 5
+    # a failure reaches every render that shared the request, and is not kept
+    service.error = "The availability service cannot be reached (ConnectError)."
+    pages = await asyncio.gather(*(spawner.get_options_form() for spawner in spawners))
+    assert all("thinkube-unavailable" in Form(page).ids for page in pages)
+    assert service.calls == 6
+    service.error = None
+    assert "thinkube-unavailable" not in Form(await spawners[0].get_options_form()).ids
+
+
 async def test_the_spawner_preselects_its_last_user_options():
     spawner = make_spawner()
     spawner.user_options = {
