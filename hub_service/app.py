@@ -33,6 +33,10 @@ from .cloud import Cloud
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
 from .heap import keep_frozen
 from .inventory import Inventory
+from .jobs.handlers import job_routes
+from .jobs.manager import JobQueue
+from .jobs.setup import make_job_queue
+from .jobs.spec import JobLimits
 from .lifecycle import HubWatch
 from .local import LocalInventory
 from .page import page_route
@@ -258,6 +262,74 @@ class ThinkubeService(Application):
         help="The reaper leaves pods younger than this alone, e.g. `600`.",
     )
 
+    jobs_enabled = Bool(
+        True,
+        config=True,
+        help="Serve the GPU job queue (`api/v1/jobs`, `api/v1/queue`, `api/v1/nodes` and the "
+        "routes of the older job server, `api/submit` and the rest): scripts queued, run on "
+        "free GPUs as Kubernetes Jobs or, with `inventory = 'local'`, as processes on this "
+        "machine. E.g. `False`.",
+    )
+    jobs_admin_scope = Unicode(
+        "custom:thinkube:jobs:admin",
+        config=True,
+        help="Hub scope that lets a token see and cancel everyone's jobs (declare it in "
+        "`c.JupyterHub.custom_scopes`; without it a person sees only their own). E.g. "
+        "`custom:thinkube:jobs:admin`.",
+    )
+    jobs_max_script_bytes = Integer(
+        1 << 20,
+        config=True,
+        help="Largest script a job may submit, in bytes, e.g. `1048576`.",
+    )
+    jobs_max_expected_seconds = Float(
+        7 * 86400.0,
+        config=True,
+        help="Longest expected_time a job may ask for, in seconds, e.g. `86400`.",
+    )
+    jobs_deadline_factor = Float(
+        2.0,
+        config=True,
+        help="A running job is ended (reason DeadlineExceeded) at this many times its "
+        "expected_time, e.g. `2`.",
+    )
+    jobs_max_deadline_seconds = Float(
+        14 * 86400.0,
+        config=True,
+        help="No job runs longer than this, whatever its expected_time, in seconds, e.g. `172800`.",
+    )
+    jobs_result_max_bytes = Integer(
+        1 << 20,
+        config=True,
+        help="The most of each output stream a result answers with (the end of it is kept), "
+        "in bytes, e.g. `1048576`.",
+    )
+    jobs_folder = Unicode(
+        "thinkube-jobs",
+        config=True,
+        help="With `inventory = 'local'`: the folder that holds each job's script and output "
+        "(relative to the service's working folder), e.g. `/var/lib/thinkube/jobs`.",
+    )
+    jobs_namespace = Unicode(
+        "",
+        config=True,
+        help="With `inventory = 'kubernetes'`: the namespace of the jobs' Kubernetes Jobs; "
+        "empty: the namespace this service runs in, else `default`. E.g. `gpu-jobs`.",
+    )
+    jobs_kueue_queue = Unicode(
+        "",
+        config=True,
+        help="With `inventory = 'kubernetes'`: a Kueue LocalQueue in jobs_namespace; Jobs are "
+        "then created suspended with its `kueue.x-k8s.io/queue-name` label, Kueue admits "
+        "them, and queue positions are Kueue's. Empty: this service's own queue. E.g. `gpu`.",
+    )
+    jobs_ttl_seconds = Integer(
+        3600,
+        config=True,
+        help="With `inventory = 'kubernetes'`: a finished Job and its pod are deleted this "
+        "long after it ends (the result is kept in the service's database), e.g. `3600`.",
+    )
+
     page_rows = Integer(
         50,
         config=True,
@@ -312,6 +384,15 @@ class ThinkubeService(Application):
     source = Instance(Inventory, allow_none=True)
     # RunPod offers and the reaper (not configured without an API key).
     cloud = Instance(Cloud, allow_none=True)
+    # The GPU job queue (None with jobs_enabled off).
+    jobs = Instance(JobQueue, allow_none=True)
+
+    @property
+    def job_limits(self) -> JobLimits:
+        return JobLimits(
+            max_script_bytes=self.jobs_max_script_bytes,
+            max_expected_s=self.jobs_max_expected_seconds,
+        )
 
     @property
     def access_scopes(self) -> set[str]:
@@ -538,7 +619,11 @@ class ThinkubeService(Application):
 
     def make_app(self) -> web.Application:
         return web.Application(
-            [page_route(self.service_prefix), *routes(self.service_prefix)],
+            [
+                page_route(self.service_prefix),
+                *routes(self.service_prefix),
+                *job_routes(self.service_prefix),
+            ],
             default_handler_class=NotFoundHandler,
             service=self,
             cookie_secret=secrets.token_bytes(32),
@@ -600,6 +685,10 @@ class ThinkubeService(Application):
         self._http_server = server  # stopped even if the start is cut short
         await self.source.start()
         await self.cloud.start()
+        if self.jobs_enabled:
+            self.jobs = make_job_queue(self)
+            if self.jobs is not None:
+                await self.jobs.start()
         self._heap_task = asyncio.create_task(
             keep_frozen(lambda: self.source.ready), name="thinkube-heap"
         )
@@ -628,7 +717,9 @@ class ThinkubeService(Application):
         if server is not None:
             server.stop()
         await cancel_and_wait(self._heap_task)
-        parts = [part.stop() for part in (self.hub_watch, self.source) if part is not None]
+        parts = [
+            part.stop() for part in (self.hub_watch, self.jobs, self.source) if part is not None
+        ]
         if self.cloud is not None:
             parts.append(self.cloud.aclose())
         await self._bounded(self._gather_logged(parts), 1.0, "the background loops")

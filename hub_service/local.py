@@ -323,6 +323,10 @@ class LocalInventory(Inventory):
 
     # -- I/O ---------------------------------------------------------------------------
 
+    def gpus_held(self) -> set[str]:
+        """UUIDs of the GPUs the hub's servers hold (as last read)."""
+        return {uuid for allocation in self._allocations for uuid in allocation["gpus"]}
+
     async def active_servers(self) -> list[dict]:
         """Users with active servers, every page, from the hub's REST API."""
         if not self.hub_api_url:

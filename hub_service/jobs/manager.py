@@ -128,6 +128,11 @@ class JobQueue:
         self._specs: dict[str, tuple[PodRules, dict[str, int]]] = {}
         self._next_deadline: float | None = None
         self.changed: list[Callable[[], None]] = []  # told after each plan
+        # The queued and running entries as of the last plan (what the queue's views read).
+        self.active: dict[str, dict[str, Any]] = {}
+        self._planned = asyncio.Event()  # set, and replaced, after each plan
+        self._plans_begun = 0
+        self._plans_done = 0  # the number of the last plan made (plans are made one by one)
 
     async def db(self, fn, *args, **kwargs):
         if self._run_db is None:
@@ -156,10 +161,10 @@ class JobQueue:
         while True:
             # Woken by a change, or when the next running job's deadline comes.
             timeout = None if self._next_deadline is None else self._next_deadline - self.clock()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can hold a cancel back
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), max(0.0, timeout) if timeout is not None else None
-                )
+                async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
+                    await self._wake.wait()
             await asyncio.sleep(self.settings.debounce_s)
             self._wake.clear()
             try:
@@ -181,6 +186,8 @@ class JobQueue:
         return held
 
     async def replan(self) -> Plan:
+        self._plans_begun += 1
+        number = self._plans_begun
         now = self.clock()
         active = await self.db(self.store.active)
         for entry in active:
@@ -227,10 +234,28 @@ class JobQueue:
         by_id = {e["id"]: e for e in active}
         for queued, node in self.plan.start:
             deadlines.append(await self._start(by_id[queued.id], node))
+            by_id[queued.id] = await self.db(self.store.get, queued.id) or by_id[queued.id]
+        self.active = {key: e for key, e in by_id.items() if e["status"] in ACTIVE}
         self._next_deadline = min((d for d in deadlines if d), default=None)
+        self._plans_done = number
+        planned, self._planned = self._planned, asyncio.Event()
+        planned.set()
         for callback in self.changed:
             callback()
         return self.plan
+
+    async def next_plan(self, within_s: float) -> bool:
+        """Wait for the plan made after this call (a submission's position is in it);
+        False when none came within `within_s` seconds."""
+        wanted = self._plans_begun + 1  # a plan begun before now may not have seen the change
+        self.poke()
+        try:
+            async with asyncio.timeout(within_s):
+                while self._plans_done < wanted:
+                    await self._planned.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _start(self, entry: Mapping[str, Any], node: str) -> float | None:
         """Start it there; the deadline it runs under (None when it could not start)."""

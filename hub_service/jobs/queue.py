@@ -205,6 +205,7 @@ def plan(
             continue
         node = min(able, key=lambda n: (load[n], n))
         result.expected_node[entry.id] = node
+        work_ahead = load[node]
         load[node] += entry.expected_s
         if entry.gpus:
             heap = timeline(node, entry.gpu_resource)
@@ -214,8 +215,8 @@ def plan(
                 heapq.heappush(heap, start + entry.expected_s)
             result.eta[entry.id] = start if start != float("inf") else None
         else:
-            ends = [e for e in gpu_ends[node] if e != float("inf")]
-            result.eta[entry.id] = min(ends) if ends else None
+            # Without GPUs to count, the work ahead of the node, done one after another.
+            result.eta[entry.id] = now + work_ahead if work_ahead > 0 else None
     for entry, _ in result.start:
         result.positions.pop(entry.id, None)
     result.order = [e for e in result.order if e in result.positions]

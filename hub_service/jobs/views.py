@@ -174,7 +174,7 @@ def node_statistics(
 ) -> list[dict[str, Any]]:
     """Per node: its GPUs free and busy, the jobs running there and queued for it, and the
     work ahead of it in seconds (what the queue places by). Nodes with GPUs, and any node
-    a job runs on or waits for."""
+    a job runs on or waits for (every node where none has GPUs)."""
     per_node: dict[str, dict[str, Any]] = {}
 
     def stats(name: str) -> dict[str, Any]:
@@ -201,11 +201,12 @@ def node_statistics(
             held["queued_jobs"] += 1
             held["queued_seconds"] += entry["expected_s"]
     items = []
+    any_gpus = any(node.get("gpu") for node in nodes)
     for node in nodes:
         gpu = node.get("gpu") or {}
         name = node["name"]
-        if not gpu and name not in per_node:
-            continue
+        if any_gpus and not gpu and name not in per_node:
+            continue  # a CPU node among GPU nodes, with no job
         counts = per_node.get(name) or stats(name)
         total = int(gpu.get("schedulable_count") or 0)
         free = int(gpu.get("free_count") or 0)
