@@ -42,14 +42,25 @@ class JobsError(RuntimeError):
         self.field = field
 
 
+SERVICE_PATH = "services/thinkube-resources/"
+
+
 def _default_url() -> str:
+    """THINKUBE_JOBS_URL; else the service under THINKUBE_HUB_URL (the hub's public
+    address); else under the hub that started this notebook server."""
     url = os.environ.get("THINKUBE_JOBS_URL", "")
-    if not url:
-        raise JobsError(
-            "Where is the hub's service? Set THINKUBE_JOBS_URL (e.g. "
-            "https://hub.example.org/services/thinkube-resources/) or pass url=."
-        )
-    return url
+    if url:
+        return url
+    hub = os.environ.get("THINKUBE_HUB_URL", "")
+    if hub:
+        return hub.rstrip("/") + "/" + SERVICE_PATH
+    api = os.environ.get("JUPYTERHUB_API_URL", "")
+    if api.rstrip("/").endswith("/hub/api"):
+        return api.rstrip("/")[: -len("hub/api")] + SERVICE_PATH
+    raise JobsError(
+        "Where is the hub? Set THINKUBE_HUB_URL (e.g. https://hub.example.org/) or "
+        "THINKUBE_JOBS_URL, or pass url=."
+    )
 
 
 def _default_token() -> str:
@@ -81,7 +92,11 @@ class Client:
                 body = response.json()
             except ValueError:
                 body = {}
-            message = body.get("error") or body.get("message") or response.reason_phrase
+            message = (
+                body.get("error") or body.get("message") or response.reason_phrase
+                if isinstance(body, dict)
+                else response.reason_phrase
+            )
             raise JobsError(str(message), response.status_code, body.get("field"))
         return response.json()
 
@@ -127,10 +142,14 @@ class Client:
     def list(self, **filters: str) -> list[Job]:
         """Your jobs, newest first; filters `status`, `project`, `user`, `metadata`."""
         page = self._request("GET", "api/v1/jobs", params={k: v for k, v in filters.items() if v})
-        return [Job(self, item) for item in page["items"]]
+        return [Job(self, item) for item in page["jobs"]]
 
-    def queue(self) -> list[dict]:
-        return self._request("GET", "api/v1/queue")["items"]
+    def queue(self) -> dict:
+        """The waiting jobs in order (`jobs`), with positions and estimated starts."""
+        return self._request("GET", "api/v1/queue")
+
+    def nodes(self) -> list[dict]:
+        return self._request("GET", "api/v1/nodes")["nodes"]
 
 
 class Job:
@@ -167,26 +186,39 @@ class Job:
     def logs(self, follow: bool = False) -> Iterator[str]:
         """Its output lines; with `follow`, as they come until it ends (a dropped stream
         is resumed where it stopped)."""
+        for _, text in self.output(follow):
+            yield text
+
+    def output(self, follow: bool = False) -> Iterator[tuple[str, str]]:
+        """(stream, line) pairs: `stdout`, `stderr` (or `combined` where the two cannot be
+        told apart), then, when following, `status` lines while it waits in the queue."""
         path = f"api/v1/jobs/{self.view['id']}/logs"
         if not follow:
             response = self.client._http.get(path, params={"follow": "false"})
             if response.status_code >= 400:
-                raise JobsError(response.text, response.status_code)
-            yield from response.text.splitlines()
+                raise JobsError(_error_of(response), response.status_code)
+            for line in response.text.splitlines():
+                yield "stdout", line
             return
         last: str | None = None
         while True:
-            headers = {"Last-Event-ID": last} if last else {}
+            headers = {"Accept": "text/event-stream"}
+            if last:
+                headers["Last-Event-ID"] = last
             try:
-                with self.client._http.stream(
-                    "GET", path, headers={"Accept": "text/event-stream", **headers}, timeout=None
-                ) as stream:
+                with self.client._http.stream("GET", path, headers=headers, timeout=None) as stream:
                     if stream.status_code >= 400:
-                        raise JobsError(stream.read().decode(), stream.status_code)
-                    for event_id, data in _events(stream.iter_lines()):
+                        stream.read()
+                        raise JobsError(_error_of(stream), stream.status_code)
+                    for event_id, name, data in _events(stream.iter_lines()):
                         last = event_id or last
-                        if data is not None:
-                            yield data.get("line", "")
+                        if name == "end":
+                            return
+                        if name == "status":
+                            where = json.loads(data)
+                            yield "status", f"queued, position {where.get('position') or '?'}"
+                        else:
+                            yield name, data
                 return
             except httpx.HTTPError:
                 time.sleep(1)  # dropped: resume after the last line received
@@ -204,18 +236,29 @@ class Job:
         return self
 
 
-def _events(lines: Iterator[str]) -> Iterator[tuple[str | None, dict | None]]:
-    """Server-Sent Events: (id, data) per event."""
-    event_id, data = None, []
+def _error_of(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or response.reason_phrase)
+    except ValueError:
+        return response.reason_phrase
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
+    """Server-Sent Events: (id, event name, data) per event; comments skipped."""
+    event_id, name, data = None, "message", []
     for line in lines:
         if line == "":
             if data:
-                yield event_id, json.loads("\n".join(data))
-            event_id, data = None, []
+                yield event_id, name, "\n".join(data)
+            event_id, name, data = None, "message", []
+        elif line.startswith(":"):
+            continue
         elif line.startswith("id:"):
             event_id = line[3:].strip()
+        elif line.startswith("event:"):
+            name = line[6:].strip()
         elif line.startswith("data:"):
-            data.append(line[5:].strip())
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
 
 
 def submit(script: str | Path, **options: Any) -> Job:

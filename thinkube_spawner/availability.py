@@ -210,6 +210,31 @@ class AvailabilitySettings(Configurable):
         prefix = hub_prefix.rstrip("/").removesuffix("/hub")
         return f"{base}{prefix}/services/{self.availability_service_name}/"
 
+    jobs_url = Unicode(
+        config=True,
+        help="Where notebook servers reach the service for GPU jobs (their THINKUBE_JOBS_URL, "
+        "which `thinkube jobs` and `thinkube_core.jobs` use with the server's own "
+        "$JUPYTERHUB_API_TOKEN), e.g. `https://hub.example.org/services/thinkube-resources/`. "
+        "Default: availability_url.",
+    )
+
+    @default("jobs_url")
+    def _default_jobs_url(self) -> str:
+        return self.availability_url
+
+    @default("server_token_scopes")
+    def _default_server_token_scopes(self) -> list[str]:
+        # The hub's own `server` role, and the service: a notebook can submit GPU jobs.
+        return [
+            "users:activity!user",
+            "access:servers!server",
+            f"access:services!service={self.availability_service_name}",
+        ]
+
+    def jobs_env(self) -> dict[str, str]:
+        """What a notebook server needs to submit GPU jobs (its token is the hub's)."""
+        return {"THINKUBE_JOBS_URL": self.jobs_url} if self.jobs_url else {}
+
     availability_token = Unicode(
         config=True,
         help="Hub API token with access to the availability service (a role with "

@@ -2,6 +2,8 @@
 
     thinkube cloud offers|colab|ls|rm ...     cloud GPUs on RunPod (thinkube_spawner.runpod)
     thinkube hub [--ip] [--port] [--data-dir]  JupyterHub on this machine (thinkube_spawner.hub)
+    thinkube jobs submit|ls|status|logs|...    GPU jobs in the hub's queue (thinkube_spawner.jobs_cli)
+    thinkube token create|list|revoke          expiring hub tokens for jobs (thinkube_spawner.jobs_cli)
 
 Each command group lives in its own module and adds itself to the parser with a
 `register(subparsers)` function listed in COMMAND_GROUPS. A command
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 from thinkube_spawner import hub as hub_commands
+from thinkube_spawner import jobs_cli
 from thinkube_spawner.runpod import commands as cloud_commands
 from thinkube_spawner.runpod.commands import CommandError
 
@@ -27,6 +30,7 @@ PROG = "thinkube"
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction], object]] = [
     cloud_commands.register,
     hub_commands.register,
+    jobs_cli.register,
 ]
 
 

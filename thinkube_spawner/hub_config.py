@@ -110,10 +110,17 @@ c.JupyterHub.services = [
 c.JupyterHub.custom_scopes = {
     "custom:thinkube:images:write": {
         "description": "Register, replace and delete images in the thinkube-resources image catalog."
-    }
+    },
+    "custom:thinkube:jobs:admin": {
+        "description": "See and cancel everyone's GPU jobs in the thinkube-resources queue."
+    },
 }
+c.JupyterHub.load_groups = {"jobs-admins": {"users": []}}
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", f"access:services!service={SERVICE}"]},
+    # Members of the group jobs-admins (the hub's admin page adds them) see and cancel
+    # everyone's GPU jobs.
+    {"name": "jobs-admin", "scopes": ["custom:thinkube:jobs:admin"], "groups": ["jobs-admins"]},
     # The service reads which servers run and what they were given (their state, which only
     # the hub writes): the single-machine allocation. The same scopes on JupyterHub 5.5 and 6.x.
     {

@@ -526,6 +526,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
 
     def get_env(self):
         env = super().get_env()
+        env.update(self.jobs_env())
         env.update(self._extra_env)
         return env
 

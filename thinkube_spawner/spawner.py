@@ -554,6 +554,11 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             )
         return pod
 
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self.jobs_env())
+        return env
+
     async def unschedulable_message(self, scheduler_message: str) -> str:
         """The scheduler's reason, and where there is room by our accounting."""
         text = f"The scheduler could not place your server: {scheduler_message}"
