@@ -14,6 +14,7 @@ with its reason.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from urllib.parse import urljoin
@@ -200,6 +201,10 @@ async def test_values_config_spawns_a_gpu_server_in_kubesim(
         image = get_path(values, "singleuser.image")
         assert container.image == f"{image['name']}:{image['tag']}"
         env = {e.name: e for e in container.env}
+        # where the server's own token submits GPU jobs: the service, reached directly (the
+        # test's service stands in for hub:8181)
+        jobs_url = env.pop("THINKUBE_JOBS_URL").value
+        assert re.fullmatch(r"http://[^/]+/services/thinkube-resources/", jobs_url), jobs_url
         if install == "minimal+lab":
             assert env["THINKUBE_DATASETS_BUCKET"].value == "datasets"
             assert env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name == "thinkube-s3"

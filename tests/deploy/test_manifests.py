@@ -40,7 +40,7 @@ def test_there_are_manifests():
     assert names == ["hub-cluster-rbac.yaml", "lab/storage.yaml"]
     # The minimal install applies the RBAC only; storage is the lab's.
     minimal = [doc["kind"] for name, doc in all_manifests() if not name.startswith("lab/")]
-    assert sorted(minimal) == ["ClusterRole", "ClusterRoleBinding"]
+    assert sorted(minimal) == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
     lab = sorted(doc["kind"] for _, doc in all_manifests(LAB_MANIFESTS))
     assert lab == ["PersistentVolume"] * 3 + ["PersistentVolumeClaim"] * 3
 
@@ -70,6 +70,25 @@ def test_cluster_role_reads_nodes_and_pods_and_storage_classes_only():
         "kind": "ClusterRole",
         "name": role["metadata"]["name"],
     }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "hub", "namespace": NAMESPACE}
+    ]
+
+
+def test_the_jobs_role_runs_jobs_in_the_hubs_namespace_only():
+    (role,) = by_kind("Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    granted = {
+        (r["apiGroups"][0], res): set(r["verbs"]) for r in role["rules"] for res in r["resources"]
+    }
+    assert granted == {
+        ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+        ("", "configmaps"): {"get", "create", "delete"},
+        ("", "pods/log"): {"get"},
+        ("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads"): {"get"},
+    }
+    (binding,) = by_kind("RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "hub", "namespace": NAMESPACE}
     ]
@@ -105,6 +124,10 @@ async def create(api: client.ApiClient, doc: dict) -> dict:
         made = await rbac.create_cluster_role(doc)
     elif kind == "ClusterRoleBinding":
         made = await rbac.create_cluster_role_binding(doc)
+    elif kind == "Role":
+        made = await rbac.create_namespaced_role(doc["metadata"]["namespace"], doc)
+    elif kind == "RoleBinding":
+        made = await rbac.create_namespaced_role_binding(doc["metadata"]["namespace"], doc)
     elif kind == "PersistentVolume":
         made = await core.create_persistent_volume(doc)
     elif kind == "PersistentVolumeClaim":
