@@ -128,11 +128,14 @@ class JobQueue:
         self._specs: dict[str, tuple[PodRules, dict[str, int]]] = {}
         self._next_deadline: float | None = None
         self.changed: list[Callable[[], None]] = []  # told after each plan
-        # The queued and running entries as of the last plan (what the queue's views read).
+        # The queued and running entries, without their scripts (those stay in the store
+        # until a job starts): what the planner works from and the queue's views read. Read
+        # from the store once, at the start; kept since by this queue, its only writer.
         self.active: dict[str, dict[str, Any]] = {}
         self._planned = asyncio.Event()  # set, and replaced, after each plan
         self._plans_begun = 0
         self._plans_done = 0  # the number of the last plan made (plans are made one by one)
+        self._waited_on = False  # a request waits for the next plan
 
     async def db(self, fn, *args, **kwargs):
         if self._run_db is None:
@@ -143,6 +146,7 @@ class JobQueue:
 
     async def start(self) -> None:
         for entry in await self.db(self.store.active):
+            self._keep(entry)
             if entry["status"] == RUNNING and not await self.backend.reattach(entry):
                 await self._finish(entry, LOST, "Lost", None, "the job was gone after a restart")
         self._task = asyncio.create_task(self._run(), name="thinkube-job-queue")
@@ -165,7 +169,10 @@ class JobQueue:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
                     await self._wake.wait()
-            await asyncio.sleep(self.settings.debounce_s)
+            if not self._waited_on:
+                # a burst of changes makes one plan; one that someone waits for is made now
+                await asyncio.sleep(self.settings.debounce_s)
+            self._waited_on = False
             self._wake.clear()
             try:
                 await self.replan()
@@ -189,11 +196,10 @@ class JobQueue:
         self._plans_begun += 1
         number = self._plans_begun
         now = self.clock()
-        active = await self.db(self.store.active)
-        for entry in active:
+        for entry in list(self.active.values()):
             if entry["status"] == RUNNING and entry["deadline_at"] and entry["deadline_at"] <= now:
                 await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
-        active = [e for e in active if e["status"] in ACTIVE]
+        active = list(self.active.values())
         deadlines = [
             e["deadline_at"] for e in active if e["status"] == RUNNING and e["deadline_at"]
         ]
@@ -231,11 +237,9 @@ class JobQueue:
                 )
         nodes = with_assumed(self.documents(), assumed)
         self.plan = plan(waiting, running, nodes, now)
-        by_id = {e["id"]: e for e in active}
         for queued, node in self.plan.start:
-            deadlines.append(await self._start(by_id[queued.id], node))
-            by_id[queued.id] = await self.db(self.store.get, queued.id) or by_id[queued.id]
-        self.active = {key: e for key, e in by_id.items() if e["status"] in ACTIVE}
+            if queued.id in self.active:  # not cancelled meanwhile
+                deadlines.append(await self._start(self.active[queued.id], node))
         self._next_deadline = min((d for d in deadlines if d), default=None)
         self._plans_done = number
         planned, self._planned = self._planned, asyncio.Event()
@@ -248,6 +252,7 @@ class JobQueue:
         """Wait for the plan made after this call (a submission's position is in it);
         False when none came within `within_s` seconds."""
         wanted = self._plans_begun + 1  # a plan begun before now may not have seen the change
+        self._waited_on = True
         self.poke()
         try:
             async with asyncio.timeout(within_s):
@@ -264,12 +269,15 @@ class JobQueue:
             entry["expected_s"] * self.settings.deadline_factor, self.settings.max_deadline_s
         )
         try:
-            record = await self.backend.start(entry, request_of(entry), node)
+            full = await self.db(self.store.get, entry["id"])  # with its script
+            if full is None:
+                raise RuntimeError("it is no longer in the database")
+            record = await self.backend.start(full, request_of(full), node)
         except Exception as err:  # the backend refused: the job fails with its reason
             log.warning("job %s could not start on %s: %s", entry["id"], node, err)
             await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
             return None
-        await self.db(
+        updated = await self.db(
             self.store.update,
             entry["id"],
             status=RUNNING,
@@ -278,6 +286,8 @@ class JobQueue:
             deadline_at=deadline,
             placement=record,
         )
+        if updated is not None and entry["id"] in self.active:
+            self._keep(updated)
         log.info("job %s of %s started on %s", entry["id"], entry["user"], node)
         return deadline
 
@@ -299,8 +309,14 @@ class JobQueue:
             "submitted_at": self.clock(),
         }
         stored = await self.db(self.store.add, entry)
+        self._keep(stored)
         self.poke()
         return stored
+
+    def _keep(self, entry: Mapping[str, Any]) -> None:
+        kept = dict(entry)
+        kept.pop("script", None)
+        self.active[entry["id"]] = kept
 
     async def ended(self, entry_id: str, ending: Ending) -> None:
         """A backend's report: the job ended by itself (or was lost)."""
@@ -342,6 +358,7 @@ class JobQueue:
             message=message,
         )
         self._specs.pop(entry["id"], None)
+        self.active.pop(entry["id"], None)
         log.info("job %s of %s ended: %s", entry["id"], entry["user"], reason)
         self.poke()
         return finished or dict(entry)
