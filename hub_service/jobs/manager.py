@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from thinkube_core.scheduling import PodRules, pod_demand
 
 from ..background import cancel_and_wait
-from .queue import Plan, QueueEntry, Running, plan, with_assumed
+from .queue import Plan, QueueEntry, Running, plan, queue_order, with_assumed
 from .spec import JobRequest, job_pod_spec
 from .store import ACTIVE, CANCELLED, COMPLETED, FAILED, LOST, QUEUED, RUNNING, JobStore
 
@@ -37,19 +37,33 @@ class Ending:
     exit_code: int | None
     reason: str  # Completed | Failed | DeadlineExceeded | Cancelled | Lost
     message: str = ""
+    # What the job wrote, where the backend does not keep it itself (stored with the
+    # ending): {"text", "truncated", "skipped_lines"}.
+    output: Mapping[str, Any] | None = None
 
 
 class JobBackend(Protocol):
     """Where jobs run. `start` must not block long; an ending is reported through the
-    `ended` callback the queue gives it."""
+    `ended` callback the queue gives it.
+
+    A backend whose own admission decides what runs and where (Kubernetes with Kueue)
+    says so with `admits = True`: the queue then hands it every queued job at once (node
+    None), the job stays queued until the backend calls the queue's `started(id, node)`,
+    and positions come from the backend's `positions()` ({job id: 1-based position}).
+    A backend that ends jobs at their deadline itself sets `deadline_grace_s`: the queue
+    ends them only that long after the deadline, if the backend has not.
+    Optional: `recover()`, the entries the backend's own records hold (on Kubernetes the
+    Jobs are the source of truth), merged into the store when the queue starts."""
 
     name: str
 
-    async def start(self, entry: Mapping[str, Any], request: JobRequest, node: str) -> dict:
-        """Start the job on `node`; returns the backend's record of it (kept in the store)."""
+    async def start(self, entry: Mapping[str, Any], request: JobRequest, node: str | None) -> dict:
+        """Start the job on `node`; returns the backend's record of it (kept in the store).
+        `entry["deadline_s"]` is how long the queue lets it run."""
 
-    async def stop(self, entry: Mapping[str, Any], reason: str) -> None:
-        """End a running job now (its processes or pod), freeing what it holds."""
+    async def stop(self, entry: Mapping[str, Any], reason: str) -> Mapping[str, Any] | None:
+        """End a running job now (its processes or pod), freeing what it holds; returns
+        what it wrote (as `Ending.output`) when the backend keeps that only until then."""
 
     async def reattach(self, entry: Mapping[str, Any]) -> bool:
         """After a restart: follow a job the store says runs; False when it is gone."""
@@ -141,12 +155,38 @@ class JobQueue:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    @property
+    def admits(self) -> bool:
+        """Whether the backend's own admission decides what runs (see JobBackend)."""
+        return bool(getattr(self.backend, "admits", False))
+
     async def start(self) -> None:
+        recover = getattr(self.backend, "recover", None)
+        if recover is not None:
+            await self._merge(await recover())
         for entry in await self.db(self.store.active):
-            if entry["status"] == RUNNING and not await self.backend.reattach(entry):
+            handed_over = entry["status"] == QUEUED and entry.get("placement")
+            if (entry["status"] == RUNNING or handed_over) and not await self.backend.reattach(
+                entry
+            ):
                 await self._finish(entry, LOST, "Lost", None, "the job was gone after a restart")
         self._task = asyncio.create_task(self._run(), name="thinkube-job-queue")
         self.poke()
+
+    async def _merge(self, recovered: Sequence[Mapping[str, Any]]) -> None:
+        """Entries the backend knows and the store does not (a lost or older database) are
+        added back as the backend describes them."""
+        added = 0
+        for entry in recovered:
+            if await self.db(self.store.get, entry["id"]) is None:
+                await self.db(self.store.add, entry)
+                added += 1
+        if added:
+            log.warning(
+                "%d job(s) found in %s but not in the database: added back",
+                added,
+                self.backend.name,
+            )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -190,13 +230,20 @@ class JobQueue:
         number = self._plans_begun
         now = self.clock()
         active = await self.db(self.store.active)
+        grace = float(getattr(self.backend, "deadline_grace_s", 0.0) or 0.0)
         for entry in active:
-            if entry["status"] == RUNNING and entry["deadline_at"] and entry["deadline_at"] <= now:
+            deadline = entry["deadline_at"]
+            if entry["status"] == RUNNING and deadline and deadline + grace <= now:
                 await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
         active = [e for e in active if e["status"] in ACTIVE]
         deadlines = [
-            e["deadline_at"] for e in active if e["status"] == RUNNING and e["deadline_at"]
+            e["deadline_at"] + grace for e in active if e["status"] == RUNNING and e["deadline_at"]
         ]
+        if self.admits:
+            # The backend's admission decides: hand it what it does not have yet.
+            for entry in active:
+                if entry["status"] == QUEUED and not entry.get("placement"):
+                    await self._hand_over(entry)
         waiting, running = [], []
         counted = self.counted()
         assumed = []
@@ -230,7 +277,13 @@ class JobQueue:
                     )
                 )
         nodes = with_assumed(self.documents(), assumed)
-        self.plan = plan(waiting, running, nodes, now)
+        if self.admits:
+            # No placement of ours; the plan only orders the waiting (positions come from
+            # the backend).
+            order = [e.id for e in queue_order(waiting)]
+            self.plan = Plan(order=order, positions={e: i + 1 for i, e in enumerate(order)})
+        else:
+            self.plan = plan(waiting, running, nodes, now)
         by_id = {e["id"]: e for e in active}
         for queued, node in self.plan.start:
             deadlines.append(await self._start(by_id[queued.id], node))
@@ -257,14 +310,21 @@ class JobQueue:
             return False
         return True
 
+    def run_time_allowed(self, entry: Mapping[str, Any]) -> float:
+        """Seconds a job may run: its expected time times the deadline factor, capped."""
+        return min(
+            entry["expected_s"] * self.settings.deadline_factor, self.settings.max_deadline_s
+        )
+
     async def _start(self, entry: Mapping[str, Any], node: str) -> float | None:
         """Start it there; the deadline it runs under (None when it could not start)."""
         now = self.clock()
-        deadline = now + min(
-            entry["expected_s"] * self.settings.deadline_factor, self.settings.max_deadline_s
-        )
+        allowed = self.run_time_allowed(entry)
+        deadline = now + allowed
         try:
-            record = await self.backend.start(entry, request_of(entry), node)
+            record = await self.backend.start(
+                {**entry, "deadline_s": allowed}, request_of(entry), node
+            )
         except Exception as err:  # the backend refused: the job fails with its reason
             log.warning("job %s could not start on %s: %s", entry["id"], node, err)
             await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
@@ -280,6 +340,36 @@ class JobQueue:
         )
         log.info("job %s of %s started on %s", entry["id"], entry["user"], node)
         return deadline
+
+    async def _hand_over(self, entry: Mapping[str, Any]) -> None:
+        """Give a queued job to a backend that admits it itself; it stays queued (with the
+        backend's record as its placement) until the backend says it started."""
+        try:
+            record = await self.backend.start(
+                {**entry, "deadline_s": self.run_time_allowed(entry)}, request_of(entry), None
+            )
+        except Exception as err:
+            log.warning("job %s could not be handed to %s: %s", entry["id"], self.backend.name, err)
+            await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
+            return
+        await self.db(self.store.update, entry["id"], placement=record or {"handed_over": True})
+
+    async def started(self, entry_id: str, node: str | None) -> None:
+        """A backend's report: a job it admitted itself now runs (on `node`)."""
+        entry = await self.db(self.store.get, entry_id)
+        if entry is None or entry["status"] != QUEUED:
+            return
+        now = self.clock()
+        await self.db(
+            self.store.update,
+            entry_id,
+            status=RUNNING,
+            started_at=now,
+            node=node,
+            deadline_at=now + self.run_time_allowed(entry),
+        )
+        log.info("job %s of %s started on %s", entry_id, entry["user"], node)
+        self.poke()
 
     # -- submissions, endings ---------------------------------------------------------------
 
@@ -314,32 +404,34 @@ class JobQueue:
             if ending.reason == "Lost"
             else FAILED
         )
-        await self._finish(entry, status, ending.reason, ending.exit_code, ending.message)
+        await self._finish(
+            entry, status, ending.reason, ending.exit_code, ending.message, ending.output
+        )
 
     async def cancel(self, entry: Mapping[str, Any]) -> dict:
         """Idempotent: a queued job leaves the queue, a running one is ended now."""
         if entry["status"] == RUNNING:
             return await self._end_now(entry, CANCELLED, "Cancelled", "cancelled")
+        if entry["status"] == QUEUED and entry.get("placement"):  # handed to the backend
+            return await self._end_now(entry, CANCELLED, "Cancelled", "cancelled while queued")
         if entry["status"] == QUEUED:
             return await self._finish(entry, CANCELLED, "Cancelled", None, "cancelled while queued")
         return dict(entry)
 
     async def _end_now(self, entry: Mapping[str, Any], status: str, reason: str, message: str):
+        output = None
         try:
-            await self.backend.stop(entry, reason)
+            output = await self.backend.stop(entry, reason)
         except Exception as err:
             log.warning("job %s: the backend could not end it: %s", entry["id"], err)
-        return await self._finish(entry, status, reason, None, message)
+        return await self._finish(entry, status, reason, None, message, output)
 
-    async def _finish(self, entry, status, reason, exit_code, message) -> dict:
+    async def _finish(self, entry, status, reason, exit_code, message, output=None) -> dict:
+        changes: dict[str, Any] = {"exit_code": exit_code, "message": message}
+        if output:
+            changes["output"] = dict(output)
         finished = await self.db(
-            self.store.finish,
-            entry["id"],
-            status,
-            reason,
-            self.clock(),
-            exit_code=exit_code,
-            message=message,
+            self.store.finish, entry["id"], status, reason, self.clock(), **changes
         )
         self._specs.pop(entry["id"], None)
         log.info("job %s of %s ended: %s", entry["id"], entry["user"], reason)
@@ -353,6 +445,10 @@ class JobQueue:
         entry_id = entry["id"]
         if entry["status"] != QUEUED:
             return {"position": None, "expected_node": entry.get("node"), "eta": None}
+        positions = getattr(self.backend, "positions", None) if self.admits else None
+        if positions is not None:
+            # The backend's admission orders the queue; it gives no estimate.
+            return {"position": positions().get(entry_id), "expected_node": None, "eta": None}
         return {
             "position": self.plan.positions.get(entry_id),
             "expected_node": self.plan.expected_node.get(entry_id),
