@@ -489,8 +489,7 @@ class KubeJobs:
         ended, so it will soon), else the log read once."""
         collector = self._collectors.pop(entry_id, None)
         if collector is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(collector), 5)
+            await asyncio.wait({collector}, timeout=5)
             collector.cancel()
         tail = self._tails.pop(entry_id, None)
         pod = self._newest_pod(entry_id)
@@ -568,7 +567,8 @@ class KubeJobs:
                 self._positions = {}
             self._positions_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._positions_wake.wait(), self.positions_interval_s)
+                async with asyncio.timeout(self.positions_interval_s):
+                    await self._positions_wake.wait()
 
     # -- logs and output -----------------------------------------------------------------------
 

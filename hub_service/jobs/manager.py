@@ -412,7 +412,8 @@ class JobQueue:
         """Idempotent: a queued job leaves the queue, a running one is ended now."""
         if entry["status"] == RUNNING:
             return await self._end_now(entry, CANCELLED, "Cancelled", "cancelled")
-        if entry["status"] == QUEUED and entry.get("placement"):  # handed to the backend
+        if entry["status"] == QUEUED and (entry.get("placement") or self.admits):
+            # Handed to the backend (or being handed over now): it must end it there.
             return await self._end_now(entry, CANCELLED, "Cancelled", "cancelled while queued")
         if entry["status"] == QUEUED:
             return await self._finish(entry, CANCELLED, "Cancelled", None, "cancelled while queued")
