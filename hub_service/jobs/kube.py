@@ -169,6 +169,7 @@ class KubeJobs:
         self._reconcile_scheduled = False
         self._opening: asyncio.Lock | None = None
         self.watchers: list[ResourceWatcher] = []
+        self._watch_failing = False
 
     @property
     def admits(self) -> bool:
@@ -336,6 +337,14 @@ class KubeJobs:
         self._follow(entry["id"])
         return True
 
+    async def _find_pod(self, entry_id: str) -> dict | None:
+        """The job's pod: from the watch once it has listed, else asked for."""
+        if self.watchers and all(w.health.synced_once for w in self.watchers):
+            return self._newest_pod(entry_id)
+        query = [("labelSelector", f"{JOB_ID_LABEL}={label_value(entry_id)}")]
+        pods = await self._json("GET", self._path("pods"), query=query)
+        return self._newest_pod(entry_id, pods.get("items") or [])
+
     async def recover(self) -> list[dict[str, Any]]:
         """The queue's entries as this namespace's Jobs describe them (see manifests)."""
         query = [("labelSelector", job_selector())]
@@ -362,7 +371,7 @@ class KubeJobs:
     def _watch(self, api: client.ApiClient) -> None:
         selector = job_selector()
         batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
-        common = {"on_change": self._schedule_reconcile, "on_health": lambda: None}
+        common = {"on_change": self._schedule_reconcile, "on_health": self._health_changed}
         self.watchers = [
             ResourceWatcher(
                 api,
@@ -388,6 +397,24 @@ class KubeJobs:
         self._tasks = [asyncio.ensure_future(w.run()) for w in self.watchers]
         if self.admits:
             self._tasks.append(asyncio.ensure_future(self._poll_positions()))
+
+    def _health_changed(self) -> None:
+        """Log once when the watches fail (e.g. no permission in the namespace) and once
+        when they are back, never once per retry."""
+        failing = [
+            f"{w.kind}: {w.health.last_error}"
+            for w in self.watchers
+            if w.health.unhealthy_since is not None
+        ]
+        if failing and not self._watch_failing:
+            log.warning(
+                "watching the jobs in namespace %s failed (%s); retrying",
+                self.namespace,
+                "; ".join(failing),
+            )
+        elif not failing and self._watch_failing:
+            log.info("watching the jobs in namespace %s again", self.namespace)
+        self._watch_failing = bool(failing)
 
     @staticmethod
     def _replace(held: dict[str, dict], items: list) -> None:
@@ -585,9 +612,8 @@ class KubeJobs:
                 if number > sent:
                     yield str(number), "combined", line
             return
-        await self._open()
         while True:
-            pod = self._newest_pod(entry_id)
+            pod = await self._find_pod(entry_id)
             if pod is None and entry["status"] not in ACTIVE:
                 return  # ended, and its pod is gone
             if pod is not None:

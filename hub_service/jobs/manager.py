@@ -163,12 +163,20 @@ class JobQueue:
     async def start(self) -> None:
         recover = getattr(self.backend, "recover", None)
         if recover is not None:
-            await self._merge(await recover())
+            try:
+                await self._merge(await recover())
+            except Exception as err:  # unreachable now: the store is all there is
+                log.warning("jobs could not be recovered from %s: %s", self.backend.name, err)
         for entry in await self.db(self.store.active):
             handed_over = entry["status"] == QUEUED and entry.get("placement")
-            if (entry["status"] == RUNNING or handed_over) and not await self.backend.reattach(
-                entry
-            ):
+            if entry["status"] != RUNNING and not handed_over:
+                continue
+            try:
+                there = await self.backend.reattach(entry)
+            except Exception as err:  # not known now; its deadline still ends it
+                log.warning("job %s could not be followed again: %s", entry["id"], err)
+                continue
+            if not there:
                 await self._finish(entry, LOST, "Lost", None, "the job was gone after a restart")
         self._task = asyncio.create_task(self._run(), name="thinkube-job-queue")
         self.poke()

@@ -312,6 +312,10 @@ async def test_the_queue_is_rebuilt_from_the_jobs_when_the_database_is_lost(setu
     assert recovered["deadline_at"] is not None
     finished = fresh.store.get(quick["id"])
     assert (finished["status"], finished["exit_code"]) == ("completed", 0)
+    # its output was not in the lost database: the pod's log still has it
+    assert [line async for line in fresh.backend.logs(finished, None, follow=False)] == [
+        ("1", "combined", "done")
+    ]
     # the recovered job is followed: cancelling it ends it in Kubernetes
     await fresh.cancel(recovered)
     await eventually(
@@ -398,3 +402,26 @@ async def test_with_kueue_a_waiting_job_can_be_cancelled(setup):
     await eventually(lambda: _true(s.job(f"thinkube-{second['id']}") is None), within=5)
     await queue.cancel(queue.store.get(first["id"]))
     await eventually(lambda: _true(not s.objects("jobs")), within=5)
+
+
+async def test_a_job_that_ended_while_the_service_was_away_is_reported_after_a_restart(setup):
+    s = await setup()
+    queue = s.make_queue()
+    await queue.start()
+    job = await queue.submit(
+        "bob", gpu_request("import time\nprint('begun', flush=True)\ntime.sleep(1)\nprint('end')\n")
+    )
+    await status_is(queue, job["id"], "running")
+    await queue.stop()
+
+    async def job_finished():
+        k8s_job = s.job(f"thinkube-{job['id']}")
+        conditions = (k8s_job.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Complete" for c in conditions)
+
+    await eventually(job_finished, within=10)
+    assert queue.store.get(job["id"])["status"] == "running"
+    again = s.make_queue()  # the same database
+    await again.start()
+    done = await status_is(again, job["id"], "completed")
+    assert done["exit_code"] == 0 and done["output"]["text"] == "begun\nend"
