@@ -255,6 +255,8 @@ class KubeJobs:
             job = await self._json("POST", self._path("jobs"), body=manifest)
         except KubeError as err:
             raise KubeError(err.status, f"Kubernetes did not create the Job: {err}") from None
+        except Exception as err:  # unreachable, timed out
+            raise KubeError(0, f"Kubernetes could not be reached: {describe_error(err)}") from None
         try:
             await self._json(
                 "POST",
@@ -312,15 +314,16 @@ class KubeJobs:
         name = job_name(entry_id)
         await self._delete_job(name, self.stop_grace_s)
         # The garbage collector would delete the pod with its own grace period: do it now.
-        for pod_name, pod in list(self.pods.items()):
-            if self._job_id_of(pod) == label_value(entry_id):
-                with contextlib.suppress(KubeError):
-                    response = await self._request(
-                        "DELETE",
-                        self._path("pods", pod_name),
-                        body={"gracePeriodSeconds": self.stop_grace_s},
-                    )
-                    response.release()
+        query = [("labelSelector", f"{JOB_ID_LABEL}={label_value(entry_id)}")]
+        pods = await self._json("GET", self._path("pods"), query=query)
+        for pod in pods.get("items") or []:
+            with contextlib.suppress(KubeError):
+                response = await self._request(
+                    "DELETE",
+                    self._path("pods", pod["metadata"]["name"]),
+                    body={"gracePeriodSeconds": self.stop_grace_s},
+                )
+                response.release()
         collector = self._collectors.pop(entry_id, None)
         if collector is not None:
             collector.cancel()
