@@ -249,9 +249,11 @@ class JobQueue:
         ]
         if self.admits:
             # The backend's admission decides: hand it what it does not have yet.
-            for entry in active:
-                if entry["status"] == QUEUED and not entry.get("placement"):
-                    await self._hand_over(entry)
+            active = [
+                await self._hand_over(e) if e["status"] == QUEUED and not e.get("placement") else e
+                for e in active
+            ]
+            active = [e for e in active if e["status"] in ACTIVE]
         waiting, running = [], []
         counted = self.counted()
         assumed = []
@@ -286,9 +288,11 @@ class JobQueue:
                 )
         nodes = with_assumed(self.documents(), assumed)
         if self.admits:
-            # No placement of ours; the plan only orders the waiting (positions come from
-            # the backend).
+            # No placement of ours: the waiting in the backend's order (its positions),
+            # those it has not placed yet after them in ours.
+            theirs = self.backend.positions() if hasattr(self.backend, "positions") else {}
             order = [e.id for e in queue_order(waiting)]
+            order.sort(key=lambda i: (i not in theirs, theirs.get(i, 0)))
             self.plan = Plan(order=order, positions={e: i + 1 for i, e in enumerate(order)})
         else:
             self.plan = plan(waiting, running, nodes, now)
@@ -349,18 +353,21 @@ class JobQueue:
         log.info("job %s of %s started on %s", entry["id"], entry["user"], node)
         return deadline
 
-    async def _hand_over(self, entry: Mapping[str, Any]) -> None:
+    async def _hand_over(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         """Give a queued job to a backend that admits it itself; it stays queued (with the
-        backend's record as its placement) until the backend says it started."""
+        backend's record as its placement) until the backend says it started. The entry
+        as it is now."""
         try:
             record = await self.backend.start(
                 {**entry, "deadline_s": self.run_time_allowed(entry)}, request_of(entry), None
             )
         except Exception as err:
             log.warning("job %s could not be handed to %s: %s", entry["id"], self.backend.name, err)
-            await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
-            return
-        await self.db(self.store.update, entry["id"], placement=record or {"handed_over": True})
+            return await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
+        updated = await self.db(
+            self.store.update, entry["id"], placement=record or {"handed_over": True}
+        )
+        return updated or dict(entry)
 
     async def started(self, entry_id: str, node: str | None) -> None:
         """A backend's report: a job it admitted itself now runs (on `node`)."""
