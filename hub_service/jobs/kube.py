@@ -352,9 +352,7 @@ class KubeJobs:
         """The queue's entries as this namespace's Jobs describe them (see manifests)."""
         query = [("labelSelector", job_selector())]
         jobs = await self._json("GET", self._path("jobs"), query=query)
-        config_maps = await self._json("GET", self._path("configmaps"), query=query)
         pods = await self._json("GET", self._path("pods"), query=query)
-        maps = {c["metadata"]["name"]: c for c in config_maps.get("items") or []}
         now = time.time()
         entries = []
         for job in jobs.get("items") or []:
@@ -362,9 +360,14 @@ class KubeJobs:
             if record is None:
                 continue
             pod = self._newest_pod(record["id"], pods.get("items") or [])
-            entry = entry_from_job(
-                job, maps.get(job["metadata"]["name"]), pod, self._placement(job), now
-            )
+            # One by one: reading a ConfigMap by name needs no right to list them all.
+            try:
+                script = await self._json("GET", self._path("configmaps", job["metadata"]["name"]))
+            except KubeError as err:
+                if err.status != 404:
+                    raise
+                script = None
+            entry = entry_from_job(job, script, pod, self._placement(job), now)
             if entry is not None:
                 entries.append(entry)
         return entries
