@@ -687,8 +687,7 @@ class ThinkubeService(Application):
         await self.cloud.start()
         if self.jobs_enabled:
             self.jobs = make_job_queue(self)
-            if self.jobs is not None:
-                await self.jobs.start()
+            await self.jobs.start()
         self._heap_task = asyncio.create_task(
             keep_frozen(lambda: self.source.ready), name="thinkube-heap"
         )

@@ -66,6 +66,10 @@ class KubernetesInventory(Inventory):
         self.published = Published()
         self.rebuild()  # valid (empty) documents before the first sync
 
+    async def api_client(self) -> client.ApiClient:
+        """A new client for the API this inventory watches (the caller closes it)."""
+        return await self._api_client()
+
     async def _api_client(self) -> client.ApiClient:
         configuration = client.Configuration()
         if self.kubeconfig:

@@ -214,7 +214,8 @@ class WatchHealth:
 
 
 class ResourceWatcher:
-    """Keeps one resource type (nodes or pods, all namespaces) in sync."""
+    """Keeps one resource type (nodes or pods, all namespaces, or what `lister` lists) in
+    sync."""
 
     def __init__(
         self,
@@ -230,6 +231,7 @@ class ResourceWatcher:
         min_backoff_s: float = 0.5,
         max_backoff_s: float = 10,
         prepare: Callable[[Any], Any] | None = None,
+        lister: Callable[..., Any] | None = None,
     ):
         self.core = client.CoreV1Api(api)
         # Applied to each listed object as soon as it is parsed; `replace` gets what it
@@ -251,7 +253,8 @@ class ResourceWatcher:
         # The resourceVersion=0 list came back in pages: this server pages every list (it
         # has no watch cache for the resource), so later lists are paged too.
         self.paged_at_zero = False
-        self._list = (
+        # `lister`: another list call taking the same options (a namespace's Jobs, by label).
+        self._list = lister or (
             self.core.list_node if kind == "nodes" else self.core.list_pod_for_all_namespaces
         )
 

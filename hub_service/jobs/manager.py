@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from thinkube_core.scheduling import PodRules, pod_demand
 
 from ..background import cancel_and_wait
-from .queue import Plan, QueueEntry, Running, plan, with_assumed
+from .queue import Plan, QueueEntry, Running, plan, queue_order, with_assumed
 from .spec import JobRequest, job_pod_spec
 from .store import ACTIVE, CANCELLED, COMPLETED, FAILED, LOST, QUEUED, RUNNING, JobStore
 
@@ -37,19 +37,33 @@ class Ending:
     exit_code: int | None
     reason: str  # Completed | Failed | DeadlineExceeded | Cancelled | Lost
     message: str = ""
+    # What the job wrote, where the backend does not keep it itself (stored with the
+    # ending): {"text", "truncated", "skipped_lines"}.
+    output: Mapping[str, Any] | None = None
 
 
 class JobBackend(Protocol):
     """Where jobs run. `start` must not block long; an ending is reported through the
-    `ended` callback the queue gives it."""
+    `ended` callback the queue gives it.
+
+    A backend whose own admission decides what runs and where (Kubernetes with Kueue)
+    says so with `admits = True`: the queue then hands it every queued job at once (node
+    None), the job stays queued until the backend calls the queue's `started(id, node)`,
+    and positions come from the backend's `positions()` ({job id: 1-based position}).
+    A backend that ends jobs at their deadline itself sets `deadline_grace_s`: the queue
+    ends them only that long after the deadline, if the backend has not.
+    Optional: `recover()`, the entries the backend's own records hold (on Kubernetes the
+    Jobs are the source of truth), merged into the store when the queue starts."""
 
     name: str
 
-    async def start(self, entry: Mapping[str, Any], request: JobRequest, node: str) -> dict:
-        """Start the job on `node`; returns the backend's record of it (kept in the store)."""
+    async def start(self, entry: Mapping[str, Any], request: JobRequest, node: str | None) -> dict:
+        """Start the job on `node`; returns the backend's record of it (kept in the store).
+        `entry["deadline_s"]` is how long the queue lets it run."""
 
-    async def stop(self, entry: Mapping[str, Any], reason: str) -> None:
-        """End a running job now (its processes or pod), freeing what it holds."""
+    async def stop(self, entry: Mapping[str, Any], reason: str) -> Mapping[str, Any] | None:
+        """End a running job now (its processes or pod), freeing what it holds; returns
+        what it wrote (as `Ending.output`) when the backend keeps that only until then."""
 
     async def reattach(self, entry: Mapping[str, Any]) -> bool:
         """After a restart: follow a job the store says runs; False when it is gone."""
@@ -144,13 +158,47 @@ class JobQueue:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    @property
+    def admits(self) -> bool:
+        """Whether the backend's own admission decides what runs (see JobBackend)."""
+        return bool(getattr(self.backend, "admits", False))
+
     async def start(self) -> None:
+        recover = getattr(self.backend, "recover", None)
+        if recover is not None:
+            try:
+                await self._merge(await recover())
+            except Exception as err:  # unreachable now: the store is all there is
+                log.warning("jobs could not be recovered from %s: %s", self.backend.name, err)
         for entry in await self.db(self.store.active):
             self._keep(entry)
-            if entry["status"] == RUNNING and not await self.backend.reattach(entry):
+            handed_over = entry["status"] == QUEUED and entry.get("placement")
+            if entry["status"] != RUNNING and not handed_over:
+                continue
+            try:
+                there = await self.backend.reattach(entry)
+            except Exception as err:  # not known now; its deadline still ends it
+                log.warning("job %s could not be followed again: %s", entry["id"], err)
+                continue
+            if not there:
                 await self._finish(entry, LOST, "Lost", None, "the job was gone after a restart")
         self._task = asyncio.create_task(self._run(), name="thinkube-job-queue")
         self.poke()
+
+    async def _merge(self, recovered: Sequence[Mapping[str, Any]]) -> None:
+        """Entries the backend knows and the store does not (a lost or older database) are
+        added back as the backend describes them."""
+        added = 0
+        for entry in recovered:
+            if await self.db(self.store.get, entry["id"]) is None:
+                await self.db(self.store.add, entry)
+                added += 1
+        if added:
+            log.warning(
+                "%d job(s) found in %s but not in the database: added back",
+                added,
+                self.backend.name,
+            )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -196,13 +244,22 @@ class JobQueue:
         self._plans_begun += 1
         number = self._plans_begun
         now = self.clock()
+        grace = float(getattr(self.backend, "deadline_grace_s", 0.0) or 0.0)
         for entry in list(self.active.values()):
-            if entry["status"] == RUNNING and entry["deadline_at"] and entry["deadline_at"] <= now:
+            deadline = entry["deadline_at"]
+            if entry["status"] == RUNNING and deadline and deadline + grace <= now:
                 await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
         active = list(self.active.values())
         deadlines = [
-            e["deadline_at"] for e in active if e["status"] == RUNNING and e["deadline_at"]
+            e["deadline_at"] + grace for e in active if e["status"] == RUNNING and e["deadline_at"]
         ]
+        if self.admits:
+            # The backend's admission decides: hand it what it does not have yet.
+            active = [
+                await self._hand_over(e) if e["status"] == QUEUED and not e.get("placement") else e
+                for e in active
+            ]
+            active = [e for e in active if e["status"] in ACTIVE]
         waiting, running = [], []
         counted = self.counted()
         assumed = []
@@ -236,7 +293,15 @@ class JobQueue:
                     )
                 )
         nodes = with_assumed(self.documents(), assumed)
-        self.plan = plan(waiting, running, nodes, now)
+        if self.admits:
+            # No placement of ours: the waiting in the backend's order (its positions),
+            # those it has not placed yet after them in ours.
+            theirs = self.backend.positions() if hasattr(self.backend, "positions") else {}
+            order = [e.id for e in queue_order(waiting)]
+            order.sort(key=lambda i: (i not in theirs, theirs.get(i, 0)))
+            self.plan = Plan(order=order, positions={e: i + 1 for i, e in enumerate(order)})
+        else:
+            self.plan = plan(waiting, running, nodes, now)
         for queued, node in self.plan.start:
             if queued.id in self.active:  # not cancelled meanwhile
                 deadlines.append(await self._start(self.active[queued.id], node))
@@ -262,17 +327,24 @@ class JobQueue:
             return False
         return True
 
+    def run_time_allowed(self, entry: Mapping[str, Any]) -> float:
+        """Seconds a job may run: its expected time times the deadline factor, capped."""
+        return min(
+            entry["expected_s"] * self.settings.deadline_factor, self.settings.max_deadline_s
+        )
+
     async def _start(self, entry: Mapping[str, Any], node: str) -> float | None:
         """Start it there; the deadline it runs under (None when it could not start)."""
         now = self.clock()
-        deadline = now + min(
-            entry["expected_s"] * self.settings.deadline_factor, self.settings.max_deadline_s
-        )
+        allowed = self.run_time_allowed(entry)
+        deadline = now + allowed
         try:
             full = await self.db(self.store.get, entry["id"])  # with its script
             if full is None:
                 raise RuntimeError("it is no longer in the database")
-            record = await self.backend.start(full, request_of(full), node)
+            record = await self.backend.start(
+                {**full, "deadline_s": allowed}, request_of(full), node
+            )
         except Exception as err:  # the backend refused: the job fails with its reason
             log.warning("job %s could not start on %s: %s", entry["id"], node, err)
             await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
@@ -290,6 +362,46 @@ class JobQueue:
             self._keep(updated)
         log.info("job %s of %s started on %s", entry["id"], entry["user"], node)
         return deadline
+
+    async def _hand_over(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Give a queued job to a backend that admits it itself; it stays queued (with the
+        backend's record as its placement) until the backend says it started. The entry
+        as it is now."""
+        try:
+            full = await self.db(self.store.get, entry["id"])  # with its script
+            if full is None:
+                raise RuntimeError("it is no longer in the database")
+            record = await self.backend.start(
+                {**full, "deadline_s": self.run_time_allowed(full)}, request_of(full), None
+            )
+        except Exception as err:
+            log.warning("job %s could not be handed to %s: %s", entry["id"], self.backend.name, err)
+            return await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
+        updated = await self.db(
+            self.store.update, entry["id"], placement=record or {"handed_over": True}
+        )
+        if updated is not None and entry["id"] in self.active:
+            self._keep(updated)
+        return self.active.get(entry["id"]) or dict(entry)
+
+    async def started(self, entry_id: str, node: str | None) -> None:
+        """A backend's report: a job it admitted itself now runs (on `node`)."""
+        entry = await self.db(self.store.get, entry_id)
+        if entry is None or entry["status"] != QUEUED:
+            return
+        now = self.clock()
+        updated = await self.db(
+            self.store.update,
+            entry_id,
+            status=RUNNING,
+            started_at=now,
+            node=node,
+            deadline_at=now + self.run_time_allowed(entry),
+        )
+        if updated is not None and entry_id in self.active:
+            self._keep(updated)
+        log.info("job %s of %s started on %s", entry_id, entry["user"], node)
+        self.poke()
 
     # -- submissions, endings ---------------------------------------------------------------
 
@@ -330,32 +442,35 @@ class JobQueue:
             if ending.reason == "Lost"
             else FAILED
         )
-        await self._finish(entry, status, ending.reason, ending.exit_code, ending.message)
+        await self._finish(
+            entry, status, ending.reason, ending.exit_code, ending.message, ending.output
+        )
 
     async def cancel(self, entry: Mapping[str, Any]) -> dict:
         """Idempotent: a queued job leaves the queue, a running one is ended now."""
         if entry["status"] == RUNNING:
             return await self._end_now(entry, CANCELLED, "Cancelled", "cancelled")
+        if entry["status"] == QUEUED and (entry.get("placement") or self.admits):
+            # Handed to the backend (or being handed over now): it must end it there.
+            return await self._end_now(entry, CANCELLED, "Cancelled", "cancelled while queued")
         if entry["status"] == QUEUED:
             return await self._finish(entry, CANCELLED, "Cancelled", None, "cancelled while queued")
         return dict(entry)
 
     async def _end_now(self, entry: Mapping[str, Any], status: str, reason: str, message: str):
+        output = None
         try:
-            await self.backend.stop(entry, reason)
+            output = await self.backend.stop(entry, reason)
         except Exception as err:
             log.warning("job %s: the backend could not end it: %s", entry["id"], err)
-        return await self._finish(entry, status, reason, None, message)
+        return await self._finish(entry, status, reason, None, message, output)
 
-    async def _finish(self, entry, status, reason, exit_code, message) -> dict:
+    async def _finish(self, entry, status, reason, exit_code, message, output=None) -> dict:
+        changes: dict[str, Any] = {"exit_code": exit_code, "message": message}
+        if output:
+            changes["output"] = dict(output)
         finished = await self.db(
-            self.store.finish,
-            entry["id"],
-            status,
-            reason,
-            self.clock(),
-            exit_code=exit_code,
-            message=message,
+            self.store.finish, entry["id"], status, reason, self.clock(), **changes
         )
         self._specs.pop(entry["id"], None)
         self.active.pop(entry["id"], None)
@@ -370,6 +485,10 @@ class JobQueue:
         entry_id = entry["id"]
         if entry["status"] != QUEUED:
             return {"position": None, "expected_node": entry.get("node"), "eta": None}
+        positions = getattr(self.backend, "positions", None) if self.admits else None
+        if positions is not None:
+            # The backend's admission orders the queue; it gives no estimate.
+            return {"position": positions().get(entry_id), "expected_node": None, "eta": None}
         return {
             "position": self.plan.positions.get(entry_id),
             "expected_node": self.plan.expected_node.get(entry_id),

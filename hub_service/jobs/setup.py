@@ -7,44 +7,72 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .local import LocalJobs
 from .manager import Ending, JobQueue, QueueSettings
 from .store import JobStore
 
 if TYPE_CHECKING:
     from ..app import ThinkubeService
 
-__all__ = ["make_job_queue"]
+__all__ = ["make_job_queue", "own_namespace"]
+
+# Where a pod finds the namespace it runs in.
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def make_job_queue(service: ThinkubeService) -> JobQueue | None:
+def own_namespace(namespace_file: Path = NAMESPACE_FILE) -> str:
+    """The namespace this service runs in, else `default`."""
+    try:
+        return namespace_file.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def make_job_queue(service: ThinkubeService) -> JobQueue:
     source = service.source
-    if service.inventory != "local":
-        service.log.warning("GPU jobs on Kubernetes are not served by this version yet")
-        return None
     holder: dict[str, JobQueue] = {}
+    settings = QueueSettings(
+        deadline_factor=service.jobs_deadline_factor,
+        max_deadline_s=service.jobs_max_deadline_seconds,
+    )
 
     async def ended(entry_id: str, ending: Ending) -> None:
         await holder["queue"].ended(entry_id, ending)
 
-    def machine():
-        documents = source.published.documents
-        return documents[0] if documents else None
+    async def started(entry_id: str, node: str | None) -> None:
+        await holder["queue"].started(entry_id, node)
 
-    backend = LocalJobs(
-        Path(os.path.expanduser(service.jobs_folder)).absolute(),
-        gpus_in_use=source.gpus_held,
-        machine=machine,
-        ended=ended,
-    )
+    if service.inventory == "local":
+        from .local import LocalJobs
+
+        def machine():
+            documents = source.published.documents
+            return documents[0] if documents else None
+
+        backend = LocalJobs(
+            Path(os.path.expanduser(service.jobs_folder)).absolute(),
+            gpus_in_use=source.gpus_held,
+            machine=machine,
+            ended=ended,
+        )
+    else:
+        from .kube import KubeJobs
+
+        backend = KubeJobs(
+            source.api_client,
+            service.jobs_namespace or own_namespace(),
+            ended,
+            started,
+            kueue_queue=service.jobs_kueue_queue,
+            ttl_s=service.jobs_ttl_seconds,
+            max_output_bytes=service.jobs_result_max_bytes,
+            tolerations=settings.tolerations,
+            gpu_taint_keys=settings.gpu_taint_keys,
+        )
     queue = JobQueue(
         JobStore(service.catalog.engine),
         backend,
         documents=lambda: source.published.documents,
-        settings=QueueSettings(
-            deadline_factor=service.jobs_deadline_factor,
-            max_deadline_s=service.jobs_max_deadline_seconds,
-        ),
+        settings=settings,
         run_db=service.run_db,
         counted=lambda: source.published.counted_jobs,
     )

@@ -14,7 +14,19 @@ from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
-from sqlalchemy import JSON, Float, Index, Integer, String, Text, func, select, update
+from sqlalchemy import (
+    JSON,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -53,6 +65,9 @@ class _Entry(_Base):
     deadline_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     node: Mapped[str | None] = mapped_column(String(253), nullable=True)
     placement: Mapped[dict] = mapped_column(JSON, default=dict)  # backend's own record
+    # What the job wrote, kept at its end where the backend's own copy does not last (a
+    # Kubernetes Job's pod is deleted after a while): {"text", "truncated", "skipped_lines"}.
+    output: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (
         Index("ix_thinkube_queue_status", "status"),
@@ -81,6 +96,21 @@ class JobStore:
         )
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         _Base.metadata.create_all(engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A table made by an older version lacks the newer nullable columns: add them, so
+        an existing database keeps working (create_all never alters a table)."""
+        table = _Entry.__table__
+        present = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+        with self._lock, self.engine.begin() as connection:
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                connection.execute(
+                    text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                )
 
     def add(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         values = dict(entry)
