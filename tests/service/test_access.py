@@ -21,6 +21,8 @@ PROTECTED = [
     "api/v1/images/jupyter",
     "api/v1/images/scipy",
     "api/v1/openapi.json",
+    "api/v1/docs",
+    "api/v1/docs/swagger-ui-bundle.js",
     "metrics",
 ]
 NEW_IMAGE = {"image": "quay.io/jupyter/r-notebook:2025-08-18", "display_name": "R"}
@@ -180,4 +182,5 @@ async def test_the_service_root_says_where_the_api_is(hub):
         "name": "thinkube-resources",
         "api": "/services/thinkube-resources/api/v1/",
         "openapi": "/services/thinkube-resources/api/v1/openapi.json",
+        "docs": "/services/thinkube-resources/api/v1/docs",
     }
