@@ -64,11 +64,14 @@ class Asset:
     etag: str
 
 
-@cache
 def asset(name: str) -> Asset | None:
     """One of ASSETS, read once; None for any other name or where the package is missing."""
-    if name not in ASSETS:
-        return None
+    # Checked before the cache, which then holds at most one entry per file of ASSETS.
+    return _read_asset(name) if name in ASSETS else None
+
+
+@cache
+def _read_asset(name: str) -> Asset | None:
     origin, content_type = ASSETS[name]
     folder = TEMPLATES if origin == "own" else swagger_ui_folder()
     if folder is None or not (folder / name).is_file():

@@ -496,6 +496,8 @@ class CompatSubmitHandler(JobsHandler):
     Authorization header carries one)."""
 
     _token_in_body = False
+    # POST alone: not the list that JobsHandler answers a GET with.
+    get = web.RequestHandler.get
 
     async def admit(self) -> None:
         try:

@@ -65,6 +65,10 @@ async def test_token_with_the_access_scope_reads_everything(hub, path):
     if path == "metrics":
         assert response.headers["content-type"].startswith("text/plain")
         assert "thinkube_nodes 1.0" in response.text
+    elif path == "api/v1/docs":
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
+    elif path.startswith("api/v1/docs/"):
+        assert response.headers["content-type"] == "text/javascript; charset=utf-8"
     else:
         assert response.headers["content-type"] == "application/json"
 

@@ -57,7 +57,7 @@ async def browser(hub):
     return await hub.login("erin")
 
 
-def test_the_swagger_ui_package_is_installed():
+async def test_the_swagger_ui_package_is_installed():
     folder = swagger_ui_folder()
     assert folder is not None, "swagger-ui-py (a dependency in pyproject.toml) is missing"
     for name, (origin, _) in ASSETS.items():

@@ -371,7 +371,7 @@ async def test_the_jobs_routes_match_the_document_on_a_hub_that_runs_jobs(jobs_h
         assert " 500 " not in log and "Uncaught exception" not in log, log[-3000:]
 
 
-def test_the_document_states_the_jobs_bounds():
+async def test_the_document_states_the_jobs_bounds():
     """The jobs bounds in the document are the service's defaults (JobLimits, the
     ThinkubeService traits), so that what the document takes the service takes."""
     document = json.loads(OPENAPI_PATH.read_text())
