@@ -26,6 +26,7 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import Application
 
+from .apidocs import docs_routes
 from .availability import AvailabilityAnswers
 from .background import DaemonThreadPool, cancel_and_wait
 from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
@@ -623,6 +624,7 @@ class ThinkubeService(Application):
                 page_route(self.service_prefix),
                 *routes(self.service_prefix),
                 *job_routes(self.service_prefix),
+                *docs_routes(self.service_prefix),
             ],
             default_handler_class=NotFoundHandler,
             service=self,

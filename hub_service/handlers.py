@@ -418,7 +418,7 @@ class JSONHandler(ServiceAuth, BoundedBody):
 
 class RootHandler(JSONHandler):
     """The service's front door (the hub's start-up check and its Services menu land here):
-    where the API and its description are. Public: it says nothing about the cluster."""
+    where the API, its description and its browsable docs are. Public: it says nothing about the cluster."""
 
     public = True
 
@@ -429,6 +429,7 @@ class RootHandler(JSONHandler):
                 "name": self.service.service_name,
                 "api": url_path_join(prefix, "api/v1/"),
                 "openapi": url_path_join(prefix, "api/v1/openapi.json"),
+                "docs": url_path_join(prefix, "api/v1/docs"),
             }
         )
 

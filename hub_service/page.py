@@ -510,6 +510,7 @@ def page_view(
     if cloud_view is not None:
         links.append(("Cloud offers (JSON)", cloud_view["link"]))
     links.append(("OpenAPI document", url_path_join(api, "openapi.json")))
+    links.append(("API docs (browse and try)", url_path_join(api, "docs")))
     return {
         "title": "This machine" if local else "Cluster availability",
         "local": bool(local),

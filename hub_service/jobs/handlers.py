@@ -147,6 +147,22 @@ class JobsAPIHandler(JSONHandler):
         return output, streams
 
 
+def _parse_form(
+    content_type: str, body: bytes
+) -> tuple[dict[str, list[bytes]], dict[str, list[httputil.HTTPFile]]]:
+    """A multipart/form-data body's fields and files; BodyError (400) for one tornado
+    cannot read (a part without a name, a bad boundary)."""
+    arguments: dict[str, list[bytes]] = {}
+    files: dict[str, list[httputil.HTTPFile]] = {}
+    try:
+        httputil.parse_body_arguments(content_type, body, arguments, files)
+    except httputil.HTTPInputError:
+        raise BodyError(
+            400, None, "the multipart body could not be read (each part needs a name)"
+        ) from None
+    return arguments, files
+
+
 class SubmissionParser:
     """The fields and the script of a submission: JSON (the script as text in `script`) or
     multipart/form-data (the script as a file part, the options as fields)."""
@@ -163,9 +179,7 @@ class SubmissionParser:
                 raise BodyError(400, "script", "script must be the script's text")
             return document, script
         if media_type == "multipart/form-data":
-            arguments: dict[str, list[bytes]] = {}
-            files: dict[str, list[httputil.HTTPFile]] = {}
-            httputil.parse_body_arguments(content_type, body, arguments, files)
+            arguments, files = _parse_form(content_type, body)
             if not arguments and not files and body:
                 raise BodyError(400, None, "the multipart body could not be read")
             fields: dict[str, Any] = {}
@@ -482,6 +496,8 @@ class CompatSubmitHandler(JobsHandler):
     Authorization header carries one)."""
 
     _token_in_body = False
+    # POST alone: not the list that JobsHandler answers a GET with.
+    get = web.RequestHandler.get
 
     async def admit(self) -> None:
         try:
@@ -536,9 +552,7 @@ class CompatSubmitHandler(JobsHandler):
             raise BodyError(
                 415, None, "send a form (multipart/form-data) with `code` and `config_file`"
             )
-        arguments: dict[str, list[bytes]] = {}
-        files: dict[str, list[httputil.HTTPFile]] = {}
-        httputil.parse_body_arguments(content_type, self.body, arguments, files)
+        arguments, files = _parse_form(content_type, self.body)
 
         def part(name: str) -> bytes | None:
             if files.get(name):

@@ -294,6 +294,15 @@ async def test_bodies_the_route_does_not_take(alice):
         "api/v1/jobs", content=b"x", headers={"Content-Type": "text/plain"}
     )
     assert wrong_type.status_code == 415
+    nameless = b'--b\r\nContent-Disposition: form-data; name=""\r\n\r\n1\r\n--b--\r\n'
+    for route in ("api/v1/jobs", "api/submit"):
+        unreadable = await alice.post(
+            route, content=nameless, headers={"Content-Type": "multipart/form-data; boundary=b"}
+        )
+        assert unreadable.status_code == 400, unreadable.text
+        assert "could not be read" in unreadable.json()["error"]
+    not_a_list = await alice.get("api/submit")
+    assert not_a_list.status_code == 405 and not_a_list.headers["allow"] == "POST"
     bad_page = await alice.get("api/v1/jobs", params={"limit": "0"})
     assert bad_page.status_code == 400 and bad_page.json()["field"] == "limit"
     bad_status = await alice.get("api/v1/jobs", params={"status": "sleeping"})

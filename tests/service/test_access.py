@@ -21,6 +21,8 @@ PROTECTED = [
     "api/v1/images/jupyter",
     "api/v1/images/scipy",
     "api/v1/openapi.json",
+    "api/v1/docs",
+    "api/v1/docs/swagger-ui-bundle.js",
     "metrics",
 ]
 NEW_IMAGE = {"image": "quay.io/jupyter/r-notebook:2025-08-18", "display_name": "R"}
@@ -63,6 +65,10 @@ async def test_token_with_the_access_scope_reads_everything(hub, path):
     if path == "metrics":
         assert response.headers["content-type"].startswith("text/plain")
         assert "thinkube_nodes 1.0" in response.text
+    elif path == "api/v1/docs":
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
+    elif path.startswith("api/v1/docs/"):
+        assert response.headers["content-type"] == "text/javascript; charset=utf-8"
     else:
         assert response.headers["content-type"] == "application/json"
 
@@ -180,4 +186,5 @@ async def test_the_service_root_says_where_the_api_is(hub):
         "name": "thinkube-resources",
         "api": "/services/thinkube-resources/api/v1/",
         "openapi": "/services/thinkube-resources/api/v1/openapi.json",
+        "docs": "/services/thinkube-resources/api/v1/docs",
     }

@@ -513,6 +513,8 @@ ROUTES = {
     "api/v1/images/jupyter": "GET",
     "api/v1/images/scipy": "GET, PUT, DELETE",
     "api/v1/openapi.json": "GET",
+    "api/v1/docs": "GET",
+    "api/v1/docs/docs.js": "GET",
     "metrics": "GET",
 }
 

@@ -5,11 +5,16 @@ spec says (status code, content type, body schema, headers)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import re
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urljoin
 from xml.etree import ElementTree
 
+import httpx
 import hypothesis
 import hypothesis.errors
 import pytest
@@ -27,9 +32,16 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from hub_service import catalog
+from hub_service.app import ThinkubeService
 from hub_service.handlers import OPENAPI_PATH
+from hub_service.jobs.handlers import job_routes
+from hub_service.jobs.spec import GIB, JobLimits
+from hub_service.jobs.store import ACTIVE, FINISHED
+from hub_service.jobs.views import COMPAT_STATUS
 from tests.hub_fixtures import ACCESS_SCOPE, IMAGE_WRITERS_ROLE, IMAGES_WRITE_SCOPE
+from tests.jobs.test_jobs_api import token_of
 from tests.kubesim.generator import populate
+from tests.local.hubproc import local_hub
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -51,14 +63,25 @@ async def hub(module_kubesim, module_hub_factory):
 
 
 def run_schemathesis(
-    base_url: str, token: str, path: str | None = None, max_examples: int = MAX_EXAMPLES
+    base_url: str,
+    token: str,
+    path: str | None = None,
+    max_examples: int = MAX_EXAMPLES,
+    document: dict | None = None,
+    path_regex: str | None = None,
 ) -> tuple[list[str], int]:
-    """Every operation (or those of `path`), positive and negative cases; returns the
-    failures and the number of requests made. Runs in a thread: the hub answering the
-    service's token checks lives on the test's event loop, which must keep running."""
-    schema = schemathesis.openapi.from_path(OPENAPI_PATH)
+    """Every operation of `document` (the served one unless given; only those of `path` or
+    matching `path_regex` if given), positive and negative cases; returns the failures and
+    the number of requests made. Runs in a thread: a hub answering the service's token
+    checks on the test's event loop must keep running."""
+    if document is None:
+        schema = schemathesis.openapi.from_path(OPENAPI_PATH)
+    else:
+        schema = schemathesis.openapi.from_dict(document)
     if path is not None:
         schema = schema.include(path=path)
+    if path_regex is not None:
+        schema = schema.include(path_regex=path_regex)
     session = requests.Session()
     headers = {"Authorization": f"token {token}"}
     failures: list[str] = []
@@ -198,3 +221,187 @@ async def test_the_document_states_the_catalogs_own_bounds():
     cloud_image = metadata["cloud_image"]["oneOf"][0]
     assert cloud_image["pattern"] == catalog.IMAGE_REFERENCE_PATTERN
     assert cloud_image["maxLength"] == catalog.MAX_IMAGE_REFERENCE
+
+
+# --- the jobs routes, on a hub that runs jobs ---------------------------------------------------
+
+JOB_PATHS = r"^/api/(v1/(jobs|queue|nodes)|submit|status/|results/|cancel/|nodes$|jobs$)"
+# The test's hub takes jobs of at most this many seconds (each then ends within twice it):
+# generated submissions cannot run for long.
+TEST_MAX_EXPECTED_SECONDS = 2
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def jobs_hub(tmp_path_factory):
+    """`thinkube hub` (jobs run as processes on this machine), its service started with a
+    small jobs_max_expected_seconds."""
+    config = tmp_path_factory.mktemp("openapi-jobs-config") / "hub_config.py"
+    # The hub's own configuration has just written the service's; this adds a line to it.
+    config.write_text(
+        "import json, os, pathlib\n"
+        "settings = json.loads(pathlib.Path(os.environ['THINKUBE_HUB_SETTINGS']).read_text())\n"
+        "with open(pathlib.Path(settings['data_dir']) / 'service_config.py', 'a') as f:\n"
+        "    f.write('c.ThinkubeService.jobs_max_expected_seconds = "
+        f"{TEST_MAX_EXPECTED_SECONDS}\\n')\n"
+    )
+    async with local_hub(tmp_path_factory.mktemp("openapi-jobs-hub"), config=config) as hub:
+        yield hub
+
+
+def narrowed_to_the_test_hub(document: dict) -> dict:
+    """The document with expected_time bounded by the test hub's smaller maximum, so that
+    generated submissions are accepted only when they end quickly."""
+    document = copy.deepcopy(document)
+    schemas = document["components"]["schemas"]
+    short = {"type": "string", "pattern": f"^[1-{TEST_MAX_EXPECTED_SECONDS}]s?$"}
+    json_time = schemas["JobSubmission"]["properties"]["expected_time"]
+    json_time["anyOf"] = [
+        {"type": "number", "exclusiveMinimum": 0, "maximum": TEST_MAX_EXPECTED_SECONDS},
+        short,
+    ]
+    json_time["example"] = "1s"
+    form_time = schemas["JobSubmissionForm"]["properties"]["expected_time"]
+    form_time.update(short, example="1s")
+    return document
+
+
+def check_real_jobs(base_url: str, token: str) -> list[str]:
+    """Every jobs operation on jobs that exist (generated ids find none): submitted as JSON,
+    as a form and through the older route, followed to the end; each answer checked against
+    the document."""
+    schema = schemathesis.openapi.from_path(OPENAPI_PATH)
+    session = requests.Session()
+    headers = {"Authorization": f"token {token}"}
+    failures: list[str] = []
+
+    def call(path: str, method: str, **case_arguments) -> schemathesis.Response:
+        case = schema[path][method].Case(**case_arguments)
+        response = case.call(base_url=base_url, session=session, headers=headers, timeout=30)
+        try:
+            case.validate_response(response, checks=CHECKS, headers=headers)
+        except (Exception, BaseExceptionGroup) as err:
+            failures.append(f"{method} {path}: {err}")
+        return response
+
+    submitted = call(
+        "/api/v1/jobs",
+        "POST",
+        body={"script": "print('documented')\n", "expected_time": 1, "name": "conformance"},
+        media_type="application/json",
+    )
+    assert submitted.status_code == 201, submitted.text
+    as_form = call(
+        "/api/v1/jobs",
+        "POST",
+        body={"script": b"print('form')\n", "expected_time": "1s"},
+        media_type="multipart/form-data",
+    )
+    assert as_form.status_code == 201, as_form.text
+    older = call(
+        "/api/submit",
+        "POST",
+        body={"code": b"print('older')\n", "config_file": b"expected_time: 1\nproject_id: p\n"},
+        media_type="multipart/form-data",
+    )
+    assert older.status_code == 201, older.text
+    ids = [submitted.json()["id"], as_form.json()["id"]]
+    older_id = older.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        views = [call("/api/v1/jobs/{id}", "GET", path_parameters={"id": i}) for i in ids]
+        if all(v.json()["status"] not in ("queued", "running") for v in views):
+            break
+        call("/api/v1/queue", "GET")
+        time.sleep(0.5)
+    for job_id in ids:
+        one = {"path_parameters": {"id": job_id}}
+        call("/api/v1/jobs/{id}/result", "GET", **one)
+        text = call("/api/v1/jobs/{id}/logs", "GET", query={"follow": "false"}, **one)
+        assert text.headers["content-type"][0].startswith("text/plain")
+        events = call("/api/v1/jobs/{id}/logs", "GET", **one)
+        assert events.headers["content-type"][0].startswith("text/event-stream")
+        assert "event: end" in events.text
+        call("/api/v1/jobs/{id}/cancel", "POST", **one)
+    for path, method in (
+        ("/api/status/{job_id}", "GET"),
+        ("/api/results/{job_id}", "GET"),
+        ("/api/cancel/{job_id}", "POST"),
+    ):
+        call(path, method, path_parameters={"job_id": older_id})
+    call("/api/v1/jobs", "GET", query={"status": "completed,failed", "limit": 5})
+    call("/api/jobs", "GET", query={"status": "completed"})
+    call("/api/v1/nodes", "GET")
+    call("/api/nodes", "GET")
+    session.close()
+    return failures
+
+
+async def cancel_everything_active(client) -> list[str]:
+    """Cancel each of the token's queued and running jobs; their ids."""
+    listed = await client.get("api/v1/jobs", params={"status": "queued,running", "limit": 500})
+    active = [job["id"] for job in listed.json()["jobs"]]
+    for job_id in active:
+        response = await client.post(f"api/v1/jobs/{job_id}/cancel")
+        assert response.status_code == 200, response.text
+    return active
+
+
+async def test_the_jobs_routes_match_the_document_on_a_hub_that_runs_jobs(jobs_hub):
+    token = await token_of(jobs_hub, "alice")
+    base_url = urljoin(jobs_hub.url, "services/thinkube-resources").rstrip("/")
+    async with httpx.AsyncClient(
+        base_url=base_url + "/", headers={"Authorization": f"token {token}"}, timeout=30
+    ) as client:
+        try:
+            failures = await asyncio.to_thread(check_real_jobs, base_url, token)
+            assert not failures, "\n\n".join(failures)
+            document = narrowed_to_the_test_hub(json.loads(OPENAPI_PATH.read_text()))
+            failures, calls = await asyncio.to_thread(
+                run_schemathesis, base_url, token, document=document, path_regex=JOB_PATHS
+            )
+            assert not failures, "\n\n".join(failures)
+            assert calls >= 13 * 2  # both modes of every jobs operation
+            # generated submissions were queued, not only refused
+            listed = (await client.get("api/v1/jobs", params={"limit": 1})).json()
+            assert listed["total"] > 3
+        finally:
+            await cancel_everything_active(client)
+        assert await cancel_everything_active(client) == []
+        log = "".join(jobs_hub.output)
+        assert " 500 " not in log and "Uncaught exception" not in log, log[-3000:]
+
+
+async def test_the_document_states_the_jobs_bounds():
+    """The jobs bounds in the document are the service's defaults (JobLimits, the
+    ThinkubeService traits), so that what the document takes the service takes."""
+    document = json.loads(OPENAPI_PATH.read_text())
+    schemas = document["components"]["schemas"]
+    limits = JobLimits()
+    submission = schemas["JobSubmission"]["properties"]
+    number = submission["expected_time"]["anyOf"][0]
+    assert number["maximum"] == limits.max_expected_s
+    assert number["maximum"] == ThinkubeService.jobs_max_expected_seconds.default_value
+    assert submission["script"]["maxLength"] == ThinkubeService.jobs_max_script_bytes.default_value
+    assert submission["gpus"]["maximum"] == limits.max_gpus
+    assert submission["cpu"]["anyOf"][0]["maximum"] == limits.max_cpu
+    assert submission["memory"]["anyOf"][0]["maximum"] * GIB == limits.max_memory
+    assert submission["metadata"]["maxProperties"] == limits.max_metadata_entries
+    assert submission["metadata"]["additionalProperties"]["maxLength"] == (
+        limits.max_metadata_value
+    )
+    job_statuses = schemas["Job"]["properties"]["status"]["enum"]
+    assert job_statuses == [*ACTIVE, *FINISHED]
+    assert set(schemas["CompatStatus"]["properties"]["status"]["enum"]) == set(
+        COMPAT_STATUS.values()
+    )
+    assert schemas["Estimate"]["properties"]["estimate"] == {
+        "const": True,
+        "description": "Always true: this is an estimate.",
+    }
+    # every route the service serves is in the document
+    served = {
+        "/" + pattern.removeprefix("/prefix/").replace(r"([^/]+)", "{}")
+        for pattern, _ in job_routes("/prefix/")
+    }
+    documented = {re.sub(r"\{[^}]+\}", "{}", path) for path in document["paths"]}
+    assert served <= documented, served - documented

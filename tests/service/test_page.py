@@ -445,6 +445,7 @@ def test_links_to_the_json_api_and_the_openapi_document():
         "Nodes (JSON)": "/services/thinkube-resources/api/v1/cluster/resources",
         "Summary (JSON)": "/services/thinkube-resources/api/v1/cluster/summary",
         "OpenAPI document": "/services/thinkube-resources/api/v1/openapi.json",
+        "API docs (browse and try)": "/services/thinkube-resources/api/v1/docs",
     }
     assert '<a href="/hub/home">Back to the hub</a>' in page
 
