@@ -52,7 +52,9 @@ def _register_jobs(subparsers: argparse._SubParsersAction) -> None:
         "--expected-time", required=True, help="how long it should take: seconds, 10m, 2h"
     )
     submit.add_argument("--gpus", type=int, default=0, help="how many GPUs (default 0)")
-    submit.add_argument("--gpu-model", help="a GPU model as the spawn form names it, e.g. NVIDIA-A100-SXM4-80GB")
+    submit.add_argument(
+        "--gpu-model", help="a GPU model as the spawn form names it, e.g. NVIDIA-A100-SXM4-80GB"
+    )
     submit.add_argument("--cpu", help="CPU cores, e.g. 4")
     submit.add_argument("--memory", help="memory, e.g. 16Gi")
     submit.add_argument("--image", help="a catalog image (default: the catalog's GPU default)")
