@@ -270,7 +270,7 @@ class JobsHandler(JobsAPIHandler):
             user = self.user_name
         statuses = None
         status = self.get_query_argument("status", None)
-        if status:
+        if status is not None:
             statuses = [s.strip() for s in status.split(",")]
             unknown = [s for s in statuses if s not in STATUSES]
             if unknown:
@@ -634,7 +634,7 @@ class CompatJobsHandler(JobsAPIHandler):
             raise web.HTTPError(403, "you may list only your own jobs")
         status = self.get_query_argument("status", None)
         statuses = None
-        if status:
+        if status is not None:
             if status not in COMPAT_FILTER:
                 self.send_bad_request(
                     "status", f"status must be one of {', '.join(COMPAT_STATUS.values())}"
