@@ -685,14 +685,7 @@ class ThinkubeService(Application):
                 f"cannot listen on {self.ip}:{self.port}: {err.strerror or err}"
             ) from None
         self._http_server = server  # stopped even if the start is cut short
-        await self.source.start()
-        await self.cloud.start()
-        if self.jobs_enabled:
-            self.jobs = make_job_queue(self)
-            await self.jobs.start()
-        self._heap_task = asyncio.create_task(
-            keep_frozen(lambda: self.source.ready), name="thinkube-heap"
-        )
+        # Said once it listens: whoever waits for it to answer has seen this line.
         self.log.info(
             "%s listening on %s:%d%s (inventory: %s)",
             self.name,
@@ -700,6 +693,14 @@ class ThinkubeService(Application):
             self.port,
             self.service_prefix,
             type(self.source).__name__,
+        )
+        await self.source.start()
+        await self.cloud.start()
+        if self.jobs_enabled:
+            self.jobs = make_job_queue(self)
+            await self.jobs.start()
+        self._heap_task = asyncio.create_task(
+            keep_frozen(lambda: self.source.ready), name="thinkube-heap"
         )
         return server
 

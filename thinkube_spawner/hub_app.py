@@ -64,6 +64,18 @@ class JupyterHub(jupyterhub_app.JupyterHub):
         if status != 200:
             self.log.warning("The login page %s did not answer 200 (last: %s)", login, status)
             return
+        # The service's start-up lines come before the banner too.
+        health = (
+            f"http://127.0.0.1:{settings['service_port']}/services/thinkube-resources/api/v1/health"
+        )
+        async with httpx.AsyncClient(timeout=5) as http:
+            while loop.time() < deadline:
+                try:
+                    if (await http.get(health)).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
         # One write, so that no log line from another process lands inside it.
         sys.stdout.write("\n".join(banner_lines(settings, password)) + "\n")
         sys.stdout.flush()
