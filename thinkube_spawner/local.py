@@ -43,7 +43,7 @@ from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, defau
 from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
 from thinkube_core.allocation import allocation_in
 
-from .accounts import (
+from thinkube_core.accounts import (
     DEFAULT_PREFIX,
     PREFIX,
     AccountError,
@@ -55,7 +55,7 @@ from .accounts import (
 )
 from .availability import AvailabilitySettings, ServiceUnavailable
 from .errors import choice_error, service_unavailable_error, spawn_error
-from .gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, driver_gpus, hiding_plan, isolation_command
+from thinkube_core.gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, driver_gpus, hiding_plan, isolation_command
 from .labels import server_label
 from .menu import (
     GIB,
@@ -207,7 +207,7 @@ def memory_enforcement(
 def run_as_command(account: str, cmd: list[str], python: str = sys.executable) -> list[str]:
     """`cmd`, started as `account` by run_as.py (isolated mode: no module is looked up in
     the working directory or from the environment while still root)."""
-    return [python, "-I", "-m", "thinkube_spawner.run_as", account, "--", *cmd]
+    return [python, "-I", "-m", "thinkube_core.run_as", account, "--", *cmd]
 
 
 def _default_environments() -> dict[str, dict]:
