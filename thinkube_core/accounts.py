@@ -196,3 +196,31 @@ async def ensure_account(
         )
     os.chmod(found.pw_dir, 0o700)  # people's files are their own
     return found, True
+
+
+async def person_account(
+    hub_name: str, system_users: bool, prefix: str = DEFAULT_PREFIX, home_root: str = "/home"
+) -> tuple[pwd.struct_passwd, bool]:
+    """The account a person's servers and jobs run as when the hub (or the service) runs as
+    root, and whether it was made now: with `system_users`, the existing system user of the
+    same name; otherwise `prefix` + their name, made on first use."""
+    if system_users:
+        found = existing_account(hub_name)
+        if found is None:
+            raise AccountError(f"there is no system user {hub_name!r}")
+        return usable(found), False
+    return await ensure_account(account_name(hub_name, prefix), home_root, hub_name)
+
+
+def folder_closed_to_others(folder: str) -> str | None:
+    """Why an account other than the owner could not reach `folder` (a folder on the way,
+    or the folder itself, without search permission for others), or None when it can."""
+    target = Path(os.path.realpath(folder))
+    for step in [*reversed(target.parents), target]:
+        try:
+            mode = step.stat().st_mode
+        except OSError as err:
+            return f"{step}: {err.strerror}"
+        if not mode & stat.S_IXOTH:
+            return f"{step} is closed to other users (mode {stat.filemode(mode)})"
+    return None

@@ -389,6 +389,8 @@ class DeviceClaims:
             return claim
 
     def release(self, kind: str, holder_id: str) -> None:
+        if not self.folder.is_dir():
+            return  # nothing was ever claimed here
         with self.locked():
             with contextlib.suppress(FileNotFoundError):
                 self._path(kind, holder_id).unlink()
