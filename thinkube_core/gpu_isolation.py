@@ -131,6 +131,30 @@ def isolation_command(
     return [*prefix, "--", *cmd]
 
 
+ISOLATION_MODES = ("auto", "required", "off")
+
+
+def isolated(
+    visible: Iterable[str],
+    cmd: list[str],
+    mode: str = "auto",
+    proc_dir: str = NVIDIA_PROC_DIR,
+    dev_dir: str = DEV_DIR,
+    python: str = sys.executable,
+) -> list[str]:
+    """`cmd`, run so that the machine's other GPUs are hidden from it: prefixed with this
+    module's command where the driver lists a GPU outside `visible` and `mode` is not
+    "off"; as it is otherwise (no NVIDIA GPU here, or it has them all)."""
+    if mode not in ISOLATION_MODES:
+        raise ValueError(f"GPU isolation {mode!r}: one of {', '.join(ISOLATION_MODES)}")
+    visible = list(visible)
+    if mode == "off" or not hiding_plan(visible, driver_gpus(proc_dir), dev_dir).hides_anything:
+        return list(cmd)
+    return isolation_command(
+        visible, cmd, required=mode == "required", proc_dir=proc_dir, dev_dir=dev_dir, python=python
+    )
+
+
 # --- the namespace: Linux calls through libc ------------------------------------------------
 
 CLONE_NEWNS = 0x00020000

@@ -53,13 +53,7 @@ from thinkube_core.accounts import (
 from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
 from thinkube_core.allocation import allocation_in
 from thinkube_core.device_claims import Claim, DeviceClaims, claims_dir, pick_cores, pick_gpus
-from thinkube_core.gpu_isolation import (
-    DEV_DIR,
-    NVIDIA_PROC_DIR,
-    driver_gpus,
-    hiding_plan,
-    isolation_command,
-)
+from thinkube_core.gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, isolated
 
 from .availability import AvailabilitySettings, ServiceUnavailable
 from .errors import choice_error, service_unavailable_error, spawn_error
@@ -529,15 +523,10 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
 
     def isolated(self, allocation: LocalAllocation, cmd: list[str]) -> list[str]:
         """`cmd`, run so that the machine's other GPUs are hidden from it (gpu_isolation)."""
-        if self.gpu_isolation == "off":
-            return cmd
-        gpus = driver_gpus(self.nvidia_proc_dir)
-        if not hiding_plan(allocation.gpus, gpus, self.nvidia_dev_dir).hides_anything:
-            return cmd  # no NVIDIA GPU here, or the server has them all
-        return isolation_command(
+        return isolated(
             allocation.gpus,
             cmd,
-            required=self.gpu_isolation == "required",
+            self.gpu_isolation,
             proc_dir=self.nvidia_proc_dir,
             dev_dir=self.nvidia_dev_dir,
         )
