@@ -20,7 +20,7 @@ help:
 # to run the venv's Python: one under a folder closed to other users (pyenv in /root) is
 # replaced by the system's python3. $(call make-venv,DIR) makes the venv DIR.
 VENV_PYTHON_CHECK := import sys; sys.path.insert(0, "."); \
-	from thinkube_spawner.accounts import closed_to_others as closed; \
+	from thinkube_core.accounts import closed_to_others as closed; \
 	why = closed(sys.executable); print(why or "", end=""); sys.exit(bool(why))
 define make-venv
 	@python='$(PYTHON)'; \

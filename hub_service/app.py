@@ -23,7 +23,7 @@ from jupyterhub.services.auth import HubOAuth
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from .apidocs import docs_routes
@@ -310,6 +310,34 @@ class ThinkubeService(Application):
         config=True,
         help="With `inventory = 'local'`: the folder that holds each job's script and output "
         "(relative to the service's working folder), e.g. `/var/lib/thinkube/jobs`.",
+    )
+    jobs_system_users = Bool(
+        False,
+        config=True,
+        help="With `inventory = 'local'` and the service running as root: run a person's jobs "
+        "as the existing system user of their name (as ThinkubeLocalSpawner.system_users "
+        "does for servers; give both the same value). E.g. `True`.",
+    )
+    jobs_account_prefix = Unicode(
+        "jupyter-",
+        config=True,
+        help="With `inventory = 'local'` and the service running as root: a person's jobs run "
+        "as the account <prefix><name>, the one their servers run as (give "
+        "ThinkubeLocalSpawner.account_prefix the same value). E.g. `jupyter-`.",
+    )
+    jobs_account_home_root = Unicode(
+        "/home",
+        config=True,
+        help="Where accounts made for people get their homes (as "
+        "ThinkubeLocalSpawner.account_home_root), e.g. `/home`.",
+    )
+    jobs_gpu_isolation = Enum(
+        ["auto", "required", "off"],
+        "auto",
+        config=True,
+        help="With `inventory = 'local'`: hide the GPUs a job was not given, as "
+        "ThinkubeLocalSpawner.gpu_isolation does for servers: `auto`, `required` or `off`. "
+        "E.g. `required`.",
     )
     jobs_namespace = Unicode(
         "",

@@ -9,7 +9,10 @@ form is built by the same code), from:
   exactly as requests are on a Kubernetes node: pinned CPU cores, GPUs by UUID and chosen
   memory. ``ThinkubeLocalSpawner`` records its pick in the server's state
   (:mod:`thinkube_core.allocation`), which only the hub writes; a server still starting,
-  without a pick yet, counts the CPUs and GPUs it asked for.
+  without a pick yet, counts the CPUs and GPUs it asked for;
+- the claims folder the hub and this service share (:mod:`thinkube_core.device_claims`):
+  the cores and GPUs the GPU queue's jobs hold (so the spawn form shows a job's GPU as
+  taken), and those of servers the hub's API does not show with a pick yet.
 
 Reading the servers needs a token with the scopes ``list:users``, ``read:servers`` and
 ``admin:server_state`` (the same on JupyterHub 5.5 and 6.x; see docs/local.md). Without
@@ -33,6 +36,7 @@ from typing import Any
 import httpx
 
 from thinkube_core.allocation import allocation_in
+from thinkube_core.device_claims import Claim, DeviceClaims
 
 from .background import cancel_and_wait
 from .inventory import Inventory, Published, dumps, iso_now
@@ -44,6 +48,7 @@ log = logging.getLogger("thinkube.inventory")
 __all__ = [
     "LocalInventory",
     "allocations_from_users",
+    "allocations_with_claims",
     "host_snapshot",
     "machine_document",
 ]
@@ -120,6 +125,42 @@ def allocations_from_users(users: Iterable[Mapping[str, Any]]) -> list[dict]:
                 }
             )
     return found
+
+
+def allocations_with_claims(allocations: list[dict], claims: Iterable[Claim]) -> list[dict]:
+    """The servers' allocations with what the live claims hold: a job's claim is an entry
+    of its own (``job``: its id); a server's claim gives its pick to a server the hub's API
+    shows without one yet (still starting), or is an entry of its own for a server the API
+    does not show yet. A server the API shows with a pick keeps it (the two are the same)."""
+    merged = [dict(a) for a in allocations]
+    by_server = {f"{a['user']}/{a['server']}": a for a in merged}
+    for claim in claims:
+        if claim.kind == "server":
+            known = by_server.get(claim.id)
+            if known is not None:
+                if not known["cores"] and not known["gpus"]:
+                    known.update(
+                        cores=list(claim.cores),
+                        gpus=list(claim.gpus),
+                        cpu_unpinned=0,
+                        gpus_unpinned=0,
+                    )
+                    known["memory"] = known["memory"] or claim.memory
+                continue
+        _, _, server = claim.id.partition("/")
+        merged.append(
+            {
+                "user": claim.user,
+                "server": server if claim.kind == "server" else "",
+                **({"job": claim.id} if claim.kind == "job" else {}),
+                "cores": list(claim.cores),
+                "gpus": list(claim.gpus),
+                "memory": claim.memory,
+                "cpu_unpinned": 0,
+                "gpus_unpinned": 0,
+            }
+        )
+    return merged
 
 
 # --- the node document ----------------------------------------------------------------------
@@ -256,7 +297,7 @@ def machine_document(
             "memory_requests": _percent(memory_used, memory_total),
             "memory_limits": _percent(memory_used, memory_total),
         },
-        "pod_count": len(allocations),
+        "pod_count": len(allocations),  # servers and jobs
         "pods_allocatable": _SERVERS_ALLOWED,
         "labels": {},
         "scheduling_key": "this-machine",  # no labels or taints that could change
@@ -277,7 +318,8 @@ def machine_document(
             "load_average": host.get("load_average"),
             "cpu_percent": host.get("cpu_percent"),
             "memory_available": host.get("memory_available"),
-            "servers": len(allocations),
+            "servers": sum(1 for a in allocations if "job" not in a),
+            "jobs": sum(1 for a in allocations if "job" in a),
         },
     }
 
@@ -300,8 +342,11 @@ class LocalInventory(Inventory):
         api_token: str = "",
         refresh_s: float = 2.0,
         timeout_s: float = 5.0,
+        claims: DeviceClaims | None = None,
     ):
         self.hub_api_url = hub_api_url.rstrip("/")
+        # Default: $THINKUBE_CLAIMS_DIR, which the hub sets in this service's environment.
+        self.claims = claims if claims is not None else DeviceClaims()
         self._token = api_token
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
@@ -314,6 +359,7 @@ class LocalInventory(Inventory):
         self._host: dict | None = None  # the last reading of this machine
         self._nvml: dict = {}
         self._allocations: list[dict] = []  # the last allocation read from the hub
+        self._claims: list[Claim] = []  # the live claims at the last reading
         # One client for the inventory's life: the hub is asked every refresh_s.
         self._http: httpx.AsyncClient | None = None
         self.refreshes = 0
@@ -371,8 +417,10 @@ class LocalInventory(Inventory):
         """One pass: machine, GPUs, servers; publish."""
         loop = asyncio.get_running_loop()
         # psutil and NVML are blocking calls (NVML can take a while per GPU).
-        host, nvml = await asyncio.gather(
-            loop.run_in_executor(None, host_snapshot), loop.run_in_executor(None, read_nvml)
+        host, nvml, claims = await asyncio.gather(
+            loop.run_in_executor(None, host_snapshot),
+            loop.run_in_executor(None, read_nvml),
+            loop.run_in_executor(None, self.claims.current),
         )
         try:
             users = await self.active_servers()
@@ -382,7 +430,7 @@ class LocalInventory(Inventory):
             self._set_error(None)
             self._allocations = allocations_from_users(users)
             self._synced = True
-        self._host, self._nvml = host, nvml
+        self._host, self._nvml, self._claims = host, nvml, claims
         self.refreshes += 1
         self._publish(self._allocations)
 
@@ -400,6 +448,7 @@ class LocalInventory(Inventory):
     def _publish(self, allocations: list[dict]) -> None:
         if self._host is None:
             return  # nothing read yet: the empty documents stand
+        allocations = allocations_with_claims(allocations, self._claims)
         document = machine_document(self._host, self._nvml, allocations)
         summary = summary_document([document])
         summary["metrics"] = self.metrics_status
@@ -419,6 +468,8 @@ class LocalInventory(Inventory):
             pod_count=len(allocations),
             built_at=time.monotonic(),
             documents=[document],
+            # Every live job claim is counted in the document (the GPU queue stops assuming it).
+            counted_jobs={a["job"]: document["name"] for a in allocations if "job" in a},
         )
         self.notify()
 

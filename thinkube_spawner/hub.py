@@ -34,7 +34,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from thinkube_spawner.accounts import DEFAULT_PREFIX, closed_to_others
+from thinkube_core.accounts import DEFAULT_PREFIX, closed_to_others
 from thinkube_spawner.runpod.commands import CommandError
 
 HUB_CONFIG = Path(__file__).with_name("hub_config.py")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from jupyterhub import app as jupyterhub_app
 
-from thinkube_spawner.accounts import DEFAULT_PREFIX
+from thinkube_core.accounts import DEFAULT_PREFIX
 from thinkube_spawner.hub import SETTINGS_ENV, banner_lines, local_address
 
 READY_WITHIN_S = 120

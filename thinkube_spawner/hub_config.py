@@ -48,6 +48,9 @@ c.Authenticator.allow_all = True
 # --- servers: local processes placed by the thinkube form ---------------------------------
 c.JupyterHub.spawner_class = "thinkube-local"
 c.ThinkubeLocalSpawner.home_dir_template = str(data / "users" / "{username}")
+# Which cores and GPUs each server and GPU job holds: the hub and the service share it.
+claims = data / "claims"
+c.ThinkubeLocalSpawner.claims_dir = str(claims)
 c.ThinkubeLocalSpawner.environments = {
     "local": {"cmd": [str(Path(python).parent / "jupyterhub-singleuser")]}
 }
@@ -102,6 +105,7 @@ c.JupyterHub.services = [
         "url": f"http://127.0.0.1:{settings['service_port']}",
         "command": [python, "-m", "hub_service", "--config", str(service_config)],
         "cwd": str(data),
+        "environment": {"THINKUBE_CLAIMS_DIR": str(claims)},
         "api_token": token_file.read_text().strip(),
         "display": True,
         "oauth_no_confirm": True,
@@ -138,3 +142,11 @@ c.JupyterHub.load_roles = [
 # --- the person's own configuration (thinkube hub --config FILE), applied last ----------------
 if settings.get("extra_config"):
     load_subconfig(settings["extra_config"])  # noqa: F821 (provided by JupyterHub)
+
+# The service runs GPU jobs as the spawner runs servers: the same accounts and isolation,
+# as configured by now (the person's configuration included).
+with service_config.open("a") as settings_for_jobs:
+    for name in ("system_users", "account_prefix", "account_home_root", "gpu_isolation"):
+        if name in c.ThinkubeLocalSpawner:
+            value = c.ThinkubeLocalSpawner[name]
+            settings_for_jobs.write(f"c.ThinkubeService.jobs_{name} = {value!r}\n")

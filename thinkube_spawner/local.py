@@ -18,14 +18,17 @@ a local process by the pure functions here:
   the steps that need root (the systemd scope, the isolation namespace). A hub not running
   as root runs every server as its own user.
 
-The cores and GPUs picked are recorded in ``user_options["allocation"]`` (and in the spawner's
-state), which is how the service, reading the hub's API, counts them as taken. Within the hub
-the pick also skips what the other running local servers hold, so two servers started in the
-same instant never get the same GPU or core.
+The cores and GPUs are picked and claimed in one step in the claims folder the hub shares
+with the service (thinkube_core/device_claims.py), skipping what other servers and the
+service's GPU jobs hold, so that no two of them ever get the same GPU or core, even when
+started in the same instant. The claim follows the server's process once it runs and is
+released when it stops. The pick is also recorded in the spawner's state, which the
+service reads through the hub's API.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import pwd
@@ -40,22 +43,20 @@ from typing import Any
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default, validate
 
-from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
-from thinkube_core.allocation import allocation_in
-
-from .accounts import (
+from thinkube_core.accounts import (
     DEFAULT_PREFIX,
     PREFIX,
     AccountError,
-    account_name,
     closed_to_others,
-    ensure_account,
-    existing_account,
-    usable,
+    person_account,
 )
+from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
+from thinkube_core.allocation import allocation_in
+from thinkube_core.device_claims import Claim, DeviceClaims, claims_dir, pick_cores, pick_gpus
+from thinkube_core.gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, isolated
+
 from .availability import AvailabilitySettings, ServiceUnavailable
 from .errors import choice_error, service_unavailable_error, spawn_error
-from .gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, driver_gpus, hiding_plan, isolation_command
 from .labels import server_label
 from .menu import (
     GIB,
@@ -111,33 +112,33 @@ def pick_devices(
     (capacity) when there are not enough."""
     local = machine.get("local") or {}
     cores_wanted = max(1, math.ceil(choice.cpu))
-    free_cores = [c for c in local.get("cores") or [] if c not in taken_cores]
-    if len(free_cores) < cores_wanted:
+    all_cores = local.get("cores") or []
+    cores = pick_cores(all_cores, taken_cores, cores_wanted)
+    if cores is None:
+        free = sum(1 for c in all_cores if c not in taken_cores)
         raise ChoiceError(
-            f"{len(free_cores)} CPU core{'s are' if len(free_cores) != 1 else ' is'} free on "
-            f"this machine now, not {cores_wanted}: choose fewer CPUs, or wait for a server to stop.",
+            f"{free} CPU core{'s are' if free != 1 else ' is'} free on this machine now, not "
+            f"{cores_wanted}: choose fewer CPUs, or wait for a server or job to stop.",
             capacity=True,
         )
-    cores = tuple(sorted(free_cores[-cores_wanted:]))
     gpus: tuple[str, ...] = ()
     if choice.gpus:
         model = choice.placement.gpu_model
-        candidates = sorted(
-            (
-                g
-                for g in local.get("gpus") or []
-                if g["uuid"] not in taken_gpus
-                and (model is None or g["name"] == model or choice.placement.kind == "node")
-            ),
-            key=lambda g: g["index"],
-        )
-        if len(candidates) < choice.gpus:
+
+        def accepts(gpu) -> bool:
+            return model is None or gpu["name"] == model or choice.placement.kind == "node"
+
+        picked = pick_gpus(local.get("gpus") or [], taken_gpus, choice.gpus, accepts)
+        if picked is None:
+            free = sum(
+                1 for g in local.get("gpus") or [] if g["uuid"] not in taken_gpus and accepts(g)
+            )
             raise ChoiceError(
-                f"{len(candidates)} {model or 'GPU'}{'s' if len(candidates) != 1 else ''} "
-                f"free on this machine now, not {choice.gpus}: choose fewer GPUs, or wait.",
+                f"{free} {model or 'GPU'}{'s' if free != 1 else ''} free on this machine now, "
+                f"not {choice.gpus}: choose fewer GPUs, or wait.",
                 capacity=True,
             )
-        gpus = tuple(g["uuid"] for g in candidates[: choice.gpus])
+        gpus = picked
     return LocalAllocation(cores, gpus, choice.memory_gib, memory_enforced)
 
 
@@ -207,7 +208,7 @@ def memory_enforcement(
 def run_as_command(account: str, cmd: list[str], python: str = sys.executable) -> list[str]:
     """`cmd`, started as `account` by run_as.py (isolated mode: no module is looked up in
     the working directory or from the environment while still root)."""
-    return [python, "-I", "-m", "thinkube_spawner.run_as", account, "--", *cmd]
+    return [python, "-I", "-m", "thinkube_core.run_as", account, "--", *cmd]
 
 
 def _default_environments() -> dict[str, dict]:
@@ -216,11 +217,6 @@ def _default_environments() -> dict[str, dict]:
 
 
 # --- the spawner ------------------------------------------------------------------------------
-
-
-# What this hub's local servers hold now, by spawner: the service sees a new server only at
-# its next refresh, so two starts at once must not pick the same core or GPU meanwhile.
-_held: dict[int, LocalAllocation] = {}
 
 
 class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
@@ -282,6 +278,19 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         config=True,
         help="Where the GPUs' device files (`nvidia<minor>`) are, e.g. `/host/dev`. Default `/dev`.",
     )
+    claims_dir = Unicode(
+        config=True,
+        help="The folder where the hub and the thinkube-resources service record which cores "
+        "and GPUs each server and each GPU job holds, so that none is given twice. The "
+        "service must use the same folder (its environment's THINKUBE_CLAIMS_DIR; `thinkube "
+        "hub` sets both). Default: $THINKUBE_CLAIMS_DIR, else `thinkube-claims` in the hub's "
+        "working directory. E.g. `/srv/thinkube/claims`.",
+    )
+
+    @default("claims_dir")
+    def _default_claims_dir(self) -> str:
+        return str(claims_dir())
+
     system_users = Bool(
         False,
         config=True,
@@ -375,24 +384,21 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         options = self.user_options or {}
         return render_form(menu_profile(menu, options), options, before=before)
 
+    # -- the claim on this server's cores and GPUs ------------------------------------------
+
+    @property
+    def claims(self) -> DeviceClaims:
+        return DeviceClaims(self.claims_dir)
+
+    @property
+    def claim_id(self) -> str:
+        return f"{self.user.name}/{self.name}"
+
+    async def _release(self) -> None:
+        self.allocation = None
+        await asyncio.to_thread(self.claims.release, "server", self.claim_id)
+
     # -- start ---------------------------------------------------------------------------
-
-    def _hold(self, allocation: LocalAllocation | None) -> None:
-        self.allocation = allocation
-        if allocation is None:
-            _held.pop(id(self), None)
-        else:
-            _held[id(self)] = allocation
-
-    def _held_elsewhere(self) -> tuple[set[int], set[str]]:
-        """Cores and GPUs held by the hub's other local servers."""
-        cores: set[int] = set()
-        gpus: set[str] = set()
-        for holder, held in list(_held.items()):
-            if holder != id(self):
-                cores.update(held.cores)
-                gpus.update(held.gpus)
-        return cores, gpus
 
     async def check_and_allocate(self) -> tuple[Choice, LocalAllocation]:
         try:
@@ -400,22 +406,36 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         except ServiceUnavailable as err:
             raise service_unavailable_error(err) from None
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
-        try:
-            choice = check_choice(options, menu)
-            local = machine.get("local") or {}
-            held_cores, held_gpus = self._held_elsewhere()
-            # No await from here to recording the pick: another spawn cannot interleave.
+        local = machine.get("local") or {}
+        # What the service counted at its last reading (servers from the hub's API), besides
+        # what the claims say now (servers and jobs, this very instant).
+        counted_cores = set(local.get("cores_taken") or [])
+        counted_gpus = {g["uuid"] for g in local.get("gpus") or [] if g.get("taken")}
+        memory_enforced = self.memory_mode() is not None
+        picked: list[LocalAllocation] = []
+
+        def choose(claimed_cores: set[int], claimed_gpus: set[str]):
             allocation = pick_devices(
                 choice,
                 machine,
-                held_cores | set(local.get("cores_taken") or []),
-                held_gpus | {g["uuid"] for g in local.get("gpus") or [] if g.get("taken")},
-                memory_enforced=self.memory_mode() is not None,
+                claimed_cores | counted_cores,
+                claimed_gpus | counted_gpus,
+                memory_enforced=memory_enforced,
+            )
+            picked.append(allocation)
+            return allocation.cores, allocation.gpus, allocation.memory_gib * GIB
+
+        try:
+            choice = check_choice(options, menu)
+            # Picked and claimed under the claims' lock: no other server or job of this
+            # machine can pick the same core or GPU meanwhile.
+            await asyncio.to_thread(
+                self.claims.claim, "server", self.claim_id, self.user.name, os.getpid(), choose
             )
         except ChoiceError as err:
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             raise choice_error(err) from None
-        self._hold(allocation)
+        self.allocation = allocation = picked[-1]
         self.user_options = choice.as_user_options()
         return choice, allocation
 
@@ -448,9 +468,12 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
                 allocation.memory_gib,
                 "enforced" if allocation.memory_enforced else "advisory",
             )
-            return await super().start()
+            started = await super().start()
+            # The claim now lives as long as the server's process (through a hub restart).
+            await asyncio.to_thread(self.claims.move_to, "server", self.claim_id, self.pid)
+            return started
         except BaseException:
-            self._hold(None)
+            await self._release()
             raise
 
     async def server_account(self, server_cmd: list[str]) -> pwd.struct_passwd | None:
@@ -466,22 +489,17 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
                 )
             return None
         try:
-            if self.system_users:
-                found = existing_account(self.user.name)
-                if found is None:
-                    raise AccountError(f"there is no system user {self.user.name!r}")
-                account = usable(found)
-            else:
-                name = account_name(self.user.name, self.account_prefix)
-                account, made = await ensure_account(name, self.account_home_root, self.user.name)
-                if made:
-                    self.log.info(
-                        "Made the system account %s (uid %d, home %s) for %s",
-                        name,
-                        account.pw_uid,
-                        account.pw_dir,
-                        self.user.name,
-                    )
+            account, made = await person_account(
+                self.user.name, self.system_users, self.account_prefix, self.account_home_root
+            )
+            if made:
+                self.log.info(
+                    "Made the system account %s (uid %d, home %s) for %s",
+                    account.pw_name,
+                    account.pw_uid,
+                    account.pw_dir,
+                    self.user.name,
+                )
         except AccountError as err:
             self.log.error("No account for %s: %s", self.user.name, err)
             raise spawn_error(
@@ -505,15 +523,10 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
 
     def isolated(self, allocation: LocalAllocation, cmd: list[str]) -> list[str]:
         """`cmd`, run so that the machine's other GPUs are hidden from it (gpu_isolation)."""
-        if self.gpu_isolation == "off":
-            return cmd
-        gpus = driver_gpus(self.nvidia_proc_dir)
-        if not hiding_plan(allocation.gpus, gpus, self.nvidia_dev_dir).hides_anything:
-            return cmd  # no NVIDIA GPU here, or the server has them all
-        return isolation_command(
+        return isolated(
             allocation.gpus,
             cmd,
-            required=self.gpu_isolation == "required",
+            self.gpu_isolation,
             proc_dir=self.nvidia_proc_dir,
             dev_dir=self.nvidia_dev_dir,
         )
@@ -522,7 +535,7 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         try:
             await super().stop(now=now)
         finally:
-            self._hold(None)
+            await self._release()
 
     def get_env(self):
         env = super().get_env()
@@ -574,16 +587,38 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
     def load_state(self, state):
         super().load_state(state)
         held = allocation_in(state)
-        if held is not None:
-            self._hold(
-                LocalAllocation(
-                    tuple(held["cores"]),
-                    tuple(held["gpus"]),
-                    int(held["memory_gib"]),
-                    held["memory_enforced"],
+        if held is None:
+            return
+        self.allocation = LocalAllocation(
+            tuple(held["cores"]),
+            tuple(held["gpus"]),
+            int(held["memory_gib"]),
+            held["memory_enforced"],
+        )
+        if self.pid:
+            # A server that ran before the hub restarted: its claim stays (or comes back,
+            # should the claims folder have been lost), tied to its process.
+            clashing = self.claims.keep(
+                Claim(
+                    "server",
+                    self.claim_id,
+                    self.user.name,
+                    self.pid,
+                    None,
+                    self.allocation.cores,
+                    self.allocation.gpus,
+                    self.allocation.memory_gib * GIB,
                 )
             )
+            for other in clashing:
+                self.log.warning(
+                    "%s holds a core or GPU that %s %s also claims",
+                    server_label(self),
+                    other.kind,
+                    other.id,
+                )
 
     def clear_state(self):
         super().clear_state()
-        self._hold(None)
+        self.allocation = None
+        self.claims.release("server", self.claim_id)

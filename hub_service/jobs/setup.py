@@ -42,7 +42,7 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
         await holder["queue"].started(entry_id, node)
 
     if service.inventory == "local":
-        from .local import LocalJobs
+        from .local import LocalJobs, LocalJobSettings
 
         def machine():
             documents = source.published.documents
@@ -53,6 +53,13 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
             gpus_in_use=source.gpus_held,
             machine=machine,
             ended=ended,
+            claims=source.claims,  # the folder the hub's servers claim in
+            settings=LocalJobSettings(
+                system_users=service.jobs_system_users,
+                account_prefix=service.jobs_account_prefix,
+                account_home_root=service.jobs_account_home_root,
+                gpu_isolation=service.jobs_gpu_isolation,
+            ),
         )
     else:
         from .kube import KubeJobs

@@ -29,8 +29,8 @@ import psutil
 
 from tests.kubesim.sim import free_port
 from tests.utils import eventually, stop_process_group
+from thinkube_core.accounts import account_name
 from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
-from thinkube_spawner.accounts import account_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_LINE = re.compile(r"log in with any user name and the password: (\S+)")

@@ -1,4 +1,4 @@
-"""People's own accounts when the hub runs as root (thinkube_spawner/accounts.py, run_as.py):
+"""People's own accounts when the hub runs as root (thinkube_core/accounts.py, run_as.py):
 the account names, the check that an account can run a server's command, and, as root,
 real accounts made with useradd and a real process switched to one."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.local.hubproc import REPO_ROOT, delete_accounts, unique_account_prefix
-from thinkube_spawner.accounts import (
+from thinkube_core.accounts import (
     AccountError,
     account_name,
     closed_to_others,
@@ -200,7 +200,7 @@ def test_run_as_switches_for_good_and_root_cannot_be_regained(homes):
         "print(json.dumps(seen))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-I", "-m", "thinkube_spawner.run_as", account.pw_name, "--"]
+        [sys.executable, "-I", "-m", "thinkube_core.run_as", account.pw_name, "--"]
         + ["/usr/bin/python3", "-c", report],
         capture_output=True,
         text=True,
@@ -222,7 +222,7 @@ def test_run_as_switches_for_good_and_root_cannot_be_regained(homes):
 def test_run_as_refuses_root_and_unknown_accounts():
     def run_as(account):
         return subprocess.run(
-            [sys.executable, "-I", "-m", "thinkube_spawner.run_as", account, "--", "id"],
+            [sys.executable, "-I", "-m", "thinkube_core.run_as", account, "--", "id"],
             capture_output=True,
             text=True,
             cwd=REPO_ROOT,

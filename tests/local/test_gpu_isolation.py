@@ -1,4 +1,4 @@
-"""Hiding the GPUs a local server was not given (thinkube_spawner/gpu_isolation.py).
+"""Hiding the GPUs a local server was not given (thinkube_core/gpu_isolation.py).
 
 The namespaces are real (Linux mount and user namespaces, set up by the module's own
 command); only the driver's files are a sample tree: this machine has no NVIDIA GPU, so
@@ -25,8 +25,8 @@ import pytest
 
 from tests.local.hubproc import REPO_ROOT, local_hub, option, server_processes
 from tests.local.test_hub_command import form_fields
-from thinkube_spawner import gpu_isolation
-from thinkube_spawner.gpu_isolation import (
+from thinkube_core import gpu_isolation
+from thinkube_core.gpu_isolation import (
     DriverGpu,
     driver_gpus,
     hiding_plan,
@@ -89,7 +89,7 @@ def test_the_plan_covers_every_gpu_but_the_visible_ones():
 
 def test_the_command_prefix_names_the_module_the_gpus_and_the_command():
     command = isolation_command(UUIDS[:2], ["jupyterhub-singleuser", "--debug"], required=True)
-    assert command[1:3] == ["-m", "thinkube_spawner.gpu_isolation"]
+    assert command[1:3] == ["-m", "thinkube_core.gpu_isolation"]
     assert command[command.index("--") + 1 :] == ["jupyterhub-singleuser", "--debug"]
     assert command[command.index("--visible") + 1] == ",".join(UUIDS[:2])
     assert "--required" in command and "--proc-dir" not in command
@@ -280,7 +280,7 @@ def test_when_isolation_cannot_be_set_up_auto_warns_and_required_refuses(shared_
 
 def test_a_bad_command_line_is_a_plain_error():
     done = subprocess.run(
-        [sys.executable, "-m", "thinkube_spawner.gpu_isolation", "--visible", UUIDS[0]],
+        [sys.executable, "-m", "thinkube_core.gpu_isolation", "--visible", UUIDS[0]],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -328,7 +328,7 @@ async def test_a_server_spawned_by_the_hub_sees_none_of_the_gpus_it_was_not_give
         assert set(seen["devices"].values()) == {"PermissionError"}
         assert seen["driver_gpus"] == []
         (process,) = server_processes(hub, "alice")
-        assert "thinkube_spawner.gpu_isolation" not in " ".join(process.cmdline())  # exec'd away
+        assert "thinkube_core.gpu_isolation" not in " ".join(process.cmdline())  # exec'd away
         assert_outside_unchanged(shared_tree)
         await hub.stop_server(alice, "alice")
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.test_thinkube_spawner import form_fields
 from tests.local.hubproc import local_hub, option, run_in_terminal, server_processes
-from thinkube_spawner.accounts import account_name
+from thinkube_core.accounts import account_name
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the hub makes accounts only as root")
 

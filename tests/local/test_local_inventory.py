@@ -12,11 +12,13 @@ import psutil
 from hub_service.local import (
     LocalInventory,
     allocations_from_users,
+    allocations_with_claims,
     host_snapshot,
     machine_document,
 )
 from hub_service.nodes import summary_document
 from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
+from thinkube_core.device_claims import Claim, DeviceClaims
 from thinkube_spawner.menu import MenuSettings, build_menu, check_choice
 from thinkube_spawner.shaping import PodSettings, PodTemplate
 
@@ -179,6 +181,68 @@ def test_overbooked_allocation_never_goes_negative():
     ]
     node = machine_document(HOST, RECORDS["gb10_memory_not_supported"], allocations)
     assert node["available"] == {"cpu": 0.0, "memory": 0, "gpu": 0}
+
+
+RTX4090 = "GPU-5a3c1e2f-8b1d-4c7e-9f2a-6d0e4b7c1a90"
+RTX4090_B = "GPU-0f6e2d41-77c2-4b8a-a1d3-2c5e9b8f3e11"
+RTX3090 = "GPU-c2b7a9e4-1d3f-4e55-8a6b-7f0c3d2e1b48"
+
+
+def test_claims_add_jobs_and_the_picks_of_starting_servers():
+    allocations = allocations_from_users(
+        [
+            user("alice", {"memory": "8"}, allocation={"cores": [7], "gpus": [], "memory_gib": 8}),
+            user("bob", {"cpu": "2", "memory": "4", "gpus": "1"}),  # starting, no pick in state
+        ]
+    )
+    claims = [
+        Claim("server", "alice/", "alice", 10, None, (7,), (), 8 * GIB),  # the same as the API's
+        Claim("server", "bob/", "bob", 11, None, (5, 6), (RTX3090,), 4 * GIB),
+        Claim("server", "carol/gpu", "carol", 12, None, (4,), (), 2 * GIB),  # not in the API yet
+        Claim("job", "j-1", "dan", 13, None, (3,), (RTX4090,), 16 * GIB),
+    ]
+    merged = allocations_with_claims(allocations, claims)
+    assert [(a["user"], a["server"], a.get("job"), a["cores"], a["gpus"]) for a in merged] == [
+        ("alice", "", None, [7], []),
+        ("bob", "", None, [5, 6], [RTX3090]),
+        ("carol", "gpu", None, [4], []),
+        ("dan", "", "j-1", [3], [RTX4090]),
+    ]
+    assert merged[1]["cpu_unpinned"] == merged[1]["gpus_unpinned"] == 0
+    assert allocations[1]["cores"] == []  # the API's list is left as it was
+
+    node = machine_document(HOST, RECORDS["workstation_two_models"], merged)
+    # cores 3..7 pinned; memory 8 + 4 + 2 + 16; the job's and bob's GPUs taken, once each
+    assert node["allocated"] == {"cpu": 5.0, "memory": 30 * GIB, "gpu": 2}
+    assert node["local"]["cores_taken"] == [3, 4, 5, 6, 7]
+    assert {g["uuid"]: g["taken"] for g in node["local"]["gpus"]} == {
+        RTX4090: True,
+        RTX4090_B: False,
+        RTX3090: True,
+    }
+    assert (node["local"]["servers"], node["local"]["jobs"]) == (3, 1)
+
+
+async def test_the_inventory_counts_live_claims_and_names_the_jobs_it_counts(tmp_path):
+    claims = DeviceClaims(tmp_path / "claims")
+    claims.claim("job", "j-7", "dan", os.getpid(), lambda c, g: ((1,), (), 2 * GIB))
+    claims.keep(Claim("job", "j-gone", "eve", 2**22 + 3, 1, (2,), ()))  # its process is gone
+    inventory = LocalInventory(
+        hub_api_url="http://127.0.0.1:9/hub/api", api_token="t", refresh_s=60, claims=claims
+    )
+    await inventory.start()
+    try:
+        (node,) = inventory.published.documents
+        # the job's core, where this process may run on core 1; the gone one's never
+        assert node["local"]["cores_taken"] == ([1] if 1 in node["local"]["cores"] else [])
+        assert node["local"]["jobs"] == 1
+        assert dict(inventory.published.counted_jobs) == {"j-7": node["name"]}
+        claims.release("job", "j-7")
+        await inventory.refresh()
+        assert dict(inventory.published.counted_jobs) == {}
+        assert inventory.published.documents[0]["local"]["jobs"] == 0
+    finally:
+        await inventory.stop()
 
 
 def test_this_machine():
