@@ -39,6 +39,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .handlers import RootHandler
+from .jobs.views import job_view, queue_view
 
 if TYPE_CHECKING:
     from .inventory import Published
@@ -474,6 +475,63 @@ def _freshness_view(freshness: Mapping[str, Any], reason: str | None, now: float
     }
 
 
+QUEUE_ROWS = 20  # waiting jobs the page lists (the API lists them all)
+MY_JOBS = 20  # the person's own jobs the page lists, newest first
+
+
+def jobs_view(
+    queue_items: list[dict], queued: int, mine: list[dict], prefix: str, now: float
+) -> dict:
+    """The page's GPU jobs part: the head of the queue (the queue_view shape) and the
+    person's own jobs (job_view shapes), with the links to follow and collect them."""
+    api = url_path_join(prefix, "api/v1/jobs/")
+    rows = []
+    for job in mine:
+        if job["status"] == "queued":
+            where = f"position {job['position']}" if job.get("position") else "queued"
+        elif job["status"] == "running":
+            where = f"on {job.get('node') or '?'}"
+        else:
+            code = job.get("exit_code")
+            where = (job.get("reason") or job["status"]) + (
+                f", exit code {code}" if code is not None else ""
+            )
+        rows.append(
+            {
+                "id": job["id"],
+                "name": job.get("name") or job.get("script_name") or "",
+                "status": job["status"],
+                "where": where,
+                "gpus": job.get("gpus") or 0,
+                "live": job["status"] in ("queued", "running"),
+                "logs": api + job["id"] + "/logs",
+                "text": api + job["id"] + "/logs?follow=false",
+                "result": api + job["id"] + "/result",
+            }
+        )
+    waiting = []
+    for item in queue_items[:QUEUE_ROWS]:
+        eta = item.get("eta")
+        waiting.append(
+            {
+                "position": item["position"],
+                "id": item["id"],
+                "user": item["user"],
+                "gpus": item["gpus"],
+                "gpu_model": item.get("gpu_model"),
+                "node": item.get("expected_node"),
+                # a time, not a countdown: the page's version changes when the plan does
+                "starts_at": eta["start_at"][11:16] + " UTC" if eta else None,
+            }
+        )
+    return {
+        "queued": queued,
+        "waiting": waiting,
+        "more": max(0, queued - len(waiting)),
+        "mine": rows,
+    }
+
+
 def page_view(
     *,
     nodes: list[dict],
@@ -490,6 +548,7 @@ def page_view(
     xsrf: str = "",
     etag: str = "",
     now: float | None = None,
+    jobs: dict | None = None,
 ) -> dict:
     """Everything the template shows, from the published documents (as parsed JSON), the
     freshness fields, the cloud offers' state (None: no cloud part) and the query."""
@@ -509,6 +568,9 @@ def page_view(
     cloud_view = _cloud_view(cloud, now, url_path_join(api, "cloud/offers"))
     if cloud_view is not None:
         links.append(("Cloud offers (JSON)", cloud_view["link"]))
+    if jobs is not None:
+        links.append(("Jobs (JSON)", url_path_join(api, "jobs")))
+        links.append(("Queue (JSON)", url_path_join(api, "queue")))
     links.append(("OpenAPI document", url_path_join(api, "openapi.json")))
     links.append(("API docs (browse and try)", url_path_join(api, "docs")))
     return {
@@ -532,6 +594,7 @@ def page_view(
         "rows": [node_row(node) for node in selection.rows],
         "pager": pager,
         "cloud": cloud_view,
+        "jobs": jobs,
         "links": links,
     }
 
@@ -630,7 +693,7 @@ class PageHandler(RootHandler):
     def hub_home(self) -> str:
         return url_path_join(self.hub_auth.hub_prefix, "home")
 
-    def get(self) -> None:
+    async def get(self) -> None:
         self.set_header("Vary", "Accept")
         if not self.wants_html:
             super().get()
@@ -652,8 +715,10 @@ class PageHandler(RootHandler):
         if cloud is not None:
             cloud.pop("age_seconds", None)  # it changes with time; fetched_at says the same
         user = (self.current_user or {}).get("name")
+        jobs = await self.jobs_part(user)
         etag = page_etag(
             [
+                json.dumps(jobs, sort_keys=True),
                 source.published.content_digest,
                 fresh["stale"],
                 source.not_ready_reason,
@@ -685,8 +750,26 @@ class PageHandler(RootHandler):
             user=user,
             xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes) else "",
             etag=etag,
+            jobs=jobs,
         )
         self.send_html(render_page(view))
+
+    async def jobs_part(self, user: str | None) -> dict | None:
+        """The queue's head and the person's own jobs (None with jobs off)."""
+        queue = self.service.jobs
+        if queue is None or user is None:
+            return None
+        now = time.time()
+        order = [queue.active[i] for i in queue.plan.order if i in queue.active]
+        head = order[:QUEUE_ROWS]
+        wheres = {e["id"]: queue.where(e) for e in head}
+        visible = [e["id"] for e in head if e["user"] == user]
+        items = queue_view(head, wheres, visible, now)
+        mine, _ = await queue.db(queue.store.search, users=[user], limit=MY_JOBS)
+        views = [job_view(e, queue.where(e), now) for e in mine]
+        for view in views:  # what changes by the second: not part of the page's version
+            view.pop("eta", None)
+        return jobs_view(items, len(order), views, self.service.service_prefix, now)
 
     def send_html(self, body: bytes, status: int = 200) -> None:
         self.set_status(status)

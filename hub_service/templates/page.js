@@ -82,4 +82,33 @@
     });
   }
   setInterval(tick, 1000);
+
+  // A job's output as it comes (Server-Sent Events); without JavaScript the link shows the
+  // output so far as text.
+  let following = null;
+  document.addEventListener("click", function (event) {
+    const link = event.target.closest("a[data-follow]");
+    if (!link) return;
+    event.preventDefault();
+    const pane = document.getElementById("live-log");
+    if (following) following.close();
+    pane.hidden = false;
+    pane.textContent = "";
+    following = new EventSource(link.dataset.follow);
+    const show = function (line) {
+      pane.textContent += line + "\n";
+      pane.scrollTop = pane.scrollHeight;
+    };
+    ["stdout", "stderr", "combined"].forEach(function (name) {
+      following.addEventListener(name, function (message) { show(message.data); });
+    });
+    following.addEventListener("status", function (message) {
+      show("(queued, position " + (JSON.parse(message.data).position || "?") + ")");
+    });
+    following.addEventListener("end", function (message) {
+      const end = JSON.parse(message.data);
+      show("(" + end.status + (end.exit_code === null ? "" : ", exit code " + end.exit_code) + ")");
+      following.close();
+    });
+  });
 })();

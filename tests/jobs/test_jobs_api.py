@@ -410,3 +410,25 @@ async def test_jobs_survive_a_restart_of_the_service(hub, alice):
     assert view["status"] == "completed", view
     result = (await alice.get(f"api/v1/jobs/{job['id']}/result")).json()
     assert result["stdout"] == "outlived the service"
+
+
+async def test_the_page_shows_the_queue_and_the_persons_own_jobs(hub, alice):
+    job = await submit(alice, "import time\ntime.sleep(30)\n", expected_time="1m", name="paged")
+    await started(alice, job["id"])
+    try:
+        for user, sees_it in (("alice", True), ("bob", False)):
+            browser = await hub.login(user)
+            try:
+                page = await browser.get(
+                    urljoin(hub.url, SERVICE), headers={"Accept": "text/html"}
+                )
+            finally:
+                await browser.aclose()
+            assert page.status_code == 200
+            assert "GPU jobs" in page.text and "Your jobs" in page.text
+            assert (job["id"] in page.text) is sees_it
+            if sees_it:
+                assert f"{job['id']}/logs?follow=false" in page.text
+                assert f'data-follow="/{SERVICE}api/v1/jobs/{job["id"]}/logs"' in page.text
+    finally:
+        await alice.post(f"api/v1/jobs/{job['id']}/cancel")
