@@ -91,6 +91,14 @@ class LocalJobSettings:
 class JobStartError(RuntimeError):
     """A job could not start; the message says why in plain words."""
 
+    busy = False  # True: what it needs was taken a moment ago; it waits for the next plan
+
+
+class DevicesTaken(JobStartError):
+    """A server took the cores or GPUs between the plan and the start."""
+
+    busy = True
+
 
 class LocalJobs:
     name = "local"
@@ -137,7 +145,7 @@ class LocalJobs:
             cores = pick_cores(local.get("cores") or [], taken_cores, wanted)
             if cores is None:
                 free = len(set(local.get("cores") or []) - taken_cores)
-                raise JobStartError(f"{wanted} CPU core(s) asked for, {free} free now")
+                raise DevicesTaken(f"{wanted} CPU core(s) asked for, {free} free now")
             model = request.gpu_model
             gpus = pick_gpus(
                 local.get("gpus") or [],
@@ -146,7 +154,7 @@ class LocalJobs:
                 lambda g: model is None or g["name"].replace(" ", "-") == model,
             )
             if gpus is None:
-                raise JobStartError(f"{request.gpus} GPU(s) asked for, fewer free now")
+                raise DevicesTaken(f"{request.gpus} GPU(s) asked for, fewer free now")
             return cores, gpus, request.memory
 
         return choose

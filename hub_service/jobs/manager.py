@@ -346,6 +346,10 @@ class JobQueue:
                 {**full, "deadline_s": allowed}, request_of(full), node
             )
         except Exception as err:  # the backend refused: the job fails with its reason
+            if getattr(err, "busy", False):
+                # taken since the plan was made (a server starting): it keeps its place
+                log.info("job %s waits: %s", entry["id"], err)
+                return None
             log.warning("job %s could not start on %s: %s", entry["id"], node, err)
             await self._finish(entry, FAILED, "Failed", None, f"could not start: {err}")
             return None

@@ -425,3 +425,28 @@ async def test_a_restarted_service_keeps_a_running_jobs_claim(tmp_path, job_sett
         assert claims.get("job", job["id"]) is None
     finally:
         await restarted.stop()
+
+
+async def test_a_job_whose_cores_a_server_took_since_the_plan_keeps_its_place(
+    tmp_path, job_settings
+):
+    """The plan saw free cores; a server claimed them all before the job started: the job
+    waits, queued, and starts once they are free again."""
+    queue = start_queue(tmp_path, job_settings)
+    claims = queue.backend.claims
+    server = Claim("server", "alice/", "alice", os.getpid(), None, tuple(HOST["cores"]), ())
+    claims.keep(server)
+    await queue.start()
+    try:
+        job = await queue.submit("bob", request("print('ran')"))
+        await asyncio.sleep(0.5)
+        queue.poke()
+        await asyncio.sleep(0.3)
+        waiting = queue.store.get(job["id"])
+        assert (waiting["status"], waiting["reason"]) == ("queued", None)
+        claims.release("server", "alice/")
+        queue.poke()
+        done = await finished(queue, job["id"])
+        assert (done["status"], done["exit_code"]) == ("completed", 0)
+    finally:
+        await queue.stop()
