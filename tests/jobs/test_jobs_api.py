@@ -419,9 +419,7 @@ async def test_the_page_shows_the_queue_and_the_persons_own_jobs(hub, alice):
         for user, sees_it in (("alice", True), ("bob", False)):
             browser = await hub.login(user)
             try:
-                page = await browser.get(
-                    urljoin(hub.url, SERVICE), headers={"Accept": "text/html"}
-                )
+                page = await browser.get(urljoin(hub.url, SERVICE), headers={"Accept": "text/html"})
             finally:
                 await browser.aclose()
             assert page.status_code == 200
