@@ -352,6 +352,12 @@ class ThinkubeService(Application):
         "then created suspended with its `kueue.x-k8s.io/queue-name` label, Kueue admits "
         "them, and queue positions are Kueue's. Empty: this service's own queue. E.g. `gpu`.",
     )
+    jobs_python = Unicode(
+        "python",
+        config=True,
+        help="With `inventory = 'kubernetes'`: the command in the job's image that runs its "
+        "script, e.g. `python3`.",
+    )
     jobs_ttl_seconds = Integer(
         3600,
         config=True,

@@ -71,6 +71,7 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
             started,
             kueue_queue=service.jobs_kueue_queue,
             ttl_s=service.jobs_ttl_seconds,
+            python=service.jobs_python,
             max_output_bytes=service.jobs_result_max_bytes,
             tolerations=settings.tolerations,
             gpu_taint_keys=settings.gpu_taint_keys,
