@@ -156,3 +156,15 @@ async def test_a_jobs_admin_sees_and_cancels_everyones_jobs(hub):
         assert [j["id"] for j in listed.json()["jobs"]] == [job_id]
         cancelled = await client.post(f"api/v1/jobs/{job_id}/cancel", headers=as_admin)
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+
+async def test_the_jobs_notebook_runs_against_the_hub(hub, tmp_path):
+    from tests.notebooks.test_notebooks import output_text, run
+
+    token = await page_token(hub, "gina")
+    env = {"THINKUBE_HUB_URL": hub.url, "THINKUBE_TOKEN": token}
+    notebook = await asyncio.to_thread(run, "gpu-jobs.ipynb", env, tmp_path, 180)
+    text = output_text(notebook)
+    assert "step 1\nstep 2\nstep 3" in text
+    assert "completed Completed exit code 0" in text
+    assert "first-job" in text and "waiting" in text

@@ -23,7 +23,12 @@ from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-EXPECTED = ["datasets-and-models.ipynb", "fine-tune-lora.ipynb", "gpu-check.ipynb"]
+EXPECTED = [
+    "datasets-and-models.ipynb",
+    "fine-tune-lora.ipynb",
+    "gpu-check.ipynb",
+    "gpu-jobs.ipynb",
+]
 
 
 def read(name: str) -> nbformat.NotebookNode:
