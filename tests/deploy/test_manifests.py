@@ -84,6 +84,7 @@ def test_the_jobs_role_runs_jobs_in_the_hubs_namespace_only():
     assert granted == {
         ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
         ("", "configmaps"): {"get", "create", "delete"},
+        ("", "pods"): {"delete"},
         ("", "pods/log"): {"get"},
         ("visibility.kueue.x-k8s.io", "localqueues/pendingworkloads"): {"get"},
     }
