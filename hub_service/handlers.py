@@ -336,12 +336,7 @@ class JSONHandler(ServiceAuth, BoundedBody):
                     "authentication required: send a hub API token (Authorization: token ...) "
                     "or log in through the hub",
                 )
-            if not self.hub_auth.check_scopes(self.hub_scopes, model):
-                raise web.HTTPError(
-                    403,
-                    f"{model.get('kind', 'user')} {model.get('name')} may not use this service "
-                    f"(needs the scope access:services!service={self.service.service_name})",
-                )
+            self.check_access(model)
             self.current_user = model
         if self.request.method not in self.allowed_methods():
             raise self.method_not_allowed()
@@ -352,6 +347,15 @@ class JSONHandler(ServiceAuth, BoundedBody):
             if missing:
                 raise web.HTTPError(403, f"this needs the scope {', '.join(missing)}")
         self.limit_body()
+
+    def check_access(self, model: dict) -> None:
+        """403 for a token or login without access to this service."""
+        if not self.hub_auth.check_scopes(self.hub_scopes, model):
+            raise web.HTTPError(
+                403,
+                f"{model.get('kind', 'user')} {model.get('name')} may not use this service "
+                f"(needs the scope access:services!service={self.service.service_name})",
+            )
 
     def compute_etag(self) -> str | None:
         # Not tornado's hash of every body (a 3 MB node list at 5,000 nodes): the routes

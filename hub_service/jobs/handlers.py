@@ -123,6 +123,22 @@ class JobsAPIHandler(JSONHandler):
     async def load_images(self) -> None:
         self._images = await self.service.run_db(self.service.catalog.list, None)
 
+    async def queued(
+        self, fields: Mapping[str, Any], script: bytes | str | None
+    ) -> dict[str, Any] | None:
+        """Check and queue a submission; the entry once the queue has placed it (in the
+        plan made next), or None after answering 400 for what was wrong."""
+        await self.load_images()
+        try:
+            request = self.checked_submission(fields, script)
+        except JobError as err:
+            self.send_bad_request(err.field, str(err))
+            return None
+        entry = await self.queue.submit(self.user_name, request)
+        await self.queue.next_plan(PLAN_WAIT_SECONDS)
+        self.service.log.info("job %s submitted by %s", entry["id"], self.user_name)
+        return await self.queue.db(self.queue.store.get, entry["id"]) or entry
+
     async def output(self, entry: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         """The job's output so far, capped at jobs_result_max_bytes, and whether its
         streams are `separate` or `combined`."""
@@ -232,16 +248,9 @@ class JobsHandler(JobsAPIHandler):
         await self.submit(fields, script)
 
     async def submit(self, fields: Mapping[str, Any], script: bytes | str | None) -> None:
-        await self.load_images()
-        try:
-            request = self.checked_submission(fields, script)
-        except JobError as err:
-            self.send_bad_request(err.field, str(err))
+        entry = await self.queued(fields, script)
+        if entry is None:
             return
-        entry = await self.queue.submit(self.user_name, request)
-        await self.queue.next_plan(PLAN_WAIT_SECONDS)
-        entry = await self.queue.db(self.queue.store.get, entry["id"]) or entry
-        self.service.log.info("job %s submitted by %s", entry["id"], self.user_name)
         self.set_header("Location", url_path_join(self.request.path, entry["id"]))
         self.send_json(self.view(entry), 201)
 
@@ -533,15 +542,9 @@ class CompatSubmitHandler(JobsHandler):
             fields["project"] = str(config["project_id"])
         if config.get("competition_id") is not None:
             fields["metadata"] = {"competition_id": str(config["competition_id"])}
-        await self.load_images()
-        try:
-            request = self.checked_submission(fields, script)
-        except JobError as err:
-            self.send_bad_request(err.field, str(err))
+        entry = await self.queued(fields, script)
+        if entry is None:
             return
-        entry = await self.queue.submit(self.user_name, request)
-        await self.queue.next_plan(PLAN_WAIT_SECONDS)
-        entry = await self.queue.db(self.queue.store.get, entry["id"]) or entry
         status = compat_status(entry, self.queue.where(entry))
         status["message"] = "Job submitted"
         self.send_json(status, 201)
@@ -586,12 +589,7 @@ class CompatSubmitHandler(JobsHandler):
         model = await self.ask_hub(self.hub_auth.user_for_token(token, sync=False))
         if not model:
             raise web.HTTPError(401, "the config file's token is not valid")
-        if not self.hub_auth.check_scopes(self.hub_scopes, model):
-            raise web.HTTPError(
-                403,
-                f"{model.get('kind', 'user')} {model.get('name')} may not use this service "
-                f"(needs the scope access:services!service={self.service.service_name})",
-            )
+        self.check_access(model)
         self.current_user = model
 
 

@@ -11,50 +11,10 @@ import pytest
 
 from tests.hub_fixtures import ACCESS_SCOPE, running_hub
 from tests.kubesim.generator import GPU_MODELS, make_node
+from tests.kubesim.kueue import queue_manifests
 from tests.utils import eventually
 
 L4 = GPU_MODELS[3]  # one GPU per node
-KUEUE = "kueue.x-k8s.io/v1beta2"
-
-
-def kueue_objects(queue: str) -> list[dict]:
-    quota = {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "1"}
-    return [
-        {
-            "apiVersion": KUEUE,
-            "kind": "ResourceFlavor",
-            "metadata": {"name": "default"},
-            "spec": {},
-        },
-        {
-            "apiVersion": KUEUE,
-            "kind": "ClusterQueue",
-            "metadata": {"name": "cq"},
-            "spec": {
-                "namespaceSelector": {},
-                "resourceGroups": [
-                    {
-                        "coveredResources": list(quota),
-                        "flavors": [
-                            {
-                                "name": "default",
-                                "resources": [
-                                    {"name": name, "nominalQuota": value}
-                                    for name, value in quota.items()
-                                ],
-                            }
-                        ],
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": KUEUE,
-            "kind": "LocalQueue",
-            "metadata": {"name": queue, "namespace": "default"},
-            "spec": {"clusterQueue": "cq"},
-        },
-    ]
 
 
 async def hub_on_kubesim(make_kubesim, tmp_path, kueue_queue: str = ""):
@@ -63,7 +23,8 @@ async def hub_on_kubesim(make_kubesim, tmp_path, kueue_queue: str = ""):
     )
     sim.load([make_node("gpu-0", 16, 64, L4, 0)])
     if kueue_queue:
-        sim.load(kueue_objects(kueue_queue))
+        quota = {"cpu": 16, "memory": "64Gi", "nvidia.com/gpu": 1}
+        sim.load(queue_manifests(quota, local_queues={"default": kueue_queue}))
     settings = {
         "jobs_python": sys.executable,
         "jobs_namespace": "default",
