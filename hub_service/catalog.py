@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import threading
+import zlib
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from datetime import UTC, datetime
@@ -51,8 +52,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -546,6 +548,16 @@ def repaired_entry(stored: Mapping[str, Any]) -> dict[str, Any]:
     return repaired
 
 
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction may be retried.
+_RETRYABLE_STATES = {"40P01", "40001"}
+
+
+def _retryable(err: Exception) -> bool:
+    if isinstance(err, IntegrityError):
+        return True
+    return getattr(getattr(err, "orig", None), "sqlstate", None) in _RETRYABLE_STATES
+
+
 class Catalog:
     """The image catalog in a database given by SQLAlchemy URL (``sqlite:///catalog.sqlite``,
     ``sqlite://`` in memory, ``postgresql+psycopg://...``). Creates its table if missing.
@@ -638,8 +650,10 @@ class Catalog:
                             "delete one first",
                         )
                     return entry, self._write(session, entry)
-            except IntegrityError:
-                if attempt == self._WRITE_ATTEMPTS - 1:
+            except (IntegrityError, OperationalError) as err:
+                # A race on the name or the default (IntegrityError), or, on PostgreSQL, two
+                # writers taking the default from each other (a deadlock the server broke)
+                if attempt == self._WRITE_ATTEMPTS - 1 or not _retryable(err):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -703,6 +717,13 @@ class Catalog:
     def _write(session: Session, entry: dict[str, Any]) -> bool:
         """Insert or replace ``entry`` in ``session``'s transaction; returns whether it is new."""
         if entry["default"]:
+            if session.get_bind().dialect.name == "postgresql":
+                # Writers of a kind's default take turns (to this transaction's end): without
+                # it two of them deadlock on the unique index, or both find no default to clear
+                session.execute(
+                    sql_text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": zlib.crc32(f"thinkube-default:{entry['kind']}".encode())},
+                )
             # Before this row becomes default, so the unique index never sees two.
             session.execute(
                 update(_ImageRow)

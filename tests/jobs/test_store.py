@@ -1,10 +1,32 @@
-"""hub_service.jobs.store on a real SQLite database: entries outlive the service."""
+"""hub_service.jobs.store on real databases (SQLite, and PostgreSQL where it is installed):
+entries outlive the service."""
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine
+import pytest
+from sqlalchemy import create_engine, text
 
 from hub_service.jobs.store import JobStore
+from tests.postgres import postgres_server
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'service.sqlite'}"
+    url = request.getfixturevalue("postgres")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return url
 
 
 def entry(entry_id, user="alice", at=1.0, status="queued", project="", metadata=None):
@@ -21,8 +43,8 @@ def entry(entry_id, user="alice", at=1.0, status="queued", project="", metadata=
     }
 
 
-def test_entries_survive_a_restart_and_finish_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'service.sqlite'}"
+def test_entries_survive_a_restart_and_finish_once(database_url):
+    url = database_url
     store = JobStore(create_engine(url))
     store.add(entry("j1", at=1))
     store.add(entry("j2", at=2, user="bob"))
@@ -39,8 +61,8 @@ def test_entries_survive_a_restart_and_finish_once(tmp_path):
     assert [e["id"] for e in again.active()] == ["j2"]
 
 
-def test_search_filters_and_pages(tmp_path):
-    store = JobStore(create_engine(f"sqlite:///{tmp_path / 's.sqlite'}"))
+def test_search_filters_and_pages(database_url):
+    store = JobStore(create_engine(database_url))
     for i in range(5):
         store.add(entry(f"a{i}", at=i, project="vision", metadata={"run": str(i % 2)}))
     store.add(entry("b0", user="bob", at=10, project="nlp"))
