@@ -180,7 +180,9 @@ class JobWatch:
             async for line in answer.content:
                 event = json.loads(line)
                 if event["type"] == "ADDED":
-                    self.added.put_nowait((time.perf_counter(), event["object"]["metadata"]["name"]))
+                    self.added.put_nowait(
+                        (time.perf_counter(), event["object"]["metadata"]["name"])
+                    )
 
     def drain(self) -> None:
         while not self.added.empty():

@@ -22,6 +22,7 @@ import asyncio
 import codecs
 import collections
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -154,6 +155,10 @@ class KubeJobs:
         self.deadline_grace_s = deadline_grace_s
         self.stop_grace_s = stop_grace_s
         self.api: client.ApiClient | None = None
+        # Followed logs stay open as long as their jobs run (one per running job): they
+        # get a client of their own without a connection cap, so that they never take
+        # the connections Jobs are created and deleted with.
+        self.stream_api: client.ApiClient | None = None
         self.jobs: dict[str, dict] = {}  # Job name -> Job, as watched
         self.pods: dict[str, dict] = {}  # pod name -> pod, as watched
         self.followed: set[str] = set()  # job ids whose start and end are reported
@@ -197,9 +202,13 @@ class KubeJobs:
         query: Sequence[tuple[str, Any]] = (),
         body: Any = None,
         request_timeout: Any = REQUEST_TIMEOUT_S,
+        stream: bool = False,
     ):
-        """The raw response (the caller reads and releases it); KubeError when not 2xx."""
+        """The raw response (the caller reads and releases it); KubeError when not 2xx.
+        `stream`: a long-lived response (a followed log), on the uncapped client."""
         api = await self._open()
+        if stream:
+            api = self._stream_api(api)
         response = await api.call_api(
             path,
             method,
@@ -227,6 +236,13 @@ class KubeJobs:
             return json.loads(await response.read())
         finally:
             response.release()
+
+    def _stream_api(self, api: client.ApiClient) -> client.ApiClient:
+        if self.stream_api is None:
+            configuration = copy.copy(api.configuration)
+            configuration.connection_pool_maxsize = 0  # aiohttp: no limit
+            self.stream_api = client.ApiClient(configuration)
+        return self.stream_api
 
     def _path(self, plural: str, name: str = "") -> str:
         group = "/apis/batch/v1" if plural == "jobs" else "/api/v1"
@@ -563,6 +579,7 @@ class KubeJobs:
             self._path("pods", pod_name) + "/log",
             query=query,
             request_timeout=(REQUEST_TIMEOUT_S, None) if follow else REQUEST_TIMEOUT_S,
+            stream=follow,
         )
         try:
             async for line in _lines(response.content.iter_any()):
@@ -660,9 +677,10 @@ class KubeJobs:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._collectors.clear()
-        if self.api is not None:
-            await self.api.close()
-            self.api = None
+        for api in (self.api, self.stream_api):
+            if api is not None:
+                await api.close()
+        self.api = self.stream_api = None
 
 
 def _stored_lines(output: Mapping[str, Any]) -> list[tuple[int, str]]:
