@@ -19,7 +19,9 @@ kubesim without its process runtime, so job pods stay Running, as pods of long j
 - ``submit_p50_ms``/``submit_p99_ms``: ``POST api/v1/jobs`` (1 GPU, JSON) for ``--queued``
   more jobs from ``--users`` users in turn, ``--clients`` at a time; none can start, so each
   one queues. The service answers a submission once the plan that gives it a position is
-  made. ``rss_mb_after``/``rss_growth_mb``: the service's memory after them.
+  made. ``service_cpu_ms_per_submit``: the service's CPU time (user + system) over those
+  submissions, per submission: where the time goes on a busy machine, where the wall-clock
+  figures also carry whatever else runs on it. ``rss_mb_after``/``rss_growth_mb``: the service's memory after them.
 - ``queue_p50_ms``/``queue_p99_ms``: ``GET api/v1/queue`` with them all queued, as a user
   (ids of its own jobs only) and as the admin (``queue_admin_*``), ``queue_bytes`` its size.
 - ``next_job_p50_ms``/``next_job_p99_ms``: a running job is cancelled (``POST .../cancel``,
@@ -69,7 +71,7 @@ import aiohttp
 import psutil
 
 from benchmarks.common import REPO, emit, percentile
-from benchmarks.resources import service_process
+from benchmarks.resources import cpu_seconds, service_process
 from tests.kubesim.sim import free_port
 
 SERVICE = "thinkube-resources"
@@ -474,9 +476,14 @@ async def queue_part(args, workdir: Path) -> dict:
                 raise RuntimeError(f"a job started with every GPU taken: {job}")
             latencies.append(ms(took))
 
+        service = hub.service()
+        cpu_before = cpu_seconds(service)
         started = time.perf_counter()
         await concurrently(range(args.queued), args.clients, one)
         figures["submit_s"] = round(time.perf_counter() - started, 1)
+        figures["service_cpu_ms_per_submit"] = round(
+            ms(cpu_seconds(service) - cpu_before) / args.queued, 2
+        )
         figures["queued"] = args.queued
         figures.update(spread("submit", latencies))
         await settle(hub, figures["gpus"], args.queued)

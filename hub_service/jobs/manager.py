@@ -140,6 +140,7 @@ class JobQueue:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._specs: dict[str, tuple[PodRules, dict[str, int]]] = {}
+        self._waiting: dict[str, QueueEntry] = {}  # the planner's view of waiting entries
         self._next_deadline: float | None = None
         self.changed: list[Callable[[], None]] = []  # told after each plan
         # The queued and running entries, without their scripts (those stay in the store
@@ -240,6 +241,25 @@ class JobQueue:
             held = self._specs[entry["id"]] = (PodRules.of_pod_spec(spec), pod_demand(spec))
         return held
 
+    def _queue_entry(
+        self, entry: Mapping[str, Any], rules: PodRules, demand: dict[str, int]
+    ) -> QueueEntry:
+        """The planner's view of a waiting entry: made once (what it holds does not change
+        while it waits), not once per plan for every waiting entry."""
+        made = self._waiting.get(entry["id"])
+        if made is None:
+            made = self._waiting[entry["id"]] = QueueEntry(
+                entry["id"],
+                entry["user"],
+                entry["submitted_at"],
+                entry["expected_s"],
+                demand,
+                rules,
+                entry["priority"],
+                entry["kind"],
+            )
+        return made
+
     async def replan(self) -> Plan:
         self._plans_begun += 1
         number = self._plans_begun
@@ -266,18 +286,7 @@ class JobQueue:
         for entry in active:
             rules, demand = self._spec(entry)
             if entry["status"] == QUEUED:
-                waiting.append(
-                    QueueEntry(
-                        entry["id"],
-                        entry["user"],
-                        entry["submitted_at"],
-                        entry["expected_s"],
-                        demand,
-                        rules,
-                        entry["priority"],
-                        entry["kind"],
-                    )
-                )
+                waiting.append(self._queue_entry(entry, rules, demand))
             elif entry["node"]:
                 if entry["id"] not in counted:
                     assumed.append((entry["node"], demand))
@@ -429,6 +438,8 @@ class JobQueue:
         kept = dict(entry)
         kept.pop("script", None)
         self.active[entry["id"]] = kept
+        if kept["status"] != QUEUED:
+            self._waiting.pop(entry["id"], None)
 
     async def ended(self, entry_id: str, ending: Ending) -> None:
         """A backend's report: the job ended by itself (or was lost)."""
@@ -473,6 +484,7 @@ class JobQueue:
             self.store.finish, entry["id"], status, reason, self.clock(), **changes
         )
         self._specs.pop(entry["id"], None)
+        self._waiting.pop(entry["id"], None)
         self.active.pop(entry["id"], None)
         log.info("job %s of %s ended: %s", entry["id"], entry["user"], reason)
         self.poke()
