@@ -44,9 +44,11 @@ of its own running the same script and sending each line of its stdout pipe as a
 it again (the hub notices within its service poll interval, 30 s by default):
 ``restart_detect_s`` kill until the new process exists, ``restart_ready_s`` from the new
 process's start until ``api/v1/ready`` answers 200 and ``api/v1/queue`` answers,
-``restart_total_s`` kill until then. ``restart_counts_before``/``_after``: queued and
-running totals (``GET api/v1/jobs?status=...``, the admin); ``restart_lost`` jobs that
-ended lost or failed; ``restart_accounted``: every job is still there, as it was.
+``restart_total_s`` kill until then. ``restart_counts_before``/``_after``/``_settled``:
+the totals per state (``GET api/v1/jobs?status=...``, the admin) before the kill, once
+ready, and once the queue shows what it showed before (or after 60 s: ``restart_error``);
+``restart_lost`` jobs that ended lost or failed; ``restart_accounted``: every job is still
+there, as it was.
 """
 
 from __future__ import annotations
@@ -694,12 +696,17 @@ async def restart_part(args, workdir: Path) -> dict:
         ready = time.perf_counter()
         figures["restart_ready_s"] = round(time.time() - new.create_time(), 2)
         figures["restart_total_s"] = round(ready - killed, 2)
+        figures["restart_counts_after"] = await hub.counts()
+        try:
+            await settle(hub, gpus, args.queued_restart, within_s=60)
+        except RuntimeError as err:
+            figures["restart_error"] = str(err)
         after = await hub.counts()
-        figures["restart_counts_after"] = after
-        queue = await settle(hub, gpus, args.queued_restart, within_s=60)
+        figures["restart_counts_settled"] = after
+        code, queue, _ = await hub.call("GET", "api/v1/queue")
         figures["restart_queue_after"] = {"running": queue["running"], "queued": queue["queued"]}
         figures["restart_lost"] = after["lost"] + after["failed"]
-        figures["restart_accounted"] = after == before
+        figures["restart_accounted"] = after == before == figures["restart_counts_after"]
         figures["rss_mb_restarted"] = rss_mb(hub.service())
     finally:
         if hub is not None:
@@ -725,9 +732,18 @@ QUICK = {
 async def measure(args) -> dict:
     figures: dict = {"quick": args.quick}
     for name in args.parts:
-        with tempfile.TemporaryDirectory(prefix=f"thinkube-bench-jobs-{name}-") as tmp:
+        with contextlib.ExitStack() as stack:
+            if args.keep:
+                workdir = args.keep / name
+                workdir.mkdir(parents=True)
+            else:
+                prefix = f"thinkube-bench-jobs-{name}-"
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
             started = time.perf_counter()
-            figures.update(await PARTS[name](args, Path(tmp)))
+            try:
+                figures.update(await PARTS[name](args, workdir))
+            except Exception as err:  # the other parts' figures still count
+                figures[f"{name}_error"] = f"{type(err).__name__}: {err}"
             figures[f"{name}_part_s"] = round(time.perf_counter() - started, 1)
     figures["targets"] = {
         "submit_p99_ms": 50,
@@ -759,6 +775,9 @@ def main() -> None:
     parser.add_argument("--queued-restart", type=int, default=5000)
     parser.add_argument("--ready-timeout", type=float, default=180)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--keep", type=Path, help="keep each part's files (hub and service logs) in this folder"
+    )
     args = parser.parse_args()
     if args.quick:
         defaults = parser.parse_args([])

@@ -56,7 +56,8 @@ log = logging.getLogger("thinkube.jobs")
 __all__ = ["KubeError", "KubeJobs"]
 
 REQUEST_TIMEOUT_S = 30
-POD_WAIT_S = 0.25  # how often a log follower looks again for a pod that has not started
+POD_WAIT_S = 0.25
+RECOVER_AT_ONCE = 16  # ConfigMaps read at once when the queue is rebuilt from the Jobs  # how often a log follower looks again for a pod that has not started
 
 
 class KubeError(Exception):
@@ -370,23 +371,30 @@ class KubeJobs:
         jobs = await self._json("GET", self._path("jobs"), query=query)
         pods = await self._json("GET", self._path("pods"), query=query)
         now = time.time()
-        entries = []
-        for job in jobs.get("items") or []:
+        at_once = asyncio.Semaphore(RECOVER_AT_ONCE)
+        pods_of: dict[str, list[dict]] = collections.defaultdict(list)  # by job id label
+        for pod in pods.get("items") or []:
+            pods_of[self._job_id_of(pod) or ""].append(pod)
+
+        async def entry_of(job: dict) -> dict[str, Any] | None:
             record = job_record(job)
             if record is None:
-                continue
-            pod = self._newest_pod(record["id"], pods.get("items") or [])
+                return None
+            pod = self._newest_pod(record["id"], pods_of.get(label_value(record["id"]), []))
             # One by one: reading a ConfigMap by name needs no right to list them all.
-            try:
-                script = await self._json("GET", self._path("configmaps", job["metadata"]["name"]))
-            except KubeError as err:
-                if err.status != 404:
-                    raise
-                script = None
-            entry = entry_from_job(job, script, pod, self._placement(job), now)
-            if entry is not None:
-                entries.append(entry)
-        return entries
+            async with at_once:
+                try:
+                    script = await self._json(
+                        "GET", self._path("configmaps", job["metadata"]["name"])
+                    )
+                except KubeError as err:
+                    if err.status != 404:
+                        raise
+                    script = None
+            return entry_from_job(job, script, pod, self._placement(job), now)
+
+        entries = await asyncio.gather(*(entry_of(job) for job in jobs.get("items") or []))
+        return [entry for entry in entries if entry is not None]
 
     # -- watching ------------------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ log = logging.getLogger("thinkube.jobs")
 
 __all__ = ["Ending", "JobBackend", "JobQueue", "QueueSettings"]
 
+# Running jobs followed again at once after a restart (each a request on Kubernetes).
+REATTACH_AT_ONCE = 16
+
 
 @dataclass(frozen=True)
 class Ending:
@@ -165,24 +168,37 @@ class JobQueue:
         return bool(getattr(self.backend, "admits", False))
 
     async def start(self) -> None:
+        # The whole queue as stored answers at once; following the running jobs again
+        # (one request each on Kubernetes) comes after, a few at a time.
+        for entry in await self.db(self.store.active):
+            self._keep(entry)
         recover = getattr(self.backend, "recover", None)
         if recover is not None:
             try:
                 await self._merge(await recover())
             except Exception as err:  # unreachable now: the store is all there is
                 log.warning("jobs could not be recovered from %s: %s", self.backend.name, err)
+        followed = []
         for entry in await self.db(self.store.active):
             self._keep(entry)
             handed_over = entry["status"] == QUEUED and entry.get("placement")
-            if entry["status"] != RUNNING and not handed_over:
-                continue
-            try:
-                there = await self.backend.reattach(entry)
-            except Exception as err:  # not known now; its deadline still ends it
-                log.warning("job %s could not be followed again: %s", entry["id"], err)
-                continue
-            if not there:
-                await self._finish(entry, LOST, "Lost", None, "the job was gone after a restart")
+            if entry["status"] == RUNNING or handed_over:
+                followed.append(entry)
+        at_once = asyncio.Semaphore(REATTACH_AT_ONCE)
+
+        async def reattach(entry: Mapping[str, Any]) -> None:
+            async with at_once:
+                try:
+                    there = await self.backend.reattach(entry)
+                except Exception as err:  # not known now; its deadline still ends it
+                    log.warning("job %s could not be followed again: %s", entry["id"], err)
+                    return
+                if not there:
+                    await self._finish(
+                        entry, LOST, "Lost", None, "the job was gone after a restart"
+                    )
+
+        await asyncio.gather(*(reattach(entry) for entry in followed))
         self._task = asyncio.create_task(self._run(), name="thinkube-job-queue")
         self.poke()
 
