@@ -22,6 +22,7 @@ import asyncio
 import codecs
 import collections
 import contextlib
+import copy
 import functools
 import json
 import logging
@@ -55,7 +56,8 @@ log = logging.getLogger("thinkube.jobs")
 __all__ = ["KubeError", "KubeJobs"]
 
 REQUEST_TIMEOUT_S = 30
-POD_WAIT_S = 0.25  # how often a log follower looks again for a pod that has not started
+POD_WAIT_S = 0.25
+RECOVER_AT_ONCE = 16  # ConfigMaps read at once when the queue is rebuilt from the Jobs  # how often a log follower looks again for a pod that has not started
 
 
 class KubeError(Exception):
@@ -154,6 +156,10 @@ class KubeJobs:
         self.deadline_grace_s = deadline_grace_s
         self.stop_grace_s = stop_grace_s
         self.api: client.ApiClient | None = None
+        # Followed logs stay open as long as their jobs run (one per running job): they
+        # get a client of their own without a connection cap, so that they never take
+        # the connections Jobs are created and deleted with.
+        self.stream_api: client.ApiClient | None = None
         self.jobs: dict[str, dict] = {}  # Job name -> Job, as watched
         self.pods: dict[str, dict] = {}  # pod name -> pod, as watched
         self.followed: set[str] = set()  # job ids whose start and end are reported
@@ -197,9 +203,13 @@ class KubeJobs:
         query: Sequence[tuple[str, Any]] = (),
         body: Any = None,
         request_timeout: Any = REQUEST_TIMEOUT_S,
+        stream: bool = False,
     ):
-        """The raw response (the caller reads and releases it); KubeError when not 2xx."""
+        """The raw response (the caller reads and releases it); KubeError when not 2xx.
+        `stream`: a long-lived response (a followed log), on the uncapped client."""
         api = await self._open()
+        if stream:
+            api = self._stream_api(api)
         response = await api.call_api(
             path,
             method,
@@ -227,6 +237,13 @@ class KubeJobs:
             return json.loads(await response.read())
         finally:
             response.release()
+
+    def _stream_api(self, api: client.ApiClient) -> client.ApiClient:
+        if self.stream_api is None:
+            configuration = copy.copy(api.configuration)
+            configuration.connection_pool_maxsize = 0  # aiohttp: no limit
+            self.stream_api = client.ApiClient(configuration)
+        return self.stream_api
 
     def _path(self, plural: str, name: str = "") -> str:
         group = "/apis/batch/v1" if plural == "jobs" else "/api/v1"
@@ -354,23 +371,30 @@ class KubeJobs:
         jobs = await self._json("GET", self._path("jobs"), query=query)
         pods = await self._json("GET", self._path("pods"), query=query)
         now = time.time()
-        entries = []
-        for job in jobs.get("items") or []:
+        at_once = asyncio.Semaphore(RECOVER_AT_ONCE)
+        pods_of: dict[str, list[dict]] = collections.defaultdict(list)  # by job id label
+        for pod in pods.get("items") or []:
+            pods_of[self._job_id_of(pod) or ""].append(pod)
+
+        async def entry_of(job: dict) -> dict[str, Any] | None:
             record = job_record(job)
             if record is None:
-                continue
-            pod = self._newest_pod(record["id"], pods.get("items") or [])
+                return None
+            pod = self._newest_pod(record["id"], pods_of.get(label_value(record["id"]), []))
             # One by one: reading a ConfigMap by name needs no right to list them all.
-            try:
-                script = await self._json("GET", self._path("configmaps", job["metadata"]["name"]))
-            except KubeError as err:
-                if err.status != 404:
-                    raise
-                script = None
-            entry = entry_from_job(job, script, pod, self._placement(job), now)
-            if entry is not None:
-                entries.append(entry)
-        return entries
+            async with at_once:
+                try:
+                    script = await self._json(
+                        "GET", self._path("configmaps", job["metadata"]["name"])
+                    )
+                except KubeError as err:
+                    if err.status != 404:
+                        raise
+                    script = None
+            return entry_from_job(job, script, pod, self._placement(job), now)
+
+        entries = await asyncio.gather(*(entry_of(job) for job in jobs.get("items") or []))
+        return [entry for entry in entries if entry is not None]
 
     # -- watching ------------------------------------------------------------------------------
 
@@ -563,6 +587,7 @@ class KubeJobs:
             self._path("pods", pod_name) + "/log",
             query=query,
             request_timeout=(REQUEST_TIMEOUT_S, None) if follow else REQUEST_TIMEOUT_S,
+            stream=follow,
         )
         try:
             async for line in _lines(response.content.iter_any()):
@@ -660,9 +685,10 @@ class KubeJobs:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._collectors.clear()
-        if self.api is not None:
-            await self.api.close()
-            self.api = None
+        for api in (self.api, self.stream_api):
+            if api is not None:
+                await api.close()
+        self.api = self.stream_api = None
 
 
 def _stored_lines(output: Mapping[str, Any]) -> list[tuple[int, str]]:

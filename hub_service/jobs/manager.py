@@ -29,6 +29,9 @@ log = logging.getLogger("thinkube.jobs")
 
 __all__ = ["Ending", "JobBackend", "JobQueue", "QueueSettings"]
 
+# Running jobs followed again at once after a restart (each a request on Kubernetes).
+REATTACH_AT_ONCE = 16
+
 
 @dataclass(frozen=True)
 class Ending:
@@ -140,6 +143,7 @@ class JobQueue:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._specs: dict[str, tuple[PodRules, dict[str, int]]] = {}
+        self._waiting: dict[str, QueueEntry] = {}  # the planner's view of waiting entries
         self._next_deadline: float | None = None
         self.changed: list[Callable[[], None]] = []  # told after each plan
         # The queued and running entries, without their scripts (those stay in the store
@@ -164,24 +168,37 @@ class JobQueue:
         return bool(getattr(self.backend, "admits", False))
 
     async def start(self) -> None:
+        # The whole queue as stored answers at once; following the running jobs again
+        # (one request each on Kubernetes) comes after, a few at a time.
+        for entry in await self.db(self.store.active):
+            self._keep(entry)
         recover = getattr(self.backend, "recover", None)
         if recover is not None:
             try:
                 await self._merge(await recover())
             except Exception as err:  # unreachable now: the store is all there is
                 log.warning("jobs could not be recovered from %s: %s", self.backend.name, err)
+        followed = []
         for entry in await self.db(self.store.active):
             self._keep(entry)
             handed_over = entry["status"] == QUEUED and entry.get("placement")
-            if entry["status"] != RUNNING and not handed_over:
-                continue
-            try:
-                there = await self.backend.reattach(entry)
-            except Exception as err:  # not known now; its deadline still ends it
-                log.warning("job %s could not be followed again: %s", entry["id"], err)
-                continue
-            if not there:
-                await self._finish(entry, LOST, "Lost", None, "the job was gone after a restart")
+            if entry["status"] == RUNNING or handed_over:
+                followed.append(entry)
+        at_once = asyncio.Semaphore(REATTACH_AT_ONCE)
+
+        async def reattach(entry: Mapping[str, Any]) -> None:
+            async with at_once:
+                try:
+                    there = await self.backend.reattach(entry)
+                except Exception as err:  # not known now; its deadline still ends it
+                    log.warning("job %s could not be followed again: %s", entry["id"], err)
+                    return
+                if not there:
+                    await self._finish(
+                        entry, LOST, "Lost", None, "the job was gone after a restart"
+                    )
+
+        await asyncio.gather(*(reattach(entry) for entry in followed))
         self._task = asyncio.create_task(self._run(), name="thinkube-job-queue")
         self.poke()
 
@@ -240,6 +257,25 @@ class JobQueue:
             held = self._specs[entry["id"]] = (PodRules.of_pod_spec(spec), pod_demand(spec))
         return held
 
+    def _queue_entry(
+        self, entry: Mapping[str, Any], rules: PodRules, demand: dict[str, int]
+    ) -> QueueEntry:
+        """The planner's view of a waiting entry: made once (what it holds does not change
+        while it waits), not once per plan for every waiting entry."""
+        made = self._waiting.get(entry["id"])
+        if made is None:
+            made = self._waiting[entry["id"]] = QueueEntry(
+                entry["id"],
+                entry["user"],
+                entry["submitted_at"],
+                entry["expected_s"],
+                demand,
+                rules,
+                entry["priority"],
+                entry["kind"],
+            )
+        return made
+
     async def replan(self) -> Plan:
         self._plans_begun += 1
         number = self._plans_begun
@@ -266,18 +302,7 @@ class JobQueue:
         for entry in active:
             rules, demand = self._spec(entry)
             if entry["status"] == QUEUED:
-                waiting.append(
-                    QueueEntry(
-                        entry["id"],
-                        entry["user"],
-                        entry["submitted_at"],
-                        entry["expected_s"],
-                        demand,
-                        rules,
-                        entry["priority"],
-                        entry["kind"],
-                    )
-                )
+                waiting.append(self._queue_entry(entry, rules, demand))
             elif entry["node"]:
                 if entry["id"] not in counted:
                     assumed.append((entry["node"], demand))
@@ -433,6 +458,8 @@ class JobQueue:
         kept = dict(entry)
         kept.pop("script", None)
         self.active[entry["id"]] = kept
+        if kept["status"] != QUEUED:
+            self._waiting.pop(entry["id"], None)
 
     async def ended(self, entry_id: str, ending: Ending) -> None:
         """A backend's report: the job ended by itself (or was lost)."""
@@ -477,6 +504,7 @@ class JobQueue:
             self.store.finish, entry["id"], status, reason, self.clock(), **changes
         )
         self._specs.pop(entry["id"], None)
+        self._waiting.pop(entry["id"], None)
         self.active.pop(entry["id"], None)
         log.info("job %s of %s ended: %s", entry["id"], entry["user"], reason)
         self.poke()

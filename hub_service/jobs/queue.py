@@ -26,6 +26,7 @@ nothing expected to end.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,11 +50,12 @@ class QueueEntry:
     priority: int = 0
     kind: str = "job"  # "job" | "server"
 
-    @property
+    # Cached: read several times per entry in every plan, over thousands of entries.
+    @functools.cached_property
     def gpu_resource(self) -> str | None:
         return next((n for n, u in self.demand.items() if n.startswith("nvidia.com/") and u), None)
 
-    @property
+    @functools.cached_property
     def gpus(self) -> int:
         resource = self.gpu_resource
         return self.demand[resource] if resource else 0

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from kubernetes_asyncio import client
 from sqlalchemy import create_engine
 
 from hub_service.cluster import KubernetesInventory
@@ -50,7 +51,10 @@ class Setup:
         self.kueue_queue = kueue_queue
         self.queue: JobQueue | None = None
 
-    def make_queue(self, database: str = "service.sqlite", **settings) -> JobQueue:
+    def make_queue(
+        self, database: str = "service.sqlite", connections: int | None = None, **settings
+    ) -> JobQueue:
+        """`connections`: the API client's connection cap (kubernetes_asyncio's is 100)."""
         store = JobStore(create_engine(f"sqlite:///{self.tmp_path / database}"))
         holder: dict[str, JobQueue] = {}
 
@@ -60,8 +64,16 @@ class Setup:
         async def started(entry_id, node):
             await holder["queue"].started(entry_id, node)
 
+        async def api_client():
+            api = await api_client_for(self.sim.kubeconfig)
+            if connections is None:
+                return api
+            await api.close()
+            api.configuration.connection_pool_maxsize = connections
+            return client.ApiClient(api.configuration)
+
         backend = KubeJobs(
-            lambda: api_client_for(self.sim.kubeconfig),
+            api_client,
             NAMESPACE,
             ended,
             started,
@@ -276,6 +288,28 @@ async def test_cancel_deletes_the_job_and_frees_the_gpu_at_once(setup):
     await eventually(lambda: _true(not s.objects("jobs") and not s.objects("pods")), within=5)
     assert s.objects("configmaps") == []  # deleted with its Job
     assert queue.store.get(job["id"])["status"] == "cancelled"  # not reported Lost after
+
+
+async def test_more_running_jobs_than_the_clients_connections_all_start_and_log(setup):
+    # Each running job's log is followed for as long as it runs; those streams must not
+    # take the connections that create the next Jobs.
+    s = await setup(nodes=4)
+    queue = s.make_queue(connections=3)  # two watches and one more
+    await queue.start()
+    script = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
+    jobs = [await queue.submit(f"user{i}", gpu_request(script)) for i in range(4)]
+    for job in jobs:
+        await status_is(queue, job["id"], "running")
+
+    async def all_printed():
+        tails = queue.backend._tails
+        return all(tails.get(j["id"]) and tails[j["id"]].total for j in jobs)
+
+    await eventually(all_printed, within=15)
+    assert len(s.objects("jobs")) == 4
+    lines = queue.backend.logs(queue.store.get(jobs[-1]["id"]), None, follow=True)
+    assert (await anext(lines))[2] == "up"
+    await lines.aclose()
 
 
 async def test_a_job_deleted_by_someone_else_is_lost(setup):
