@@ -303,12 +303,17 @@ class JobsHandler(JobsAPIHandler):
         }
 
     def _integer(self, name: str, default: int, low: int, high: int) -> int:
-        text = self.get_query_argument(name, None)
-        if text is None:
-            return default
-        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-            raise ValueError(f"{name} must be a whole number from {low} to {high}", name)
-        return int(text)
+        return _integer_argument(self, name, default, low, high)
+
+
+def _integer_argument(handler: web.RequestHandler, name: str, default: int, low: int, high: int):
+    """A whole-number query argument within [low, high]; ValueError(message, name) if not."""
+    text = handler.get_query_argument(name, None)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}", name)
+    return int(text)
 
 
 class JobHandler(JobsAPIHandler):
@@ -465,19 +470,28 @@ class QueueHandler(JobsAPIHandler):
     and estimated starts; ids and names only of the asker's own jobs (all for an admin)."""
 
     async def get(self) -> None:
+        try:
+            offset = _integer_argument(self, "offset", 0, 0, 10**9)
+            limit = _integer_argument(self, "limit", 100, 1, MAX_PAGE)
+        except ValueError as err:
+            self.send_bad_request(err.args[1], err.args[0])
+            return
         queue = self.queue
         now = time.time()
-        order = [queue.active[i] for i in queue.plan.order if i in queue.active]
+        ids = [i for i in queue.plan.order if i in queue.active]
+        page = [queue.active[i] for i in ids[offset : offset + limit]]
         admin = self.is_jobs_admin
-        visible = [e["id"] for e in order if admin or e["user"] == self.user_name]
-        running = [e for e in queue.active.values() if e["status"] == RUNNING]
-        wheres = {e["id"]: queue.where(e) for e in order}
+        visible = [e["id"] for e in page if admin or e["user"] == self.user_name]
+        running = sum(1 for e in queue.active.values() if e["status"] == RUNNING)
+        wheres = {e["id"]: queue.where(e) for e in page}
         self.send_json(
             {
-                "queued": len(order),
-                "running": len(running),
+                "queued": len(ids),
+                "running": running,
+                "offset": offset,
+                "limit": limit,
                 "estimate_basis": ESTIMATE_BASIS,
-                "jobs": queue_view(order, wheres, visible, now),
+                "jobs": queue_view(page, wheres, visible, now),
             }
         )
 

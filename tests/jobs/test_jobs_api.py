@@ -221,6 +221,8 @@ async def test_cancel_a_queued_and_a_running_job(alice):
     assert waiting["eta"]["starts_in_seconds"] > 0 and waiting["eta"]["basis"]
     queue = (await alice.get("api/v1/queue")).json()
     assert [j["id"] for j in queue["jobs"]] == [waiting["id"]] and queue["running"] >= 1
+    past_it = (await alice.get("api/v1/queue", params={"offset": "1", "limit": "5"})).json()
+    assert (past_it["queued"], past_it["jobs"], past_it["limit"]) == (1, [], 5)
 
     cancelled = await alice.post(f"api/v1/jobs/{waiting['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["reason"] == "Cancelled"
@@ -305,6 +307,8 @@ async def test_bodies_the_route_does_not_take(alice):
     assert not_a_list.status_code == 405 and not_a_list.headers["allow"] == "POST"
     bad_page = await alice.get("api/v1/jobs", params={"limit": "0"})
     assert bad_page.status_code == 400 and bad_page.json()["field"] == "limit"
+    bad_queue_page = await alice.get("api/v1/queue", params={"limit": "100000"})
+    assert bad_queue_page.status_code == 400 and bad_queue_page.json()["field"] == "limit"
     bad_status = await alice.get("api/v1/jobs", params={"status": "sleeping"})
     assert bad_status.status_code == 400 and bad_status.json()["field"] == "status"
     assert (await alice.get("api/v1/jobs")).json()["total"] == before
