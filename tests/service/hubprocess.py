@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.kubesim.sim import free_port
+from tests.kubesim.sim import free_ports
 
 SERVICE_NAME = "thinkube-resources"
 ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
@@ -38,7 +38,7 @@ class HubPorts:
 
     @classmethod
     def free(cls) -> HubPorts:
-        return cls(free_port(), free_port(), free_port(), free_port())
+        return cls(*free_ports(4))  # never one port twice (the proxy and its API once were)
 
 
 @dataclass
