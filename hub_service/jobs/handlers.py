@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -147,7 +148,7 @@ class JobsAPIHandler(JSONHandler):
         limit = self.service.jobs_result_max_bytes
         if entry["status"] == QUEUED:
             return {"stdout": "", "stderr": "", "truncated": False}, streams
-        kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        kept: dict[str, deque[str]] = {"stdout": deque(), "stderr": deque()}
         sizes = {"stdout": 0, "stderr": 0}
         truncated = False
         async for _, stream, line in backend.logs(entry, None, False):
@@ -156,7 +157,7 @@ class JobsAPIHandler(JSONHandler):
             sizes[target] += len(line) + 1
             while sizes[target] > limit and kept[target]:
                 # the end of the output says most about how it ended: keep the last part
-                sizes[target] -= len(kept[target].pop(0)) + 1
+                sizes[target] -= len(kept[target].popleft()) + 1
                 truncated = True
         output = {name: "\n".join(lines) for name, lines in kept.items()}
         output["truncated"] = truncated
