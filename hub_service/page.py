@@ -760,7 +760,7 @@ class PageHandler(RootHandler):
         if queue is None or user is None:
             return None
         now = time.time()
-        order = [queue.active[i] for i in queue.plan.order if i in queue.active]
+        order = [queue.active[i] for i in queue.waiting_order()]
         head = order[:QUEUE_ROWS]
         wheres = {e["id"]: queue.where(e) for e in head}
         visible = [e["id"] for e in head if e["user"] == user]

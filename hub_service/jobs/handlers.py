@@ -127,8 +127,9 @@ class JobsAPIHandler(JSONHandler):
     async def queued(
         self, fields: Mapping[str, Any], script: bytes | str | None
     ) -> dict[str, Any] | None:
-        """Check and queue a submission; the entry once the queue has placed it (in the
-        plan made next), or None after answering 400 for what was wrong."""
+        """Check and queue a submission; the entry, or None after answering 400 for what
+        was wrong. While plans are quick it answers once the next plan has placed it
+        (started, or where it will run and when); else at once, from the last plan."""
         await self.load_images()
         try:
             request = self.checked_submission(fields, script)
@@ -136,7 +137,8 @@ class JobsAPIHandler(JSONHandler):
             self.send_bad_request(err.field, str(err))
             return None
         entry = await self.queue.submit(self.user_name, request)
-        await self.queue.next_plan(PLAN_WAIT_SECONDS)
+        if self.queue.plans_are_quick:  # else its place in the last plan's order answers
+            await self.queue.next_plan(PLAN_WAIT_SECONDS)
         self.service.log.info("job %s submitted by %s", entry["id"], self.user_name)
         return await self.queue.db(self.queue.store.get, entry["id"]) or entry
 
@@ -479,7 +481,7 @@ class QueueHandler(JobsAPIHandler):
             return
         queue = self.queue
         now = time.time()
-        ids = [i for i in queue.plan.order if i in queue.active]
+        ids = queue.waiting_order()
         page = [queue.active[i] for i in ids[offset : offset + limit]]
         admin = self.is_jobs_admin
         visible = [e["id"] for e in page if admin or e["user"] == self.user_name]

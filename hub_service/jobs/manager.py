@@ -4,13 +4,16 @@ the store so that a restarted service loses nothing.
 
 The planner (`queue.plan`) is asked again whenever something that changes its answer
 happens: a submission, a cancel, an ending, or the inventory publishing new documents. It
-runs off the request path, debounced; each request reads the last plan.
+runs off the request path, debounced, in steps that give way to requests; each request
+reads the last plan. An entry submitted since is placed in that plan's order by its order
+key (a position without an expected node or start) until the next plan places it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import secrets
 import time
@@ -21,7 +24,7 @@ from typing import Any, Protocol
 from thinkube_core.scheduling import PodRules, pod_demand
 
 from ..background import cancel_and_wait
-from .queue import Plan, QueueEntry, Running, plan, queue_order, with_assumed
+from .queue import Plan, QueueEntry, Running, planning, queue_order, with_assumed
 from .spec import JobRequest, job_pod_spec
 from .store import ACTIVE, CANCELLED, COMPLETED, FAILED, LOST, QUEUED, RUNNING, JobStore
 
@@ -31,6 +34,10 @@ __all__ = ["Ending", "JobBackend", "JobQueue", "QueueSettings"]
 
 # Running jobs followed again at once after a restart (each a request on Kubernetes).
 REATTACH_AT_ONCE = 16
+# Entries read between two turns of the event loop when the queue is planned.
+SNAPSHOT_STEP = 1000
+# A submission waits for the plan that places it while plans take at most this long.
+QUICK_PLAN_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,10 @@ class JobQueue:
         self._plans_begun = 0
         self._plans_done = 0  # the number of the last plan made (plans are made one by one)
         self._waited_on = False  # a request waits for the next plan
+        self.last_plan_s = 0.0  # how long making the last plan took (wall clock)
+        # Queued entries the current plan has not seen (submitted since it began): id ->
+        # (user, priority, order key against the current plan), in submission order.
+        self._unplanned: dict[str, tuple[str, int, tuple]] = {}
 
     async def db(self, fn, *args, **kwargs):
         if self._run_db is None:
@@ -285,6 +296,7 @@ class JobQueue:
             deadline = entry["deadline_at"]
             if entry["status"] == RUNNING and deadline and deadline + grace <= now:
                 await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
+        began = time.perf_counter()
         active = list(self.active.values())
         deadlines = [
             e["deadline_at"] + grace for e in active if e["status"] == RUNNING and e["deadline_at"]
@@ -299,7 +311,11 @@ class JobQueue:
         waiting, running = [], []
         counted = self.counted()
         assumed = []
-        for entry in active:
+        for index, entry in enumerate(active):
+            if index % SNAPSHOT_STEP == SNAPSHOT_STEP - 1:
+                await asyncio.sleep(0)  # a submission may come in: the next plan has it
+            if entry["id"] not in self.active:
+                continue  # ended meanwhile
             rules, demand = self._spec(entry)
             if entry["status"] == QUEUED:
                 waiting.append(self._queue_entry(entry, rules, demand))
@@ -326,7 +342,16 @@ class JobQueue:
             order.sort(key=lambda i: (i not in theirs, theirs.get(i, 0)))
             self.plan = Plan(order=order, positions={e: i + 1 for i, e in enumerate(order)})
         else:
-            self.plan = plan(waiting, running, nodes, now)
+            steps = planning(waiting, running, nodes, now)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as made:
+                    self.plan = made.value
+                    break
+                await asyncio.sleep(0)
+        self._placed({e.id for e in waiting})
+        self.last_plan_s = time.perf_counter() - began  # starting what it says is not counted
         for queued, node in self.plan.start:
             if queued.id in self.active:  # not cancelled meanwhile
                 deadlines.append(await self._start(self.active[queued.id], node))
@@ -337,6 +362,52 @@ class JobQueue:
         for callback in self.changed:
             callback()
         return self.plan
+
+    def _placed(self, planned: set[str]) -> None:
+        """A new plan is in place: what it saw is no longer unplanned; what came in while
+        it was made is placed again against it, in submission order."""
+        later = [(i, user, priority) for i, (user, priority, _) in self._unplanned.items()]
+        self._unplanned = {}
+        for entry_id, user, priority in later:
+            if entry_id not in planned and entry_id in self.active:
+                self._place_unplanned(entry_id, user, priority)
+
+    def _place_unplanned(self, entry_id: str, user: str, priority: int) -> None:
+        entry = self.active[entry_id]
+        key = self.plan.later_key(user, priority, entry["submitted_at"], entry_id)
+        # Their own entries submitted since the plan, at this priority or above, come first.
+        before = sum(1 for u, p, _ in self._unplanned.values() if u == user and p >= priority)
+        key = (key[0], key[1] + before, *key[2:])
+        self._unplanned[entry_id] = (user, priority, key)
+
+    @property
+    def plans_are_quick(self) -> bool:
+        """Whether a submission may wait for the next plan to answer with where it stands
+        (small queues); with large ones it answers from the last plan (see the module)."""
+        return self.last_plan_s <= QUICK_PLAN_S
+
+    def waiting_order(self) -> list[str]:
+        """The queued entries' ids in queue order: the last plan's, with those submitted
+        since at their places."""
+        ordered = [i for i in self.plan.order if i in self.active]
+        if not self._unplanned:
+            return ordered
+        later = sorted(self._unplanned.items(), key=lambda item: item[1][2])
+        if self.admits or not self.plan.order_keys:
+            return ordered + [i for i, _ in later]
+        keyed = zip(self.plan.order_keys, self.plan.order, strict=True)
+        merged = heapq.merge(keyed, ((k, i) for i, (_, _, k) in later))
+        return [i for _, i in merged if i in self.active]
+
+    def _unplanned_position(self, entry_id: str) -> int | None:
+        held = self._unplanned.get(entry_id)
+        if held is None:
+            return None
+        key = held[2]
+        if self.admits or not self.plan.order_keys:
+            return len(self.plan.order) + list(self._unplanned).index(entry_id) + 1
+        earlier = sum(1 for _, _, k in self._unplanned.values() if k < key)
+        return self.plan.place_of(key) + earlier + 1
 
     async def next_plan(self, within_s: float) -> bool:
         """Wait for the plan made after this call (a submission's position is in it);
@@ -451,6 +522,7 @@ class JobQueue:
         }
         stored = await self.db(self.store.add, entry)
         self._keep(stored)
+        self._place_unplanned(stored["id"], user, request.priority)
         self.poke()
         return stored
 
@@ -460,6 +532,7 @@ class JobQueue:
         self.active[entry["id"]] = kept
         if kept["status"] != QUEUED:
             self._waiting.pop(entry["id"], None)
+            self._unplanned.pop(entry["id"], None)
 
     async def ended(self, entry_id: str, ending: Ending) -> None:
         """A backend's report: the job ended by itself (or was lost)."""
@@ -505,6 +578,7 @@ class JobQueue:
         )
         self._specs.pop(entry["id"], None)
         self._waiting.pop(entry["id"], None)
+        self._unplanned.pop(entry["id"], None)
         self.active.pop(entry["id"], None)
         log.info("job %s of %s ended: %s", entry["id"], entry["user"], reason)
         self.poke()
@@ -513,7 +587,9 @@ class JobQueue:
     # -- views ------------------------------------------------------------------------------
 
     def where(self, entry: Mapping[str, Any]) -> dict[str, Any]:
-        """Where a job stands: its position, the place it is expected to run, an estimate."""
+        """Where a job stands: its position, the place it is expected to run, an estimate.
+        Positions count entries submitted since the last plan (those of people who raised
+        their own priority since may move their other entries back at the next plan)."""
         entry_id = entry["id"]
         if entry["status"] != QUEUED:
             return {"position": None, "expected_node": entry.get("node"), "eta": None}
@@ -521,8 +597,20 @@ class JobQueue:
         if positions is not None:
             # The backend's admission orders the queue; it gives no estimate.
             return {"position": positions().get(entry_id), "expected_node": None, "eta": None}
+        if entry_id not in self.plan.positions and entry_id in self._unplanned:
+            # Submitted since the last plan: its place in that plan's order, nothing more.
+            return {
+                "position": self._unplanned_position(entry_id),
+                "expected_node": None,
+                "eta": None,
+            }
+        position = self.plan.positions.get(entry_id)
+        if position is not None and self._unplanned and self.plan.order_keys:
+            # entries submitted since the plan that come before it
+            key = self.plan.order_keys[position - 1]
+            position += sum(1 for _, _, k in self._unplanned.values() if k < key)
         return {
-            "position": self.plan.positions.get(entry_id),
+            "position": position,
             "expected_node": self.plan.expected_node.get(entry_id),
             "eta": self.plan.eta.get(entry_id),
         }

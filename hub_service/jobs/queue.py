@@ -26,15 +26,28 @@ nothing expected to end.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from thinkube_core.scheduling import PODS, PodRules, rules_reason
 
-__all__ = ["Plan", "QueueEntry", "Running", "plan", "queue_order", "with_assumed"]
+__all__ = [
+    "Plan",
+    "QueueEntry",
+    "Running",
+    "order_key",
+    "plan",
+    "planning",
+    "queue_order",
+    "with_assumed",
+]
+
+# The planner gives way (to the service's other requests) after this many waiting entries.
+STEP = 500
 
 
 @dataclass(frozen=True)
@@ -80,16 +93,40 @@ class Plan:
     positions: dict[str, int] = field(default_factory=dict)  # 1-based, in `order`
     expected_node: dict[str, str | None] = field(default_factory=dict)
     eta: dict[str, float | None] = field(default_factory=dict)  # epoch seconds, or unknown
+    # What places an entry submitted after this plan (`later_key`): each entry of `order`'s
+    # `order_key`, what each person runs and the priorities of what each has waiting
+    # (ascending). Empty where the order is not ours (a backend's admission orders it).
+    order_keys: list[tuple] = field(default_factory=list)
+    running_per_user: Mapping[str, int] = field(default_factory=dict)
+    waiting_priorities: dict[str, list[int]] = field(default_factory=dict)
 
     def ahead_of(self, entry_id: str) -> int:
         return self.positions.get(entry_id, 0) - 1
 
+    def later_key(self, user: str, priority: int, submitted_at: float, entry_id: str) -> tuple:
+        """The `order_key` of an entry submitted after this plan was made (so after every
+        entry in it): its turn counts what its person runs and has waiting at its priority
+        or above; entries also submitted after the plan are the caller's to count."""
+        priorities = self.waiting_priorities.get(user, [])
+        ahead = len(priorities) - bisect.bisect_left(priorities, priority)
+        return order_key(
+            priority, self.running_per_user.get(user, 0) + ahead, submitted_at, entry_id
+        )
 
-def queue_order(
-    waiting: Iterable[QueueEntry], running_per_user: Mapping[str, int] | None = None
-) -> list[QueueEntry]:
-    """Priority, then fair share between people, then submission time (see the module)."""
-    running_per_user = running_per_user or {}
+    def place_of(self, key: tuple) -> int:
+        """How many entries of this plan's order come before one of order key `key`."""
+        return bisect.bisect_left(self.order_keys, key)
+
+
+def order_key(priority: int, turn: int, submitted_at: float, entry_id: str) -> tuple:
+    """Where an entry stands in the queue order: sorted ascending, higher priority first,
+    then the person's turn (what they run, plus their entries ahead of it), then time."""
+    return (-priority, turn, submitted_at, entry_id)
+
+
+def _ranked(
+    waiting: Iterable[QueueEntry], running_per_user: Mapping[str, int]
+) -> list[tuple[tuple, QueueEntry]]:
     by_user: dict[str, list[QueueEntry]] = defaultdict(list)
     for entry in waiting:
         by_user[entry.user].append(entry)
@@ -98,9 +135,17 @@ def queue_order(
         entries.sort(key=lambda e: (-e.priority, e.submitted_at, e.id))
         held = running_per_user.get(user, 0)
         for turn, entry in enumerate(entries):
-            ranked.append(((-entry.priority, held + turn, entry.submitted_at, entry.id), entry))
+            key = order_key(entry.priority, held + turn, entry.submitted_at, entry.id)
+            ranked.append((key, entry))
     ranked.sort(key=lambda pair: pair[0])
-    return [entry for _, entry in ranked]
+    return ranked
+
+
+def queue_order(
+    waiting: Iterable[QueueEntry], running_per_user: Mapping[str, int] | None = None
+) -> list[QueueEntry]:
+    """Priority, then fair share between people, then submission time (see the module)."""
+    return [entry for _, entry in _ranked(waiting, running_per_user or {})]
 
 
 def with_assumed(
@@ -145,9 +190,26 @@ def plan(
     now: float,
 ) -> Plan:
     """What to start now, and where everything waiting stands (see the module)."""
+    steps = planning(waiting, running, nodes, now)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as made:
+            return made.value
+
+
+def planning(
+    waiting: Sequence[QueueEntry],
+    running: Sequence[Running],
+    nodes: Sequence[Mapping],
+    now: float,
+) -> Generator[None, None, Plan]:
+    """`plan`, in steps: it yields after every STEP waiting entries and returns the plan, so
+    that a service planning 10,000 entries answers its other requests in between."""
     running_per_user = Counter(r.user for r in running)
-    order = queue_order(waiting, running_per_user)
-    result = Plan(order=[e.id for e in order])
+    ranked = _ranked(waiting, running_per_user)
+    order = [entry for _, entry in ranked]
+    result = Plan(order=[e.id for e in order], running_per_user=running_per_user)
     result.positions = {entry_id: index + 1 for index, entry_id in enumerate(result.order)}
 
     by_name = {node["name"]: node for node in nodes}
@@ -194,7 +256,9 @@ def plan(
         return heap[0][1]
 
     held_kinds: set[tuple] = set()
-    for entry in order:
+    for index, entry in enumerate(order):
+        if index % STEP == STEP - 1:
+            yield
         candidates = nodes_taking(entry.rules)
         kind = _kind_key(entry)
         if kind not in held_kinds:
@@ -241,8 +305,15 @@ def plan(
             result.eta[entry.id] = now + work_ahead if work_ahead > 0 else None
     for entry, _ in result.start:
         result.positions.pop(entry.id, None)
-    result.order = [e for e in result.order if e in result.positions]
+        running_per_user[entry.user] += 1  # what it runs once these start
+    still = [(key, entry) for key, entry in ranked if entry.id in result.positions]
+    result.order = [entry.id for _, entry in still]
+    result.order_keys = [key for key, _ in still]
     result.positions = {entry_id: index + 1 for index, entry_id in enumerate(result.order)}
+    priorities: dict[str, list[int]] = defaultdict(list)
+    for _, entry in still:
+        priorities[entry.user].append(entry.priority)
+    result.waiting_priorities = {user: sorted(p) for user, p in priorities.items()}
     return result
 
 

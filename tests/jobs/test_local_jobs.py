@@ -13,6 +13,7 @@ import pwd
 import shutil
 import tempfile
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -450,3 +451,28 @@ async def test_a_job_whose_cores_a_server_took_since_the_plan_keeps_its_place(
         assert (done["status"], done["exit_code"]) == ("completed", 0)
     finally:
         await queue.stop()
+
+
+async def test_submissions_between_plans_have_the_places_the_next_plan_gives(tmp_path):
+    """While a plan is being made, submissions answer from the last one: each new entry's
+    place in its order (fair share, priority) is the one the next plan gives it."""
+    queue = start_queue(tmp_path)
+    queue.documents = list  # no node: nothing starts, everything waits
+    users = ["ann", "ben", "ann", "cat", "ann", "ben"]
+    first = [await queue.submit(u, request("print(1)")) for u in users]
+    await queue.replan()
+    assert queue.where(first[0])["position"] == 1
+
+    later = [
+        await queue.submit(user, replace(request("print(2)"), priority=priority))
+        for user, priority in [("cat", 0), ("ann", 0), ("dan", 0), ("eve", 3), ("dan", 0)]
+    ]
+    provisional = {e["id"]: queue.where(e)["position"] for e in first + later}
+    order = queue.waiting_order()
+    assert [queue.where(e)["expected_node"] for e in later] == [None] * len(later)
+    await queue.replan()
+    planned = {e["id"]: queue.where(e)["position"] for e in first + later}
+    assert provisional == planned
+    assert order == queue.plan.order
+    assert planned[later[3]["id"]] == 1  # eve's priority-3 entry first
+    await queue.backend.close()

@@ -93,3 +93,33 @@ def test_a_full_pod_count_means_no_room():
     full = node("gpu-1")
     full["free"]["pods"] = 0
     assert plan([entry("j1")], [], [full], now=0).start == []
+
+
+def test_an_entry_submitted_after_a_plan_is_placed_where_the_next_plan_puts_it():
+    """`Plan.later_key`/`place_of` give a new entry the position the next plan gives it,
+    across people, priorities and what each runs, including what this plan starts."""
+    import random
+
+    rng = random.Random(7)
+    users = ["ann", "ben", "cat", "dan"]
+    for trial in range(40):
+        waiting = [
+            entry(f"w{i}", rng.choice(users), at=i, priority=rng.choice([0, 0, 0, 5]))
+            for i in range(rng.randint(0, 40))
+        ]
+        running = [
+            Running(f"r{i}", rng.choice(users), "gpu-1", 0, 600, gpus=1)
+            for i in range(rng.randint(0, 3))
+        ]
+        nodes = [node("gpu-1", gpus=rng.randint(3, 6))]  # some of them start now
+        first = plan(waiting, running, nodes, now=0)
+        started = {e.id for e, _ in first.start}
+        new = entry("new", rng.choice(users), at=1000, priority=rng.choice([0, 5, 9]))
+        key = first.later_key(new.user, new.priority, new.submitted_at, new.id)
+        provisional = first.place_of(key) + 1
+
+        # The next plan, once what the first started runs (and nothing more can start).
+        still = [e for e in waiting if e.id not in started]
+        now_running = running + [Running(e.id, e.user, n, 0, 600, gpus=1) for e, n in first.start]
+        full = [node("gpu-1", gpus=0)]
+        assert plan([*still, new], now_running, full, now=0).positions["new"] == provisional, trial
