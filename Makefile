@@ -1,9 +1,30 @@
 # One entry point for people and CI. Every target installs what it needs by itself.
 PYTHON ?= python3
+
+# As root, `thinkube hub` runs each server (and each GPU job) as its person's own account,
+# which must be able to run the environment and import the package (the jobs client). In a
+# checkout other users cannot reach (under /root, or a `mktemp -d` folder) the environments
+# live in /opt/thinkube-hub/envs/<checkout>/ instead, .venv links there, and the package is
+# installed as a copy, installed again whenever its files change.
+CHECKOUT_CLOSED := $(shell [ "$$(id -u)" = 0 ] && $(PYTHON) -c 'import sys; \
+	sys.path.insert(0, "."); from thinkube_core.accounts import folder_closed_to_others; \
+	print(folder_closed_to_others(".") or "")' 2>/dev/null)
+ifneq ($(CHECKOUT_CLOSED),)
+ENVS ?= /opt/thinkube-hub/envs/$(notdir $(CURDIR))-$(shell printf %s '$(CURDIR)' | sha256sum | cut -c1-10)
+VENV ?= $(ENVS)/venv
+JH55_VENV ?= $(ENVS)/venv-jh55
+EDITABLE :=
+PACKAGE_FILES := pyproject.toml $(shell find thinkube_core thinkube_spawner hub_service -type f \
+	-not -path '*/__pycache__/*')
+$(info make: $(CHECKOUT_CLOSED): as root, people's accounts run the environment, so it is $(VENV))
+else
+EDITABLE := -e
+endif
 VENV ?= .venv
+JH55_VENV ?= .venv-jh55
 PY := $(VENV)/bin/python
 # The hub starts the real configurable-http-proxy from node_modules/.bin.
-export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH := $(CURDIR)/node_modules/.bin:$(abspath $(VENV))/bin:$(PATH)
 
 PYTEST_ARGS ?=
 
@@ -34,8 +55,18 @@ define make-venv
 			exit 1; \
 		fi; \
 	fi; \
-	echo "$$python -m venv $(1)"; $$python -m venv $(1)
+	echo "$$python -m venv $(1)"; \
+	if [ "$(1)" != "$(notdir $(1))" ]; then (umask 022; mkdir -p $(dir $(1))); fi; \
+	$$python -m venv $(1)
+	@if [ "$(1)" = "$(VENV)" ] && [ "$(VENV)" != .venv ] && { [ -L .venv ] || [ ! -e .venv ]; }; \
+		then ln -sfn $(VENV) .venv; fi
 endef
+
+# The package as a copy (EDITABLE empty): installed again when its files change.
+%/.package: $(PACKAGE_FILES)
+	$*/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	touch $@
+PACKAGE_COPY = $(if $(EDITABLE),,$(1)/.package)
 
 $(PY):
 	$(call make-venv,$(VENV))
@@ -44,14 +75,14 @@ $(PY):
 # Reinstall when the package metadata changes. torch is pinned to the CPU build this
 # machine image carries (the notebooks' LoRA test); an unpinned torch pulls a CUDA build.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,notebooks]' 'torch==2.13.0'
-	touch $@
+	$(PY) -m pip install --quiet $(EDITABLE) '.[test,notebooks]' 'torch==2.13.0'
+	touch $@ $(call PACKAGE_COPY,$(VENV))
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-deps: $(VENV)/.installed node_modules/.installed
+deps: $(VENV)/.installed $(call PACKAGE_COPY,$(VENV)) node_modules/.installed
 
 # The browser test (tests/e2e/test_browser.py) drives Debian's chromium through Playwright's
 # bundled driver; `playwright install` would download browsers, which this network refuses.
@@ -66,17 +97,16 @@ test: deps /usr/bin/chromium lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The end-to-end tests again on JupyterHub 5.5, the version Zero to JupyterHub ships.
-JH55_VENV := .venv-jh55
 E2E_TESTS ?= tests/e2e tests/service tests/deploy/test_keycloak_login.py \
 	tests/runpod/test_spawner_hub.py tests/runpod/test_thinkube_cloud.py tests/local
 
 $(JH55_VENV)/.installed: pyproject.toml
 	$(call make-venv,$(JH55_VENV))
 	$(JH55_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(JH55_VENV)/bin/python -m pip install --quiet -e '.[test]' 'jupyterhub==5.5.0'
-	touch $@
+	$(JH55_VENV)/bin/python -m pip install --quiet $(EDITABLE) '.[test]' 'jupyterhub==5.5.0'
+	touch $@ $(call PACKAGE_COPY,$(JH55_VENV))
 
-test-jh55: $(JH55_VENV)/.installed node_modules/.installed
+test-jh55: $(JH55_VENV)/.installed $(call PACKAGE_COPY,$(JH55_VENV)) node_modules/.installed
 	$(JH55_VENV)/bin/python -m pytest $(E2E_TESTS) $(PYTEST_ARGS)
 
 # `make run`: thinkube-hub on this machine (`thinkube hub`, docs/local.md): JupyterHub with
@@ -86,10 +116,10 @@ test-jh55: $(JH55_VENV)/.installed node_modules/.installed
 # RUN_ARGS passes options, e.g. make run RUN_ARGS="--port 8080 --ip 0.0.0.0".
 RUN_ARGS ?=
 $(VENV)/.run-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[local]'
-	touch $@
+	$(PY) -m pip install --quiet $(EDITABLE) '.[local]'
+	touch $@ $(call PACKAGE_COPY,$(VENV))
 
-run: $(VENV)/.run-installed node_modules/.installed
+run: $(VENV)/.run-installed $(call PACKAGE_COPY,$(VENV)) node_modules/.installed
 	$(VENV)/bin/thinkube hub $(RUN_ARGS)
 
 # A real JupyterHub with thinkube-resources as a managed service, against kubesim started
@@ -101,11 +131,11 @@ run: $(VENV)/.run-installed node_modules/.installed
 DEV_DIR ?=
 DEV_ARGS ?=
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[local,dev]'
-	touch $@
+	$(PY) -m pip install --quiet $(EDITABLE) '.[local,dev]'
+	touch $@ $(call PACKAGE_COPY,$(VENV))
 
-dev: $(VENV)/.dev-installed node_modules/.installed
+dev: $(VENV)/.dev-installed $(call PACKAGE_COPY,$(VENV)) node_modules/.installed
 	$(PY) examples/kubesim/dev.py $(if $(DEV_DIR),--state-dir $(DEV_DIR)) $(DEV_ARGS)
 
 clean:
-	rm -rf $(VENV) $(JH55_VENV) node_modules test-artifacts .pytest_cache .ruff_cache .dev
+	rm -rf $(VENV) $(JH55_VENV) .venv node_modules test-artifacts .pytest_cache .ruff_cache .dev
