@@ -16,14 +16,21 @@ kubesim without its process runtime, so job pods stay Running, as pods of long j
 - ``rss_mb_idle``: the service's resident memory once ready, before any job.
 - ``gpus``/``running``: every GPU filled first with a 1-GPU job (as many jobs as the nodes
   have GPUs, ``GET api/v1/nodes``); ``rss_mb_before``: the service's memory then.
-- ``submit_p50_ms``/``submit_p99_ms``: ``POST api/v1/jobs`` (1 GPU, JSON) for ``--queued``
+- ``fill_*``: ``POST api/v1/jobs`` (1 GPU, JSON) for ``--queued`` minus ``--submit-samples``
   more jobs from ``--users`` users in turn, ``--clients`` at a time; none can start, so each
-  one queues. The service answers a submission once the plan that gives it a position is
-  made. ``service_cpu_ms_per_submit``: the service's CPU time (user + system) over those
-  submissions, per submission: where the time goes on a busy machine, where the wall-clock
-  figures also carry whatever else runs on it. ``rss_mb_after``/``rss_growth_mb``: the service's memory after them.
+  one queues. ``fill_per_s`` submissions a second, ``fill_p50_ms``/``fill_p99_ms`` each one's
+  latency with ``--clients`` waiting at once (on a machine they saturate, the queueing
+  behind each other). ``service_cpu_ms_per_submit``: the service's CPU time (user + system)
+  over those, per submission: where the time goes on a busy machine, where the wall-clock
+  figures also carry whatever else runs on it.
+- ``submit_p50_ms``/``submit_p99_ms``: then the last ``--submit-samples`` submissions, one at
+  a time, with the queue near ``--queued``: what a person sees. Beside each,
+  ``ready_p50_ms``/``ready_p99_ms``: ``GET api/v1/ready`` with the same token, the floor of
+  an authenticated request to the service. ``rss_mb_after``/``rss_growth_mb``: the
+  service's memory after all of them.
 - ``queue_p50_ms``/``queue_p99_ms``: ``GET api/v1/queue`` with them all queued, as a user
-  (ids of its own jobs only) and as the admin (``queue_admin_*``), ``queue_bytes`` its size.
+  (ids of its own jobs only) and as the admin (``queue_admin_*``): pages of the default size
+  (100), from the head to the tail in turn; ``queue_page_bytes`` the size of one.
 - ``next_job_p50_ms``/``next_job_p99_ms``: a running job is cancelled (``POST .../cancel``,
   the admin) and the time until the next job's Job object exists in kubesim (a watch on
   Jobs labelled ``app.kubernetes.io/managed-by=thinkube``, in this process), one at a time,
@@ -469,10 +476,10 @@ async def queue_part(args, workdir: Path) -> dict:
         await settle(hub, figures["gpus"], 0)
         figures["rss_mb_before"] = rss_mb(hub.service())
 
-        latencies: list[float] = []
         tokens = hub.user_tokens
+        filled: list[float] = []
 
-        async def one(i: int) -> None:
+        async def one(i: int, latencies: list[float] = filled) -> None:
             took, job = await hub.submit(tokens[i % len(tokens)], SLEEPER, 1, "2h")
             if job["status"] != "queued":
                 raise RuntimeError(f"a job started with every GPU taken: {job}")
@@ -481,29 +488,52 @@ async def queue_part(args, workdir: Path) -> dict:
         service = hub.service()
         cpu_before = cpu_seconds(service)
         started = time.perf_counter()
-        await concurrently(range(args.queued), args.clients, one)
-        figures["submit_s"] = round(time.perf_counter() - started, 1)
+        fill = args.queued - args.submit_samples
+        await concurrently(range(fill), args.clients, one)
+        took = time.perf_counter() - started
+        figures["fill_s"] = round(took, 1)
+        figures["fill_per_s"] = round(fill / took, 1)
         figures["service_cpu_ms_per_submit"] = round(
-            ms(cpu_seconds(service) - cpu_before) / args.queued, 2
+            ms(cpu_seconds(service) - cpu_before) / fill, 2
         )
+        figures.update(spread("fill", filled))
+
+        # What a person sees with the queue full: one submission at a time, and beside it
+        # the floor, an authenticated request that does nothing (api/v1/ready).
+        alone: list[float] = []
+        floor: list[float] = []
+        for i in range(fill, args.queued):
+            await one(i, alone)
+            code, _, took = await hub.call("GET", "api/v1/ready", tokens[i % len(tokens)])
+            if code != 200:
+                raise RuntimeError(f"api/v1/ready: {code}")
+            floor.append(ms(took))
         figures["queued"] = args.queued
-        figures.update(spread("submit", latencies))
+        figures.update(spread("submit", alone))
+        figures.update(spread("ready", floor))
         await settle(hub, figures["gpus"], args.queued)
         figures["rss_mb_after"] = rss_mb(hub.service())
         figures["rss_growth_mb"] = round(figures["rss_mb_after"] - figures["rss_mb_before"], 1)
 
+        # Pages of the default size, from the head to the tail of the queue in turn.
+        pages = [{"offset": str(offset)} for offset in range(0, args.queued, QUEUE_PAGE)]
         for prefix, token in (("queue", tokens[0]), ("queue_admin", hub.admin_token)):
             times = []
-            for _ in range(args.queue_requests):
-                code, document, took = await hub.call("GET", "api/v1/queue", token)
-                if code != 200 or len(document["jobs"]) != args.queued:
-                    raise RuntimeError(f"api/v1/queue: {code}")
+            for n in range(args.queue_requests):
+                params = pages[n % len(pages)]
+                code, document, took = await hub.call("GET", "api/v1/queue", token, params=params)
+                wanted = min(QUEUE_PAGE, args.queued - int(params["offset"]))
+                if code != 200 or (document["queued"], len(document["jobs"])) != (
+                    args.queued,
+                    wanted,
+                ):
+                    raise RuntimeError(f"api/v1/queue: {code}, not a page of {wanted}")
                 times.append(ms(took))
             figures.update(spread(prefix, times))
         async with hub.http.get(
             "api/v1/queue", headers={"Authorization": f"token {tokens[0]}"}
         ) as answer:
-            figures["queue_bytes"] = len(await answer.read())
+            figures["queue_page_bytes"] = len(await answer.read())
 
         watch = JobWatch(url, MANAGED_BY)
         await watch.start()
@@ -715,6 +745,8 @@ async def restart_part(args, workdir: Path) -> dict:
     return figures
 
 
+QUEUE_PAGE = 100  # the service's default page of api/v1/queue
+
 PARTS = {"queue": queue_part, "logs": logs_part, "restart": restart_part}
 QUICK = {
     "nodes": 200,
@@ -722,6 +754,7 @@ QUICK = {
     "users": 20,
     "queued": 1000,
     "samples": 20,
+    "submit_samples": 50,
     "queue_requests": 20,
     "log_lines": 30,
     "running_restart": 100,
@@ -768,6 +801,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100, help="hub users submitting in turn")
     parser.add_argument("--queued", type=int, default=10000, help="jobs queued behind full GPUs")
     parser.add_argument("--clients", type=int, default=16, help="submissions at a time")
+    parser.add_argument(
+        "--submit-samples", type=int, default=200, help="the last submissions, one at a time"
+    )
     parser.add_argument("--samples", type=int, default=50, help="GPUs freed one at a time")
     parser.add_argument("--queue-requests", type=int, default=50, help="GET api/v1/queue each")
     parser.add_argument("--log-lines", type=int, default=100, help="lines, 0.1 s apart")

@@ -137,9 +137,10 @@ class JobsAPIHandler(JSONHandler):
             self.send_bad_request(err.field, str(err))
             return None
         entry = await self.queue.submit(self.user_name, request)
-        if self.queue.plans_are_quick:  # else its place in the last plan's order answers
-            await self.queue.next_plan(PLAN_WAIT_SECONDS)
         self.service.log.info("job %s submitted by %s", entry["id"], self.user_name)
+        if not self.queue.plans_are_quick:  # its place in the last plan's order answers
+            return entry
+        await self.queue.next_plan(PLAN_WAIT_SECONDS)
         return await self.queue.db(self.queue.store.get, entry["id"]) or entry
 
     async def output(self, entry: Mapping[str, Any]) -> tuple[dict[str, Any], str]:

@@ -3,10 +3,12 @@
 the store so that a restarted service loses nothing.
 
 The planner (`queue.plan`) is asked again whenever something that changes its answer
-happens: a submission, a cancel, an ending, or the inventory publishing new documents. It
-runs off the request path, debounced, in steps that give way to requests; each request
-reads the last plan. An entry submitted since is placed in that plan's order by its order
-key (a position without an expected node or start) until the next plan places it.
+happens: a cancel, an ending, the inventory publishing new documents, or a submission that
+could start (one of a kind for which nothing ahead of it waits already; the others are
+planned within `refresh_s`, to refresh estimates). It runs off the request path, debounced,
+in steps that give way to requests; each request reads the last plan. An entry submitted
+since is placed in that plan's order by its order key (a position without an expected node
+or start) until the next plan places it.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ class QueueSettings:
     tolerations: tuple[dict, ...] = ()  # what job pods tolerate, besides GPU nodes' taints
     gpu_taint_keys: tuple[str, ...] = ("nvidia.com/gpu",)
     debounce_s: float = 0.05
+    # How soon the queue is planned again for submissions that cannot start before
+    # something else changes (to refresh the estimates of everything waiting).
+    refresh_s: float = 2.0
 
 
 def request_of(entry: Mapping[str, Any]) -> JobRequest:
@@ -165,6 +170,11 @@ class JobQueue:
         # Queued entries the current plan has not seen (submitted since it began): id ->
         # (user, priority, order key against the current plan), in submission order.
         self._unplanned: dict[str, tuple[str, int, tuple]] = {}
+        self._refresh: asyncio.TimerHandle | None = None
+        # Submissions waiting to be stored, and the task storing them (one transaction for
+        # all that came in while the last one was written: a commit is the slow part).
+        self._to_add: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._adding: asyncio.Task | None = None
 
     async def db(self, fn, *args, **kwargs):
         if self._run_db is None:
@@ -229,8 +239,12 @@ class JobQueue:
             )
 
     async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
         await cancel_and_wait(self._task)
-        self._task = None
+        await cancel_and_wait(self._adding)
+        self._task = self._adding = None
         await self.backend.close()
 
     def poke(self) -> None:
@@ -368,9 +382,20 @@ class JobQueue:
         it was made is placed again against it, in submission order."""
         later = [(i, user, priority) for i, (user, priority, _) in self._unplanned.items()]
         self._unplanned = {}
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        startable = False
         for entry_id, user, priority in later:
             if entry_id not in planned and entry_id in self.active:
                 self._place_unplanned(entry_id, user, priority)
+                waiting = self._waiting.get(entry_id)
+                key = self._unplanned[entry_id][2]
+                startable |= waiting is None or self.plan.could_start(waiting, key)
+        if startable:
+            self.poke()  # this plan may have left room it could take
+        elif self._unplanned:
+            self._refresh_soon()
 
     def _place_unplanned(self, entry_id: str, user: str, priority: int) -> None:
         entry = self.active[entry_id]
@@ -379,6 +404,10 @@ class JobQueue:
         before = sum(1 for u, p, _ in self._unplanned.values() if u == user and p >= priority)
         key = (key[0], key[1] + before, *key[2:])
         self._unplanned[entry_id] = (user, priority, key)
+
+    @property
+    def plans_made(self) -> int:
+        return self._plans_done
 
     @property
     def plans_are_quick(self) -> bool:
@@ -520,11 +549,49 @@ class JobQueue:
             "expected_s": request.expected_s,
             "submitted_at": self.clock(),
         }
-        stored = await self.db(self.store.add, entry)
+        stored = await self._add(entry)
         self._keep(stored)
         self._place_unplanned(stored["id"], user, request.priority)
-        self.poke()
+        waiting = self._queue_entry(stored, *self._spec(stored))
+        if self.admits or self.plan.could_start(waiting, self._unplanned[stored["id"]][2]):
+            self.poke()
+        else:
+            # One of its kind ahead of it waits already: a plan could not start it now,
+            # and planning 10,000 waiting entries for each submission would be the
+            # service's whole work. Its estimates follow soon.
+            self._refresh_soon()
         return stored
+
+    async def _add(self, entry: dict[str, Any]) -> dict[str, Any]:
+        added = asyncio.get_running_loop().create_future()
+        self._to_add.append((entry, added))
+        if self._adding is None or self._adding.done():
+            self._adding = asyncio.create_task(self._add_waiting(), name="thinkube-job-store")
+        return await added
+
+    async def _add_waiting(self) -> None:
+        while self._to_add:
+            batch, self._to_add = self._to_add, []
+            try:
+                stored = await self.db(self.store.add_many, [entry for entry, _ in batch])
+            except Exception as err:  # each submission sees the store's failure
+                for _, added in batch:
+                    if not added.done():
+                        added.set_exception(err)
+                continue
+            for (_, added), row in zip(batch, stored, strict=True):
+                if not added.done():
+                    added.set_result(row)
+
+    def _refresh_soon(self) -> None:
+        if self._refresh is None:
+            self._refresh = asyncio.get_running_loop().call_later(
+                self.settings.refresh_s, self._refresh_now
+            )
+
+    def _refresh_now(self) -> None:
+        self._refresh = None
+        self.poke()
 
     def _keep(self, entry: Mapping[str, Any]) -> None:
         kept = dict(entry)

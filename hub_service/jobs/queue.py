@@ -39,6 +39,7 @@ __all__ = [
     "Plan",
     "QueueEntry",
     "Running",
+    "kind_of",
     "order_key",
     "plan",
     "planning",
@@ -99,6 +100,8 @@ class Plan:
     order_keys: list[tuple] = field(default_factory=list)
     running_per_user: Mapping[str, int] = field(default_factory=dict)
     waiting_priorities: dict[str, list[int]] = field(default_factory=dict)
+    # Per kind of entry (`kind_of`): the order key of the first that found no room.
+    held: dict[tuple, tuple] = field(default_factory=dict)
 
     def ahead_of(self, entry_id: str) -> int:
         return self.positions.get(entry_id, 0) - 1
@@ -116,6 +119,13 @@ class Plan:
     def place_of(self, key: tuple) -> int:
         """How many entries of this plan's order come before one of order key `key`."""
         return bisect.bisect_left(self.order_keys, key)
+
+    def could_start(self, entry: QueueEntry, key: tuple) -> bool:
+        """Whether an entry submitted after this plan, of order key `key`, could start
+        before anything else changes: not when one of its kind ahead of it already waits
+        for room (it holds its place, see the module), so it needs no new plan to start."""
+        held = self.held.get(kind_of(entry))
+        return held is None or key < held
 
 
 def order_key(priority: int, turn: int, submitted_at: float, entry_id: str) -> tuple:
@@ -178,7 +188,7 @@ def _fits(demand: Mapping[str, int], free: Mapping[str, int]) -> bool:
     return all(units <= 0 or free.get(name, 0) >= units for name, units in demand.items())
 
 
-def _kind_key(entry: QueueEntry) -> tuple:
+def kind_of(entry: QueueEntry) -> tuple:
     """What a waiting entry holds its place for: its GPU resource, else its rules."""
     return (entry.gpu_resource,) if entry.gpu_resource else ("cpu", entry.rules)
 
@@ -255,12 +265,12 @@ def planning(
             heapq.heapreplace(heap, (load[heap[0][1]], heap[0][1]))
         return heap[0][1]
 
-    held_kinds: set[tuple] = set()
-    for index, entry in enumerate(order):
+    held_kinds = result.held  # kind -> the order key of its first entry that must wait
+    for index, (key, entry) in enumerate(ranked):
         if index % STEP == STEP - 1:
             yield
         candidates = nodes_taking(entry.rules)
-        kind = _kind_key(entry)
+        kind = kind_of(entry)
         if kind not in held_kinds:
             room = [n for n in candidates if _fits(entry.demand, free[n])]
             if room:
@@ -277,7 +287,7 @@ def planning(
                 result.expected_node[entry.id] = node
                 result.eta[entry.id] = now
                 continue
-            held_kinds.add(kind)
+            held_kinds[kind] = key
         # Waits: where it is expected to run, and an estimate of when.
         able_key = (entry.rules, entry.gpu_resource, entry.gpus)
         able = able_nodes.get(able_key)

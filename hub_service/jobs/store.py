@@ -113,12 +113,18 @@ class JobStore:
                 )
 
     def add(self, entry: Mapping[str, Any]) -> dict[str, Any]:
-        values = dict(entry)
-        values["metadata_"] = values.pop("metadata", {}) or {}
-        row = _Entry(**values)
+        return self.add_many([entry])[0]
+
+    def add_many(self, entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Add entries in one transaction (one commit for a burst of submissions)."""
+        rows = []
+        for entry in entries:
+            values = dict(entry)
+            values["metadata_"] = values.pop("metadata", {}) or {}
+            rows.append(_Entry(**values))
         with self._lock, self._sessions.begin() as session:
-            session.add(row)
-        return _as_dict(row)
+            session.add_all(rows)
+        return [_as_dict(row) for row in rows]
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         with self._lock, self._sessions() as session:

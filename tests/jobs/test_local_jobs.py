@@ -476,3 +476,51 @@ async def test_submissions_between_plans_have_the_places_the_next_plan_gives(tmp
     assert order == queue.plan.order
     assert planned[later[3]["id"]] == 1  # eve's priority-3 entry first
     await queue.backend.close()
+
+
+async def test_a_submission_that_could_not_start_waits_for_the_refresh_not_a_plan(tmp_path):
+    """Behind one of its kind that already waits, a submission is planned with the next
+    refresh (its estimates), not at once; one that could start is planned at once."""
+    queue = start_queue(tmp_path, refresh_s=0.5)
+    everything = len(HOST["cores"])
+    await queue.start()
+    try:
+        holder = await queue.submit("ann", request("import time; time.sleep(30)", "5m"))
+        holder_waits = replace(request("print(0)"), cpu=everything)
+        await queue.next_plan(5)
+        first = await queue.submit("ann", holder_waits)  # no core is free for it: it waits
+        await queue.next_plan(5)
+        assert queue.where(first)["position"] == 1
+        plans = queue.plans_made
+        second = await queue.submit("ann", holder_waits)
+        await asyncio.sleep(0.2)
+        assert queue.plans_made == plans  # no plan for a submission that cannot start
+        assert queue.where(second) == {"position": 2, "expected_node": None, "eta": None}
+        await asyncio.sleep(0.6)
+        assert queue.plans_made == plans + 1  # the refresh
+        assert queue.where(second)["expected_node"] is not None
+
+        await queue.cancel(queue.store.get(holder["id"]))
+        await finished(queue, first["id"], within=20)  # room again: it ran
+        assert queue.store.get(first["id"])["status"] == "completed"
+    finally:
+        await queue.stop()
+
+
+async def test_submissions_that_come_in_together_are_stored_in_one_transaction(tmp_path):
+    queue = start_queue(tmp_path)
+    transactions = []
+    add_many = queue.store.add_many
+
+    def counted(entries):
+        transactions.append(len(entries))
+        return add_many(entries)
+
+    queue.store.add_many = counted
+    users = [f"u{n % 4}" for n in range(20)]
+    stored = await asyncio.gather(*(queue.submit(u, request("print(1)")) for u in users))
+    assert [e["user"] for e in stored] == users  # each submission gets its own entry back
+    assert len({e["id"] for e in stored}) == 20
+    assert sum(transactions) == 20 and len(transactions) < 20
+    assert {e["id"] for e in queue.store.active()} == {e["id"] for e in stored}
+    await queue.backend.close()

@@ -123,3 +123,21 @@ def test_an_entry_submitted_after_a_plan_is_placed_where_the_next_plan_puts_it()
         now_running = running + [Running(e.id, e.user, n, 0, 600, gpus=1) for e, n in first.start]
         full = [node("gpu-1", gpus=0)]
         assert plan([*still, new], now_running, full, now=0).positions["new"] == provisional, trial
+
+
+def test_a_later_entry_behind_one_of_its_kind_that_waits_could_not_start():
+    full = node("gpu-1", gpus=1, taint=False)
+    waiting = [entry("big", "ann", at=0, gpus=2), entry("cpu", "ann", at=1, gpus=0)]
+    made = plan(waiting, [], [full], now=0)
+    assert [e.id for e, _ in made.start] == ["cpu"] and made.positions == {"big": 1}
+
+    def could_start(new):
+        key = made.later_key(new.user, new.priority, new.submitted_at, new.id)
+        return made.could_start(new, key)
+
+    # behind "big", a one-GPU entry would hold its place: no new plan could start it
+    assert not could_start(entry("small", "ann", at=5, gpus=1))
+    # one that goes ahead of it might
+    assert could_start(entry("urgent", "ann", at=5, gpus=1, priority=3))
+    # another kind (no GPU) is not held by it
+    assert could_start(entry("cpu2", "ann", at=5, gpus=0))
