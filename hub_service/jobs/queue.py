@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # The planner gives way (to the service's other requests) after this many waiting entries.
-STEP = 500
+STEP = 200
 
 
 @dataclass(frozen=True)
