@@ -304,7 +304,8 @@ async def test_a_server_spawned_by_the_hub_sees_none_of_the_gpus_it_was_not_give
         f"c.ThinkubeLocalSpawner.nvidia_dev_dir = {str(shared_tree.dev)!r}\n"
         "c.ThinkubeLocalSpawner.gpu_isolation = 'required'\n"
         "c.ThinkubeLocalSpawner.environments = {'local': {'cmd': "
-        f"[{sys.executable!r}, {str(PROBE)!r}, {str(seen_file)!r}, '--dev-dir', "
+        f"[{sys.executable!r}, {str(shared_tree.root / 'probe.py')!r}, {str(seen_file)!r}, "
+        "'--dev-dir', "
         f"{str(shared_tree.dev)!r}, '--proc-dir', {str(shared_tree.gpus)!r}, '--', "
         f"{singleuser!r}]}}}}\n"
     )

@@ -8,6 +8,7 @@ CPU affinity before starting jupyterhub-singleuser."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -43,15 +44,18 @@ def shared():
 
 
 def probing_config(folder: Path) -> Path:
-    """`thinkube hub --config`: every server's command starts with the probe."""
+    """`thinkube hub --config`: every server's command starts with the probe (a copy in
+    `folder`: as root the servers' accounts may not reach the checkout)."""
     singleuser = str(Path(sys.executable).parent / "jupyterhub-singleuser")
     out = str(folder / "seen-{user}.json")
+    probe = shutil.copy(PROBE, folder / "probe.py")
+    os.chmod(probe, 0o644)
     config = folder / "probe_config.py"
     config.write_text(
         "c = get_config()  # noqa: F821\n"
         "c.ThinkubeLocalSpawner.gpu_isolation = 'required'\n"
         "c.ThinkubeLocalSpawner.environments = {'local': {'cmd': "
-        f"[{sys.executable!r}, {str(PROBE)!r}, {out!r}, '--gpu', '--', {singleuser!r}]}}}}\n"
+        f"[{sys.executable!r}, {str(probe)!r}, {out!r}, '--gpu', '--', {singleuser!r}]}}}}\n"
     )
     return config
 
