@@ -355,20 +355,25 @@ class JobQueue:
             order = [e.id for e in queue_order(waiting)]
             order.sort(key=lambda i: (i not in theirs, theirs.get(i, 0)))
             self.plan = Plan(order=order, positions={e: i + 1 for i, e in enumerate(order)})
+            self.last_plan_s = time.perf_counter() - began
         else:
             steps = planning(waiting, running, nodes, now)
+            starting_s = 0.0  # not counted in how long planning took
             while True:
                 try:
-                    next(steps)
+                    starts = next(steps)
                 except StopIteration as made:
                     self.plan = made.value
                     break
+                if starts:  # what starts now is decided: started before the estimates
+                    began_starting = time.perf_counter()
+                    for queued, node in starts:
+                        if queued.id in self.active:  # not cancelled meanwhile
+                            deadlines.append(await self._start(self.active[queued.id], node))
+                    starting_s = time.perf_counter() - began_starting
                 await asyncio.sleep(0)
+            self.last_plan_s = time.perf_counter() - began - starting_s
         self._placed({e.id for e in waiting})
-        self.last_plan_s = time.perf_counter() - began  # starting what it says is not counted
-        for queued, node in self.plan.start:
-            if queued.id in self.active:  # not cancelled meanwhile
-                deadlines.append(await self._start(self.active[queued.id], node))
         self._next_deadline = min((d for d in deadlines if d), default=None)
         self._plans_done = number
         planned, self._planned = self._planned, asyncio.Event()

@@ -16,7 +16,8 @@ An entry that cannot start holds its place for its kind: later entries that need
 kind of GPU (or, without GPUs, the same place) do not start ahead of it, so a job asking for
 four GPUs is not starved by a stream of one-GPU jobs. Entries of other kinds may start.
 
-**Estimates.** Where each waiting entry is expected to run (the least-loaded node that
+**Estimates.** Made after what starts now is decided (and handed over to be started), with
+that counted. Where each waiting entry is expected to run (the least-loaded node that
 takes it and could hold it at all) and when it may start: on that node, a timeline of its
 GPUs, each busy until its running job's expected end, handed in queue order. Labelled an
 estimate: expected times are what people said, not what will happen. Unknown (None) when
@@ -208,14 +209,19 @@ def plan(
             return made.value
 
 
+Starts = list[tuple[QueueEntry, str]]
+
+
 def planning(
     waiting: Sequence[QueueEntry],
     running: Sequence[Running],
     nodes: Sequence[Mapping],
     now: float,
-) -> Generator[None, None, Plan]:
-    """`plan`, in steps: it yields after every STEP waiting entries and returns the plan, so
-    that a service planning 10,000 entries answers its other requests in between."""
+) -> Generator[Starts | None, None, Plan]:
+    """`plan`, in steps, so that a service planning 10,000 entries answers its other
+    requests in between: it yields None after every STEP waiting entries, and once, before
+    estimating where and when the others may start, what starts now (`Plan.start`: it may
+    be started then); it returns the plan."""
     running_per_user = Counter(r.user for r in running)
     ranked = _ranked(waiting, running_per_user)
     order = [entry for _, entry in ranked]
@@ -265,30 +271,40 @@ def planning(
             heapq.heapreplace(heap, (load[heap[0][1]], heap[0][1]))
         return heap[0][1]
 
+    # What starts now: in order, each entry whose kind no earlier entry holds, where it fits.
     held_kinds = result.held  # kind -> the order key of its first entry that must wait
     for index, (key, entry) in enumerate(ranked):
         if index % STEP == STEP - 1:
-            yield
-        candidates = nodes_taking(entry.rules)
+            yield None
         kind = kind_of(entry)
-        if kind not in held_kinds:
-            room = [n for n in candidates if _fits(entry.demand, free[n])]
-            if room:
-                node = min(room, key=lambda n: (load[n], n))
-                result.start.append((entry, node))
-                for name, units in entry.demand.items():
-                    free[node][name] = free[node].get(name, 0) - units
-                free[node][PODS] = free[node].get(PODS, 0) - 1
-                load[node] += entry.expected_s
-                if entry.gpus:
-                    heap = timeline(node, entry.gpu_resource)
-                    for _ in range(min(entry.gpus, len(heap))):
-                        heapq.heappushpop(heap, now + entry.expected_s)
-                result.expected_node[entry.id] = node
-                result.eta[entry.id] = now
-                continue
+        if kind in held_kinds:
+            continue
+        room = [n for n in nodes_taking(entry.rules) if _fits(entry.demand, free[n])]
+        if not room:
             held_kinds[kind] = key
-        # Waits: where it is expected to run, and an estimate of when.
+            continue
+        node = min(room, key=lambda n: (load[n], n))
+        result.start.append((entry, node))
+        for name, units in entry.demand.items():
+            free[node][name] = free[node].get(name, 0) - units
+        free[node][PODS] = free[node].get(PODS, 0) - 1
+        load[node] += entry.expected_s
+        if entry.gpus:
+            heap = timeline(node, entry.gpu_resource)
+            for _ in range(min(entry.gpus, len(heap))):
+                heapq.heappushpop(heap, now + entry.expected_s)
+        result.expected_node[entry.id] = node
+        result.eta[entry.id] = now
+    yield result.start
+
+    # Where and when the others are expected to start, in order, after what starts now.
+    starting = {entry.id for entry, _ in result.start}
+    for index, (_, entry) in enumerate(ranked):
+        if index % STEP == STEP - 1:
+            yield None
+        if entry.id in starting:
+            continue
+        candidates = nodes_taking(entry.rules)
         able_key = (entry.rules, entry.gpu_resource, entry.gpus)
         able = able_nodes.get(able_key)
         if able is None:

@@ -141,3 +141,22 @@ def test_a_later_entry_behind_one_of_its_kind_that_waits_could_not_start():
     assert could_start(entry("urgent", "ann", at=5, gpus=1, priority=3))
     # another kind (no GPU) is not held by it
     assert could_start(entry("cpu2", "ann", at=5, gpus=0))
+
+
+def test_planning_hands_over_what_starts_before_it_estimates_the_rest():
+    from hub_service.jobs.queue import STEP, planning
+
+    waiting = [entry(f"w{i}", f"u{i % 7}", at=i) for i in range(3 * STEP)]
+    steps = planning(waiting, [], [node("gpu-1", gpus=3), node("gpu-2", gpus=2)], now=0)
+    seen = []  # "way" where it gives way, the starts where it hands them over
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as made:
+            result = made.value
+            break
+        seen.append("way" if step is None else list(step))
+    # one pass to decide what starts, handed over, then one to estimate the others
+    assert seen == ["way"] * 3 + [result.start] + ["way"] * 3
+    assert len(result.start) == 5
+    assert set(result.positions) == {e.id for e in waiting} - {e.id for e, _ in result.start}
