@@ -329,11 +329,16 @@ class KubeJobs:
         self.followed.discard(entry_id)
         tail = self._tails.get(entry_id)
         name = job_name(entry_id)
-        await self._delete_job(name, self.stop_grace_s)
-        # The garbage collector would delete the pod with its own grace period: do it now.
-        query = [("labelSelector", f"{JOB_ID_LABEL}={label_value(entry_id)}")]
-        pods = await self._json("GET", self._path("pods"), query=query)
-        for pod in pods.get("items") or []:
+        # The garbage collector would delete the pods with their own grace period: delete
+        # them now, beside the Job (their names from the watch once it has listed).
+        if self.watchers and all(w.health.synced_once for w in self.watchers):
+            wanted = label_value(entry_id)
+            pods = [p for p in self.pods.values() if self._job_id_of(p) == wanted]
+        else:
+            query = [("labelSelector", f"{JOB_ID_LABEL}={label_value(entry_id)}")]
+            pods = (await self._json("GET", self._path("pods"), query=query)).get("items") or []
+
+        async def delete_pod(pod: Mapping[str, Any]) -> None:
             with contextlib.suppress(KubeError):
                 response = await self._request(
                     "DELETE",
@@ -341,6 +346,10 @@ class KubeJobs:
                     body={"gracePeriodSeconds": self.stop_grace_s},
                 )
                 response.release()
+
+        await asyncio.gather(
+            self._delete_job(name, self.stop_grace_s), *(delete_pod(pod) for pod in pods)
+        )
         collector = self._collectors.pop(entry_id, None)
         if collector is not None:
             collector.cancel()
