@@ -147,7 +147,7 @@ class TrainingConfig:
     max_seq_length: int = 512
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    logging_steps: int = 1
+    logging_steps: int = 10
     seed: int = 42
     project: str = ""
     name: str = ""
@@ -457,7 +457,7 @@ def check_config(raw: Mapping[str, Any] | str | bytes, placement: Placement) -> 
         max_seq_length=_integer(raw, "max_seq_length", 512, 8, 131072),
         warmup_steps=_integer(raw, "warmup_steps", 0, 0, 1_000_000),
         weight_decay=_number(raw, "weight_decay", 0.0, 0, 1),
-        logging_steps=_integer(raw, "logging_steps", 1, 1, 1_000_000),
+        logging_steps=_integer(raw, "logging_steps", 10, 1, 1_000_000),
         seed=_integer(raw, "seed", 42, 0, 2**32 - 1),
         project=_label(raw, "project"),
         name=_label(raw, "name"),

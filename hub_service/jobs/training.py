@@ -373,7 +373,9 @@ class TrainingJobsHandler(JobsAPIHandler):
         if offer is not None:
             wanted = fields.pop("gpus", None)
             fields.pop("gpu_model", None)
-            if wanted not in (None, "") and str(wanted).strip() != str(offer.gpu_count):
+            # left out, or 0 (a client's default): the offer's own
+            given = "" if wanted is None else str(wanted).strip()
+            if given not in ("", "0", str(offer.gpu_count)):
                 raise JobError("gpus", f"That cloud offer has {offer.gpu_count} GPU(s).")
         gpus_asked = offer is not None or str(fields.get("gpus") or "0").strip() not in ("", "0")
         image = training_image(fields.get("image"), self._images, gpus_asked)
@@ -429,6 +431,8 @@ class TrainingJobsHandler(JobsAPIHandler):
                 f"compressed, at most {limit // 1024} KiB): put it on the shared datasets "
                 "volume and name it in dataset.path.",
             )
+        if offer is not None:  # for a backend that runs jobs on cloud offers
+            fields.update(where=options["where"], pricing="spot" if spot else "on-demand")
         fields.update(
             name=config.name,
             project=config.project,
