@@ -254,6 +254,36 @@ async def test_a_dry_run_says_where_it_would_run_and_queues_nothing(alice, share
     assert await jobs_total(alice) == before
 
 
+async def test_a_dry_run_behind_a_job_that_holds_every_core(alice, shared_volumes):
+    cores = len(os.sched_getaffinity(0))
+    holder = await alice.post(
+        "api/v1/jobs",
+        json={"script": "import time\ntime.sleep(120)\n", "expected_time": "2m", "cpu": cores},
+    )
+    assert holder.status_code == 201, holder.text
+    holder_id = holder.json()["id"]
+    try:
+
+        async def running():
+            view = (await alice.get(f"api/v1/jobs/{holder_id}")).json()
+            return view["status"] == "running"
+
+        from tests.utils import eventually
+
+        await eventually(running, within=30, interval=0.2)
+        response = await alice.post(
+            "api/v1/training-jobs",
+            params={"dry_run": "1"},
+            json={"config": config_of(shared_volumes), "expected_time": "10m", "cpu": 1},
+        )
+        where = response.json()["where"]
+        assert (where["node"], where["position"]) == (None, 1), where
+        assert where["summary"] == "queued, position 1"
+        assert where["eta"]["estimate"] is True and where["eta"]["starts_in_seconds"] > 0
+    finally:
+        await alice.post(f"api/v1/jobs/{holder_id}/cancel")
+
+
 async def test_a_dry_run_on_a_cloud_offer_says_the_most_it_may_cost(alice, shared_volumes):
     async def priced():
         response = await alice.post(
