@@ -41,7 +41,7 @@ from thinkube_train.config import (
 )
 
 from ..bodies import BodyError, parse_json_body
-from .handlers import FIELDS_ROOM_BYTES, PLAN_WAIT_SECONDS, JobsAPIHandler, _parse_form
+from .handlers import FIELDS_ROOM_BYTES, JobsAPIHandler, _parse_form
 from .spec import JobError, JobRequest
 from .views import ESTIMATE_BASIS, iso
 
@@ -338,7 +338,7 @@ class TrainingJobsHandler(JobsAPIHandler):
         except JobError as err:
             self.send_bad_request(err.field, str(err))
             return
-        request, config, offer, spot = checked
+        fields, request, config, offer, spot = checked
         if dry_run:
             self.send_json(await self.preview(request, config, offer, spot))
             return
@@ -349,13 +349,11 @@ class TrainingJobsHandler(JobsAPIHandler):
                 "would cost on a cloud offer",
             )
             return
-        entry = await self.queue.submit(self.user_name, request)
-        if self.queue.plans_are_quick:
-            await self.queue.next_plan(PLAN_WAIT_SECONDS)
-        self.service.log.info(
-            "training job %s (%s) submitted by %s", entry["id"], config.algorithm, self.user_name
-        )
-        entry = await self.queue.db(self.queue.store.get, entry["id"]) or entry
+        # queued as any job is (the same checks again, answered as POST api/v1/jobs is)
+        entry = await self.queued(fields, request.script)
+        if entry is None:
+            return
+        self.service.log.info("job %s is a training job (%s)", entry["id"], config.algorithm)
         self.set_header(
             "Location", url_path_join(self.service.service_prefix, "api/v1/jobs", entry["id"])
         )
@@ -363,9 +361,9 @@ class TrainingJobsHandler(JobsAPIHandler):
 
     async def checked(
         self, submission: TrainingSubmission
-    ) -> tuple[JobRequest, TrainingConfig, Offer | None, bool]:
-        """The job to queue, its config, and the cloud offer it asks for (with spot or
-        not); BodyError or JobError for the first thing wrong."""
+    ) -> tuple[dict[str, Any], JobRequest, TrainingConfig, Offer | None, bool]:
+        """The job's fields and its request, checked, its config, and the cloud offer it
+        asks for (with spot or not); BodyError or JobError for the first thing wrong."""
         options = dict(submission.options)
         offer, spot = self.cloud_offer(options)
         await self.load_images()
@@ -443,7 +441,7 @@ class TrainingJobsHandler(JobsAPIHandler):
                 metadata if isinstance(metadata, Mapping) else None,
             ),
         )
-        return self.checked_submission(fields, script), config, offer, spot
+        return fields, self.checked_submission(fields, script), config, offer, spot
 
     def cloud_offer(self, options: Mapping[str, Any]) -> tuple[Offer | None, bool]:
         where = options.get("where")

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,40 @@ async def test_a_lora_job_with_its_dataset_runs_as_a_kubernetes_job(setup, model
     assert (done["status"], done["exit_code"]) == ("completed", 0), done.get("output")
     assert done["metadata"]["kind"] == "training"
     assert any(t.startswith("thinkube-train: done: 10 steps") for t in texts), texts
+
+
+async def test_the_queues_preview_places_a_job_without_queueing_it(setup):  # noqa: F811
+    """JobQueue.preview (the dry run's answer): where a job would go now, from a plan made
+    with it added; nothing is stored or started."""
+    s = await setup()
+    queue = s.make_queue()
+    await queue.start()
+    training = JobRequest(
+        script="print('never run')\n",
+        script_name=SCRIPT_NAME,
+        expected_s=600,
+        gpus=1,
+        gpu_model=None,
+        gpu_resource="nvidia.com/gpu",
+        cpu=1,
+        memory=1 << 30,
+        image={"name": "trainer", "image": "python:3.12"},
+        name="",
+        project="",
+    )
+    assert await queue.preview("alice", training) == {
+        "node": "gpu-0",
+        "position": None,
+        "expected_node": "gpu-0",
+        "eta": None,
+    }
+    holder = await queue.submit(
+        "bob", replace(training, script="import time\ntime.sleep(60)\n", expected_s=120)
+    )
+    await status_is(queue, holder["id"], "running", within=30)
+    where = await queue.preview("alice", training)
+    assert (where["node"], where["position"], where["expected_node"]) == (None, 1, "gpu-0")
+    assert where["eta"] > queue.clock()
+    assert [e["id"] for e in queue.active.values()] == [holder["id"]]
+    assert len(s.objects("jobs")) == 1
+    await queue.cancel(queue.active[holder["id"]])
