@@ -14,7 +14,7 @@ ENVS ?= /opt/thinkube-hub/envs/$(notdir $(CURDIR))-$(shell printf %s '$(CURDIR)'
 VENV ?= $(ENVS)/venv
 JH55_VENV ?= $(ENVS)/venv-jh55
 EDITABLE :=
-PACKAGE_FILES := pyproject.toml $(shell find thinkube_core thinkube_spawner hub_service -type f \
+PACKAGE_FILES := pyproject.toml $(shell find thinkube_core thinkube_spawner hub_service thinkube_train -type f \
 	-not -path '*/__pycache__/*')
 $(info make: $(CHECKOUT_CLOSED): as root, people's accounts run the environment, so it is $(VENV))
 else

@@ -365,6 +365,35 @@ class ThinkubeService(Application):
         "long after it ends (the result is kept in the service's database), e.g. `3600`.",
     )
 
+    training_models_path = Unicode(
+        "/models",
+        config=True,
+        help="The shared models volume: a training job's base_model given as an absolute path "
+        "must lie in it and exist here (the service sees the volume, read-only, where its "
+        "jobs see it). E.g. `/models`.",
+    )
+    training_datasets_path = Unicode(
+        "/datasets",
+        config=True,
+        help="The shared datasets volume: a training job's dataset.path must lie in it and "
+        "exist here (as training_models_path). E.g. `/datasets`.",
+    )
+    training_models = Dict(
+        Unicode(),
+        config=True,
+        help="The admin's catalog of models training jobs may use: name -> Hugging Face id or "
+        "absolute path; a job's base_model must then be one of its names (or values). Empty: "
+        "any Hugging Face id or path in training_models_path. E.g. "
+        "`{'qwen-0.5b': 'Qwen/Qwen2.5-0.5B', 'llama-8b': '/models/llama-3.1-8b'}`.",
+    )
+    training_max_dataset_bytes = Integer(
+        16 << 20,
+        config=True,
+        help="Largest dataset file a training job may send with it, in bytes; it travels "
+        "compressed in the job's script, which jobs_max_script_bytes bounds too. Larger "
+        "datasets go on the shared datasets volume. E.g. `16777216`.",
+    )
+
     page_rows = Integer(
         50,
         config=True,

@@ -13,7 +13,8 @@ An entry, as served (``GET /api/v1/images/jupyter`` lists the entries of kind ``
      "metadata": {"gpu_required": true,       # the fields the old catalog served
                   "cpu_limit": 8,             # cores, or null
                   "mem_limit": "32Gi",        # Kubernetes quantity, or null
-                  "cloud_image": "runpod/pytorch:..."}}  # image for cloud GPUs, or null
+                  "cloud_image": "runpod/pytorch:...",  # image for cloud GPUs, or null
+                  "training": true}}          # runs training jobs (has thinkube-hub[train])
 
 :func:`validate_entry` is pure: it returns the normalised entry or raises :class:`CatalogError`
 naming the offending field. Every field is bounded (the MAX_* constants: a display name of 128
@@ -102,7 +103,7 @@ _TOP_LEVEL_FIELDS = (
     "pull_policy",
     "metadata",
 )
-_METADATA_FIELDS = ("gpu_required", "cpu_limit", "mem_limit", "cloud_image")
+_METADATA_FIELDS = ("gpu_required", "cpu_limit", "mem_limit", "cloud_image", "training")
 
 # Patterns, written so that Python's re.fullmatch and an ECMA-262 validator of the OpenAPI
 # document read them alike (\uXXXX escapes, no named groups, no \s).
@@ -382,12 +383,15 @@ def _metadata(body: Mapping[str, Any]) -> dict[str, Any]:
     cloud_image = metadata.get("cloud_image")
     if cloud_image is not None:
         _image_reference(cloud_image, "metadata.cloud_image")
-    return {
+    checked = {
         "gpu_required": gpu_required,
         "cpu_limit": _cpu_limit(metadata.get("cpu_limit")),
         "mem_limit": _mem_limit(metadata.get("mem_limit")),
         "cloud_image": cloud_image,
     }
+    if "training" in metadata:  # the image has thinkube-hub[train]: it runs training jobs
+        checked["training"] = _boolean(metadata, "training", "metadata.")
+    return checked
 
 
 def validate_entry(name: str, body: object) -> dict[str, Any]:
@@ -793,6 +797,7 @@ DEFAULT_IMAGES: tuple[dict[str, Any], ...] = (
             "cpu_limit": 8,
             "mem_limit": "32Gi",
             "cloud_image": "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
+            "training": True,
         },
     },
 )

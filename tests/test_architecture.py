@@ -18,6 +18,15 @@ FORBIDDEN = {
     "thinkube_core": {"hub_service", "thinkube_spawner", "jupyterhub", "kubespawner", "tornado"},
     "hub_service": {"thinkube_spawner", "kubespawner"},
     "thinkube_spawner": {"hub_service"},
+    # what a training job runs in its image: nothing of the hub
+    "thinkube_train": {
+        "hub_service",
+        "thinkube_spawner",
+        "thinkube_core",
+        "jupyterhub",
+        "kubespawner",
+        "tornado",
+    },
     "tests.kubesim": {"hub_service", "thinkube_spawner", "thinkube_core"},
     "tests.runpod_fake": {"hub_service", "thinkube_spawner", "thinkube_core"},
 }

@@ -11,6 +11,14 @@ service's address are in its environment)::
         print(line)
     result = job.wait().result()             # {"status", "exit_code", "stdout", ...}
 
+A fine-tuning job (docs/jobs.md, Fine-tuning) from a config file or a dict, with a dataset
+file sent along or one on the shared datasets volume::
+
+    preview = jobs.train("lora.yaml", dataset="chats.jsonl", gpus=1, expected_time="1h",
+                         dry_run=True)
+    print(preview["where"]["summary"], preview["cost"])   # nothing queued
+    job = jobs.train("lora.yaml", dataset="chats.jsonl", gpus=1, expected_time="1h")
+
 Elsewhere, give the service's address and a hub token: `jobs.Client(url, token)`, or the
 environment variables `THINKUBE_JOBS_URL` and `THINKUBE_TOKEN` (or `JUPYTERHUB_API_TOKEN`).
 Errors are `JobsError`, with the service's message.
@@ -28,7 +36,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["Client", "Job", "JobsError", "submit"]
+__all__ = ["Client", "Job", "JobsError", "submit", "train"]
 
 FINISHED = ("completed", "failed", "cancelled", "lost")
 
@@ -135,6 +143,66 @@ class Client:
         }
         body = {k: v for k, v in options.items() if v not in (None, "")}
         return Job(self, self._request("POST", "api/v1/jobs", json=body))
+
+    def train(
+        self,
+        config: str | Path | Mapping[str, Any],
+        *,
+        expected_time: str | float,
+        dataset: str | Path | None = None,
+        gpus: int = 0,
+        gpu_model: str | None = None,
+        cpu: str | float | None = None,
+        memory: str | float | None = None,
+        image: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        where: str | None = None,
+        pricing: str | None = None,
+        dry_run: bool = False,
+    ) -> Job | dict:
+        """Queue a fine-tuning job: `config` is a YAML or JSON file, its text, or a dict;
+        `dataset` a JSON Lines (or JSON) file sent with it (else the config's dataset.path
+        on the shared volume). `where="cloud:<offer key>"` with `pricing` asks about a cloud
+        offer. With `dry_run`, nothing is queued: the answer (a dict) says where it would run
+        now and, on a cloud offer, the most it may cost."""
+        if isinstance(config, Mapping):
+            config_text = json.dumps(dict(config))
+        elif isinstance(config, Path) or ("\n" not in str(config) and Path(str(config)).is_file()):
+            config_text = Path(config).read_text()
+        else:
+            config_text = str(config)
+        options = {
+            "expected_time": expected_time,
+            "gpus": gpus,
+            "gpu_model": gpu_model,
+            "cpu": cpu,
+            "memory": memory,
+            "image": image,
+            "where": where,
+            "pricing": pricing,
+            "metadata": json.dumps(dict(metadata)) if metadata else None,
+        }
+        fields = {k: str(v) for k, v in options.items() if v not in (None, "")}
+        files: dict[str, tuple[str, bytes, str]] = {
+            "config": ("config.yaml", config_text.encode("utf-8"), "application/yaml")
+        }
+        if dataset is not None:
+            data_path = Path(dataset)
+            try:
+                data = data_path.read_bytes()
+            except OSError as err:
+                raise JobsError(
+                    f"The dataset {data_path} cannot be read: {err.strerror}."
+                ) from None
+            files["dataset"] = (data_path.name, data, "application/octet-stream")
+        answer = self._request(
+            "POST",
+            "api/v1/training-jobs",
+            params={"dry_run": "1"} if dry_run else None,
+            data=fields,
+            files=files,
+        )
+        return answer if dry_run else Job(self, answer)
 
     def get(self, job_id: str) -> Job:
         return Job(self, self._request("GET", f"api/v1/jobs/{job_id}"))
@@ -264,3 +332,9 @@ def _events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, str]]:
 def submit(script: str | Path, **options: Any) -> Job:
     """Queue a script with a client made from the environment (see the module)."""
     return Client().submit(script, **options)
+
+
+def train(config: str | Path | Mapping[str, Any], **options: Any) -> Job | dict:
+    """Queue a fine-tuning job (or, with dry_run=True, ask where it would run) with a
+    client made from the environment (see the module and Client.train)."""
+    return Client().train(config, **options)

@@ -3,6 +3,7 @@
     thinkube cloud offers|colab|ls|rm ...     cloud GPUs on RunPod (thinkube_spawner.runpod)
     thinkube hub [--ip] [--port] [--data-dir]  JupyterHub on this machine (thinkube_spawner.hub)
     thinkube jobs submit|ls|status|logs|...    GPU jobs in the hub's queue (thinkube_spawner.jobs_cli)
+    thinkube train CONFIG.yaml [--dry-run]      a fine-tuning job in that queue (thinkube_spawner.jobs_cli)
     thinkube token create|list|revoke          expiring hub tokens for jobs (thinkube_spawner.jobs_cli)
 
 Each command group lives in its own module and adds itself to the parser with a

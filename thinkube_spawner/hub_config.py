@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,6 +80,18 @@ if not token_file.exists():
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
 version = f"{sys.version_info.major}.{sys.version_info.minor}"
+TRAINING_MODULES = ("thinkube_train", "torch", "transformers", "peft")
+
+
+def can_train(python: str) -> bool:
+    """Whether jobs run with `python` can run the trainer: it has the `train` extra's
+    libraries (bitsandbytes aside: only quantized models need it)."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return all(importlib.util.find_spec(name) is not None for name in TRAINING_MODULES)
+    check = f"import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, {TRAINING_MODULES!r})))"
+    return subprocess.run([python, "-c", check], capture_output=True, timeout=60).returncode == 0
+
+
 seed = [
     {
         "name": "local",
@@ -90,6 +103,7 @@ seed = [
         "image": f"localhost/thinkube-local:python{version}",
         "tags": ["python", "local"],
         "kind": "jupyter",
+        "metadata": {"training": can_train(python)},
     }
 ]
 service_config = data / "service_config.py"

@@ -1,5 +1,5 @@
-"""`thinkube jobs ...` (GPU jobs in the hub's queue) and `thinkube token ...` (a person's
-expiring hub tokens).
+"""`thinkube jobs ...` (GPU jobs in the hub's queue), `thinkube train ...` (a fine-tuning job)
+and `thinkube token ...` (a person's expiring hub tokens).
 
 Both talk to the hub over HTTP with a hub token from the environment: `THINKUBE_TOKEN`, else
 `JUPYTERHUB_API_TOKEN` (set inside a notebook server of the hub). A token is never taken as a
@@ -28,6 +28,7 @@ JOBS_ADMIN_SCOPE = "custom:thinkube:jobs:admin"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_jobs(subparsers)
+    _register_train(subparsers)
     _register_token(subparsers)
 
 
@@ -99,6 +100,47 @@ def _register_jobs(subparsers: argparse._SubParsersAction) -> None:
     nodes = commands.add_parser("nodes", help="per node: GPUs free and busy, jobs, work ahead")
     _common(nodes)
     nodes.set_defaults(func=_nodes)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="queue a fine-tuning job (LoRA, QLoRA, DoRA, IA3) from a config file"
+    )
+    train.add_argument("config", help="the training config, YAML or JSON, e.g. lora.yaml")
+    train.add_argument(
+        "--dataset", metavar="FILE", help="a JSON Lines (or JSON) dataset to send with the job"
+    )
+    train.add_argument(
+        "--expected-time", required=True, help="how long it should take: seconds, 10m, 2h"
+    )
+    train.add_argument("--gpus", type=int, default=0, help="how many GPUs (default 0)")
+    train.add_argument(
+        "--gpu-model", help="a GPU model as the spawn form names it, e.g. NVIDIA-A100-SXM4-80GB"
+    )
+    train.add_argument("--cpu", help="CPU cores, e.g. 4")
+    train.add_argument("--memory", help="memory, e.g. 16Gi")
+    train.add_argument(
+        "--image", help="a catalog image that can train (default: one the catalog says can)"
+    )
+    train.add_argument(
+        "--where",
+        help="a cloud offer as the spawn form names it, e.g. 'cloud:SECURE:NVIDIA "
+        "GeForce RTX 4090:1' (default: this hub's queue)",
+    )
+    train.add_argument("--pricing", choices=("on-demand", "spot"), help="with --where: which price")
+    train.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check it and say where it would run and what it may cost; queue nothing",
+    )
+    train.add_argument(
+        "-f", "--follow", action="store_true", help="then print its progress until it ends"
+    )
+    _common(train)
+    train.set_defaults(func=_train)
 
 
 def _register_token(subparsers: argparse._SubParsersAction) -> None:
@@ -173,15 +215,20 @@ def _seconds(value: float) -> str:
     return f"{value / 3600:.1f} h"
 
 
-def _submit(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.script):
-        raise CommandError(f"no such file: {args.script}")
+def _metadata(pairs: list[str]) -> dict[str, str]:
     metadata = {}
-    for pair in args.metadata:
+    for pair in pairs:
         key, equals, value = pair.partition("=")
         if not equals:
             raise CommandError(f"--metadata takes KEY=VALUE, not {pair!r}")
         metadata[key] = value
+    return metadata
+
+
+def _submit(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.script):
+        raise CommandError(f"no such file: {args.script}")
+    metadata = _metadata(args.metadata)
     client = _client(args)
     job = _call(
         client.submit,
@@ -203,6 +250,68 @@ def _submit(args: argparse.Namespace) -> int:
     if args.follow:
         return _follow(job)
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    for path in (args.config, args.dataset):
+        if path is not None and not os.path.isfile(path):
+            raise CommandError(f"no such file: {path}")
+    metadata = _metadata(args.metadata)
+    client = _client(args)
+    answer = _call(
+        client.train,
+        args.config,
+        expected_time=args.expected_time,
+        dataset=args.dataset,
+        gpus=args.gpus,
+        gpu_model=args.gpu_model,
+        cpu=args.cpu,
+        memory=args.memory,
+        image=args.image,
+        metadata=metadata,
+        where=args.where,
+        pricing=args.pricing,
+        dry_run=args.dry_run,
+    )
+    if args.dry_run:
+        if args.json:
+            _print_json(answer)
+        else:
+            print("\n".join(preview_lines(answer)))
+        return 0
+    job = answer
+    if args.json:
+        _print_json(job.view)
+    else:
+        print(f"{job.id} {job.status}: {_where(job.view)}")
+    if args.follow:
+        return _follow(job)
+    return 0
+
+
+def preview_lines(preview: dict) -> list[str]:
+    """What `thinkube train --dry-run` prints: where it would run, with what, at what cost."""
+    where = preview["where"]
+    line = f"would run: {where['summary']}"
+    if where.get("expected_node") and not where.get("node"):
+        line += f", expected on {where['expected_node']}"
+    if where.get("eta"):
+        line += f", starts in about {_seconds(where['eta']['starts_in_seconds'])} (an estimate)"
+    config = preview["config"]
+    lines = [
+        line,
+        f"training: {config['algorithm']} on {config['base_model']}, image {preview['image']}, "
+        f"{preview['gpus']} GPU(s), expected {_seconds(preview['expected_time'])}",
+    ]
+    cost = preview.get("cost")
+    if cost:
+        longest = preview["expected_time"] * cost["deadline_factor"]
+        lines.append(
+            f"cost: at most ${cost['max_cost_usd']:.2f} ({cost['pricing']} at "
+            f"${cost['price_per_hour']:.2f}/h for up to {_seconds(longest)})"
+        )
+    lines.append("nothing was queued (dry run)")
+    return lines
 
 
 def _follow(job: jobs_api.Job) -> int:

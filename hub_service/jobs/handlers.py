@@ -665,9 +665,12 @@ class CompatJobsHandler(JobsAPIHandler):
 
 
 def job_routes(prefix: str) -> list[tuple]:
+    from .training import training_routes  # it builds on this module's handlers
+
     api = url_path_join(prefix, "api/v1")
     compat = url_path_join(prefix, "api")
     return [
+        *training_routes(prefix),
         (url_path_join(api, "jobs"), JobsHandler),
         (url_path_join(api, r"jobs/([^/]+)"), JobHandler),
         (url_path_join(api, r"jobs/([^/]+)/logs"), JobLogsHandler),

@@ -457,6 +457,64 @@ class JobQueue:
             return False
         return True
 
+    async def preview(self, user: str, request: JobRequest) -> dict[str, Any]:
+        """Where `request` would stand if `user` submitted it now, from a plan made with it
+        added; nothing is queued or started. `{"node"}` (it would start there now), else
+        `{"position", "expected_node", "eta"}`."""
+        now = self.clock()
+        spec = job_pod_spec(
+            request,
+            tolerations=self.settings.tolerations,
+            gpu_taint_keys=self.settings.gpu_taint_keys,
+        )
+        rules, demand = PodRules.of_pod_spec(spec), pod_demand(spec)
+        candidate = QueueEntry(
+            "preview", user, now, request.expected_s, demand, rules, request.priority
+        )
+        active = list(self.active.values())
+        if self.admits:  # the backend's admission decides: behind all that waits
+            waiting = sum(1 for e in active if e["status"] == QUEUED)
+            return {"node": None, "position": waiting + 1, "expected_node": None, "eta": None}
+        waiting, running, assumed = [candidate], [], []
+        counted = self.counted()
+        for index, entry in enumerate(active):
+            if index % SNAPSHOT_STEP == SNAPSHOT_STEP - 1:
+                await asyncio.sleep(0)
+            entry_rules, entry_demand = self._spec(entry)
+            if entry["status"] == QUEUED:
+                waiting.append(self._queue_entry(entry, entry_rules, entry_demand))
+            elif entry["node"]:
+                if entry["id"] not in counted:
+                    assumed.append((entry["node"], entry_demand))
+                gpus = next((u for n, u in entry_demand.items() if n.startswith("nvidia.com/")), 0)
+                running.append(
+                    Running(
+                        entry["id"],
+                        entry["user"],
+                        entry["node"],
+                        entry["started_at"] or now,
+                        entry["expected_s"],
+                        gpus,
+                    )
+                )
+        steps = planning(waiting, running, with_assumed(self.documents(), assumed), now)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as made:
+                plan = made.value
+                break
+            await asyncio.sleep(0)
+        node = next((n for queued, n in plan.start if queued.id == candidate.id), None)
+        if node is not None:
+            return {"node": node, "position": None, "expected_node": node, "eta": None}
+        return {
+            "node": None,
+            "position": plan.positions.get(candidate.id),
+            "expected_node": plan.expected_node.get(candidate.id),
+            "eta": plan.eta.get(candidate.id),
+        }
+
     def run_time_allowed(self, entry: Mapping[str, Any]) -> float:
         """Seconds a job may run: its expected time times the deadline factor, capped."""
         return min(
