@@ -7,7 +7,9 @@ The folder is written by the job, so by the person: anything in it may be a symb
 folder on the way, from `/` down, is opened relative to the one before without following a
 link (openat with O_NOFOLLOW), and a file is read only when, once open, it is a regular
 file: no link is ever followed, whatever it points at, and no check can be raced by a
-rename (what is read is the descriptor that was checked).
+rename (what is read is the descriptor that was checked). A file must also belong to whoever
+owns the folder (the account the job ran as): a hard link to someone else's file, which a
+system without protected hard links lets anyone make, is not theirs to read through us.
 """
 
 from __future__ import annotations
@@ -208,7 +210,9 @@ def open_folder(path: Path) -> int:
 
 def open_artifact(folder_fd: int, parts: tuple[str, ...]) -> tuple[int, os.stat_result]:
     """A descriptor of the regular file `parts` below the folder, and its stat; OSError
-    (NOT_THERE) when a step is missing or a link, or it is not a regular file."""
+    (NOT_THERE) when a step is missing or a link, or it is not a regular file of the
+    folder's owner."""
+    owner = os.fstat(folder_fd).st_uid
     fd = os.dup(folder_fd)
     try:
         for part in parts[:-1]:
@@ -220,8 +224,8 @@ def open_artifact(folder_fd: int, parts: tuple[str, ...]) -> tuple[int, os.stat_
         os.close(fd)
     try:
         info = os.fstat(handle)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.ENOENT, "not a regular file")
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != owner:
+            raise OSError(errno.ENOENT, "not a regular file of the folder's owner")
         os.set_blocking(handle, True)
     except BaseException:
         os.close(handle)
@@ -279,7 +283,9 @@ class ArtifactFile:
 class Listing:
     files: list[ArtifactFile]
     truncated: bool  # more than MAX_FILES files: the first ones, in walking order
-    skipped: int  # links, FIFOs, sockets, devices and names that are not UTF-8: not listed
+    # links, FIFOs, sockets, devices, files of another owner and names that are not UTF-8:
+    # not listed
+    skipped: int
 
 
 def _walk(folder_fd: int) -> Iterator[tuple[str, int, str] | None]:
@@ -322,11 +328,12 @@ def _walk(folder_fd: int) -> Iterator[tuple[str, int, str] | None]:
 
 
 def list_artifacts(folder: Path, cache: HashCache, limit: int = MAX_FILES) -> Listing:
-    """Every regular file below `folder` with its size, sha256, modification time and ETag
-    (each read from the file once open, so that all four describe one version); links and
-    other kinds of file are left out. OSError (NOT_THERE among them) when the folder itself
+    """Every regular file below `folder` of the folder's owner, with its size, sha256,
+    modification time and ETag (each read from the file once open, so that all four
+    describe one version); links, other kinds of file and others' files are left out. OSError (NOT_THERE among them) when the folder itself
     cannot be opened."""
     folder_fd = open_folder(folder)
+    owner = os.fstat(folder_fd).st_uid
     files: list[ArtifactFile] = []
     skipped = 0
     truncated = False
@@ -347,7 +354,7 @@ def list_artifacts(folder: Path, cache: HashCache, limit: int = MAX_FILES) -> Li
                 continue
             try:
                 info = os.fstat(handle)
-                if not stat.S_ISREG(info.st_mode):
+                if not stat.S_ISREG(info.st_mode) or info.st_uid != owner:
                     skipped += 1
                     continue
                 key = (str(folder), relative, info.st_size, info.st_mtime_ns, info.st_ino)

@@ -275,3 +275,22 @@ def test_a_file_replaced_by_a_link_after_the_folder_was_opened_is_not_followed(f
         assert refused.value.errno == errno.ELOOP
     finally:
         os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root")
+def test_a_file_of_another_owner_is_neither_listed_nor_opened(folder, tmp_path):
+    # As a hard link to someone else's file would be (where protected hard links are off).
+    (folder / "theirs.txt").write_text("not the job's")
+    os.chown(folder / "theirs.txt", 4321, 4321)
+    listing = list_artifacts(folder, HashCache())
+    assert "theirs.txt" not in [f.path for f in listing.files] and listing.skipped == 5
+    fd = open_folder(folder)
+    try:
+        with pytest.raises(OSError) as refused:
+            open_artifact(fd, ("theirs.txt",))
+        assert refused.value.errno == errno.ENOENT
+    finally:
+        os.close(fd)
+    # The folder's owner decides: given to that owner, the folder's own files are not theirs.
+    os.chown(folder, 4321, 4321)
+    assert [f.path for f in list_artifacts(folder, HashCache()).files] == ["theirs.txt"]
