@@ -364,6 +364,22 @@ class ThinkubeService(Application):
         help="With `inventory = 'kubernetes'`: a finished Job and its pod are deleted this "
         "long after it ends (the result is kept in the service's database), e.g. `3600`.",
     )
+    jobs_models_claim = Unicode(
+        "",
+        config=True,
+        help="With `inventory = 'kubernetes'`: a PersistentVolumeClaim in jobs_namespace that "
+        "every job's pod mounts at /models; a job writes its artifacts to "
+        "/models/jobs/<user>/<id>/ there ($THINKUBE_ARTIFACTS_DIR). Empty: a job's artifacts "
+        "go to a scratch folder, gone with its pod. E.g. `thinkube-models`.",
+    )
+    jobs_artifacts_root = Unicode(
+        "",
+        config=True,
+        help="With `inventory = 'kubernetes'`: where this service sees the root of "
+        "jobs_models_claim (its pod mounts the claim there, read-only), to list and serve "
+        "job artifacts; empty: the API says artifacts are not served. E.g. "
+        "`/srv/thinkube-models`.",
+    )
 
     training_models_path = Unicode(
         "/models",

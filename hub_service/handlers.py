@@ -72,9 +72,10 @@ DRAIN_BYTES = 128 * 1024 * 1024
 DRAIN_SECONDS = 30.0
 DRAIN_IDLE_SECONDS = 5.0
 
-# Methods a handler may implement; HEAD and OPTIONS are implemented by none, so they are
-# answered 405 like any other method a route does not take.
-_METHODS = ("GET", "PUT", "DELETE", "POST", "PATCH")
+# Methods a handler may implement; OPTIONS is implemented by none, and HEAD only where a
+# route says so (a job's artifact files), so elsewhere they are answered 405 like any
+# other method a route does not take.
+_METHODS = ("GET", "HEAD", "PUT", "DELETE", "POST", "PATCH")
 
 
 class ServiceAuth(HubOAuthenticated):

@@ -10,6 +10,8 @@ service's address are in its environment)::
     for line in job.logs(follow=True):       # its output, as it comes
         print(line)
     result = job.wait().result()             # {"status", "exit_code", "stdout", ...}
+    for fetched in job.download("out/"):     # what it wrote to $THINKUBE_ARTIFACTS_DIR
+        print(fetched.how, fetched.path)
 
 A fine-tuning job (docs/jobs.md, Fine-tuning) from a config file or a dict, with a dataset
 file sent along or one on the shared datasets volume::
@@ -26,17 +28,20 @@ Errors are `JobsError`, with the service's message.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-__all__ = ["Client", "Job", "JobsError", "submit", "train"]
+__all__ = ["Client", "Fetched", "Job", "JobsError", "submit", "train"]
 
 FINISHED = ("completed", "failed", "cancelled", "lost")
 
@@ -291,6 +296,85 @@ class Job:
             except httpx.HTTPError:
                 time.sleep(1)  # dropped: resume after the last line received
 
+    def artifacts(self, partial: bool = False) -> list[dict]:
+        """What it wrote to $THINKUBE_ARTIFACTS_DIR, once it has ended: one dict per file
+        (`path`, `size`, `sha256`, `modified`, `etag`). With `partial`, what a running job
+        has written so far."""
+        params = {"partial": "true"} if partial else None
+        listing = self.client._request(
+            "GET", f"api/v1/jobs/{self.view['id']}/artifacts", params=params
+        )
+        return listing["files"]
+
+    def download(
+        self, directory: str | Path, on_file: Callable[[Fetched], None] | None = None
+    ) -> list[Fetched]:
+        """Every artifact into `directory` (made if needed), at its path there, each
+        checked against its sha256: a file already there whole is kept, a partial one (an
+        earlier download cut short) is resumed where it stops. `on_file` is told of each
+        file as it is done."""
+        directory = Path(directory)
+        done = []
+        for item in self.artifacts():
+            try:
+                fetched = self._fetch(item, directory)
+            except OSError as err:  # on this side: a folder in the way, a full disk
+                raise JobsError(f"{item['path']}: {err.strerror} ({err.filename})") from None
+            done.append(fetched)
+            if on_file is not None:
+                on_file(fetched)
+        return done
+
+    def _fetch(self, item: Mapping[str, Any], directory: Path) -> Fetched:
+        name, size = item["path"], int(item["size"])
+        target = local_path(directory, name)
+        have = target.stat().st_size if target.is_file() else 0
+        if target.is_file() and have == size and _sha256(target) == item["sha256"]:
+            return Fetched(name, target, size, "present")
+        if have >= size:
+            have = 0  # longer, or as long but not the same: fetched again whole
+        how = "resumed" if have else "fetched"
+        self._get_file(name, target, have, item.get("etag"))
+        digest = _sha256(target)
+        if digest != item["sha256"] and how == "resumed":
+            how = "fetched"  # what was there did not belong to it: once more, whole
+            self._get_file(name, target, 0, None)
+            digest = _sha256(target)
+        if digest != item["sha256"]:
+            raise JobsError(
+                f"{name}: the downloaded file's sha256 is not the listed one (did the job's "
+                "artifacts change? list them again)"
+            )
+        return Fetched(name, target, size, how)
+
+    def _get_file(self, name: str, target: Path, start: int, etag: str | None) -> None:
+        """Write the artifact `name` into `target`, from byte `start` on when the service
+        still has the version `etag` (else the whole file)."""
+        path = f"api/v1/jobs/{self.view['id']}/artifacts/{quote(name, safe='/')}"
+        headers = {}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+            if etag:
+                headers["If-Range"] = etag
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.client._http.stream("GET", path, headers=headers, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise JobsError(f"{name}: {_error_of(response)}", response.status_code)
+                resumed = response.status_code == 206
+                if resumed and not response.headers.get("content-range", "").startswith(
+                    f"bytes {start}-"
+                ):
+                    raise JobsError(f"{name}: the service sent another part than asked for")
+                with target.open("ab" if resumed else "wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        except httpx.HTTPError as err:
+            raise JobsError(
+                f"{name}: the download broke off ({type(err).__name__}); run it again to resume"
+            ) from None
+
     def wait(self, poll_s: float = 2.0, progress: bool = True) -> Job:
         """Until it ends; with `progress`, where it stands is shown as it changes."""
         shown = None
@@ -302,6 +386,37 @@ class Job:
                 shown = now
             time.sleep(poll_s)
         return self
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One artifact after `Job.download`: `how` is fetched, resumed, or present (already
+    there, whole)."""
+
+    name: str  # its path among the job's artifacts
+    path: Path  # where it is now
+    size: int
+    how: str
+
+
+def local_path(directory: Path, name: str) -> Path:
+    """Where the artifact `name` goes below `directory`; JobsError for a name that would
+    land anywhere else (absolute, `..`, empty steps), whatever the service listed."""
+    parts = name.split("/")
+    bad = [p for p in parts if p in ("", ".", "..") or "\x00" in p]
+    if os.sep != "/":  # Windows: a backslash or a drive would be a way out too
+        bad += [p for p in parts if "\\" in p or ":" in p]
+    if not name or bad:
+        raise JobsError(f"the service listed an artifact path that is not safe here: {name!r}")
+    return directory.joinpath(*parts)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _error_of(response: httpx.Response) -> str:

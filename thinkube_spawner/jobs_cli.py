@@ -93,6 +93,22 @@ def _register_jobs(subparsers: argparse._SubParsersAction) -> None:
     _common(logs)
     logs.set_defaults(func=_logs)
 
+    artifacts = commands.add_parser("artifacts", help="the files a finished job wrote")
+    artifacts.add_argument("job_id", help="the job's id, e.g. j-1a2b3c4d5e6f")
+    artifacts.add_argument(
+        "--partial", action="store_true", help="a running job's, as far as it has written them"
+    )
+    _common(artifacts)
+    artifacts.set_defaults(func=_artifacts)
+
+    download = commands.add_parser(
+        "download", help="fetch a finished job's files into a folder (resumes, checks sha256)"
+    )
+    download.add_argument("job_id", help="the job's id, e.g. j-1a2b3c4d5e6f")
+    download.add_argument("directory", help="where to put them, e.g. out/ (made if needed)")
+    _common(download)
+    download.set_defaults(func=_download)
+
     queue = commands.add_parser("queue", help="the waiting jobs, in the order they will start")
     _common(queue)
     queue.set_defaults(func=_queue)
@@ -389,6 +405,45 @@ def _cancel(args: argparse.Namespace) -> int:
         _print_json(job.view)
     else:
         print(f"{job.id} {job.status}: {_where(job.view)}")
+    return 0
+
+
+def _size(value: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value} B"
+
+
+def _artifacts(args: argparse.Namespace) -> int:
+    job = _call(_client(args).get, args.job_id)
+    files = _call(job.artifacts, partial=args.partial)
+    if args.json:
+        _print_json(files)
+        return 0
+    for item in files:
+        print(f"{item['path']}  {_size(item['size'])}  sha256:{item['sha256'][:16]}")
+    total = sum(item["size"] for item in files)
+    print(f"{len(files)} file(s), {_size(total)}", file=sys.stderr)
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    job = _call(_client(args).get, args.job_id)
+
+    def told(fetched: jobs_api.Fetched) -> None:
+        if not args.json:
+            what = {"present": "already there", "resumed": "resumed", "fetched": "fetched"}
+            print(f"{what[fetched.how]}: {fetched.path} ({_size(fetched.size)}, sha256 checked)")
+
+    done = _call(job.download, args.directory, told)
+    if args.json:
+        _print_json(
+            [{"path": f.name, "file": str(f.path), "size": f.size, "how": f.how} for f in done]
+        )
+    else:
+        total = sum(f.size for f in done)
+        print(f"{len(done)} file(s), {_size(total)} in {args.directory}", file=sys.stderr)
     return 0
 
 

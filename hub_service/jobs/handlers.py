@@ -666,6 +666,7 @@ class CompatJobsHandler(JobsAPIHandler):
 
 def job_routes(prefix: str) -> list[tuple]:
     from .training import training_routes  # it builds on this module's handlers
+    from .artifacts import ArtifactFileHandler, ArtifactsHandler  # it builds on this module
 
     api = url_path_join(prefix, "api/v1")
     compat = url_path_join(prefix, "api")
@@ -676,6 +677,8 @@ def job_routes(prefix: str) -> list[tuple]:
         (url_path_join(api, r"jobs/([^/]+)/logs"), JobLogsHandler),
         (url_path_join(api, r"jobs/([^/]+)/result"), JobResultHandler),
         (url_path_join(api, r"jobs/([^/]+)/cancel"), JobCancelHandler),
+        (url_path_join(api, r"jobs/([^/]+)/artifacts"), ArtifactsHandler),
+        (url_path_join(api, r"jobs/([^/]+)/artifacts/(.+)"), ArtifactFileHandler),
         (url_path_join(api, "queue"), QueueHandler),
         (url_path_join(api, "nodes"), JobNodesHandler),
         (url_path_join(compat, "submit"), CompatSubmitHandler),

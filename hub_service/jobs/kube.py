@@ -14,6 +14,10 @@ even when its pod is gone (a deadline or a cancel deletes it; the TTL deletes it
 
 With Kueue (`kueue_queue`), Jobs are created suspended in that LocalQueue and Kueue decides
 what runs and where (`admits`); positions come from Kueue's visibility API.
+
+Artifacts: with `models_claim`, a job writes them to /models/jobs/<user>/<id>/ on that
+claim; the service reads them from its own (read-only) mount of the same claim at
+`artifacts_root`. Without either, the API says why there are none.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import copy
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -35,9 +41,10 @@ from kubernetes_asyncio import client
 from thinkube_core.job_labels import JOB_ID_LABEL, label_value
 
 from ..kube import ResourceWatcher, describe_error
-from .manager import Ending, stored_request
+from .manager import ArtifactsUnavailable, Ending, stored_request
 from .manifests import (
     CONTAINER,
+    artifacts_subpath,
     ending_of,
     entry_from_job,
     job_manifest,
@@ -139,6 +146,8 @@ class KubeJobs:
         positions_interval_s: float = 5.0,
         deadline_grace_s: float = 30.0,
         stop_grace_s: int = 1,
+        models_claim: str = "",
+        artifacts_root: str = "",
     ) -> None:
         self._make_api = api_client
         self.namespace = namespace
@@ -155,6 +164,8 @@ class KubeJobs:
         # Kubernetes ends a Job at its deadline; the queue only steps in if it has not.
         self.deadline_grace_s = deadline_grace_s
         self.stop_grace_s = stop_grace_s
+        self.models_claim = models_claim  # the claim job pods mount at /models
+        self.artifacts_root = artifacts_root  # where this service sees that claim's root
         self.api: client.ApiClient | None = None
         # Followed logs stay open as long as their jobs run (one per running job): they
         # get a client of their own without a connection cap, so that they never take
@@ -266,6 +277,7 @@ class KubeJobs:
             kueue_queue=self.kueue_queue,
             tolerations=self.tolerations,
             gpu_taint_keys=self.gpu_taint_keys,
+            models_claim=self.models_claim,
         )
         name = manifest["metadata"]["name"]
         try:
@@ -291,6 +303,21 @@ class KubeJobs:
         self._follow(entry["id"])
         self._positions_wake.set()
         return self._placement(job)
+
+    def artifacts_dir(self, entry: Mapping[str, Any]) -> Path | None:
+        if not self.models_claim:
+            raise ArtifactsUnavailable(
+                "this cluster keeps no job artifacts (ThinkubeService.jobs_models_claim is "
+                "not set): what a job wrote to $THINKUBE_ARTIFACTS_DIR was gone with its pod"
+            )
+        if not self.artifacts_root:
+            raise ArtifactsUnavailable(
+                f"job artifacts are kept on the claim {self.models_claim} "
+                f"(/models/{artifacts_subpath(entry)}/ in a notebook server that mounts it), "
+                "but this service does not serve them (ThinkubeService.jobs_artifacts_root "
+                "is not set)"
+            )
+        return Path(os.path.realpath(self.artifacts_root)) / artifacts_subpath(entry)
 
     def _placement(self, job: Mapping[str, Any]) -> dict[str, Any]:
         meta = job.get("metadata") or {}

@@ -20,6 +20,13 @@ A job runs as a notebook server does (ThinkubeLocalSpawner):
   input (its name kept for tracebacks), and its output goes to files the service opened.
   The job starts in the account's home, with a small environment (none of the service's
   secrets).
+
+What a job produces goes into the folder named by THINKUBE_ARTIFACTS_DIR, kept after it
+ends and served by the artifacts API: `<jobs folder>/<id>/artifacts` when the job runs as
+the service's own user (made before it starts); `<home>/thinkube-jobs/<id>` in the
+account's home when it runs as a person's account (the service's folders are closed to
+other accounts, a home is the account's own; the job makes it, as the account, before the
+script runs), where the person's notebook servers see it too.
 """
 
 from __future__ import annotations
@@ -44,21 +51,28 @@ from thinkube_core.accounts import DEFAULT_PREFIX, AccountError, closed_to_other
 from thinkube_core.device_claims import Claim, DeviceClaims, pick_cores, pick_gpus
 from thinkube_core.gpu_isolation import DEV_DIR, ISOLATION_MODES, NVIDIA_PROC_DIR, isolated
 
-from .manager import Ending
+from .manager import ArtifactsUnavailable, Ending
 from .spec import JobRequest
 
 log = logging.getLogger("thinkube.jobs")
 
 STREAMS = ("stdout", "stderr")
+ARTIFACTS_FOLDER = "artifacts"  # in the job's folder, for jobs run as the service's user
+HOME_ARTIFACTS_FOLDER = "thinkube-jobs"  # in the account's home, for jobs run as a person
 POLL_S = 0.1  # how often a followed log or a re-attached process is looked at
 
 # Of the service's environment, only what a program needs to run: none of its secrets.
 KEPT_ENVIRONMENT = ("PATH", "LANG", "LANGUAGE", "TZ")
 
-# Runs the script read from standard input as __main__, under the script's own name (so a
-# traceback names it and shows its lines), with that name as sys.argv[0].
+# Makes the artifacts folder (as the account the job runs as), then runs the script read
+# from standard input as __main__, under the script's own name (so a traceback names it and
+# shows its lines), with that name as sys.argv[0].
 SCRIPT_RUNNER = """\
-import linecache, sys, types
+import linecache, os, sys, types
+try:
+    os.makedirs(os.environ["THINKUBE_ARTIFACTS_DIR"], mode=0o700, exist_ok=True)
+except (KeyError, OSError) as err:
+    print(f"thinkube: no artifacts folder: {err}", file=sys.stderr)
 name = sys.argv[1]
 source = sys.stdin.buffer.read()
 linecache.cache[name] = (len(source), None, source.decode("utf-8", "replace").splitlines(True), name)
@@ -203,8 +217,27 @@ class LocalJobs:
             python=self.python,
         )
 
+    def artifacts_location(self, entry_id: str, account: pwd.struct_passwd | None) -> Path:
+        """Where a job keeps its artifacts (see the module): absolute, links resolved."""
+        if account is None:
+            return Path(os.path.realpath(self.job_folder(entry_id))) / ARTIFACTS_FOLDER
+        home = Path(os.path.realpath(account.pw_dir))
+        return home / HOME_ARTIFACTS_FOLDER / entry_id
+
+    def artifacts_dir(self, entry: Mapping[str, Any]) -> Path | None:
+        kept = (entry.get("placement") or {}).get("artifacts")
+        if not isinstance(kept, str) or not os.path.isabs(kept):
+            raise ArtifactsUnavailable(
+                f"job {entry['id']} was started before this service kept artifacts"
+            )
+        return Path(kept)
+
     def environment(
-        self, entry_id: str, gpus: tuple[str, ...], account: pwd.struct_passwd | None
+        self,
+        entry_id: str,
+        gpus: tuple[str, ...],
+        account: pwd.struct_passwd | None,
+        artifacts: Path | None = None,
     ) -> dict[str, str]:
         env = {
             name: value
@@ -219,6 +252,8 @@ class LocalJobs:
             THINKUBE_JOB_ID=entry_id,
             PYTHONUNBUFFERED="1",
         )
+        if artifacts is not None:
+            env["THINKUBE_ARTIFACTS_DIR"] = str(artifacts)
         return env
 
     async def start(self, entry: Mapping[str, Any], request: JobRequest, node: str) -> dict:
@@ -229,6 +264,9 @@ class LocalJobs:
         script = folder / (Path(request.script_name).name or "script.py")
         script.write_text(request.script)
         account = await self.account(entry["user"])
+        artifacts = self.artifacts_location(entry_id, account)
+        if account is None:  # as the account, the job's runner makes it (see the module)
+            artifacts.mkdir(mode=0o700, exist_ok=True)
         claim = await asyncio.to_thread(
             self.claims.claim, "job", entry_id, entry["user"], os.getpid(), self._choose(request)
         )
@@ -241,7 +279,7 @@ class LocalJobs:
             process = await asyncio.create_subprocess_exec(
                 *self.command(script, account, claim.gpus),
                 cwd=folder,
-                env=self.environment(entry_id, claim.gpus, account),
+                env=self.environment(entry_id, claim.gpus, account, artifacts),
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=pinned,
@@ -269,6 +307,7 @@ class LocalJobs:
             "cores": list(claim.cores),
             "memory": claim.memory,
             "account": account.pw_name if account else None,
+            "artifacts": str(artifacts),
         }
 
     async def _wait(self, entry_id: str, process: asyncio.subprocess.Process) -> None:

@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from thinkube_core.scheduling import PodRules, pod_demand
@@ -32,7 +33,7 @@ from .store import ACTIVE, CANCELLED, COMPLETED, FAILED, LOST, QUEUED, RUNNING, 
 
 log = logging.getLogger("thinkube.jobs")
 
-__all__ = ["Ending", "JobBackend", "JobQueue", "QueueSettings"]
+__all__ = ["ArtifactsUnavailable", "Ending", "JobBackend", "JobQueue", "QueueSettings"]
 
 # Running jobs followed again at once after a restart (each a request on Kubernetes).
 REATTACH_AT_ONCE = 16
@@ -54,6 +55,10 @@ class Ending:
     output: Mapping[str, Any] | None = None
 
 
+class ArtifactsUnavailable(Exception):
+    """A backend keeps no artifacts for a job; the message says why, in plain words."""
+
+
 class JobBackend(Protocol):
     """Where jobs run. `start` must not block long; an ending is reported through the
     `ended` callback the queue gives it.
@@ -65,7 +70,11 @@ class JobBackend(Protocol):
     A backend that ends jobs at their deadline itself sets `deadline_grace_s`: the queue
     ends them only that long after the deadline, if the backend has not.
     Optional: `recover()`, the entries the backend's own records hold (on Kubernetes the
-    Jobs are the source of truth), merged into the store when the queue starts."""
+    Jobs are the source of truth), merged into the store when the queue starts.
+
+    Artifacts: every job process gets the environment variable THINKUBE_ARTIFACTS_DIR, a
+    folder it writes what it produces into, kept after it ends; `artifacts_dir(entry)` says
+    where this service reads that folder (see the method)."""
 
     name: str
 
@@ -85,6 +94,13 @@ class JobBackend(Protocol):
     ) -> AsyncIterator[tuple[str, str, str]]:
         """(event id, stream, text) after the event `after`; with `follow`, until the job
         ends. Event ids let a dropped stream resume without losing or repeating lines."""
+
+    def artifacts_dir(self, entry: Mapping[str, Any]) -> Path | None:
+        """Where the service reads the artifacts of a job that started: an absolute path
+        without symbolic links in it (resolve the configured part, e.g. with
+        os.path.realpath: every step is opened without following a link), which need not
+        exist (a job that wrote nothing). None: this backend keeps none; or raise
+        ArtifactsUnavailable with the reason, which the API answers with (404)."""
 
     async def close(self) -> None: ...
 

@@ -10,6 +10,12 @@ Kueue admits jobs, left to Kueue (the Job is created suspended in its queue).
 The Job carries everything needed to rebuild the queue's entry from it (labels for
 selection, annotations for the full names and the request), so that a service whose
 database is gone finds its jobs again: on Kubernetes the Jobs are the source of truth.
+
+What a job produces goes into the folder THINKUBE_ARTIFACTS_DIR names. With a models claim
+(`models_claim`), the pod mounts that PersistentVolumeClaim at /models and the folder is
+`/models/jobs/<user>/<id>/` there, kept on the volume (the job's runner makes it before the
+script runs); without one, it is a scratch folder (emptyDir) at /artifacts, gone with the
+pod.
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ from thinkube_core.job_labels import (
     label_value,
 )
 
+from .artifact_files import user_folder
 from .spec import GPU_RESOURCE, JobRequest, job_pod_spec
 
 __all__ = [
+    "MODELS_MOUNT",
     "SCRIPT_MOUNT",
+    "artifacts_subpath",
     "ending_of",
     "entry_from_job",
     "job_manifest",
@@ -47,6 +56,26 @@ __all__ = [
 ]
 
 SCRIPT_MOUNT = "/job"
+MODELS_MOUNT = "/models"  # where a job's pod mounts the models claim
+SCRATCH_ARTIFACTS = "/artifacts"  # the artifacts folder when no models claim is set
+# Makes the artifacts folder on the models volume, then runs the script (argv[1]) as
+# `python SCRIPT` would: as __main__, its folder first on sys.path, its name as argv[0].
+ARTIFACTS_RUNNER = """\
+import os, sys, types
+try:
+    os.makedirs(os.environ["THINKUBE_ARTIFACTS_DIR"], exist_ok=True)
+except (KeyError, OSError) as err:
+    print(f"thinkube: no artifacts folder: {err}", file=sys.stderr)
+name = sys.argv[1]
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(name))
+main = types.ModuleType("__main__")
+main.__file__ = name
+sys.modules["__main__"] = main
+with open(name, "rb") as script:
+    source = script.read()
+exec(compile(source, name, "exec"), main.__dict__)
+"""
 USER_ANNOTATION = "thinkube.io/user"
 REQUEST_ANNOTATION = "thinkube.io/request"
 CONTAINER = "job"
@@ -60,6 +89,12 @@ def job_name(entry_id: str) -> str:
 
 def job_selector() -> str:
     return f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+def artifacts_subpath(entry: Mapping[str, Any]) -> str:
+    """A job's artifacts folder relative to the models volume's root: jobs/<user>/<id>
+    (the user name made one safe folder name)."""
+    return f"jobs/{user_folder(entry['user'])}/{entry['id']}"
 
 
 def script_key(request: JobRequest) -> str:
@@ -141,25 +176,41 @@ def job_manifest(
     kueue_queue: str = "",
     tolerations: Sequence[Mapping[str, Any]] = (),
     gpu_taint_keys: Sequence[str] = (GPU_RESOURCE,),
+    models_claim: str = "",
 ) -> dict[str, Any]:
     """The Job that runs `entry`'s script with `python`, on `node` (None: wherever the
-    scheduler, or Kueue, puts it), ended by Kubernetes after `deadline_s`."""
+    scheduler, or Kueue, puts it), ended by Kubernetes after `deadline_s`; its artifacts on
+    the PersistentVolumeClaim `models_claim` (empty: in a scratch folder, see the module)."""
     name = job_name(entry["id"])
     job_labels = labels(entry)
     image = request.image
     pod = job_pod_spec(request, node, tolerations=tolerations, gpu_taint_keys=gpu_taint_keys)
     container = pod["containers"][0]
+    script = f"{SCRIPT_MOUNT}/{script_key(request)}"
+    mounts: list[dict[str, Any]] = [{"name": "script", "mountPath": SCRIPT_MOUNT, "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "script", "configMap": {"name": name}}]
+    if models_claim:
+        artifacts = f"{MODELS_MOUNT}/{artifacts_subpath(entry)}/"
+        command = [python, "-c", ARTIFACTS_RUNNER, script]
+        mounts.append({"name": "models", "mountPath": MODELS_MOUNT})
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": models_claim}})
+    else:
+        artifacts = SCRATCH_ARTIFACTS
+        command = [python, script]
+        mounts.append({"name": "artifacts", "mountPath": SCRATCH_ARTIFACTS})
+        volumes.append({"name": "artifacts", "emptyDir": {}})
     container.update(
         {
             "name": CONTAINER,
             "image": image.get("image") or image.get("name"),
-            "command": [python, f"{SCRIPT_MOUNT}/{script_key(request)}"],
+            "command": command,
             "env": [
                 {"name": "THINKUBE_JOB_ID", "value": entry["id"]},
+                {"name": "THINKUBE_ARTIFACTS_DIR", "value": artifacts},
                 # Lines reach the log as they are printed, not when a buffer fills.
                 {"name": "PYTHONUNBUFFERED", "value": "1"},
             ],
-            "volumeMounts": [{"name": "script", "mountPath": SCRIPT_MOUNT, "readOnly": True}],
+            "volumeMounts": mounts,
             "securityContext": {
                 "allowPrivilegeEscalation": False,
                 "capabilities": {"drop": ["ALL"]},
@@ -180,7 +231,7 @@ def job_manifest(
                 "runAsGroup": run_as_user,
                 "fsGroup": run_as_user,
             },
-            "volumes": [{"name": "script", "configMap": {"name": name}}],
+            "volumes": volumes,
         }
     )
     metadata: dict[str, Any] = {

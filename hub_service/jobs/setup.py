@@ -75,6 +75,8 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
             max_output_bytes=service.jobs_result_max_bytes,
             tolerations=settings.tolerations,
             gpu_taint_keys=settings.gpu_taint_keys,
+            models_claim=service.jobs_models_claim,
+            artifacts_root=service.jobs_artifacts_root,
         )
     queue = JobQueue(
         JobStore(service.catalog.engine),

@@ -294,6 +294,32 @@ def test_the_lab_mounts_its_claims_and_refers_to_its_secrets():
             assert lab[name] == value, name
 
 
+def test_the_lab_serves_job_artifacts_from_the_models_claim_read_only():
+    minimal = get_path(overlay_values(VALUES), f"hub.services.{SERVICE}.command")
+    values = overlay_values(VALUES, LAB)
+    command = get_path(values, f"hub.services.{SERVICE}.command")
+    # The minimal file's command, the artifacts settings added (helm replaces lists whole).
+    added = [c for c in command if c not in minimal]
+    assert [c for c in command if c in minimal] == [c for c in minimal if c in command]
+    assert set(minimal) <= set(command)
+    options = dict(c.removeprefix("--ThinkubeService.").split("=", 1) for c in added)
+    assert set(options) == {"jobs_models_claim", "jobs_artifacts_root"}
+    pvcs = [d for _, d in all_manifests(LAB_MANIFESTS) if d["kind"] == "PersistentVolumeClaim"]
+    assert options["jobs_models_claim"] in [d["metadata"]["name"] for d in pvcs]
+    # The same claim the servers mount at /models, and in the hub pod read-only, where the
+    # service is told to read it.
+    shared = get_path(values, "hub.config.ThinkubeSpawner.shared_volumes")
+    assert {"claim": options["jobs_models_claim"], "mount_path": "/models"} in shared
+    (volume,) = [
+        v
+        for v in get_path(values, "hub.extraVolumes")
+        if v["persistentVolumeClaim"]["claimName"] == options["jobs_models_claim"]
+    ]
+    assert volume["persistentVolumeClaim"]["readOnly"] is True
+    (mount,) = [m for m in get_path(values, "hub.extraVolumeMounts") if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and mount["mountPath"] == options["jobs_artifacts_root"]
+
+
 def secret_like_values(node, path=""):
     """(path, value) of every string under a key that names a secret, token, password or
     key, anywhere in a values tree; a Secret reference (valueFrom) is a map, not a string."""

@@ -1,10 +1,13 @@
 """GPU jobs through a real hub on kubesim (its process runtime runs the Jobs' pods as real
 processes): submitted over the API, run as Kubernetes Jobs on the free GPU, followed, ended
-at the deadline, cancelled; and the same under Kueue, which admits in its own order."""
+at the deadline, cancelled; the same under Kueue, which admits in its own order; and the
+artifacts a job writes to the models claim, listed and served by the service."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import sys
 
 import pytest
@@ -124,6 +127,11 @@ async def test_jobs_run_as_kubernetes_jobs_on_the_free_gpu(make_kubesim, tmp_pat
         bob = hub.client(hub.token("bob", [ACCESS_SCOPE]))
         assert (await bob.get(f"api/v1/jobs/{after['id']}")).status_code == 404
 
+        # No models claim set: artifacts are not kept, and the API says so.
+        kept = await alice.get(f"api/v1/jobs/{after['id']}/artifacts")
+        assert kept.status_code == 404
+        assert "keeps no job artifacts (ThinkubeService.jobs_models_claim" in kept.json()["error"]
+
 
 @pytest.mark.asyncio
 async def test_under_kueue_admission_and_positions_are_kueues(make_kubesim, tmp_path):
@@ -142,3 +150,99 @@ async def test_under_kueue_admission_and_positions_are_kueues(make_kubesim, tmp_
             assert (await ended(alice, job["id"], within=90))["status"] == "completed"
         output = (await alice.get(f"api/v1/jobs/{second['id']}/result")).json()["stdout"]
         assert output == "two"
+
+
+MODELS_VOLUME = "models-pv"
+
+
+def models_claim() -> list[dict]:
+    """A ReadWriteMany volume and the claim `thinkube-models` bound to it."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": MODELS_VOLUME},
+            "spec": {
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "hostPath": {"path": "/srv/models"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "thinkube-models", "namespace": "default"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": MODELS_VOLUME,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+
+
+ARTIFACT_WRITER = """
+import os, pathlib, random
+out = pathlib.Path(os.environ["THINKUBE_ARTIFACTS_DIR"])
+print("artifacts in", os.environ["THINKUBE_ARTIFACTS_DIR"])
+(out / "adapter").mkdir()
+(out / "adapter" / "adapter_config.json").write_text('{"r": 8}')
+(out / "model.bin").write_bytes(random.Random(3).randbytes(2 * 1024 * 1024 + 5))
+os.symlink("/etc/passwd", out / "passwd")
+"""
+
+
+@pytest.mark.asyncio
+async def test_artifacts_on_the_models_claim_are_listed_and_served(make_kubesim, tmp_path):
+    sim = await make_kubesim(process_runtime=True, job_backoff_s=0.1, restart_backoff_s=0.1)
+    sim.load([make_node("gpu-0", 16, 64, L4, 0), *models_claim()])
+    # The claim's files as this machine holds them: what the service mounts read-only.
+    volume = sim.kubelet.volume_root / MODELS_VOLUME
+    # The service's own settings, on its command line (the hub's config is not its).
+    settings = {
+        "jobs_python": sys.executable,
+        "jobs_namespace": "default",
+        "jobs_models_claim": "thinkube-models",
+        "jobs_artifacts_root": str(volume),
+    }
+    arguments = [f"--ThinkubeService.{name}={value}" for name, value in settings.items()]
+    async with running_hub(tmp_path / "hub", sim=sim, service_args=arguments) as hub:
+        alice = hub.client(hub.token("alice", [ACCESS_SCOPE]))
+        job = await submit(alice, ARTIFACT_WRITER, expected_time=60)
+        view = await ended(alice, job["id"])
+        result = (await alice.get(f"api/v1/jobs/{job['id']}/result")).json()
+        assert view["status"] == "completed", result
+        # On the volume, under jobs/<user>/<id>/, written by the job's pod (which sees it at
+        # /models, or at the volume's folder where kubesim rewrites paths instead).
+        folder = volume / "jobs" / "alice" / job["id"]
+        seen = f"/models/jobs/alice/{job['id']}/"
+        if sim.kubelet.mount_mode() != "namespace":
+            seen = f"{folder}/"
+        assert result["stdout"] == f"artifacts in {seen}"
+        model = random_bytes(2 * 1024 * 1024 + 5)
+        assert (folder / "model.bin").read_bytes() == model
+
+        listing = (await alice.get(f"api/v1/jobs/{job['id']}/artifacts")).json()
+        assert [(f["path"], f["size"], f["sha256"]) for f in listing["files"]] == [
+            ("adapter/adapter_config.json", 8, hashlib.sha256(b'{"r": 8}').hexdigest()),
+            ("model.bin", len(model), hashlib.sha256(model).hexdigest()),
+        ]
+        assert listing["complete"] is True and listing["skipped"] == 1  # the link
+
+        whole = await alice.get(f"api/v1/jobs/{job['id']}/artifacts/model.bin")
+        assert whole.status_code == 200 and whole.content == model
+        part = await alice.get(
+            f"api/v1/jobs/{job['id']}/artifacts/model.bin", headers={"Range": "bytes=-100"}
+        )
+        assert part.status_code == 206 and part.content == model[-100:]
+        link = await alice.get(f"api/v1/jobs/{job['id']}/artifacts/passwd")
+        assert link.status_code == 404 and "root:" not in link.text
+
+        bob = hub.client(hub.token("bob", [ACCESS_SCOPE]))
+        assert (await bob.get(f"api/v1/jobs/{job['id']}/artifacts")).status_code == 404
+
+
+def random_bytes(size: int) -> bytes:
+    return random.Random(3).randbytes(size)

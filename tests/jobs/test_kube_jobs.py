@@ -5,8 +5,10 @@ a real SQLite database. With Kueue, Kueue admits."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client
@@ -14,7 +16,7 @@ from sqlalchemy import create_engine
 
 from hub_service.cluster import KubernetesInventory
 from hub_service.jobs.kube import KubeJobs
-from hub_service.jobs.manager import JobQueue, QueueSettings
+from hub_service.jobs.manager import ArtifactsUnavailable, JobQueue, QueueSettings
 from hub_service.jobs.spec import JobRequest
 from hub_service.jobs.store import JobStore
 from tests.conftest import api_client_for
@@ -459,3 +461,28 @@ async def test_a_job_that_ended_while_the_service_was_away_is_reported_after_a_r
     await again.start()
     done = await status_is(again, job["id"], "completed")
     assert done["exit_code"] == 0 and done["output"]["text"] == "begun\nend"
+
+
+def test_artifacts_are_served_from_the_services_mount_of_the_models_claim(tmp_path):
+    entry = {"id": "j-1", "user": "ana maría"}
+
+    async def no_api():
+        raise AssertionError("not asked")
+
+    def backend(**settings) -> KubeJobs:
+        return KubeJobs(no_api, NAMESPACE, ended=None, **settings)
+
+    with pytest.raises(ArtifactsUnavailable, match=r"jobs_models_claim is not set"):
+        backend().artifacts_dir(entry)
+    with pytest.raises(ArtifactsUnavailable) as off:
+        backend(models_claim="thinkube-models").artifacts_dir(entry)
+    assert str(off.value) == (
+        "job artifacts are kept on the claim thinkube-models (/models/jobs/ana%20mar%C3%ADa/"
+        "j-1/ in a notebook server that mounts it), but this service does not serve them "
+        "(ThinkubeService.jobs_artifacts_root is not set)"
+    )
+    (tmp_path / "real").mkdir()
+    (tmp_path / "mounted").symlink_to(tmp_path / "real")  # resolved: the admin's own link
+    served = backend(models_claim="thinkube-models", artifacts_root=str(tmp_path / "mounted"))
+    real = Path(os.path.realpath(tmp_path / "real"))
+    assert served.artifacts_dir(entry) == real / "jobs" / "ana%20mar%C3%ADa" / "j-1"

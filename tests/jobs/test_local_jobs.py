@@ -524,3 +524,47 @@ async def test_submissions_that_come_in_together_are_stored_in_one_transaction(t
     assert sum(transactions) == 20 and len(transactions) < 20
     assert {e["id"] for e in queue.store.active()} == {e["id"] for e in stored}
     await queue.backend.close()
+
+
+def real(path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+async def test_a_job_writes_its_artifacts_where_the_backend_reads_them(tmp_path, job_settings):
+    queue = start_queue(tmp_path, job_settings)
+    await queue.start()
+    try:
+        job = await queue.submit(
+            "alice",
+            request(
+                """
+                import os, pathlib
+                out = pathlib.Path(os.environ["THINKUBE_ARTIFACTS_DIR"])
+                (out / "adapter").mkdir()
+                (out / "adapter" / "weights.bin").write_bytes(b"\\x00" * 1000)
+                print(out)
+                """
+            ),
+        )
+        done = await finished(queue, job["id"])
+        assert done["status"] == "completed", tmp_path / "jobs" / job["id"] / "stderr.log"
+        folder = queue.backend.artifacts_dir(done)
+        printed = (tmp_path / "jobs" / job["id"] / "stdout.log").read_text().strip()
+        assert Path(printed) == folder
+        assert (folder / "adapter" / "weights.bin").read_bytes() == b"\x00" * 1000
+        info = folder.stat()
+        if AS_ROOT:
+            # In the person's own home, made by (and only open to) their account.
+            account = pwd.getpwnam(account_name("alice", job_settings.account_prefix))
+            home = real(account.pw_dir)
+            assert folder == home / "thinkube-jobs" / job["id"]
+            assert info.st_uid == account.pw_uid and info.st_mode & 0o777 == 0o700
+        else:
+            assert folder == real(tmp_path) / "jobs" / job["id"] / "artifacts"
+            assert info.st_uid == os.geteuid() and info.st_mode & 0o777 == 0o700
+        # Where a job run as the service's own user keeps them, whoever runs this test.
+        assert queue.backend.artifacts_location("j-x", None) == (
+            real(tmp_path) / "jobs" / "j-x" / "artifacts"
+        )
+    finally:
+        await queue.stop()

@@ -3,13 +3,18 @@ store's output column on a database made before it existed."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 from sqlalchemy import create_engine, text
 
+from hub_service.jobs.artifact_files import user_folder
 from hub_service.jobs.kube import OutputTail, _stored_lines
 from hub_service.jobs.manager import stored_request
 from hub_service.jobs.manifests import (
+    ARTIFACTS_RUNNER,
     ending_of,
     entry_from_job,
     job_manifest,
@@ -102,8 +107,16 @@ def test_the_job_runs_the_script_pinned_to_the_node_once_within_its_deadline():
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert container["command"] == ["python3", "/job/my_train.py"]
     assert {"name": "PYTHONUNBUFFERED", "value": "1"} in container["env"]
-    assert container["volumeMounts"] == [{"name": "script", "mountPath": "/job", "readOnly": True}]
-    assert pod["volumes"] == [{"name": "script", "configMap": {"name": "thinkube-j-0123456789ab"}}]
+    # No models claim: the artifacts folder is scratch, gone with the pod.
+    assert {"name": "THINKUBE_ARTIFACTS_DIR", "value": "/artifacts"} in container["env"]
+    assert container["volumeMounts"] == [
+        {"name": "script", "mountPath": "/job", "readOnly": True},
+        {"name": "artifacts", "mountPath": "/artifacts"},
+    ]
+    assert pod["volumes"] == [
+        {"name": "script", "configMap": {"name": "thinkube-j-0123456789ab"}},
+        {"name": "artifacts", "emptyDir": {}},
+    ]
     resources = {"cpu": "1500m", "memory": str(4 << 30), "nvidia.com/gpu": "2"}
     assert container["resources"] == {"requests": resources, "limits": resources}
     assert {"key": "nvidia.com/gpu", "operator": "Exists"} in pod["tolerations"]
@@ -113,6 +126,55 @@ def test_the_job_runs_the_script_pinned_to_the_node_once_within_its_deadline():
     assert term["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["gpu-7"]}]
     assert term["matchExpressions"][0]["values"] == ["NVIDIA-L4"]
     assert pinned_node(job) == "gpu-7"
+
+
+def test_with_a_models_claim_the_job_keeps_its_artifacts_on_it():
+    job = manifest(models_claim="thinkube-models")
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    folder = f"/models/jobs/{user_folder(ENTRY['user'])}/j-0123456789ab/"
+    assert folder == "/models/jobs/Ana%20Mar%C3%ADa@example.org/j-0123456789ab/"
+    assert {"name": "THINKUBE_ARTIFACTS_DIR", "value": folder} in container["env"]
+    assert {"name": "models", "mountPath": "/models"} in container["volumeMounts"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "thinkube-models"}} in (
+        pod["volumes"]
+    )
+    # The runner makes the folder, then runs the script as `python SCRIPT` would.
+    assert container["command"] == ["python3", "-c", ARTIFACTS_RUNNER, "/job/my_train.py"]
+
+
+def test_the_runner_makes_the_folder_then_runs_the_script_as_python_would(tmp_path):
+    script = tmp_path / "job" / "train.py"
+    script.parent.mkdir()
+    (script.parent / "helper.py").write_text("VALUE = 42\n")
+    script.write_text(
+        "import os, sys, helper\n"
+        "print(__name__, sys.argv, helper.VALUE)\n"
+        "open(os.path.join(os.environ['THINKUBE_ARTIFACTS_DIR'], 'out.txt'), 'w').write('x')\n"
+        "raise SystemExit(3)\n"
+    )
+    artifacts = tmp_path / "models" / "jobs" / "alice" / "j-1"
+    done = subprocess.run(
+        [sys.executable, "-c", ARTIFACTS_RUNNER, str(script), "--lr", "0.1"],
+        env={**os.environ, "THINKUBE_ARTIFACTS_DIR": str(artifacts)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == f"__main__ {[str(script), '--lr', '0.1']} 42\n"
+    assert (artifacts / "out.txt").read_text() == "x"
+    failing = tmp_path / "fails.py"
+    failing.write_text("x = 1\nraise ValueError('bad')\n")
+    done = subprocess.run(
+        [sys.executable, "-c", ARTIFACTS_RUNNER, str(failing)],
+        env={**os.environ, "THINKUBE_ARTIFACTS_DIR": "/proc/no/such/place"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "thinkube: no artifacts folder" in done.stderr  # said, and the script still ran
+    assert f'File "{failing}", line 2' in done.stderr and "ValueError: bad" in done.stderr
 
 
 def test_with_kueue_the_job_waits_suspended_in_its_queue_and_is_not_pinned():

@@ -200,7 +200,7 @@ async def test_all_checks_find_no_server_error_and_no_mismatch(hub, tmp_path):
     assert returncode == 0, output
     assert token not in output
     cases = ElementTree.parse(tmp_path / "junit.xml").getroot()
-    assert int(cases.get("tests")) >= 15  # every operation of the document
+    assert int(cases.get("tests")) >= 18  # every operation of the document
 
 
 async def test_the_document_states_the_catalogs_own_bounds():
@@ -295,10 +295,16 @@ def check_real_jobs(base_url: str, token: str) -> list[str]:
             failures.append(f"{method} {path}: {err}")
         return response
 
+    writes_artifacts = (
+        "import os\n"
+        "folder = os.environ['THINKUBE_ARTIFACTS_DIR']\n"
+        "open(os.path.join(folder, 'out.txt'), 'w').write('documented')\n"
+        "print('documented')\n"
+    )
     submitted = call(
         "/api/v1/jobs",
         "POST",
-        body={"script": "print('documented')\n", "expected_time": 1, "name": "conformance"},
+        body={"script": writes_artifacts, "expected_time": 1, "name": "conformance"},
         media_type="application/json",
     )
     assert submitted.status_code == 201, submitted.text
@@ -334,6 +340,28 @@ def check_real_jobs(base_url: str, token: str) -> list[str]:
         assert events.headers["content-type"][0].startswith("text/event-stream")
         assert "event: end" in events.text
         call("/api/v1/jobs/{id}/cancel", "POST", **one)
+    # Its artifacts: the list, the file whole, a range, a range outside it, HEAD, a bad path;
+    # the other job wrote none.
+    artifacts = call("/api/v1/jobs/{id}/artifacts", "GET", path_parameters={"id": ids[0]})
+    assert artifacts.status_code == 200 and artifacts.json()["count"] == 1, artifacts.text
+    one_file = {"path_parameters": {"id": ids[0], "path": "out.txt"}}
+    whole = call("/api/v1/jobs/{id}/artifacts/{path}", "GET", **one_file)
+    assert whole.status_code == 200 and whole.content == b"documented"
+    for wanted, status in (("bytes=2-5", 206), ("bytes=100-", 416)):
+        ranged = call(
+            "/api/v1/jobs/{id}/artifacts/{path}", "GET", headers={"Range": wanted}, **one_file
+        )
+        assert ranged.status_code == status, ranged.text
+    head = call("/api/v1/jobs/{id}/artifacts/{path}", "HEAD", **one_file)
+    assert head.status_code == 200 and head.content == b""
+    bad = call(
+        "/api/v1/jobs/{id}/artifacts/{path}",
+        "GET",
+        path_parameters={"id": ids[0], "path": "a\x00b"},
+    )
+    assert bad.status_code == 400, bad.text
+    none = call("/api/v1/jobs/{id}/artifacts", "GET", path_parameters={"id": ids[1]})
+    assert none.status_code == 404, none.text
     for path, method in (
         ("/api/status/{job_id}", "GET"),
         ("/api/results/{job_id}", "GET"),
@@ -372,7 +400,7 @@ async def test_the_jobs_routes_match_the_document_on_a_hub_that_runs_jobs(jobs_h
                 run_schemathesis, base_url, token, document=document, path_regex=JOB_PATHS
             )
             assert not failures, "\n\n".join(failures)
-            assert calls >= 13 * 2  # both modes of every jobs operation
+            assert calls >= 16 * 2  # both modes of every jobs operation
             # generated submissions were queued, not only refused
             listed = (await client.get("api/v1/jobs", params={"limit": 1})).json()
             assert listed["total"] > 3
@@ -412,7 +440,7 @@ async def test_the_document_states_the_jobs_bounds():
     }
     # every route the service serves is in the document
     served = {
-        "/" + pattern.removeprefix("/prefix/").replace(r"([^/]+)", "{}")
+        "/" + pattern.removeprefix("/prefix/").replace(r"([^/]+)", "{}").replace("(.+)", "{}")
         for pattern, _ in job_routes("/prefix/")
     }
     documented = {re.sub(r"\{[^}]+\}", "{}", path) for path in document["paths"]}
