@@ -665,8 +665,8 @@ class CompatJobsHandler(JobsAPIHandler):
 
 
 def job_routes(prefix: str) -> list[tuple]:
-    from .training import training_routes  # it builds on this module's handlers
     from .artifacts import ArtifactFileHandler, ArtifactsHandler  # it builds on this module
+    from .training import training_routes  # it builds on this module's handlers
 
     api = url_path_join(prefix, "api/v1")
     compat = url_path_join(prefix, "api")

@@ -1,12 +1,13 @@
 """Fine-tuning jobs through a real hub (`thinkube hub`: JupyterHub, its proxy and the service
 it manages, jobs as processes on this machine, as root each under its person's account):
 `POST api/v1/training-jobs` with a tiny model and dataset the test makes, its log followed
-with step and loss lines, the job completed, the adapter in its artifacts folder and loaded
-back with PEFT; a dataset file sent as a form; the dry run (the queue, and a RunPod offer's
+with step and loss lines, the job completed, the adapter downloaded through the artifacts API
+and loaded back with PEFT; a dataset file sent as a form; the dry run (the queue, and a RunPod offer's
 cost through the RunPod stand-in); refusals naming their field, with nothing queued."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -122,16 +123,23 @@ async def followed(client, job_id: str) -> list[dict]:
     return sse_events(response.text)
 
 
-def artifacts_of(hub, job_id: str, user: str) -> Path:
-    """The job's artifacts folder: `artifacts` in the job's folder (where the service keeps
-    what a job writes), or, where the backend gives no THINKUBE_ARTIFACTS_DIR, the trainer's
-    own ./artifacts in the folder the job ran in (its account's home, as root)."""
-    candidates = [hub.data_dir / "thinkube-jobs" / job_id / "artifacts"]
-    if hub.account(user) is not None:
-        candidates.append(Path(hub.home(user)) / "artifacts")
-    found = [c for c in candidates if (c / "adapter_model.safetensors").is_file()]
-    assert found, f"no adapter in {', '.join(map(str, candidates))}"
-    return found[0]
+async def downloaded(client, job_id: str, folder: Path) -> Path:
+    """The job's artifacts, listed and downloaded through the service's artifacts API into
+    `folder`, each checked against the sha256 the list gives."""
+    listing = await client.get(f"api/v1/jobs/{job_id}/artifacts")
+    assert listing.status_code == 200, listing.text
+    document = listing.json()
+    assert document["complete"] is True
+    names = {f["path"] for f in document["files"]}
+    assert {"adapter_model.safetensors", "adapter_config.json", "metrics.json"} <= names
+    for entry in document["files"]:
+        response = await client.get(f"api/v1/jobs/{job_id}/artifacts/{entry['path']}")
+        assert response.status_code == 200, response.text
+        assert hashlib.sha256(response.content).hexdigest() == entry["sha256"]
+        target = folder / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(response.content)
+    return folder
 
 
 def check_adapter(folder: Path, algorithm: str, base: Path) -> None:
@@ -171,7 +179,7 @@ def step_lines(events: list[dict]) -> list[tuple[int, int, float]]:
 
 
 async def test_a_lora_job_runs_streams_its_progress_and_leaves_its_adapter(
-    hub, alice, shared_volumes
+    hub, alice, shared_volumes, tmp_path
 ):
     response = await alice.post(
         "api/v1/training-jobs",
@@ -196,10 +204,11 @@ async def test_a_lora_job_runs_streams_its_progress_and_leaves_its_adapter(
     assert (view["status"], view["exit_code"]) == ("completed", 0)
     listed = (await alice.get("api/v1/jobs", params={"metadata": "kind=training"})).json()
     assert job["id"] in [j["id"] for j in listed["jobs"]]
-    check_adapter(artifacts_of(hub, job["id"], "alice"), "lora", shared_volumes[0] / "tiny-llama")
+    adapter = await downloaded(alice, job["id"], tmp_path / "lora")
+    check_adapter(adapter, "lora", shared_volumes[0] / "tiny-llama")
 
 
-async def test_a_dora_job_with_its_dataset_sent_as_a_form(hub, alice, shared_volumes):
+async def test_a_dora_job_with_its_dataset_sent_as_a_form(hub, alice, shared_volumes, tmp_path):
     config = config_of(
         shared_volumes,
         algorithm="dora",
@@ -226,7 +235,8 @@ async def test_a_dora_job_with_its_dataset_sent_as_a_form(hub, alice, shared_vol
     events = await followed(alice, job["id"])
     assert len(step_lines(events)) == 5
     assert json.loads(events[-1]["data"])["status"] == "completed", events[-5:]
-    check_adapter(artifacts_of(hub, job["id"], "alice"), "dora", shared_volumes[0] / "tiny-llama")
+    adapter = await downloaded(alice, job["id"], tmp_path / "dora")
+    check_adapter(adapter, "dora", shared_volumes[0] / "tiny-llama")
 
 
 async def jobs_total(client) -> int:
