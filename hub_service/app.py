@@ -378,7 +378,15 @@ class ThinkubeService(Application):
         help="With `inventory = 'kubernetes'`: where this service sees the root of "
         "jobs_models_claim (its pod mounts the claim there, read-only), to list and serve "
         "job artifacts; empty: the API says artifacts are not served. E.g. "
-        "`/srv/thinkube-models`.",
+        "`/models` (where job pods see it too).",
+    )
+
+    jobs_datasets_claim = Unicode(
+        "",
+        config=True,
+        help="With `inventory = 'kubernetes'`: a PersistentVolumeClaim in jobs_namespace that "
+        "every job's pod mounts read-only at /datasets (training jobs' `dataset.path`); the "
+        "service sees it at training_datasets_path. Empty: none. E.g. `thinkube-datasets`.",
     )
 
     training_models_path = Unicode(

@@ -148,6 +148,7 @@ class KubeJobs:
         stop_grace_s: int = 1,
         models_claim: str = "",
         artifacts_root: str = "",
+        datasets_claim: str = "",
     ) -> None:
         self._make_api = api_client
         self.namespace = namespace
@@ -166,6 +167,7 @@ class KubeJobs:
         self.stop_grace_s = stop_grace_s
         self.models_claim = models_claim  # the claim job pods mount at /models
         self.artifacts_root = artifacts_root  # where this service sees that claim's root
+        self.datasets_claim = datasets_claim  # the claim job pods mount at /datasets
         self.api: client.ApiClient | None = None
         # Followed logs stay open as long as their jobs run (one per running job): they
         # get a client of their own without a connection cap, so that they never take
@@ -278,6 +280,7 @@ class KubeJobs:
             tolerations=self.tolerations,
             gpu_taint_keys=self.gpu_taint_keys,
             models_claim=self.models_claim,
+            datasets_claim=self.datasets_claim,
         )
         name = manifest["metadata"]["name"]
         try:

@@ -57,6 +57,7 @@ __all__ = [
 
 SCRIPT_MOUNT = "/job"
 MODELS_MOUNT = "/models"  # where a job's pod mounts the models claim
+DATASETS_MOUNT = "/datasets"  # and the datasets claim, read-only
 SCRATCH_ARTIFACTS = "/artifacts"  # the artifacts folder when no models claim is set
 # Makes the artifacts folder on the models volume, then runs the script (argv[1]) as
 # `python SCRIPT` would: as __main__, its folder first on sys.path, its name as argv[0].
@@ -177,10 +178,13 @@ def job_manifest(
     tolerations: Sequence[Mapping[str, Any]] = (),
     gpu_taint_keys: Sequence[str] = (GPU_RESOURCE,),
     models_claim: str = "",
+    datasets_claim: str = "",
 ) -> dict[str, Any]:
     """The Job that runs `entry`'s script with `python`, on `node` (None: wherever the
     scheduler, or Kueue, puts it), ended by Kubernetes after `deadline_s`; its artifacts on
-    the PersistentVolumeClaim `models_claim` (empty: in a scratch folder, see the module)."""
+    the PersistentVolumeClaim `models_claim` (empty: in a scratch folder, see the module),
+    the claim `datasets_claim` (if any) read-only at /datasets, where training jobs read
+    their data."""
     name = job_name(entry["id"])
     job_labels = labels(entry)
     image = request.image
@@ -199,6 +203,14 @@ def job_manifest(
         command = [python, script]
         mounts.append({"name": "artifacts", "mountPath": SCRATCH_ARTIFACTS})
         volumes.append({"name": "artifacts", "emptyDir": {}})
+    if datasets_claim:
+        mounts.append({"name": "datasets", "mountPath": DATASETS_MOUNT, "readOnly": True})
+        volumes.append(
+            {
+                "name": "datasets",
+                "persistentVolumeClaim": {"claimName": datasets_claim, "readOnly": True},
+            }
+        )
     container.update(
         {
             "name": CONTAINER,

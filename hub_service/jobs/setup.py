@@ -77,6 +77,7 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
             gpu_taint_keys=settings.gpu_taint_keys,
             models_claim=service.jobs_models_claim,
             artifacts_root=service.jobs_artifacts_root,
+            datasets_claim=service.jobs_datasets_claim,
         )
     queue = JobQueue(
         JobStore(service.catalog.engine),

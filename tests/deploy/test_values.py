@@ -303,9 +303,10 @@ def test_the_lab_serves_job_artifacts_from_the_models_claim_read_only():
     assert [c for c in command if c in minimal] == [c for c in minimal if c in command]
     assert set(minimal) <= set(command)
     options = dict(c.removeprefix("--ThinkubeService.").split("=", 1) for c in added)
-    assert set(options) == {"jobs_models_claim", "jobs_artifacts_root"}
+    assert set(options) == {"jobs_models_claim", "jobs_artifacts_root", "jobs_datasets_claim"}
     pvcs = [d for _, d in all_manifests(LAB_MANIFESTS) if d["kind"] == "PersistentVolumeClaim"]
     assert options["jobs_models_claim"] in [d["metadata"]["name"] for d in pvcs]
+    assert options["jobs_datasets_claim"] in [d["metadata"]["name"] for d in pvcs]
     # The same claim the servers mount at /models, and in the hub pod read-only, where the
     # service is told to read it.
     shared = get_path(values, "hub.config.ThinkubeSpawner.shared_volumes")
@@ -318,6 +319,15 @@ def test_the_lab_serves_job_artifacts_from_the_models_claim_read_only():
     assert volume["persistentVolumeClaim"]["readOnly"] is True
     (mount,) = [m for m in get_path(values, "hub.extraVolumeMounts") if m["name"] == volume["name"]]
     assert mount["readOnly"] is True and mount["mountPath"] == options["jobs_artifacts_root"]
+    # The service sees both claims where job pods do (its training path checks default there).
+    mounts = {m["name"]: m for m in get_path(values, "hub.extraVolumeMounts")}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: mounts[v["name"]]
+        for v in get_path(values, "hub.extraVolumes")
+    }
+    assert claims[options["jobs_models_claim"]]["mountPath"] == "/models"
+    assert claims[options["jobs_datasets_claim"]]["mountPath"] == "/datasets"
+    assert {"claim": options["jobs_datasets_claim"], "mount_path": "/datasets"} in shared
 
 
 def secret_like_values(node, path=""):

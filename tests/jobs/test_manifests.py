@@ -143,6 +143,17 @@ def test_with_a_models_claim_the_job_keeps_its_artifacts_on_it():
     assert container["command"] == ["python3", "-c", ARTIFACTS_RUNNER, "/job/my_train.py"]
 
 
+def test_a_datasets_claim_is_mounted_read_only_where_training_jobs_read_their_data():
+    pod = manifest(datasets_claim="thinkube-datasets")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    mount = {"name": "datasets", "mountPath": "/datasets", "readOnly": True}
+    assert mount in container["volumeMounts"]
+    claim = {"claimName": "thinkube-datasets", "readOnly": True}
+    assert {"name": "datasets", "persistentVolumeClaim": claim} in pod["volumes"]
+    without = manifest()["spec"]["template"]["spec"]
+    assert "datasets" not in [v["name"] for v in without["volumes"]]
+
+
 def test_the_runner_makes_the_folder_then_runs_the_script_as_python_would(tmp_path):
     script = tmp_path / "job" / "train.py"
     script.parent.mkdir()
