@@ -60,8 +60,12 @@ class JobBackend(Protocol):
     says so with `admits = True`: the queue then hands it every queued job at once (node
     None), the job stays queued until the backend calls the queue's `started(id, node)`,
     and positions come from the backend's `positions()` ({job id: 1-based position}).
-    A backend that ends jobs at their deadline itself sets `deadline_grace_s`: the queue
-    ends them only that long after the deadline, if the backend has not.
+    A backend that ends jobs at their deadline itself sets `deadline_grace_s` (or answers
+    `deadline_grace(entry)` per job): the queue ends them only that long after the
+    deadline, if the backend has not.
+    A backend that runs some jobs somewhere the planner does not place (a cloud pod) says
+    where with `elsewhere(entry)` (None for the others): those start at once, there,
+    whatever this hub's nodes hold, and hold nothing on them.
     Optional: `recover()`, the entries the backend's own records hold (on Kubernetes the
     Jobs are the source of truth), merged into the store when the queue starts."""
 
@@ -113,11 +117,12 @@ def request_of(entry: Mapping[str, Any]) -> JobRequest:
         project=entry.get("project") or "",
         metadata=entry.get("metadata") or {},
         priority=int(entry.get("priority") or 0),
+        placement=stored.get("placement"),
     )
 
 
 def stored_request(request: JobRequest) -> dict[str, Any]:
-    return {
+    stored = {
         "script_name": request.script_name,
         "gpus": request.gpus,
         "gpu_model": request.gpu_model,
@@ -126,6 +131,9 @@ def stored_request(request: JobRequest) -> dict[str, Any]:
         "memory": request.memory,
         "image": dict(request.image),
     }
+    if request.placement:
+        stored["placement"] = dict(request.placement)
+    return stored
 
 
 class JobQueue:
@@ -287,28 +295,43 @@ class JobQueue:
             )
         return made
 
+    def _grace(self, entry: Mapping[str, Any]) -> float:
+        """How long after its deadline the queue ends a running job (see JobBackend)."""
+        per_job = getattr(self.backend, "deadline_grace", None)
+        if per_job is not None:
+            return float(per_job(entry))
+        return float(getattr(self.backend, "deadline_grace_s", 0.0) or 0.0)
+
+    def _elsewhere(self, entry: Mapping[str, Any]) -> str | None:
+        """Where a job runs that the planner does not place (see JobBackend), or None."""
+        elsewhere = getattr(self.backend, "elsewhere", None)
+        return elsewhere(entry) if elsewhere is not None else None
+
     async def replan(self) -> Plan:
         self._plans_begun += 1
         number = self._plans_begun
         now = self.clock()
-        grace = float(getattr(self.backend, "deadline_grace_s", 0.0) or 0.0)
         for entry in list(self.active.values()):
             deadline = entry["deadline_at"]
-            if entry["status"] == RUNNING and deadline and deadline + grace <= now:
+            if entry["status"] == RUNNING and deadline and deadline + self._grace(entry) <= now:
                 await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
         began = time.perf_counter()
         active = list(self.active.values())
         deadlines = [
-            e["deadline_at"] + grace for e in active if e["status"] == RUNNING and e["deadline_at"]
+            e["deadline_at"] + self._grace(e)
+            for e in active
+            if e["status"] == RUNNING and e["deadline_at"]
         ]
         if self.admits:
             # The backend's admission decides: hand it what it does not have yet.
             active = [
-                await self._hand_over(e) if e["status"] == QUEUED and not e.get("placement") else e
+                await self._hand_over(e)
+                if e["status"] == QUEUED and not e.get("placement") and not self._elsewhere(e)
+                else e
                 for e in active
             ]
             active = [e for e in active if e["status"] in ACTIVE]
-        waiting, running = [], []
+        waiting, running, elsewhere = [], [], []
         counted = self.counted()
         assumed = []
         for index, entry in enumerate(active):
@@ -316,6 +339,12 @@ class JobQueue:
                 await asyncio.sleep(0)  # a submission may come in: the next plan has it
             if entry["id"] not in self.active:
                 continue  # ended meanwhile
+            place = self._elsewhere(entry)
+            if place is not None:
+                # Not the planner's: started there now, holding nothing on this hub's nodes.
+                if entry["status"] == QUEUED and not entry.get("placement"):
+                    elsewhere.append((entry, place))
+                continue
             rules, demand = self._spec(entry)
             if entry["status"] == QUEUED:
                 waiting.append(self._queue_entry(entry, rules, demand))
@@ -350,11 +379,13 @@ class JobQueue:
                     self.plan = made.value
                     break
                 await asyncio.sleep(0)
-        self._placed({e.id for e in waiting})
+        self._placed({e.id for e in waiting} | {e["id"] for e, _ in elsewhere})
         self.last_plan_s = time.perf_counter() - began  # starting what it says is not counted
-        for queued, node in self.plan.start:
-            if queued.id in self.active:  # not cancelled meanwhile
-                deadlines.append(await self._start(self.active[queued.id], node))
+        starts = [(self.active.get(q.id), node) for q, node in self.plan.start] + elsewhere
+        for entry, node in starts:
+            if entry is not None and entry["id"] in self.active:  # not cancelled meanwhile
+                deadline = await self._start(self.active[entry["id"]], node)
+                deadlines.append(deadline + self._grace(entry) if deadline else None)
         self._next_deadline = min((d for d in deadlines if d), default=None)
         self._plans_done = number
         planned, self._planned = self._planned, asyncio.Event()
