@@ -22,6 +22,9 @@ What it does, from the environment the service gave the pod:
    network, a 5xx, 429) is retried with a growing wait;
 4. exits with the script's exit code (128 + the signal for one ended by a signal).
 
+A pod stopped from outside (the job cancelled, the pod ended by RunPod) passes SIGTERM on
+to the script and reports nothing: its job is ended by whoever stopped it, or found lost.
+
 The service terminates the pod once the result has arrived.
 """
 
@@ -82,16 +85,23 @@ def exit_code_of(returncode: int) -> int:
 
 
 def run_script(argv: list, cwd: str, env: dict, deadline: float | None) -> tuple:
-    """Run it until it ends or the deadline comes: (exit code, reason)."""
+    """Run it until it ends or the deadline comes: (exit code, reason). The reason is None
+    when the pod was stopped from outside (the job cancelled, the pod ended by RunPod):
+    then there is nothing to report."""
     child = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True)
+    stopped = []
 
-    def forward(signum, _frame):  # the pod is being stopped: the script is told too
+    def forward(signum, _frame):
         try:
             os.killpg(child.pid, signum)
         except OSError:
             pass
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    def stopping(signum, frame):  # the pod is being stopped: the script is told too
+        stopped.append(signum)
+        forward(signum, frame)
+
+    previous = signal.signal(signal.SIGTERM, stopping)
     reason = None
     try:
         while True:
@@ -112,6 +122,8 @@ def run_script(argv: list, cwd: str, env: dict, deadline: float | None) -> tuple
     finally:
         signal.signal(signal.SIGTERM, previous)
     code = exit_code_of(returncode)
+    if stopped:
+        return code, None
     if reason is None:
         reason = "Completed" if code == 0 else "Failed"
     return code, reason
@@ -262,6 +274,9 @@ def main(environ=None) -> int:
         handle.write(script)
     env = script_environment(environ, artifacts)
     code, reason = run_script([sys.executable, script_path], workdir, env, deadline)
+    if reason is None:
+        say("the pod is being stopped: the job's end is not reported")
+        return code
     sent, failed = upload_artifacts(base_url, token, artifacts, retry_s)
     if sent or failed:
         say(f"{sent} artifact(s) uploaded" + (f", {failed} not" if failed else ""))
