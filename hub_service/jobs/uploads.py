@@ -30,6 +30,7 @@ from tornado import web
 
 from ..bodies import BodyError, check_json_media_type, parse_json_body
 from ..handlers import JSONHandler
+from .runpod import token_hash
 
 __all__ = ["ArtifactPathError", "artifact_path", "check_result", "upload_routes"]
 
@@ -128,7 +129,7 @@ class JobUploadHandler(JSONHandler):
         runpod = self.runpod
         if entry is None or runpod is None or not runpod.accepts_token(entry, token):
             # a decoy comparison, so that an unknown job takes as long as a wrong token
-            secrets.compare_digest(hashlib.sha256(token.encode()).hexdigest(), "0" * 64)
+            secrets.compare_digest(token_hash(token), "0" * 64)
             raise web.HTTPError(403, FORBIDDEN)
         self.entry = entry
 
@@ -210,7 +211,7 @@ class ArtifactUploadHandler(JobUploadHandler):
         self._sink = None
         digest = self._digest.hexdigest()
         sent = self.request.headers.get("X-Content-SHA256", "").strip().lower()
-        if sent and not secrets.compare_digest(sent, digest):
+        if sent and not secrets.compare_digest(sent.encode("utf-8", "replace"), digest.encode()):
             self._discard()
             self.send_bad_request(
                 None, "the file arrived damaged (its SHA-256 differs): send it again"

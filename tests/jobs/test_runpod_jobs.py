@@ -556,3 +556,34 @@ async def _graphql(fake, query: str, variables: dict) -> dict:
         )
     response.raise_for_status()
     return response.json()
+
+
+async def test_odd_requests_to_the_upload_routes_get_plain_4xx_answers(hub, fake, alice):
+    job = await submit(alice, "import time\ntime.sleep(120)\n")
+    pod = await pod_running(fake, job["id"])
+    token = {"Authorization": f"Bearer {pod.env['TK_JOB_TOKEN']}"}
+    upload = pod.env["TK_JOB_UPLOAD_URL"]
+    # configurable-http-proxy itself answers 500 to a path whose percent-encoding is not
+    # UTF-8: that one goes to the service's own port.
+    direct = f"{hub.service_direct_url}api/v1/jobs/{job['id']}/upload/"
+    odd = [
+        ("PUT", direct + "artifacts/%ff", token, b"x"),
+        ("PUT", "artifacts/a%00b", token, b"x"),
+        ("PUT", "artifacts/" + "n" * 5000, token, b"x"),
+        ("PUT", "artifacts/x.txt", {**token, "X-Content-SHA256": "\u00e9".encode("latin-1")}, b"x"),
+        ("GET", "artifacts/x.txt", token, b""),
+        ("DELETE", "result", token, b""),
+        ("POST", "result", {**token, "Content-Type": "application/json"}, b"{"),
+        ("POST", "result", {**token, "Content-Type": "text/plain"}, b"0"),
+        ("POST", "result", {**token, "Content-Type": "application/json"}, b"x" * 100_000),
+        ("POST", "result", {"Authorization": "Bearer \u00ff\u00ff".encode("latin-1")}, b"{}"),
+        ("POST", "result", {"Authorization": "Bearer"}, b"{}"),
+    ]
+    async with httpx.AsyncClient(timeout=30) as http:
+        for method, path, headers, body in odd:
+            url = path if path.startswith("http") else upload + path
+            response = await http.request(method, url, headers=headers, content=body)
+            assert 400 <= response.status_code < 500, (method, path, response.status_code)
+            assert "error" in response.json(), (method, path, response.text)
+    assert (await alice.post(f"api/v1/jobs/{job['id']}/cancel")).json()["status"] == "cancelled"
+    assert " 500 " not in hub.service_log() and "Uncaught exception" not in hub.service_log()
