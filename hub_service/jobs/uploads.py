@@ -10,8 +10,8 @@
 Both take only the job's own upload token (`Authorization: Bearer <token>`), made for the
 job when its pod was rented, sent in the pod's environment and kept by the service only as a
 hash: compared in constant time, valid while the job runs and until its deadline plus the
-time it has to report. A wrong token, another job's, no token, or a job that has ended or
-is not on RunPod is 403, the same for all, and nothing is written. A path that would leave
+time it has to report. No token is 401; a wrong token, another job's, or a job that has
+ended or is not on RunPod is 403, the same for all; nothing is written either way. A path that would leave
 the job's folder is refused (400). These routes take no hub token and grant nothing else.
 """
 
@@ -114,9 +114,8 @@ class JobUploadHandler(JSONHandler):
         return getattr(self.service.jobs.backend, "runpod", None)
 
     async def admit(self) -> None:
-        await super().admit()  # the method, the declared size
-        if self._finished:
-            return
+        if self.request.method not in self.allowed_methods():
+            raise self.method_not_allowed()
         queue = self.service.jobs
         if queue is None:
             if not self.service.jobs_enabled:
@@ -125,6 +124,11 @@ class JobUploadHandler(JSONHandler):
             raise web.HTTPError(503, "the service is starting; send it again in a moment")
         job_id = self.path_args[0] if self.path_args else ""
         token = _bearer(self.request.headers.get("Authorization", ""))
+        if not token:
+            self.set_header("WWW-Authenticate", "Bearer")
+            raise web.HTTPError(
+                401, "this route takes the job's own upload token (Authorization: Bearer ...)"
+            )
         entry = await queue.db(queue.store.get, job_id) if 0 < len(job_id) <= 64 else None
         runpod = self.runpod
         if entry is None or runpod is None or not runpod.accepts_token(entry, token):
@@ -132,6 +136,7 @@ class JobUploadHandler(JSONHandler):
             secrets.compare_digest(token_hash(token), "0" * 64)
             raise web.HTTPError(403, FORBIDDEN)
         self.entry = entry
+        self.limit_body()  # the declared size, once the job is known
 
 
 def _bearer(header: str) -> str:
@@ -154,8 +159,6 @@ class ArtifactUploadHandler(JobUploadHandler):
 
     async def admit(self) -> None:
         await super().admit()
-        if self._finished:
-            return
         try:
             self.relative = artifact_path(self.path_args[1])
         except ArtifactPathError as err:
@@ -249,8 +252,6 @@ class ResultUploadHandler(JobUploadHandler):
 
     async def admit(self) -> None:
         await super().admit()
-        if self._finished:
-            return
         try:
             check_json_media_type(self.request.headers.get("Content-Type"))
         except BodyError as err:

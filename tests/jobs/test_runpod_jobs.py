@@ -363,10 +363,12 @@ async def test_uploads_take_only_the_jobs_own_token_and_stay_in_its_folder(
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             return await http.put(upload + "artifacts/" + path, content=body, headers=headers)
 
-        for token in (second_token, "not-a-token", None, first_token + "x"):
+        for token in (second_token, "not-a-token", first_token + "x"):
             refused = await put("stolen.txt", token)
             assert refused.status_code == 403, refused.text
             assert refused.json()["error"].startswith("this upload is not allowed")
+        anonymous = await put("stolen.txt", None)
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
         result = await http.post(
             upload + "result",
             json={"exit_code": 0},
