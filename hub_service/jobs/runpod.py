@@ -473,8 +473,11 @@ class RunPodJobs:
         run.done = True
         run.buffer.close()
         await cancel_and_wait(run.follower)
-        self.runs.pop(run.id, None)
-        await self.ended(run.id, ending)
+        try:
+            await self.ended(run.id, ending)
+        finally:
+            # Only now: until the ending (with its output) is stored, its log is served here.
+            self.runs.pop(run.id, None)
 
     async def _terminate(self, run: JobRun) -> None:
         if run.follower is not None and not run.follower.done():

@@ -125,7 +125,6 @@ class JobUploadHandler(JSONHandler):
         job_id = self.path_args[0] if self.path_args else ""
         token = _bearer(self.request.headers.get("Authorization", ""))
         if not token:
-            self.set_header("WWW-Authenticate", "Bearer")
             raise web.HTTPError(
                 401, "this route takes the job's own upload token (Authorization: Bearer ...)"
             )
@@ -137,6 +136,11 @@ class JobUploadHandler(JSONHandler):
             raise web.HTTPError(403, FORBIDDEN)
         self.entry = entry
         self.limit_body()  # the declared size, once the job is known
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", "Bearer")
+        super().write_error(status_code, **kwargs)
 
 
 def _bearer(header: str) -> str:
