@@ -183,7 +183,6 @@ class JobRun:
     follower: asyncio.Task | None = None
     stopped_since: float | None = None  # when its pod was first seen gone or stopped
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    done: bool = False
 
 
 class LogFollower:
@@ -461,7 +460,10 @@ class RunPodJobs:
         await self._terminate(run)
         code = result.get("exit_code")
         reason = result.get("reason") or ("Completed" if code == 0 else "Failed")
-        message = result.get("message") or ("" if reason == "Completed" else f"exit code {code}")
+        message = result.get("message") or {
+            "Completed": "",
+            "DeadlineExceeded": "ran past its deadline",
+        }.get(reason, f"exit code {code}")
         await self._end(run, Ending(code, reason, message, run.buffer.record()))
 
     async def _lose(self, run: JobRun, message: str) -> None:
@@ -470,7 +472,6 @@ class RunPodJobs:
         await self._end(run, Ending(None, "Lost", message, run.buffer.record()))
 
     async def _end(self, run: JobRun, ending: Ending) -> None:
-        run.done = True
         run.buffer.close()
         await cancel_and_wait(run.follower)
         try:
@@ -564,7 +565,6 @@ class RunPodJobs:
         pod_id = (entry.get("placement") or {}).get("pod_id")
         output = None
         if run is not None:
-            run.done = True
             await cancel_and_wait(run.task)  # a pod being rented is removed by the client
             pod_id = run.pod_id or pod_id
             run.buffer.close()

@@ -278,6 +278,29 @@ async def test_the_cheapest_offer_within_the_cap_runs_spot_and_an_exit_code_fail
     assert [r.status for r in fake.requests_for("getPodLogs")].count(503) == 3
 
 
+async def test_at_its_deadline_the_pod_stops_the_script_and_reports_deadline_exceeded(
+    fake, alice, artifacts
+):
+    job = await submit(
+        alice,
+        """
+        import os, time
+        open(os.path.join(os.environ["THINKUBE_ARTIFACTS_DIR"], "checkpoint"), "w").write("1")
+        print("training", flush=True)
+        time.sleep(120)
+        """,
+        expected_time=1,  # ended 2 s after the pod is rented
+    )
+    view = await ended(alice, job["id"])
+    assert (view["status"], view["reason"], view["exit_code"]) == (
+        "failed",
+        "DeadlineExceeded",
+        143,
+    )
+    assert view["message"] == "ran past its deadline"
+    assert (artifacts / job["id"] / "checkpoint").read_text() == "1"  # what it made came back
+
+
 # -- failures -----------------------------------------------------------------------------
 
 

@@ -34,5 +34,5 @@ async def test_terminating_a_pod_ends_the_processes_that_left_its_group(runpod_f
     child = psutil.Process(int(await eventually(child_started, within=20)))
     assert child.is_running()
     await runpod_fake.terminate(pod_id)  # both ignore SIGTERM: the grace, then SIGKILL
-    assert pod_id in runpod_fake.terminated
+    assert pod_id in runpod_fake.terminated and runpod_fake.pods == {}
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE

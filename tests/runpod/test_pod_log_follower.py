@@ -29,6 +29,8 @@ async def test_the_client_reads_a_pods_log_and_resumes_after_an_event(runpod_fak
     assert [e.line for e in tail] == ["line 4", "line 5"]
     everything = await lines_of(runpod_client, pod_id)  # the host's lines too
     assert {e.source for e in everything} == {"container", "system"}
+    await runpod_fake.terminate(pod_id)
+    assert runpod_fake.pods == {}
 
 
 async def test_the_clients_log_errors_are_typed(runpod_fake, runpod_client):
@@ -54,6 +56,7 @@ async def test_the_clients_log_errors_are_typed(runpod_fake, runpod_client):
     assert [e.line for e in polled] == ["up"]
     assert 0.4 < time.monotonic() - began < 5
     await runpod_fake.terminate(pod_id)
+    assert runpod_fake.pods == {}
 
 
 async def test_the_follower_gets_every_line_once_through_cut_streams_and_5xx(runpod_fake):
@@ -84,3 +87,4 @@ async def test_the_follower_gets_every_line_once_through_cut_streams_and_5xx(run
     resumed = [r for r in runpod_fake.requests_for("getPodLogs") if "Last-Event-ID" in r.variables]
     assert len(resumed) >= 3
     await runpod_fake.terminate(pod_id)
+    assert runpod_fake.pods == {}
