@@ -102,7 +102,8 @@ class RoutedJobs:
             yield item
 
     def artifacts_dir(self, entry: Mapping[str, Any]) -> Path | None:
-        """Where the job's artifacts are kept on this machine (None: none here)."""
+        """Where the job's artifacts are kept on this machine, as its backend says (None:
+        that backend keeps none)."""
         if placed_on_runpod(entry):
             return self.runpod.artifacts_dir(entry) if self.runpod is not None else None
         artifacts_dir = getattr(self.local, "artifacts_dir", None)

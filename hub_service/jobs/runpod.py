@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -551,9 +552,9 @@ class RunPodJobs:
         run.wake.set()
 
     def artifacts_dir(self, entry: Mapping[str, Any]) -> Path | None:
-        """Where this job's uploaded artifacts are kept (None when it sent none)."""
-        folder = self.artifacts_root(entry["id"])
-        return folder if folder.is_dir() else None
+        """Where this job's uploaded artifacts are kept: an absolute path without links in
+        it, which need not exist (a job that sent none)."""
+        return Path(os.path.realpath(self.artifacts_root(entry["id"])))
 
     def artifacts_root(self, entry_id: str) -> Path:
         return self.settings.artifacts_folder / entry_id

@@ -8,6 +8,7 @@ import secrets
 import pytest
 
 from hub_service.bodies import BodyError
+from hub_service.jobs.manager import request_of, stored_request
 from hub_service.jobs.placement import (
     MAX_SCRIPT_ENV_BYTES,
     CloudChoices,
@@ -15,10 +16,12 @@ from hub_service.jobs.placement import (
     offers_of,
     wants_cloud,
 )
-from hub_service.jobs.routing import placed_on_runpod
+from hub_service.jobs.routing import RoutedJobs, placed_on_runpod
+from hub_service.jobs.runpod import RunPodJobs, RunPodJobSettings
 from hub_service.jobs.spec import JobError, check_submission
 from hub_service.jobs.uploads import ArtifactPathError, artifact_path, check_result
 from thinkube_core.job_runner import encode_script
+from thinkube_core.runpod import RunPodClient
 from thinkube_core.runpod.offers import Offer
 
 OFFERS = (
@@ -135,8 +138,6 @@ def test_a_checked_cloud_submission_looks_at_no_node_of_the_hub():
 
 
 def test_a_stored_request_says_where_it_runs():
-    from hub_service.jobs.manager import request_of, stored_request
-
     request = check_submission(
         {"expected_time": 60, "where": "runpod"}, "print(1)\n", IMAGES, [], [], cloud=CHOICES
     )
@@ -199,3 +200,26 @@ def test_a_result_is_an_exit_code_and_the_reason_follows_it():
         assert refused.value.field == field
     with pytest.raises(BodyError):
         check_result([0])
+
+
+def test_a_runpod_jobs_artifacts_are_in_its_folder_with_links_resolved(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    client = RunPodClient("rpa_test", api_url="http://127.0.0.1:9/graphql", environ={})
+    runpod = RunPodJobs(
+        client,
+        RunPodJobSettings(public_url="http://hub/", artifacts_folder=tmp_path / "link"),
+        ended=None,  # type: ignore[arg-type]
+        record=None,  # type: ignore[arg-type]
+        lookup=None,  # type: ignore[arg-type]
+    )
+    request = check_submission(
+        {"expected_time": 60, "where": "runpod"}, "print(1)\n", IMAGES, [], [], cloud=CHOICES
+    )
+    entry = {"id": "j-1", "request": stored_request(request)}
+    assert runpod.artifacts_dir(entry) == real / "j-1"  # need not exist yet
+    routed = RoutedJobs(type("Local", (), {"name": "local"})(), runpod)
+    assert routed.artifacts_dir(entry) == real / "j-1"
+    assert routed.artifacts_dir({"id": "j-2", "request": {}}) is None  # the local one keeps none
+    assert RoutedJobs(type("Local", (), {"name": "local"})()).artifacts_dir(entry) is None
