@@ -49,6 +49,11 @@ class RoutedJobs:
     # -- what the queue asks of the whole --------------------------------------------------
 
     @property
+    def runs_cloud_jobs(self) -> bool:
+        """Whether jobs placed on a cloud offer run here (RunPod is set up)."""
+        return self.runpod is not None
+
+    @property
     def admits(self) -> bool:
         return bool(getattr(self.local, "admits", False))
 

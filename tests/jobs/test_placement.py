@@ -222,4 +222,6 @@ def test_a_runpod_jobs_artifacts_are_in_its_folder_with_links_resolved(tmp_path)
     routed = RoutedJobs(type("Local", (), {"name": "local"})(), runpod)
     assert routed.artifacts_dir(entry) == real / "j-1"
     assert routed.artifacts_dir({"id": "j-2", "request": {}}) is None  # the local one keeps none
-    assert RoutedJobs(type("Local", (), {"name": "local"})()).artifacts_dir(entry) is None
+    assert routed.runs_cloud_jobs
+    local_only = RoutedJobs(type("Local", (), {"name": "local"})())
+    assert local_only.artifacts_dir(entry) is None and not local_only.runs_cloud_jobs
