@@ -36,8 +36,10 @@ from .heap import keep_frozen
 from .inventory import Inventory
 from .jobs.handlers import job_routes
 from .jobs.manager import JobQueue
+from .jobs.placement import DEFAULT_IMAGE as DEFAULT_RUNPOD_JOB_IMAGE
 from .jobs.setup import make_job_queue
 from .jobs.spec import JobLimits
+from .jobs.uploads import upload_routes
 from .lifecycle import HubWatch
 from .local import LocalInventory
 from .page import page_route
@@ -238,6 +240,31 @@ class ThinkubeService(Application):
         help="RunPod's GraphQL endpoint; empty: RUNPOD_API_URL, else "
         "`https://api.runpod.io/graphql`. E.g. `https://api.runpod.io/graphql`.",
     )
+    runpod_rest_url = Unicode(
+        "",
+        config=True,
+        help="RunPod's REST API v2 (pod logs, for jobs on RunPod); empty: RUNPOD_REST_URL, else "
+        "`https://api.runpod.io/v2`. E.g. `https://api.runpod.io/v2`.",
+    )
+    cloud_price_cap = Float(
+        0.0,
+        config=True,
+        help="The most a person may spend per hour (USD) on a job's RunPod pod, unless a user "
+        "or group cap says otherwise; 0: no cloud jobs. The same setting as the spawners' "
+        "(`RunPodCloudSettings.cloud_price_cap`): give both the same values. E.g. `1.0`.",
+    )
+    cloud_user_price_caps = Dict(
+        value_trait=Float(),
+        config=True,
+        help="Per-user caps (USD/h), over the group caps and cloud_price_cap, as the "
+        "spawners' setting of that name, e.g. `{'alice': 2.5}`.",
+    )
+    cloud_group_price_caps = Dict(
+        value_trait=Float(),
+        config=True,
+        help="Per-group caps (USD/h); a person in several groups gets the highest, as the "
+        "spawners' setting of that name, e.g. `{'gpu-users': 1.5}`.",
+    )
     cloud_offers_ttl_seconds = Float(
         300.0,
         config=True,
@@ -416,6 +443,54 @@ class ThinkubeService(Application):
         help="Largest dataset file a training job may send with it, in bytes; it travels "
         "compressed in the job's script, which jobs_max_script_bytes bounds too. Larger "
         "datasets go on the shared datasets volume. E.g. `16777216`.",
+    )
+
+    jobs_public_url = Unicode(
+        config=True,
+        help="This service's address as a RunPod pod reaches it (jobs on RunPod send their "
+        "artifacts and result there); empty: none, and no jobs on RunPod. Default: the "
+        "hub's JUPYTERHUB_PUBLIC_URL for this service, which the hub sets when "
+        "`c.JupyterHub.public_url` is set. E.g. "
+        "`https://hub.example.org/services/thinkube-resources/`.",
+    )
+
+    @default("jobs_public_url")
+    def _default_jobs_public_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_PUBLIC_URL", "")
+
+    jobs_runpod_image = Unicode(
+        DEFAULT_RUNPOD_JOB_IMAGE,
+        config=True,
+        help="The image a job on RunPod runs in when it names no catalog image (it needs "
+        "Python 3.8 or later), e.g. `runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04`.",
+    )
+    jobs_runpod_python = Unicode(
+        "python3",
+        config=True,
+        help="The command in a RunPod job's image that runs Python, e.g. `python`.",
+    )
+    jobs_runpod_artifacts_folder = Unicode(
+        "thinkube-job-artifacts",
+        config=True,
+        help="Where what jobs on RunPod upload is kept, one folder per job (relative to the "
+        "service's working folder), e.g. `/var/lib/thinkube/job-artifacts`.",
+    )
+    jobs_runpod_max_artifact_bytes = Integer(
+        20 << 30,
+        config=True,
+        help="The most all of one RunPod job's artifacts may take, in bytes, e.g. `10737418240`.",
+    )
+    jobs_runpod_result_grace_seconds = Float(
+        600.0,
+        config=True,
+        help="How long after its deadline a job on RunPod may still upload its artifacts and "
+        "result; with nothing by then it ends Lost and its pod is terminated. E.g. `600`.",
+    )
+    jobs_runpod_status_interval_seconds = Float(
+        15.0,
+        config=True,
+        help="How often the pod of a running RunPod job is looked at (a pod that vanished or "
+        "stopped without reporting ends its job Lost), e.g. `15`.",
     )
 
     page_rows = Integer(
@@ -711,6 +786,7 @@ class ThinkubeService(Application):
                 page_route(self.service_prefix),
                 *routes(self.service_prefix),
                 *job_routes(self.service_prefix),
+                *upload_routes(self.service_prefix),
                 *docs_routes(self.service_prefix),
             ],
             default_handler_class=NotFoundHandler,
@@ -756,6 +832,7 @@ class ThinkubeService(Application):
             api_key=self.runpod_api_key,
             key_file=self.runpod_api_key_file,  # ~ is expanded when read
             api_url=self.runpod_api_url,
+            rest_url=self.runpod_rest_url,
             offers_ttl_s=self.cloud_offers_ttl_seconds,
             prefix=self.cloud_pod_prefix,
             reaper_interval_s=self.cloud_reaper_interval_seconds,

@@ -107,6 +107,7 @@ def make_runpod_client(
     api_key: str = "",
     key_file: str = "",
     api_url: str = "",
+    rest_url: str = "",
     environ: Mapping[str, str],
 ) -> tuple[RunPodClient | None, str | None]:
     """A client, or None and the plain reason there is none. The key comes from `api_key`,
@@ -120,6 +121,7 @@ def make_runpod_client(
             api_key or None,
             key_file=key_file or None,
             api_url=api_url or None,
+            rest_url=rest_url or None,
             environ=environ,
             runpod_config=None,
             max_attempts=3,
@@ -236,6 +238,7 @@ class Cloud:
         key_file: str,
         api_url: str,
         offers_ttl_s: float,
+        rest_url: str = "",
         prefix: str,
         reaper_interval_s: float,
         reaper_grace_s: float,
@@ -244,7 +247,7 @@ class Cloud:
         environ: Mapping[str, str],
     ) -> Cloud:
         client, reason = make_runpod_client(
-            api_key=api_key, key_file=key_file, api_url=api_url, environ=environ
+            api_key=api_key, key_file=key_file, api_url=api_url, rest_url=rest_url, environ=environ
         )
         if client is None:
             # No key at all is a choice (no cloud); a key file that cannot be read is a

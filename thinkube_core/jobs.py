@@ -118,8 +118,10 @@ class Client:
         script: str | Path,
         *,
         expected_time: str | float,
-        gpus: int = 0,
+        gpus: int | None = None,
         gpu_model: str | None = None,
+        where: str | None = None,
+        pricing: str | None = None,
         cpu: str | float | None = None,
         memory: str | float | None = None,
         image: str | None = None,
@@ -127,7 +129,9 @@ class Client:
         project: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Job:
-        """Queue `script` (a path, or the script's text)."""
+        """Queue `script` (a path, or the script's text). `where`: `local` (this hub's
+        nodes, the default), `runpod`, or a RunPod offer as the spawn form names it
+        (`cloud:SECURE:NVIDIA GeForce RTX 4090:1`); `pricing`: `on-demand` or `spot` there."""
         path = Path(script) if not str(script).count("\n") else None
         if path is not None and path.is_file():
             text, script_name = path.read_text(), path.name
@@ -139,6 +143,8 @@ class Client:
             "expected_time": expected_time,
             "gpus": gpus,
             "gpu_model": gpu_model,
+            "where": where,
+            "pricing": pricing,
             "cpu": cpu,
             "memory": memory,
             "image": image,

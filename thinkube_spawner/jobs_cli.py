@@ -52,10 +52,16 @@ def _register_jobs(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument(
         "--expected-time", required=True, help="how long it should take: seconds, 10m, 2h"
     )
-    submit.add_argument("--gpus", type=int, default=0, help="how many GPUs (default 0)")
+    submit.add_argument("--gpus", type=int, help="how many GPUs (default 0; on RunPod 1)")
     submit.add_argument(
         "--gpu-model", help="a GPU model as the spawn form names it, e.g. NVIDIA-A100-SXM4-80GB"
     )
+    submit.add_argument(
+        "--where",
+        help="local (this hub's nodes, the default), runpod, or a RunPod offer as the spawn "
+        "form names it, e.g. 'cloud:SECURE:NVIDIA GeForce RTX 4090:1'",
+    )
+    submit.add_argument("--pricing", choices=("on-demand", "spot"), help="on RunPod")
     submit.add_argument("--cpu", help="CPU cores, e.g. 4")
     submit.add_argument("--memory", help="memory, e.g. 16Gi")
     submit.add_argument("--image", help="a catalog image (default: the catalog's GPU default)")
@@ -252,6 +258,8 @@ def _submit(args: argparse.Namespace) -> int:
         expected_time=args.expected_time,
         gpus=args.gpus,
         gpu_model=args.gpu_model,
+        where=args.where,
+        pricing=args.pricing,
         cpu=args.cpu,
         memory=args.memory,
         image=args.image,

@@ -26,9 +26,13 @@ import yaml
 from jupyterhub.utils import url_path_join
 from tornado import httputil, iostream, web
 
+from thinkube_core.runpod.offers import price_cap_for
+
 from ..bodies import BodyError, parse_json_body
 from ..handlers import JSONHandler
 from .manager import JobQueue
+from .placement import CloudChoices
+from .setup import cloud_jobs_unavailable
 from .spec import JobError, check_submission
 from .store import ACTIVE, FINISHED, QUEUED, RUNNING
 from .views import (
@@ -119,6 +123,24 @@ class JobsAPIHandler(JSONHandler):
             nodes=published.documents,
             gpu_models=published.summary_document.get("gpu_models") or [],
             limits=self.service.job_limits,
+            cloud=self.cloud_choices(),
+        )
+
+    def cloud_choices(self) -> CloudChoices:
+        """What the asker may rent on RunPod for a job now: the cached offers, their cap."""
+        service = self.service
+        groups = [g for g in self.current_user.get("groups") or [] if isinstance(g, str)]
+        return CloudChoices(
+            offers=service.cloud.offers.offers if service.cloud is not None else (),
+            cap=price_cap_for(
+                self.user_name,
+                groups,
+                service.cloud_price_cap,
+                service.cloud_user_price_caps,
+                service.cloud_group_price_caps,
+            ),
+            unavailable=cloud_jobs_unavailable(service),
+            default_image=service.jobs_runpod_image,
         )
 
     async def load_images(self) -> None:
@@ -147,7 +169,8 @@ class JobsAPIHandler(JSONHandler):
         """The job's output so far, capped at jobs_result_max_bytes, and whether its
         streams are `separate` or `combined`."""
         backend = self.queue.backend
-        streams = getattr(backend, "streams", "separate")
+        streams_for = getattr(backend, "streams_for", None)
+        streams = streams_for(entry) if streams_for else getattr(backend, "streams", "separate")
         limit = self.service.jobs_result_max_bytes
         if entry["status"] == QUEUED:
             return {"stdout": "", "stderr": "", "truncated": False}, streams

@@ -67,8 +67,12 @@ class JobBackend(Protocol):
     says so with `admits = True`: the queue then hands it every queued job at once (node
     None), the job stays queued until the backend calls the queue's `started(id, node)`,
     and positions come from the backend's `positions()` ({job id: 1-based position}).
-    A backend that ends jobs at their deadline itself sets `deadline_grace_s`: the queue
-    ends them only that long after the deadline, if the backend has not.
+    A backend that ends jobs at their deadline itself sets `deadline_grace_s` (or answers
+    `deadline_grace(entry)` per job): the queue ends them only that long after the
+    deadline, if the backend has not.
+    A backend that runs some jobs somewhere the planner does not place (a cloud pod) says
+    where with `elsewhere(entry)` (None for the others): those start at once, there,
+    whatever this hub's nodes hold, and hold nothing on them.
     Optional: `recover()`, the entries the backend's own records hold (on Kubernetes the
     Jobs are the source of truth), merged into the store when the queue starts.
 
@@ -134,11 +138,12 @@ def request_of(entry: Mapping[str, Any]) -> JobRequest:
         project=entry.get("project") or "",
         metadata=entry.get("metadata") or {},
         priority=int(entry.get("priority") or 0),
+        placement=stored.get("placement"),
     )
 
 
 def stored_request(request: JobRequest) -> dict[str, Any]:
-    return {
+    stored = {
         "script_name": request.script_name,
         "gpus": request.gpus,
         "gpu_model": request.gpu_model,
@@ -147,6 +152,9 @@ def stored_request(request: JobRequest) -> dict[str, Any]:
         "memory": request.memory,
         "image": dict(request.image),
     }
+    if request.placement:
+        stored["placement"] = dict(request.placement)
+    return stored
 
 
 class JobQueue:
@@ -317,35 +325,35 @@ class JobQueue:
             )
         return made
 
-    async def replan(self) -> Plan:
-        self._plans_begun += 1
-        number = self._plans_begun
-        now = self.clock()
-        grace = float(getattr(self.backend, "deadline_grace_s", 0.0) or 0.0)
-        for entry in list(self.active.values()):
-            deadline = entry["deadline_at"]
-            if entry["status"] == RUNNING and deadline and deadline + grace <= now:
-                await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
-        began = time.perf_counter()
-        active = list(self.active.values())
-        deadlines = [
-            e["deadline_at"] + grace for e in active if e["status"] == RUNNING and e["deadline_at"]
-        ]
-        if self.admits:
-            # The backend's admission decides: hand it what it does not have yet.
-            active = [
-                await self._hand_over(e) if e["status"] == QUEUED and not e.get("placement") else e
-                for e in active
-            ]
-            active = [e for e in active if e["status"] in ACTIVE]
-        waiting, running = [], []
+    def _grace(self, entry: Mapping[str, Any]) -> float:
+        """How long after its deadline the queue ends a running job (see JobBackend)."""
+        per_job = getattr(self.backend, "deadline_grace", None)
+        if per_job is not None:
+            return float(per_job(entry))
+        return float(getattr(self.backend, "deadline_grace_s", 0.0) or 0.0)
+
+    def _elsewhere(self, entry: Mapping[str, Any]) -> str | None:
+        """Where a job runs that the planner does not place (see JobBackend), or None."""
+        elsewhere = getattr(self.backend, "elsewhere", None)
+        return elsewhere(entry) if elsewhere is not None else None
+
+    async def _snapshot(self, active: Sequence[Mapping[str, Any]], now: float) -> tuple:
+        """The planner's view of `active`: (waiting QueueEntries, Running, what started
+        work holds that the node documents do not count yet, [(entry, place)] of queued
+        entries the planner does not place). Gives way to requests every SNAPSHOT_STEP."""
+        waiting, running, assumed, elsewhere = [], [], [], []
         counted = self.counted()
-        assumed = []
         for index, entry in enumerate(active):
             if index % SNAPSHOT_STEP == SNAPSHOT_STEP - 1:
                 await asyncio.sleep(0)  # a submission may come in: the next plan has it
             if entry["id"] not in self.active:
                 continue  # ended meanwhile
+            place = self._elsewhere(entry)
+            if place is not None:
+                # Not the planner's: started there now, holding nothing on this hub's nodes.
+                if entry["status"] == QUEUED and not entry.get("placement"):
+                    elsewhere.append((entry, place))
+                continue
             rules, demand = self._spec(entry)
             if entry["status"] == QUEUED:
                 waiting.append(self._queue_entry(entry, rules, demand))
@@ -363,6 +371,33 @@ class JobQueue:
                         gpus,
                     )
                 )
+        return waiting, running, assumed, elsewhere
+
+    async def replan(self) -> Plan:
+        self._plans_begun += 1
+        number = self._plans_begun
+        now = self.clock()
+        for entry in list(self.active.values()):
+            deadline = entry["deadline_at"]
+            if entry["status"] == RUNNING and deadline and deadline + self._grace(entry) <= now:
+                await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
+        began = time.perf_counter()
+        active = list(self.active.values())
+        deadlines = [
+            e["deadline_at"] + self._grace(e)
+            for e in active
+            if e["status"] == RUNNING and e["deadline_at"]
+        ]
+        if self.admits:
+            # The backend's admission decides: hand it what it does not have yet.
+            active = [
+                await self._hand_over(e)
+                if e["status"] == QUEUED and not e.get("placement") and not self._elsewhere(e)
+                else e
+                for e in active
+            ]
+            active = [e for e in active if e["status"] in ACTIVE]
+        waiting, running, assumed, elsewhere = await self._snapshot(active, now)
         nodes = with_assumed(self.documents(), assumed)
         if self.admits:
             # No placement of ours: the waiting in the backend's order (its positions),
@@ -384,12 +419,18 @@ class JobQueue:
                 if starts:  # what starts now is decided: started before the estimates
                     began_starting = time.perf_counter()
                     for queued, node in starts:
-                        if queued.id in self.active:  # not cancelled meanwhile
-                            deadlines.append(await self._start(self.active[queued.id], node))
+                        entry = self.active.get(queued.id)
+                        if entry is not None:  # not cancelled meanwhile
+                            deadline = await self._start(entry, node)
+                            deadlines.append(deadline + self._grace(entry) if deadline else None)
                     starting_s = time.perf_counter() - began_starting
                 await asyncio.sleep(0)
             self.last_plan_s = time.perf_counter() - began - starting_s
-        self._placed({e.id for e in waiting})
+        self._placed({e.id for e in waiting} | {e["id"] for e, _ in elsewhere})
+        for entry, place in elsewhere:  # not the planner's: started there, now
+            if entry["id"] in self.active:  # not cancelled meanwhile
+                deadline = await self._start(self.active[entry["id"]], place)
+                deadlines.append(deadline + self._grace(entry) if deadline else None)
         self._next_deadline = min((d for d in deadlines if d), default=None)
         self._plans_done = number
         planned, self._planned = self._planned, asyncio.Event()
@@ -491,28 +532,8 @@ class JobQueue:
         if self.admits:  # the backend's admission decides: behind all that waits
             waiting = sum(1 for e in active if e["status"] == QUEUED)
             return {"node": None, "position": waiting + 1, "expected_node": None, "eta": None}
-        waiting, running, assumed = [candidate], [], []
-        counted = self.counted()
-        for index, entry in enumerate(active):
-            if index % SNAPSHOT_STEP == SNAPSHOT_STEP - 1:
-                await asyncio.sleep(0)
-            entry_rules, entry_demand = self._spec(entry)
-            if entry["status"] == QUEUED:
-                waiting.append(self._queue_entry(entry, entry_rules, entry_demand))
-            elif entry["node"]:
-                if entry["id"] not in counted:
-                    assumed.append((entry["node"], entry_demand))
-                gpus = next((u for n, u in entry_demand.items() if n.startswith("nvidia.com/")), 0)
-                running.append(
-                    Running(
-                        entry["id"],
-                        entry["user"],
-                        entry["node"],
-                        entry["started_at"] or now,
-                        entry["expected_s"],
-                        gpus,
-                    )
-                )
+        waiting, running, assumed, _ = await self._snapshot(active, now)
+        waiting.insert(0, candidate)
         steps = planning(waiting, running, with_assumed(self.documents(), assumed), now)
         while True:
             try:

@@ -1,5 +1,7 @@
 """The GPU job queue as the service runs it: its store on the service's database, its
-backend (processes on this machine, or Kubernetes Jobs), fed by the inventory."""
+backends (processes on this machine, or Kubernetes Jobs; and RunPod pods for jobs placed
+on a cloud offer, where the service has a RunPod key and a public address), fed by the
+inventory."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .manager import Ending, JobQueue, QueueSettings
+from .routing import RoutedJobs
 from .store import JobStore
 
 if TYPE_CHECKING:
     from ..app import ThinkubeService
 
-__all__ = ["make_job_queue", "own_namespace"]
+__all__ = ["cloud_jobs_unavailable", "make_job_queue", "own_namespace"]
 
 # Where a pod finds the namespace it runs in.
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -25,6 +28,26 @@ def own_namespace(namespace_file: Path = NAMESPACE_FILE) -> str:
         return namespace_file.read_text().strip() or "default"
     except OSError:
         return "default"
+
+
+def public_url(service: ThinkubeService) -> str:
+    url = service.jobs_public_url.strip()
+    return url if not url or url.endswith("/") else url + "/"
+
+
+def cloud_jobs_unavailable(service: ThinkubeService) -> str | None:
+    """Why jobs cannot run on RunPod on this service (None: they can)."""
+    offers = service.cloud.offers if service.cloud is not None else None
+    if offers is None or not offers.configured:
+        return offers.not_configured_reason if offers is not None else "no RunPod key"
+    if not public_url(service):
+        return (
+            "RunPod pods could not reach this service: set c.JupyterHub.public_url (the hub "
+            "then tells the service its address) or ThinkubeService.jobs_public_url"
+        )
+    if offers.fetched_at is None:
+        return "RunPod's offers are not known yet" + (f" ({offers.error})" if offers.error else "")
+    return None
 
 
 def make_job_queue(service: ThinkubeService) -> JobQueue:
@@ -41,6 +64,14 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
     async def started(entry_id: str, node: str | None) -> None:
         await holder["queue"].started(entry_id, node)
 
+    async def record(entry_id: str, placement: dict) -> None:
+        queue = holder["queue"]
+        await queue.db(queue.store.update, entry_id, placement=placement)
+
+    async def lookup(entry_id: str):
+        queue = holder["queue"]
+        return await queue.db(queue.store.get, entry_id)
+
     if service.inventory == "local":
         from .local import LocalJobs, LocalJobSettings
 
@@ -48,7 +79,7 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
             documents = source.published.documents
             return documents[0] if documents else None
 
-        backend = LocalJobs(
+        local = LocalJobs(
             Path(os.path.expanduser(service.jobs_folder)).absolute(),
             gpus_in_use=source.gpus_held,
             machine=machine,
@@ -64,7 +95,7 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
     else:
         from .kube import KubeJobs
 
-        backend = KubeJobs(
+        local = KubeJobs(
             source.api_client,
             service.jobs_namespace or own_namespace(),
             ended,
@@ -79,9 +110,34 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
             artifacts_root=service.jobs_artifacts_root,
             datasets_claim=service.jobs_datasets_claim,
         )
+    runpod = None
+    client = service.cloud.offers.client if service.cloud is not None else None
+    if client is not None and public_url(service):
+        from .runpod import RunPodJobs, RunPodJobSettings
+
+        runpod = RunPodJobs(
+            client,
+            RunPodJobSettings(
+                public_url=public_url(service),
+                artifacts_folder=Path(
+                    os.path.expanduser(service.jobs_runpod_artifacts_folder)
+                ).absolute(),
+                name_prefix=service.cloud_pod_prefix,
+                python=service.jobs_runpod_python,
+                result_grace_s=service.jobs_runpod_result_grace_seconds,
+                exit_grace_s=min(30.0, service.jobs_runpod_result_grace_seconds),
+                status_interval_s=service.jobs_runpod_status_interval_seconds,
+                max_output_bytes=service.jobs_result_max_bytes,
+                max_artifact_bytes=service.jobs_runpod_max_artifact_bytes,
+                log_poll_interval_s=min(5.0, service.jobs_runpod_status_interval_seconds),
+            ),
+            ended,
+            record,
+            lookup,
+        )
     queue = JobQueue(
         JobStore(service.catalog.engine),
-        backend,
+        RoutedJobs(local, runpod),
         documents=lambda: source.published.documents,
         settings=settings,
         run_db=service.run_db,

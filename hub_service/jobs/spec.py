@@ -17,6 +17,8 @@ from typing import Any
 
 from thinkube_core.quantity import QuantityError, parse_quantity
 
+from .placement import CloudChoices, PlacementError, cloud_placement, wants_cloud
+
 __all__ = [
     "JobError",
     "JobLimits",
@@ -72,6 +74,8 @@ class JobRequest:
     project: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     priority: int = 0
+    # Where it runs when not on this hub's nodes (see placement.py): a RunPod pod.
+    placement: Mapping[str, Any] | None = None
 
 
 def parse_duration(value: Any) -> float:
@@ -185,9 +189,11 @@ def check_submission(
     nodes: Sequence[Mapping[str, Any]],
     gpu_models: Sequence[Mapping[str, Any]],
     limits: JobLimits = JobLimits(),
+    cloud: CloudChoices | None = None,
 ) -> JobRequest:
     """A submission's fields and script, checked; JobError names the first thing wrong.
-    `images` is the catalog, `nodes` and `gpu_models` the availability documents."""
+    `images` is the catalog, `nodes` and `gpu_models` the availability documents, `cloud`
+    what the person may rent on RunPod (a cloud `where`, see placement.py)."""
     if script is None or script == "" or script == b"":
         raise JobError("script", "A job needs a script (a file, or the script as text).")
     if isinstance(script, bytes):
@@ -218,6 +224,18 @@ def check_submission(
             "expected_time",
             f"expected_time must be more than 0 and at most {limits.max_expected_s / 3600:g} h.",
         )
+
+    try:
+        on_cloud = wants_cloud(fields)
+        placement = (
+            cloud_placement(fields, script, cloud or CloudChoices(), limits.max_gpus)
+            if on_cloud
+            else None
+        )
+    except PlacementError as err:
+        raise JobError(err.field, str(err)) from None
+    if placement is not None:
+        return _cloud_request(fields, script, expected, images, limits, placement, cloud)
 
     gpus = _count(fields, "gpus", 0, limits.max_gpus)
     gpu_model, resource = None, GPU_RESOURCE
@@ -260,6 +278,43 @@ def check_submission(
         project=_text(fields, "project"),
         metadata=_metadata(fields, limits),
         priority=0,
+    )
+
+
+def _cloud_request(
+    fields: Mapping[str, Any],
+    script: str,
+    expected: float,
+    images: Sequence[Mapping[str, Any]],
+    limits: JobLimits,
+    placement: Mapping[str, Any],
+    cloud: CloudChoices | None,
+) -> JobRequest:
+    """A job for a RunPod pod: the pod's GPUs, a catalog image when one is named (else the
+    hub's RunPod image); no node of this hub is looked at."""
+    image_name = fields.get("image")
+    if image_name in (None, ""):
+        default = (cloud or CloudChoices()).default_image
+        entry: Mapping[str, Any] | None = {"name": "runpod-default", "image": default}
+    else:
+        entry = _find_image(image_name, images, True)
+        if entry is None:
+            raise JobError("image", f"Unknown image {str(image_name)[:60]!r}.")
+    return JobRequest(
+        script=script,
+        script_name=_text(fields, "script_name", "script.py") or "script.py",
+        expected_s=expected,
+        gpus=int(placement["gpus"]),
+        gpu_model=placement.get("gpu_model"),
+        gpu_resource=GPU_RESOURCE,
+        cpu=_cpu(fields, limits),
+        memory=_memory(fields, limits),
+        image=entry,
+        name=_text(fields, "name"),
+        project=_text(fields, "project"),
+        metadata=_metadata(fields, limits),
+        priority=0,
+        placement=dict(placement),
     )
 
 

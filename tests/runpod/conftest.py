@@ -44,6 +44,7 @@ def client_for(fake: RunPodFake, **kwargs) -> RunPodClient:
     return RunPodClient(
         kwargs.pop("api_key", fake.api_key),
         api_url=fake.url,
+        rest_url=getattr(fake, "rest_url", None),
         proxy_url_template=fake.proxy_url_template,
         environ={},
         runpod_config=None,

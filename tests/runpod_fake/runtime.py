@@ -14,11 +14,12 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from tests.utils import stop_process_group
+import psutil
 
 log = logging.getLogger("runpod_fake.runtime")
 
@@ -156,8 +157,39 @@ async def open_forwarder(target_host: str, target_port: int) -> asyncio.Server:
     return await asyncio.start_server(relay, PUBLIC_IP, 0)
 
 
+def _descendants(process: asyncio.subprocess.Process | None) -> list[psutil.Process]:
+    if process is None or process.returncode is not None:
+        return []
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
 async def close_container(container: Container, grace_s: float = 5.0) -> None:
-    await stop_process_group(container.process, grace_s)
+    # A container's end ends every process in it, also those that left its process group
+    # (a program that starts its children in sessions of their own): found before the
+    # group is stopped, while they are still its descendants, and killed with it after the
+    # grace (one of them may hold the container's output open, and its end waits for that).
+    process = container.process
+    descendants = _descendants(process)
+    if process is not None and process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            _kill(descendants)
+            await process.wait()
+    _kill(descendants)
     for server in container.forwarders.values():
         server.close()
         with contextlib.suppress(Exception):

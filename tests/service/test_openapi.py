@@ -37,6 +37,7 @@ from hub_service.handlers import OPENAPI_PATH
 from hub_service.jobs.handlers import job_routes
 from hub_service.jobs.spec import GIB, JobLimits
 from hub_service.jobs.store import ACTIVE, FINISHED
+from hub_service.jobs.uploads import upload_routes
 from hub_service.jobs.views import COMPAT_STATUS
 from tests.hub_fixtures import ACCESS_SCOPE, IMAGE_WRITERS_ROLE, IMAGES_WRITE_SCOPE
 from tests.jobs.test_jobs_api import token_of
@@ -441,7 +442,7 @@ async def test_the_document_states_the_jobs_bounds():
     # every route the service serves is in the document
     served = {
         "/" + pattern.removeprefix("/prefix/").replace(r"([^/]+)", "{}").replace("(.+)", "{}")
-        for pattern, _ in job_routes("/prefix/")
+        for pattern, _ in [*job_routes("/prefix/"), *upload_routes("/prefix/")]
     }
     documented = {re.sub(r"\{[^}]+\}", "{}", path) for path in document["paths"]}
     assert served <= documented, served - documented

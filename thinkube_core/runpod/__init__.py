@@ -4,12 +4,20 @@ The spawner and the `thinkube cloud` CLI compose these; nothing here exits the p
 """
 
 from .client import PodWaitTimeout, RunPodClient
-from .credentials import DEFAULT_API_URL, Secret, resolve_api_key, resolve_api_url
+from .credentials import (
+    DEFAULT_API_URL,
+    DEFAULT_REST_URL,
+    Secret,
+    resolve_api_key,
+    resolve_api_url,
+    resolve_rest_url,
+)
 from .errors import (
     AuthError,
     CapacityError,
     ConfigurationError,
     InvalidRequestError,
+    LogStreamCut,
     NotFoundError,
     RunPodError,
     UnavailableError,
@@ -18,6 +26,7 @@ from .models import (
     CREATE_ID_ENV,
     DEFAULT_PROXY_URL_TEMPLATE,
     Pod,
+    PodLogEvent,
     PodRequest,
     PortMapping,
     meta_env,
@@ -30,13 +39,16 @@ __all__ = [
     "CREATE_ID_ENV",
     "DEFAULT_API_URL",
     "DEFAULT_PROXY_URL_TEMPLATE",
+    "DEFAULT_REST_URL",
     "AuthError",
     "CapacityError",
     "ConfigurationError",
     "InvalidRequestError",
+    "LogStreamCut",
     "NotFoundError",
     "Offer",
     "Pod",
+    "PodLogEvent",
     "PodRequest",
     "PodWaitTimeout",
     "PortMapping",
@@ -51,6 +63,7 @@ __all__ = [
     "parse_meta",
     "resolve_api_key",
     "resolve_api_url",
+    "resolve_rest_url",
     "select_offers",
     "sort_offers",
 ]

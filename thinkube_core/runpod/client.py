@@ -4,6 +4,8 @@
         offers = await runpod.offers(min_vram_gb=24, max_price_per_hour=1.0)
         pod = await runpod.create_pod(PodRequest(name=..., image_name=..., gpu_type_id=...))
         pod = await runpod.wait_for_pod(pod.id, port=8888, timeout_s=600)
+        async for event in runpod.pod_log_events(pod.id, source="container"):
+            print(event.line)                        # REST v2, Server-Sent Events
         await runpod.terminate_pod(pod.id)           # idempotent
 
 Requests carry `Authorization: Bearer <key>` and GraphQL variables (values are never put
@@ -26,24 +28,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import random
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from . import queries
-from .credentials import REDACTED, Secret, resolve_api_key, resolve_api_url
+from .credentials import REDACTED, Secret, resolve_api_key, resolve_api_url, resolve_rest_url
 from .errors import (
     AuthError,
     CapacityError,
     ConfigurationError,
     InvalidRequestError,
+    LogStreamCut,
     NotFoundError,
     RunPodError,
     UnavailableError,
@@ -53,6 +57,7 @@ from .models import (
     DEFAULT_PROXY_URL_TEMPLATE,
     ENDED_STATUSES,
     Pod,
+    PodLogEvent,
     PodRequest,
 )
 from .offers import Offer, select_offers
@@ -92,6 +97,7 @@ class RunPodClient:
     api_key: the key (str or Secret); else `key_file`, `RUNPOD_API_KEY`,
     `RUNPOD_API_KEY_FILE`, `~/.runpod/config.toml` (see credentials.resolve_api_key).
     api_url: else `RUNPOD_API_URL`, else https://api.runpod.io/graphql.
+    rest_url: REST v2 (pod logs); else `RUNPOD_REST_URL`, else https://api.runpod.io/v2.
     proxy_url_template: how a pod port is reached over HTTP; else
     `RUNPOD_PROXY_URL_TEMPLATE`, else `https://{pod_id}-{port}.proxy.runpod.net`.
     """
@@ -101,6 +107,7 @@ class RunPodClient:
         api_key: str | Secret | None = None,
         *,
         api_url: str | None = None,
+        rest_url: str | None = None,
         key_file: str | None = None,
         proxy_url_template: str | None = None,
         timeout_s: float = 30.0,
@@ -119,6 +126,7 @@ class RunPodClient:
             api_key, key_file=key_file, environ=env, runpod_config=runpod_config
         )
         self.api_url = resolve_api_url(api_url, env)
+        self.rest_url = resolve_rest_url(rest_url, env)
         self.proxy_url_template = (
             proxy_url_template or env.get("RUNPOD_PROXY_URL_TEMPLATE") or DEFAULT_PROXY_URL_TEMPLATE
         )
@@ -378,6 +386,113 @@ class RunPodClient:
             pods = [p for p in pods if p.matches(meta)]
         return pods
 
+    async def pod_log_events(
+        self,
+        pod_id: str,
+        *,
+        source: str | None = None,
+        tail: int | None = None,
+        since: str | None = None,
+        last_event_id: str | None = None,
+        read_timeout_s: float = 60.0,
+        duration_s: float | None = None,
+    ) -> AsyncIterator[PodLogEvent]:
+        """The pod's log from REST v2 (`GET {rest_url}/pods/{id}/logs`, Server-Sent Events):
+        first what RunPod backfills (the lines after `last_event_id`; else those from
+        `since`; else the last `tail`, RunPod's default 100), then lines as they come, until
+        the stream ends (the pod stopped) or, with `duration_s`, until that long has passed
+        (a poll: what is there now, then done). `source`: `container` or `system` (both
+        when None).
+
+        Not retried here: LogStreamCut when the connection drops mid-stream or nothing comes
+        for `read_timeout_s` (resume with the last event's id); NotFoundError for a pod the
+        account does not have (any more); AuthError; InvalidRequestError (HTTP 400);
+        UnavailableError for 5xx, 429 and network errors."""
+        params: dict[str, str] = {}
+        if source is not None:
+            params["source"] = source
+        if tail is not None:
+            params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = since
+        headers = {
+            "Authorization": f"Bearer {self._key.reveal()}",
+            "Accept": "text/event-stream",
+        }
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        url = f"{self.rest_url}/pods/{pod_id}/logs"
+        timeout = httpx.Timeout(self.timeout.connect, read=read_timeout_s)
+        end = None if duration_s is None else time.monotonic() + duration_s
+        try:
+            async with self._client().stream(
+                "GET", url, params=params, headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise self._rest_error(response, "getPodLogs")
+                lines = response.aiter_lines()
+                event_id: str | None = None
+                data: list[str] = []
+                while True:
+                    try:
+                        if end is None:
+                            line = await anext(lines)
+                        else:
+                            remaining = end - time.monotonic()
+                            if remaining <= 0:
+                                return
+                            async with asyncio.timeout(remaining):
+                                line = await anext(lines)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError:
+                        return  # a poll's time is up
+                    if line == "":
+                        if data:
+                            event = _log_event(event_id, "\n".join(data))
+                            if event is not None:
+                                yield event
+                        event_id, data = None, []
+                    elif line.startswith(":"):
+                        continue  # a keep-alive comment
+                    elif line.startswith("id:"):
+                        event_id = line[3:].removeprefix(" ")
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
+            raise UnavailableError(self._describe(err, []), field="getPodLogs") from None
+        except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as err:
+            raise LogStreamCut(
+                f"the log stream of pod {pod_id} was cut ({type(err).__name__})",
+                field="getPodLogs",
+            ) from None
+        except httpx.TransportError as err:
+            raise UnavailableError(self._describe(err, []), field="getPodLogs") from None
+
+    def _rest_error(self, response: httpx.Response, operation: str) -> RunPodError:
+        """A REST v2 error answer (problem+json, or an edge's HTML page) as a typed error."""
+        status = response.status_code
+        detail = ""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            detail = str(body.get("detail") or body.get("title") or "")
+        message = self.redact(
+            f"RunPod answered HTTP {status} to {operation}" + (f": {detail}" if detail else "")
+        )
+        if status in (401, 403):
+            return AuthError(message, status=status, field=operation)
+        if status == 404:
+            return NotFoundError(message, status=status, field=operation)
+        if status == 429 or status >= 500:
+            return UnavailableError(message, status=status, field=operation)
+        if status == 400:
+            return InvalidRequestError(message, status=status, field=operation)
+        return RunPodError(message, status=status, field=operation)
+
     # -- creating ----------------------------------------------------------------
 
     async def create_pod(self, request: PodRequest) -> Pod:
@@ -597,6 +712,19 @@ async def _call(callback: Callable[..., Any] | None, *args: Any) -> None:
         result = callback(*args)
         if inspect.isawaitable(result):
             await result
+
+
+def _log_event(event_id: str | None, data: str) -> PodLogEvent | None:
+    """One event of the log stream (`{"ts", "source", "line"}`); None for one that is not."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("line"), str):
+        return None
+    return PodLogEvent(
+        event_id, str(payload.get("ts") or ""), str(payload.get("source") or ""), payload["line"]
+    )
 
 
 def _operation_name(query: str) -> str | None:

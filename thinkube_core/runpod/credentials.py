@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlsplit
 from .errors import ConfigurationError
 
 DEFAULT_API_URL = "https://api.runpod.io/graphql"
+# RunPod's REST API v2 (pods and their logs as Server-Sent Events).
+DEFAULT_REST_URL = "https://api.runpod.io/v2"
 RUNPOD_CONFIG = Path("~/.runpod/config.toml")
 REDACTED = "***"
 
@@ -123,4 +125,22 @@ def resolve_api_url(api_url: str | None = None, environ: Mapping[str, str] | Non
     return url
 
 
-__all__ = ["DEFAULT_API_URL", "REDACTED", "Secret", "resolve_api_key", "resolve_api_url"]
+def resolve_rest_url(rest_url: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """REST v2's base URL: `rest_url`, else RUNPOD_REST_URL, else https://api.runpod.io/v2."""
+    environ = os.environ if environ is None else environ
+    url = (rest_url or environ.get("RUNPOD_REST_URL") or DEFAULT_REST_URL).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise ConfigurationError("the RunPod REST URL must be an http(s) URL without a query")
+    return url
+
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "DEFAULT_REST_URL",
+    "REDACTED",
+    "Secret",
+    "resolve_api_key",
+    "resolve_api_url",
+    "resolve_rest_url",
+]

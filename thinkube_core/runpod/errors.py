@@ -60,6 +60,11 @@ class UnavailableError(RunPodError):
     client's retries."""
 
 
+class LogStreamCut(UnavailableError):
+    """A pod's log stream stopped before its end: the connection dropped, or nothing came
+    for longer than the client waits. Resume it after the last event received."""
+
+
 class ConfigurationError(RunPodError):
     """The client is not configured (no API key found, bad endpoint)."""
 
@@ -69,6 +74,7 @@ __all__ = [
     "CapacityError",
     "ConfigurationError",
     "InvalidRequestError",
+    "LogStreamCut",
     "NotFoundError",
     "RunPodError",
     "UnavailableError",

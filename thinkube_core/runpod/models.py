@@ -149,6 +149,18 @@ class PodRequest:
 
 
 @dataclass(frozen=True)
+class PodLogEvent:
+    """One line of a pod's log as REST v2 streams it: its event id (what resumes a stream
+    after it, as `Last-Event-ID`), its time (RFC 3339), its source (`container`: what the
+    pod's process wrote; `system`: the host's lifecycle lines) and its text."""
+
+    id: str | None
+    ts: str
+    source: str
+    line: str
+
+
+@dataclass(frozen=True)
 class PortMapping:
     ip: str | None
     is_ip_public: bool
@@ -304,6 +316,7 @@ __all__ = [
     "TERMINATED",
     "GpuUsage",
     "Pod",
+    "PodLogEvent",
     "PodRequest",
     "PortMapping",
     "meta_env",

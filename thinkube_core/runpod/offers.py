@@ -206,8 +206,11 @@ __all__ = [
     "COMMUNITY",
     "SECURE",
     "Offer",
+    "cloud_enabled",
     "filter_offers",
     "offers_from_gpu_types",
+    "price_cap_for",
+    "price_problem",
     "select_offers",
     "sort_offers",
 ]
@@ -232,3 +235,29 @@ def price_problem(offer: Offer, spot: bool, cap: float) -> str | None:
             f"${cap:.2f}/h."
         )
     return None
+
+
+def price_cap_for(
+    user: str,
+    groups: Iterable[str],
+    default_cap: float,
+    user_caps: Mapping[str, float],
+    group_caps: Mapping[str, float],
+) -> float:
+    """The most a user may spend per hour on a cloud server or job (0: no cloud).
+
+    A cap set for the user wins; else the highest cap of the user's groups that have one;
+    else the default cap."""
+    if user in user_caps:
+        return max(0.0, float(user_caps[user]))
+    caps = [float(group_caps[g]) for g in groups if g in group_caps]
+    if caps:
+        return max(0.0, max(caps))
+    return max(0.0, float(default_cap))
+
+
+def cloud_enabled(
+    default_cap: float, user_caps: Mapping[str, float], group_caps: Mapping[str, float]
+) -> bool:
+    """Whether anyone at all may start a cloud server."""
+    return any(float(c) > 0 for c in [default_cap, *user_caps.values(), *group_caps.values()])

@@ -23,6 +23,7 @@ from traitlets.config import Configurable
 from thinkube_core.runpod.credentials import Secret, resolve_api_key, resolve_api_url
 from thinkube_core.runpod.errors import ConfigurationError
 from thinkube_core.runpod.models import DEFAULT_PROXY_URL_TEMPLATE
+from thinkube_core.runpod.offers import cloud_enabled, price_cap_for
 
 DEFAULT_CLOUD_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 JUPYTER_PORT = 8888
@@ -56,32 +57,6 @@ class CloudConfig:
 
 
 # -- pure functions ------------------------------------------------------------------
-
-
-def price_cap_for(
-    user: str,
-    groups: Iterable[str],
-    default_cap: float,
-    user_caps: Mapping[str, float],
-    group_caps: Mapping[str, float],
-) -> float:
-    """The most a user may spend per hour on a cloud server (0: no cloud).
-
-    A cap set for the user wins; else the highest cap of the user's groups that have one;
-    else the default cap."""
-    if user in user_caps:
-        return max(0.0, float(user_caps[user]))
-    caps = [float(group_caps[g]) for g in groups if g in group_caps]
-    if caps:
-        return max(0.0, max(caps))
-    return max(0.0, float(default_cap))
-
-
-def cloud_enabled(
-    default_cap: float, user_caps: Mapping[str, float], group_caps: Mapping[str, float]
-) -> bool:
-    """Whether anyone at all may start a cloud server."""
-    return any(float(c) > 0 for c in [default_cap, *user_caps.values(), *group_caps.values()])
 
 
 def pod_name(prefix: str, user: str, server: str = "") -> str:
