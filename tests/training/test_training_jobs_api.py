@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urljoin
@@ -65,6 +66,17 @@ async def runpod():
         await fake.stop()
 
 
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def no_pod_left(runpod):
+    """After each test: no pod of the RunPod stand-in left running (a dry run rents none,
+    a job's pod is terminated once it has reported)."""
+    yield
+    left = list(runpod.pods)
+    for pod_id in left:
+        await runpod.terminate(pod_id)
+    assert left == [], f"pods left running: {left}"
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def hub(tmp_path_factory, shared_volumes, runpod):
     models, datasets = shared_volumes
@@ -73,7 +85,12 @@ async def hub(tmp_path_factory, shared_volumes, runpod):
         f"c.ThinkubeService.training_datasets_path = {str(datasets)!r}",
         f"c.ThinkubeService.runpod_api_key = {runpod.api_key!r}",
         f"c.ThinkubeService.runpod_api_url = {runpod.url!r}",
+        f"c.ThinkubeService.runpod_rest_url = {runpod.rest_url!r}",
         "c.ThinkubeService.cloud_reaper_interval_seconds = 0",
+        "c.ThinkubeService.cloud_price_cap = 1.0",
+        # the stand-in's pods run on this machine: with this Python (torch, peft, the trainer)
+        f"c.ThinkubeService.jobs_runpod_python = {sys.executable!r}",
+        "c.ThinkubeService.jobs_runpod_status_interval_seconds = 0.2",
         # an image that cannot train, beside the machine's own Python
         "c.ThinkubeService.seed_images.append({'name': 'plain', 'image': 'python:3.12'})",
     ]
@@ -84,6 +101,9 @@ async def hub(tmp_path_factory, shared_volumes, runpod):
         "settings = json.loads(pathlib.Path(os.environ['THINKUBE_HUB_SETTINGS']).read_text())\n"
         "with open(pathlib.Path(settings['data_dir']) / 'service_config.py', 'a') as f:\n"
         f"    f.write({chr(10).join(lines) + chr(10)!r})\n"
+        # where the pods send the adapter back: the service, through the hub's proxy
+        "    public = f\"http://127.0.0.1:{settings['port']}/services/thinkube-resources/\"\n"
+        "    f.write(f'c.ThinkubeService.jobs_public_url = {public!r}\\n')\n"
     )
     async with local_hub(tmp_path_factory.mktemp("training-hub"), config=config) as hub:
         yield hub
@@ -339,12 +359,41 @@ async def test_a_dry_run_on_a_cloud_offer_says_the_most_it_may_cost(alice, share
         },
     )
     assert (two.status_code, two.json()["field"]) == (400, "gpus")
-    # not queued: this hub's queue runs jobs on its own machine only
-    refused = await alice.post(
+
+
+async def test_a_lora_job_on_a_runpod_pod_sends_its_adapter_back_and_the_pod_ends(
+    alice, shared_volumes, runpod, tmp_path
+):
+    """The same training job on a cloud offer: a pod of the RunPod stand-in (a process on
+    this machine) trains, uploads the adapter and its exit code to the service with its
+    job-scoped token, and is terminated."""
+    response = await alice.post(
         "api/v1/training-jobs",
-        json={"config": config_of(shared_volumes), "expected_time": "1h", "where": RTX4090},
+        json={"config": config_of(shared_volumes), "expected_time": "5m", "where": RTX4090},
     )
-    assert (refused.status_code, refused.json()["field"]) == (400, "where")
+    assert response.status_code == 201, response.text
+    job = response.json()
+
+    async def ended():
+        view = (await alice.get(f"api/v1/jobs/{job['id']}")).json()
+        return view if view["status"] not in ("queued", "running") else None
+
+    from tests.utils import eventually
+
+    view = await eventually(ended, within=180, interval=0.5)
+    assert (view["status"], view["exit_code"], view["node"]) == ("completed", 0, "runpod"), view
+    result = (await alice.get(f"api/v1/jobs/{job['id']}/result")).json()
+    assert "step 10/10 loss" in result["stdout"], result
+    adapter = await downloaded(alice, job["id"], tmp_path / "cloud")
+    check_adapter(adapter, "lora", shared_volumes[0] / "tiny-llama")
+    pods = [*runpod.pods.values(), *runpod.terminated.values()]
+    mine = [p for p in pods if p.env.get("THINKUBE_JOB_ID") == job["id"]]
+    assert len(mine) == 1 and mine[0].id in runpod.terminated  # rented once, then ended
+
+    async def none_left():
+        return not runpod.pods
+
+    await eventually(none_left, within=30, interval=0.2)
 
 
 def without(config: dict, key: str) -> dict:
