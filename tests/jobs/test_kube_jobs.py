@@ -54,9 +54,14 @@ class Setup:
         self.queue: JobQueue | None = None
 
     def make_queue(
-        self, database: str = "service.sqlite", connections: int | None = None, **settings
+        self,
+        database: str = "service.sqlite",
+        connections: int | None = None,
+        backend_options: dict | None = None,
+        **settings,
     ) -> JobQueue:
-        """`connections`: the API client's connection cap (kubernetes_asyncio's is 100)."""
+        """`connections`: the API client's connection cap (kubernetes_asyncio's is 100);
+        `backend_options`: more of KubeJobs' settings."""
         store = JobStore(create_engine(f"sqlite:///{self.tmp_path / database}"))
         holder: dict[str, JobQueue] = {}
 
@@ -83,6 +88,7 @@ class Setup:
             ttl_s=600,
             python=PY,
             positions_interval_s=0.2,
+            **(backend_options or {}),
         )
         self.queue = holder["queue"] = JobQueue(
             store,

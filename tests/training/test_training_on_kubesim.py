@@ -1,7 +1,8 @@
 """A training job as a Kubernetes Job, on kubesim with its process runtime: the script the
 service makes reaches the pod in the Job's ConfigMap (with the dataset inside it), the pod
 (uid 1000, as the Job says) runs the trainer on the tiny model, its log carries the step and
-loss lines, and the job completes."""
+loss lines, the job completes, and its adapter is on the models claim, where the service
+reads it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import pytest
 
 from hub_service.jobs.spec import JobRequest
 from hub_service.jobs.training import SCRIPT_NAME, training_metadata, training_script
+from tests.e2e.test_jobs_kubesim import MODELS_VOLUME, models_claim
 from tests.jobs.test_kube_jobs import setup, status_is  # noqa: F401 (the fixture)
+from tests.training.test_training_jobs_api import check_adapter
 from tests.training.tiny import build_model, dataset_records
 from thinkube_train.config import Placement, check_config
 
@@ -67,7 +70,10 @@ async def test_a_lora_job_with_its_dataset_runs_as_a_kubernetes_job(setup, model
         metadata=training_metadata(config, uploaded=True),
     )
     s = await setup()
-    queue = s.make_queue()
+    s.sim.load(models_claim())  # the adapter goes to the models claim
+    volume = s.sim.kubelet.volume_root / MODELS_VOLUME  # its files, as this machine holds them
+    options = {"models_claim": "thinkube-models", "artifacts_root": str(volume)}
+    queue = s.make_queue(backend_options=options)
     await queue.start()
     job = await queue.submit("alice", request)
     entry = await status_is(queue, job["id"], "running", within=30)
@@ -80,6 +86,10 @@ async def test_a_lora_job_with_its_dataset_runs_as_a_kubernetes_job(setup, model
     assert (done["status"], done["exit_code"]) == ("completed", 0), done.get("output")
     assert done["metadata"]["kind"] == "training"
     assert any(t.startswith("thinkube-train: done: 10 steps") for t in texts), texts
+    # On the claim, under /models/jobs/alice/<id>/ as the pod saw it: the trained adapter.
+    folder = queue.backend.artifacts_dir(done)
+    assert folder == volume.resolve() / "jobs" / "alice" / job["id"]
+    check_adapter(folder, "lora", model_folder)
 
 
 async def test_the_queues_preview_places_a_job_without_queueing_it(setup):  # noqa: F811
