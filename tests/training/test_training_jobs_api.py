@@ -361,15 +361,20 @@ async def test_a_dry_run_on_a_cloud_offer_says_the_most_it_may_cost(alice, share
     assert (two.status_code, two.json()["field"]) == (400, "gpus")
 
 
-async def test_a_lora_job_on_a_runpod_pod_sends_its_adapter_back_and_the_pod_ends(
-    alice, shared_volumes, runpod, tmp_path
+@pytest.mark.parametrize("algorithm", ["lora", "dora"])
+async def test_a_job_on_a_runpod_pod_sends_its_adapter_back_and_the_pod_ends(
+    alice, shared_volumes, runpod, tmp_path, algorithm
 ):
     """The same training job on a cloud offer: a pod of the RunPod stand-in (a process on
     this machine) trains, uploads the adapter and its exit code to the service with its
     job-scoped token, and is terminated."""
     response = await alice.post(
         "api/v1/training-jobs",
-        json={"config": config_of(shared_volumes), "expected_time": "5m", "where": RTX4090},
+        json={
+            "config": config_of(shared_volumes, algorithm=algorithm),
+            "expected_time": "5m",
+            "where": RTX4090,
+        },
     )
     assert response.status_code == 201, response.text
     job = response.json()
@@ -385,7 +390,7 @@ async def test_a_lora_job_on_a_runpod_pod_sends_its_adapter_back_and_the_pod_end
     result = (await alice.get(f"api/v1/jobs/{job['id']}/result")).json()
     assert "step 10/10 loss" in result["stdout"], result
     adapter = await downloaded(alice, job["id"], tmp_path / "cloud")
-    check_adapter(adapter, "lora", shared_volumes[0] / "tiny-llama")
+    check_adapter(adapter, algorithm, shared_volumes[0] / "tiny-llama")
     pods = [*runpod.pods.values(), *runpod.terminated.values()]
     mine = [p for p in pods if p.env.get("THINKUBE_JOB_ID") == job["id"]]
     assert len(mine) == 1 and mine[0].id in runpod.terminated  # rented once, then ended

@@ -41,10 +41,11 @@ def model_folder():
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def test_a_lora_job_with_its_dataset_runs_as_a_kubernetes_job(setup, model_folder):  # noqa: F811
+@pytest.mark.parametrize("algorithm", ["lora", "dora"])
+async def test_a_job_with_its_dataset_runs_as_a_kubernetes_job(setup, model_folder, algorithm):  # noqa: F811
     raw = {
         "base_model": str(model_folder),
-        "algorithm": "lora",
+        "algorithm": algorithm,
         "rank": 4,
         "target_modules": "all-linear",
         "dataset": {"prompt_field": "prompt", "response_field": "response"},
@@ -89,7 +90,7 @@ async def test_a_lora_job_with_its_dataset_runs_as_a_kubernetes_job(setup, model
     # On the claim, under /models/jobs/alice/<id>/ as the pod saw it: the trained adapter.
     folder = queue.backend.artifacts_dir(done)
     assert folder == volume.resolve() / "jobs" / "alice" / job["id"]
-    check_adapter(folder, "lora", model_folder)
+    check_adapter(folder, algorithm, model_folder)
 
 
 async def test_the_queues_preview_places_a_job_without_queueing_it(setup):  # noqa: F811
