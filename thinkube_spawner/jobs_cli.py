@@ -247,25 +247,27 @@ def _metadata(pairs: list[str]) -> dict[str, str]:
     return metadata
 
 
+def _job_options(args: argparse.Namespace) -> dict:
+    """The options `jobs submit` and `train` share, as the client takes them."""
+    return {
+        "expected_time": args.expected_time,
+        "gpus": args.gpus,
+        "gpu_model": args.gpu_model,
+        "where": args.where,
+        "pricing": args.pricing,
+        "cpu": args.cpu,
+        "memory": args.memory,
+        "image": args.image,
+        "metadata": _metadata(args.metadata),
+    }
+
+
 def _submit(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.script):
         raise CommandError(f"no such file: {args.script}")
-    metadata = _metadata(args.metadata)
     client = _client(args)
     job = _call(
-        client.submit,
-        args.script,
-        expected_time=args.expected_time,
-        gpus=args.gpus,
-        gpu_model=args.gpu_model,
-        where=args.where,
-        pricing=args.pricing,
-        cpu=args.cpu,
-        memory=args.memory,
-        image=args.image,
-        name=args.name,
-        project=args.project,
-        metadata=metadata,
+        client.submit, args.script, name=args.name, project=args.project, **_job_options(args)
     )
     if args.json:
         _print_json(job.view)
@@ -280,22 +282,13 @@ def _train(args: argparse.Namespace) -> int:
     for path in (args.config, args.dataset):
         if path is not None and not os.path.isfile(path):
             raise CommandError(f"no such file: {path}")
-    metadata = _metadata(args.metadata)
     client = _client(args)
     answer = _call(
         client.train,
         args.config,
-        expected_time=args.expected_time,
         dataset=args.dataset,
-        gpus=args.gpus,
-        gpu_model=args.gpu_model,
-        cpu=args.cpu,
-        memory=args.memory,
-        image=args.image,
-        metadata=metadata,
-        where=args.where,
-        pricing=args.pricing,
         dry_run=args.dry_run,
+        **_job_options(args),
     )
     if args.dry_run:
         if args.json:

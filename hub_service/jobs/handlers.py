@@ -206,6 +206,23 @@ def _parse_form(
     return arguments, files
 
 
+def form_text_fields(
+    content_type: str, body: bytes
+) -> tuple[dict[str, Any], dict[str, list[httputil.HTTPFile]]]:
+    """A multipart/form-data body's fields as text (the last of each name) and its files;
+    BodyError (400) for a body that cannot be read or a field that is not UTF-8."""
+    arguments, files = _parse_form(content_type, body)
+    if not arguments and not files and body:
+        raise BodyError(400, None, "the multipart body could not be read")
+    fields: dict[str, Any] = {}
+    for name, values in arguments.items():
+        try:
+            fields[name] = values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BodyError(400, name[:60], "fields must be UTF-8 text") from None
+    return fields, files
+
+
 class SubmissionParser:
     """The fields and the script of a submission: JSON (the script as text in `script`) or
     multipart/form-data (the script as a file part, the options as fields)."""
@@ -222,15 +239,7 @@ class SubmissionParser:
                 raise BodyError(400, "script", "script must be the script's text")
             return document, script
         if media_type == "multipart/form-data":
-            arguments, files = _parse_form(content_type, body)
-            if not arguments and not files and body:
-                raise BodyError(400, None, "the multipart body could not be read")
-            fields: dict[str, Any] = {}
-            for name, values in arguments.items():
-                try:
-                    fields[name] = values[-1].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise BodyError(400, name[:60], "fields must be UTF-8 text") from None
+            fields, files = form_text_fields(content_type, body)
             script: bytes | str | None = fields.pop("script", None)
             for name in ("script", "file", "code"):
                 if files.get(name):

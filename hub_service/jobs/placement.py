@@ -27,12 +27,13 @@ from typing import Any
 from thinkube_core.job_runner import encode_script
 from thinkube_core.runpod.offers import NO_CLOUD_FOR_YOU, Offer, price_problem, sort_offers
 
+from .errors import JobError
+
 __all__ = [
     "CLOUD_PREFIX",
     "MAX_SCRIPT_ENV_BYTES",
     "RUNPOD",
     "CloudChoices",
-    "PlacementError",
     "cloud_placement",
     "offers_of",
     "wants_cloud",
@@ -50,14 +51,6 @@ DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 EXAMPLE = "cloud:SECURE:NVIDIA GeForce RTX 4090:1"
 
 
-class PlacementError(ValueError):
-    """A placement that cannot be used; `field` names the option that is wrong."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 @dataclass(frozen=True)
 class CloudChoices:
     """What one person may rent for a job now: RunPod's offers as the service last fetched
@@ -73,19 +66,19 @@ class CloudChoices:
 
 
 def wants_cloud(fields: Mapping[str, Any]) -> bool:
-    """Whether the submission asks for a RunPod pod; PlacementError for a `where` that is
+    """Whether the submission asks for a RunPod pod; JobError for a `where` that is
     neither that nor the hub's own nodes."""
     where = fields.get("where")
     if where in (None, ""):
         return False
     if not isinstance(where, str):
-        raise PlacementError("where", "where must be text: 'local', 'runpod' or a cloud offer.")
+        raise JobError("where", "where must be text: 'local', 'runpod' or a cloud offer.")
     text = where.strip()
     if text.lower() == LOCAL:
         return False
     if text.lower() == RUNPOD or text.startswith(CLOUD_PREFIX):
         return True
-    raise PlacementError(
+    raise JobError(
         "where",
         f"where must be 'local' (this hub's nodes), 'runpod', or a RunPod offer as the spawn "
         f"form names it (like {EXAMPLE!r}); got {text[:60]!r}.",
@@ -107,7 +100,7 @@ def _gpus(fields: Mapping[str, Any], maximum: int) -> int:
         or number != number.to_integral_value()
         or not 1 <= number <= maximum
     ):
-        raise PlacementError(
+        raise JobError(
             "gpus",
             f"A RunPod job runs on a GPU pod: gpus must be a whole number from 1 to {maximum}.",
         )
@@ -135,23 +128,21 @@ def cloud_placement(
 ) -> dict[str, Any]:
     """The placement a cloud submission asks for, checked against what this person may rent
     now: `{"kind": "runpod", "gpus", "spot", "offers": [offer, ...], "gpu_model"}`, the
-    offers (for that many GPUs) in the order they are tried. PlacementError otherwise."""
+    offers (for that many GPUs) in the order they are tried. JobError otherwise."""
     if choices.unavailable:
-        raise PlacementError(
-            "where", f"Cloud jobs cannot run on this hub now: {choices.unavailable}."
-        )
+        raise JobError("where", f"Cloud jobs cannot run on this hub now: {choices.unavailable}.")
     if choices.cap <= 0:
-        raise PlacementError("where", NO_CLOUD_FOR_YOU)
+        raise JobError("where", NO_CLOUD_FOR_YOU)
     pricing = fields.get("pricing") or ON_DEMAND
     if pricing not in (ON_DEMAND, SPOT):
-        raise PlacementError(
+        raise JobError(
             "pricing", f"pricing must be {ON_DEMAND!r} or {SPOT!r}; got {str(pricing)[:20]!r}."
         )
     spot = pricing == SPOT
     gpus = _gpus(fields, max_gpus)
     encoded = len(encode_script(script))
     if encoded > MAX_SCRIPT_ENV_BYTES:
-        raise PlacementError(
+        raise JobError(
             "script",
             f"The script is too large for a RunPod job: compressed it takes {encoded // 1024} "
             f"KiB of the pod's environment, which holds at most {MAX_SCRIPT_ENV_BYTES // 1024} "
@@ -163,14 +154,14 @@ def cloud_placement(
         key = where[len(CLOUD_PREFIX) :]
         offer = next((o for o in choices.offers if o.key == key), None)
         if offer is None:
-            raise PlacementError(
+            raise JobError(
                 "where",
                 f"RunPod has no offer {key[:80]!r} now (GET api/v1/cloud/offers lists them).",
             )
         chosen = scaled(offer, gpus)
         problem = price_problem(chosen, spot, choices.cap)
         if problem:
-            raise PlacementError("where", problem)
+            raise JobError("where", problem)
         candidates = [chosen]
     else:
         candidates = _within_cap(fields, choices, gpus, spot)
@@ -188,7 +179,7 @@ def _within_cap(
 ) -> list[Offer]:
     wanted = fields.get("gpu_model")
     if wanted not in (None, "") and not isinstance(wanted, str):
-        raise PlacementError("gpu_model", "gpu_model must be text.")
+        raise JobError("gpu_model", "gpu_model must be text.")
     needle = (wanted or "").strip().lower()
     matching = [
         offer
@@ -196,7 +187,7 @@ def _within_cap(
         if not needle or needle in offer.display_name.lower() or needle in offer.gpu_type_id.lower()
     ]
     if needle and not matching:
-        raise PlacementError(
+        raise JobError(
             "gpu_model",
             f"RunPod offers no GPU called {wanted[:60]!r} now.",  # type: ignore[index]
         )
@@ -204,7 +195,7 @@ def _within_cap(
     if not affordable:
         what = f"{gpus} GPU{'s' if gpus != 1 else ''}" + (f" of {wanted}" if needle else "")
         pricing = "spot" if spot else "on demand"
-        raise PlacementError(
+        raise JobError(
             "gpu_model" if needle else "where",
             f"No RunPod offer of {what} is within your cloud limit of ${choices.cap:.2f}/h "
             f"({pricing}) now.",

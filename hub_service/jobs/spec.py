@@ -17,7 +17,8 @@ from typing import Any
 
 from thinkube_core.quantity import QuantityError, parse_quantity
 
-from .placement import CloudChoices, PlacementError, cloud_placement, wants_cloud
+from .errors import JobError
+from .placement import CloudChoices, cloud_placement, wants_cloud
 
 __all__ = [
     "JobError",
@@ -34,14 +35,6 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}", re.ASCII)
 _METADATA_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)
-
-
-class JobError(ValueError):
-    """A submission that cannot be queued; `field` names what is wrong."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -225,15 +218,11 @@ def check_submission(
             f"expected_time must be more than 0 and at most {limits.max_expected_s / 3600:g} h.",
         )
 
-    try:
-        on_cloud = wants_cloud(fields)
-        placement = (
-            cloud_placement(fields, script, cloud or CloudChoices(), limits.max_gpus)
-            if on_cloud
-            else None
-        )
-    except PlacementError as err:
-        raise JobError(err.field, str(err)) from None
+    placement = (
+        cloud_placement(fields, script, cloud or CloudChoices(), limits.max_gpus)
+        if wants_cloud(fields)
+        else None
+    )
     if placement is not None:
         return _cloud_request(fields, script, expected, images, limits, placement, cloud)
 
@@ -265,20 +254,29 @@ def check_submission(
             f"Unknown image {str(image_name)[:60]!r}." if image_name else "No image is available.",
         )
     return JobRequest(
-        script=script,
-        script_name=_text(fields, "script_name", "script.py") or "script.py",
-        expected_s=expected,
         gpus=gpus,
         gpu_model=gpu_model,
         gpu_resource=resource,
-        cpu=_cpu(fields, limits),
-        memory=_memory(fields, limits),
         image=entry,
-        name=_text(fields, "name"),
-        project=_text(fields, "project"),
-        metadata=_metadata(fields, limits),
-        priority=0,
+        **_described(fields, script, expected, limits),
     )
+
+
+def _described(
+    fields: Mapping[str, Any], script: str, expected: float, limits: JobLimits
+) -> dict[str, Any]:
+    """What a job's request holds wherever it runs: its script, time, size and names."""
+    return {
+        "script": script,
+        "script_name": _text(fields, "script_name", "script.py") or "script.py",
+        "expected_s": expected,
+        "cpu": _cpu(fields, limits),
+        "memory": _memory(fields, limits),
+        "name": _text(fields, "name"),
+        "project": _text(fields, "project"),
+        "metadata": _metadata(fields, limits),
+        "priority": 0,
+    }
 
 
 def _cloud_request(
@@ -301,20 +299,12 @@ def _cloud_request(
         if entry is None:
             raise JobError("image", f"Unknown image {str(image_name)[:60]!r}.")
     return JobRequest(
-        script=script,
-        script_name=_text(fields, "script_name", "script.py") or "script.py",
-        expected_s=expected,
         gpus=int(placement["gpus"]),
         gpu_model=placement.get("gpu_model"),
         gpu_resource=GPU_RESOURCE,
-        cpu=_cpu(fields, limits),
-        memory=_memory(fields, limits),
         image=entry,
-        name=_text(fields, "name"),
-        project=_text(fields, "project"),
-        metadata=_metadata(fields, limits),
-        priority=0,
         placement=dict(placement),
+        **_described(fields, script, expected, limits),
     )
 
 

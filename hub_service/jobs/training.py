@@ -41,7 +41,7 @@ from thinkube_train.config import (
 )
 
 from ..bodies import BodyError, parse_json_body
-from .handlers import FIELDS_ROOM_BYTES, JobsAPIHandler, _parse_form
+from .handlers import FIELDS_ROOM_BYTES, JobsAPIHandler, form_text_fields
 from .spec import JobError, JobRequest
 from .views import ESTIMATE_BASIS, iso
 
@@ -255,15 +255,7 @@ class TrainingSubmission:
                 )
             return cls(cls._options(document), cls._config(config), None)
         if media_type == "multipart/form-data":
-            arguments, files = _parse_form(content_type, body)
-            if not arguments and not files and body:
-                raise BodyError(400, None, "the multipart body could not be read")
-            fields: dict[str, Any] = {}
-            for name, values in arguments.items():
-                try:
-                    fields[name] = values[-1].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise BodyError(400, name[:60], "fields must be UTF-8 text") from None
+            fields, files = form_text_fields(content_type, body)
             config = fields.pop("config", None)
             if files.get("config"):
                 config = files["config"][0].body
