@@ -25,6 +25,7 @@ from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
 from thinkube_core.accounting import MalformedObject
+from thinkube_core.kueue import QUEUE_LABEL
 from thinkube_core.scheduling import PodRules, node_reason, pod_demand
 
 from .availability import (
@@ -257,6 +258,32 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         "(event TriggeredScaleUp), e.g. `300`.",
     )
 
+    # -- Kueue -----------------------------------------------------------------------------
+
+    kueue_local_queue = Unicode(
+        "",
+        config=True,
+        help="A Kueue LocalQueue (in the servers' namespace) that notebook servers queue in, "
+        "e.g. `'notebooks'`; empty (the default): no Kueue. Each server's pod is labelled "
+        "`kueue.x-k8s.io/queue-name: <queue>` (Kueue's plain-pod integration must be on), "
+        "Kueue holds it back with its admission gate until the queue's quota admits it, and "
+        "the spawn's progress says its place in the queue. That wait counts neither for "
+        "fail-fast nor for start_timeout; kueue_max_wait_seconds limits it.",
+    )
+    kueue_max_wait_seconds = Float(
+        3600.0,
+        config=True,
+        help="How long a server's pod may wait in the Kueue queue (gated) before the spawn "
+        "gives up and deletes it, e.g. `3600`. The hub's start_timeout still limits the rest "
+        "of the start. A waiting spawn counts in JupyterHub's concurrent_spawn_limit.",
+    )
+    kueue_poll_seconds = Float(
+        2.0,
+        config=True,
+        help="How often a queued spawn asks Kueue's visibility API for its place in the "
+        "queue, e.g. `2`.",
+    )
+
     # -- the form, the options and the lifecycle, wired ------------------------------------
 
     @default("options_form")
@@ -289,6 +316,8 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             for name in {*MERGED_TRAITS, *SCHEDULING_TRAITS}
         }
         self._pod_template: PodTemplate | None = None
+        # The admin's start_timeout: a start queued in Kueue raises the hub's for its wait.
+        self.configured_start_timeout = self.start_timeout
         self._cloud_settings = None
         self._backend: Server | None = None
         # kubespawner logs a pod it could not create in full, environment included: the
@@ -520,7 +549,17 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
 
     async def get_pod_manifest(self):
         """kubespawner's pod, checked with the feasibility filter before it is created: the
-        pod we submit, not a model of it, must fit where the check at submit said."""
+        pod we submit, not a model of it, must fit where the check at submit said; with
+        kueue_local_queue, labelled for that queue."""
+        pod = await self._checked_pod_manifest()
+        if self.kueue_local_queue:
+            pod.metadata.labels = {
+                **(pod.metadata.labels or {}),
+                QUEUE_LABEL: self.kueue_local_queue,
+            }
+        return pod
+
+    async def _checked_pod_manifest(self):
         pod = await super().get_pod_manifest()
         choice = self.thinkube_choice
         if choice is None or self._menu_cache is None:
