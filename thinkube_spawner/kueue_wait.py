@@ -69,8 +69,12 @@ def queue_message(position: int | None, queue: str, choice: Choice | None) -> st
 
 
 def queue_too_long_message(max_wait: float, queue: str) -> str:
-    minutes = max_wait / 60
-    span = f"{minutes:g} minutes" if minutes < 120 else f"{minutes / 60:g} hours"
+    if max_wait < 120:
+        span = f"{max_wait:g} seconds"
+    elif max_wait < 2 * 3600:
+        span = f"{max_wait / 60:g} minutes"
+    else:
+        span = f"{max_wait / 3600:g} hours"
     return (
         f"Your server waited {span} in the queue {queue!r} and was not admitted; it was "
         "removed from the queue and nothing is running. Try again later."

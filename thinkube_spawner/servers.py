@@ -156,11 +156,13 @@ class KubernetesServer:
 
     async def _fail_fast(self) -> Exception:
         failure = await self._watch_scheduling()
-        return spawn_error(
+        error = spawn_error(
             await self.spawner.unschedulable_message(failure),
             reason="unschedulable",
             status_code=503,
         )
+        await self.spawner.offer_cloud_instead_now(error)
+        return error
 
     async def _watch_queue(self) -> Exception:
         """The error that ends a start once its pod has been held in Kueue's queue longer
@@ -182,13 +184,15 @@ class KubernetesServer:
                     spawner.kueue_max_wait_seconds,
                     spawner.kueue_local_queue,
                 )
-                return spawn_error(
+                error = spawn_error(
                     queue_too_long_message(
                         spawner.kueue_max_wait_seconds, spawner.kueue_local_queue
                     ),
                     reason="queue",
                     status_code=503,
                 )
+                await spawner.offer_cloud_instead_now(error)
+                return error
             if verdict == TIMED_OUT:
                 return TimeoutError(timed_out_message(spawner.configured_start_timeout))
 

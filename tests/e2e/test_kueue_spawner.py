@@ -2,7 +2,8 @@
 JupyterHub behind the real configurable-http-proxy, the managed availability service, and
 kubesim with its Kueue (plain-pod integration) running pods as real `jupyterhub-singleuser`
 processes. The queue's quota holds one GPU although the lab has eight: the second server
-waits in the queue, gated, and starts when the first stops.
+waits in the queue, gated, and starts when the first stops; the third waits past the admin's
+limit, and its failure offers the RunPod stand-in's cheapest fitting offer instead.
 """
 
 from __future__ import annotations
@@ -10,22 +11,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from html import escape
 from urllib.parse import urljoin
 
 import httpx
 
-from tests.e2e.test_thinkube_spawner import (
-    A100,
-    CLAIMS,
-    claim,
-    hub_config,
-    pods,
-    storage_class,
-    wait_running,
-)
+from tests.e2e.test_thinkube_spawner import A100, pods, wait_running
 from tests.kubesim.generator import make_node
 from tests.kubesim.kueue import queue_manifests
+from tests.kubesim.sim import free_port
+from tests.runpod.test_thinkube_cloud import cloud_config
+from tests.runpod_fake import RunPodFake
+from tests.runpod_fake.catalog import GpuTypeSpec
 from tests.utils import eventually
+
+CATALOG = (
+    GpuTypeSpec("NVIDIA RTX A6000", "RTX A6000", 48, 0.49, None),  # too little memory
+    GpuTypeSpec("NVIDIA A100 80GB PCIe", "A100 PCIe", 80, 1.19, None),
+    GpuTypeSpec("NVIDIA H100 80GB HBM3", "H100 SXM", 80, 2.69, None),  # over the cap
+)
 
 GPU_SERVER = {"where": "gpu:nvidia-a100-sxm4-80gb", "gpus": "1", "cpu": "1", "memory": "1"}
 
@@ -71,23 +75,35 @@ async def test_a_queued_server_waits_its_turn_and_starts_when_the_gpu_frees(
         [
             make_node("gpu-a", A100.cpu, A100.memory_gi, A100, 0),
             make_node("gpu-b", A100.cpu, A100.memory_gi, A100, 1),
-            storage_class("seaweedfs"),
-            *[claim(name) for name in CLAIMS],
             *queue_manifests(
                 {"cpu": 64, "memory": "256Gi", "nvidia.com/gpu": 1},
                 local_queues={"default": "notebooks"},
             ),
         ]
     )
+    fake = RunPodFake(gpu_types=CATALOG)
+    await fake.start()
+    try:
+        await queued_servers(sim, fake, hub_with_service)
+    finally:
+        await fake.stop()
+    assert not fake.invalid_requests()
+    assert not fake.requests_for("podFindAndDeployOnDemand")  # offered, not rented
+
+
+async def queued_servers(sim, fake, hub_with_service) -> None:
     start_timeout, max_wait = 8, 30
-    config = hub_config(
+    config = cloud_config(
         sim,
+        fake,
+        free_port(),
+        cloud_user_price_caps={"carol": 1.5},
         kueue_local_queue="notebooks",
         kueue_max_wait_seconds=max_wait,
         kueue_poll_seconds=0.3,
         start_timeout=start_timeout,
     )
-    hub = await hub_with_service(sim=sim, config=config)
+    hub = await hub_with_service(sim=sim, config=config, service_env=fake.env())
     admin = hub.token("kueue-admin", roles_=["admin"])
     hub._admin = admin
     for user in ("alice", "bob", "carol"):
@@ -154,13 +170,21 @@ async def test_a_queued_server_waits_its_turn_and_starts_when_the_gpu_frees(
         assert (await pod_of(sim, "bob")).spec.node_name in ("gpu-a", "gpu-b")
         await eventually(lambda: placed(carol, "number 1 in line"), within=20)
 
-        # carol's wait passes the admin's limit: her spawn ends with that, her pod is gone.
+        # carol's wait passes the admin's limit: her spawn ends with that, her pod is gone,
+        # and the cheapest cloud offer with an 80 GB GPU within her cap is one click away.
         failed = await carol.finished(within=max_wait + 30)
         assert failed.get("failed"), carol.messages
-        assert (
-            f"Your server waited {max_wait / 60:g} minutes in the queue 'notebooks' and was not "
-            "admitted" in failed["message"]
+        said = (
+            f"Your server waited {max_wait} seconds in the queue 'notebooks' and was not "
+            "admitted; it was removed from the queue and nothing is running. Try again later."
         )
+        assert failed["message"] == f"Spawn failed: {said}"
+        assert failed["html_message"].startswith(
+            f"{escape(said)}<br>An A100 PCIe on RunPod is free now at $1.19/h — "
+            '<a id="thinkube-cloud-instead" href="/hub/spawn/carol?opt-profile=thinkube&amp;'
+        )
+        assert "opt-where=cloud%3ASECURE%3ANVIDIA+A100+80GB+PCIe%3A1" in failed["html_message"]
+        assert "H100" not in failed["html_message"]
         assert time.monotonic() - queued_at >= max_wait
         await eventually(lambda: _gone(sim, "carol"), within=30)
         assert (await api.get("users/carol")).json()["servers"] == {}

@@ -159,6 +159,7 @@ def test_the_ends_of_a_queued_start_in_words():
         "from the queue and nothing is running. Try again later."
     )
     assert queue_too_long_message(8 * 3600, "nb").startswith("Your server waited 8 hours")
+    assert queue_too_long_message(90, "nb").startswith("Your server waited 90 seconds")
     assert timed_out_message(300) == (
         "Your server did not start within 300 seconds of leaving the queue; nothing is "
         "running. Try again in a moment."
