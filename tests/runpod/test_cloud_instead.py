@@ -142,4 +142,17 @@ async def test_a_full_lab_offers_the_cheapest_cloud_gpu_within_the_cap(
         assert "No RTX 4090 is free now." in unescape(refused.text)
         assert "start there instead" not in refused.text
         assert not NOTICE.findall(refused.text)
+        # A link made up for an offer over her cap, or with a value the form would not
+        # offer, is refused with the reason; nothing is rented.
+        for query, reason in (
+            (
+                "opt-where=cloud%3ASECURE%3ANVIDIA+H100+80GB+HBM3%3A1&opt-gpus=1",
+                "H100 SXM costs $2.69/h on demand, over your cloud limit of $0.40/h.",
+            ),
+            ("opt-where=cpu&opt-cpu=lots", "CPUs must be one of 1, 2, 4; got 'lots'."),
+            ("opt-where=cpu&opt-colour=red", "Unknown server option(s): colour."),
+        ):
+            tampered = await carol.get(urljoin(hub.url, f"hub/spawn/carol?{query}"))
+            assert tampered.status_code == 400, tampered.text[:1000]
+            assert reason in unescape(tampered.text)
         assert len(fake.requests_for("podFindAndDeployOnDemand")) == 1
