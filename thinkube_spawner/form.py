@@ -421,10 +421,11 @@ def options_from_formdata(formdata: dict[str, list[str]]) -> dict[str, str]:
 
 
 def options_from_querydata(query: dict[str, list[str]]) -> dict[str, str]:
-    """The options of a start from the hub's spawn URL (`?opt-where=...&opt-gpus=1`, which
-    JupyterHub hands over without the `opt-`): the same keys as user_options, or the form's
-    field names. Nothing is checked here, and an unknown key is kept for `check_choice` to
-    name."""
+    """The options of a start from the hub's spawn URL (`?opt-where=...&opt-gpus=1`; JupyterHub
+    6 hands them over without the `opt-`, 5.5 with it): the same keys as user_options, or the
+    form's field names. Nothing is checked here, and an unknown key is kept for
+    `check_choice` to name."""
+    query = {key.removeprefix("opt-"): values for key, values in query.items()}
     options = options_from_formdata(query)
     prefix = f"profile-option-{PROFILE_SLUG}--"
     for key, values in query.items():
