@@ -420,6 +420,20 @@ def options_from_formdata(formdata: dict[str, list[str]]) -> dict[str, str]:
     return options
 
 
+def options_from_querydata(query: dict[str, list[str]]) -> dict[str, str]:
+    """The options of a start from the hub's spawn URL (`?opt-where=...&opt-gpus=1`; JupyterHub
+    6 hands them over without the `opt-`, 5.5 with it): the same keys as user_options, or the
+    form's field names. Nothing is checked here, and an unknown key is kept for
+    `check_choice` to name."""
+    query = {key.removeprefix("opt-"): values for key, values in query.items()}
+    options = options_from_formdata(query)
+    prefix = f"profile-option-{PROFILE_SLUG}--"
+    for key, values in query.items():
+        if key != "profile" and not key.startswith(prefix) and values:
+            options.setdefault(key, values[0])
+    return options
+
+
 def _gib_text(amount: float) -> str:
     return f"{amount / GIB:.1f}".removesuffix(".0")
 

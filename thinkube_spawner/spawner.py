@@ -25,6 +25,7 @@ from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
 from thinkube_core.accounting import MalformedObject
+from thinkube_core.kueue import QUEUE_LABEL
 from thinkube_core.scheduling import PodRules, node_reason, pod_demand
 
 from .availability import (
@@ -35,7 +36,15 @@ from .availability import (
 )
 from .claims import storage_problems
 from .errors import choice_error, service_unavailable_error, spawn_error
-from .form import TEMPLATES, menu_profile, options_from_formdata, render_form, unavailable_profile
+from .form import (
+    TEMPLATES,
+    menu_profile,
+    options_from_formdata,
+    options_from_querydata,
+    render_form,
+    unavailable_profile,
+)
+from .instead import cloud_instead, error_html, form_notice_html, instead_link
 from .labels import server_label
 from .menu import (
     CLOUD_PREFIX,
@@ -146,6 +155,8 @@ class _RenderedForms:
 
 
 _rendered_forms = _RenderedForms()
+# How long the form says, after a refusal for lack of room, which cloud offer could run it.
+ROOM_NOTICE_SECONDS = 300.0
 # Form renders that share a request to the service already under way: (menu settings,
 # service URL, token) -> the menu it will give.
 _menus_under_way: dict[tuple, asyncio.Future[Menu]] = {}
@@ -257,6 +268,32 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         "(event TriggeredScaleUp), e.g. `300`.",
     )
 
+    # -- Kueue -----------------------------------------------------------------------------
+
+    kueue_local_queue = Unicode(
+        "",
+        config=True,
+        help="A Kueue LocalQueue (in the servers' namespace) that notebook servers queue in, "
+        "e.g. `'notebooks'`; empty (the default): no Kueue. Each server's pod is labelled "
+        "`kueue.x-k8s.io/queue-name: <queue>` (Kueue's plain-pod integration must be on), "
+        "Kueue holds it back with its admission gate until the queue's quota admits it, and "
+        "the spawn's progress says its place in the queue. That wait counts neither for "
+        "fail-fast nor for start_timeout; kueue_max_wait_seconds limits it.",
+    )
+    kueue_max_wait_seconds = Float(
+        3600.0,
+        config=True,
+        help="How long a server's pod may wait in the Kueue queue (gated) before the spawn "
+        "gives up and deletes it, e.g. `3600`. The hub's start_timeout still limits the rest "
+        "of the start. A waiting spawn counts in JupyterHub's concurrent_spawn_limit.",
+    )
+    kueue_poll_seconds = Float(
+        2.0,
+        config=True,
+        help="How often a queued spawn asks Kueue's visibility API for its place in the "
+        "queue, e.g. `2`.",
+    )
+
     # -- the form, the options and the lifecycle, wired ------------------------------------
 
     @default("options_form")
@@ -266,6 +303,11 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
     @default("options_from_form")
     def _default_options_from_form(self):
         return options_from_formdata
+
+    def options_from_query(self, query_data):
+        """JupyterHub's `/hub/spawn/<user>?opt-where=...` start: the query's options, named as
+        user_options (`where`, `gpus`, ...) or as the form's fields."""
+        return options_from_querydata(query_data)
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -289,6 +331,11 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             for name in {*MERGED_TRAITS, *SCHEDULING_TRAITS}
         }
         self._pod_template: PodTemplate | None = None
+        # The admin's start_timeout: a start queued in Kueue raises the hub's for its wait.
+        self.configured_start_timeout = self.start_timeout
+        # (when, options key, form notice) of the last refusal for lack of room that had a
+        # cloud offer to start on instead: the form shown next says it.
+        self._refused_for_room: tuple[float, str | None, str] | None = None
         self._cloud_settings = None
         self._backend: Server | None = None
         # kubespawner logs a pod it could not create in full, environment included: the
@@ -456,7 +503,43 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             )
             if options_key is not None:
                 _rendered_forms.put(menu, key, html)
-        return html
+        return self._room_notice(options) + html
+
+    # -- if the lab stays full: a cloud offer instead ----------------------------------------
+
+    def offer_cloud_instead(self, error: Any, options: dict, menu: Menu) -> None:
+        """When a cloud offer within this person's cap runs the same choice now, the error's
+        page (the spawn's progress, the hub's "spawn failed" page) offers it in one click,
+        and the form shown next says it too."""
+        offer = cloud_instead(options, menu, self.cloud_cap())
+        if offer is None:
+            return
+        link = instead_link(offer, options, self.hub.base_url, self.user.name, self.name)
+        error.jupyterhub_html_message = error_html(error.jupyterhub_message, offer, link)
+        self._refused_for_room = (
+            time.monotonic(),
+            _options_key({"profile": PROFILE_SLUG, **options}),
+            form_notice_html(offer, link),
+        )
+
+    async def offer_cloud_instead_now(self, error: Any) -> None:
+        """offer_cloud_instead for this start's choice, with the newest menu at hand."""
+        try:
+            menu = await self.menu()  # the offers of now, not of the start (queued for long)
+        except ServiceUnavailable:
+            return
+        self.offer_cloud_instead(error, dict(self.user_options or {}), menu)
+
+    def _room_notice(self, options: dict) -> str:
+        """The notice of the last refusal for lack of room, for the same options, recent."""
+        held = self._refused_for_room
+        if held is None:
+            return ""
+        when, key, notice = held
+        if time.monotonic() - when > ROOM_NOTICE_SECONDS:
+            self._refused_for_room = None
+            return ""
+        return notice if key == _options_key({"profile": PROFILE_SLUG, **options}) else ""
 
     # -- the check at submit -----------------------------------------------------------------
 
@@ -472,7 +555,10 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             choice = check_choice(options, menu, self.cloud_cap())
         except ChoiceError as err:
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
-            raise choice_error(err) from None
+            error = choice_error(err)
+            if err.capacity:
+                self.offer_cloud_instead(error, options, menu)
+            raise error from None
         if not choice.cloud:
             problems = await storage_problems(self, self.shared_volumes, fresh=True)
             if problems:
@@ -520,7 +606,17 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
 
     async def get_pod_manifest(self):
         """kubespawner's pod, checked with the feasibility filter before it is created: the
-        pod we submit, not a model of it, must fit where the check at submit said."""
+        pod we submit, not a model of it, must fit where the check at submit said; with
+        kueue_local_queue, labelled for that queue."""
+        pod = await self._checked_pod_manifest()
+        if self.kueue_local_queue:
+            pod.metadata.labels = {
+                **(pod.metadata.labels or {}),
+                QUEUE_LABEL: self.kueue_local_queue,
+            }
+        return pod
+
+    async def _checked_pod_manifest(self):
         pod = await super().get_pod_manifest()
         choice = self.thinkube_choice
         if choice is None or self._menu_cache is None:
@@ -545,13 +641,15 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
                 "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5]),
             )
             placement = menu.placement(choice.placement.key) or choice.placement
-            raise spawn_error(
+            error = spawn_error(
                 no_room_message(placement, menu, choice.cpu, choice.memory_gib, choice.gpus)
                 if not fits(placement, demand)
                 else "Your server cannot be placed on any node right now. Nothing was started.",
                 reason="capacity",
                 status_code=409,
             )
+            self.offer_cloud_instead(error, choice.as_user_options(), menu)
+            raise error
         return pod
 
     def get_env(self) -> dict[str, str]:
@@ -586,6 +684,7 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         return self._backend
 
     def start(self):
+        self._refused_for_room = None  # a new start: the last refusal's offer is past
         # The choice's own key says where it runs; the backend checks the rest.
         where = str((self.user_options or {}).get("where") or "")
         self._backend = (

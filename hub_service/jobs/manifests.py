@@ -37,6 +37,7 @@ from thinkube_core.job_labels import (
     USER_LABEL,
     label_value,
 )
+from thinkube_core.kueue import positions_by_owner
 
 from .artifact_files import user_folder
 from .spec import GPU_RESOURCE, JobRequest, job_pod_spec
@@ -418,11 +419,5 @@ def pending_positions(summary: Mapping[str, Any], job_ids: Mapping[str, str]) ->
     """Queue positions (1-based) from Kueue's pending workloads of one LocalQueue, by job
     id: each workload is mapped back through the Job that owns it (`job_ids`: Job name →
     job id)."""
-    positions = {}
-    for item in summary.get("items") or []:
-        owners = (item.get("metadata") or {}).get("ownerReferences") or []
-        job = next((o.get("name") for o in owners if o.get("kind") == "Job"), None)
-        position = item.get("positionInLocalQueue")
-        if job in job_ids and isinstance(position, int):
-            positions[job_ids[job]] = position + 1
-    return positions
+    by_job = positions_by_owner(summary, "Job")
+    return {job_ids[name]: position for name, position in by_job.items() if name in job_ids}

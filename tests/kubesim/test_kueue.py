@@ -466,6 +466,72 @@ async def test_plain_pods_are_gated_until_admitted(queued):
     assert await workload_of(queued, "notebook") is None
 
 
+async def test_gated_pods_keep_their_places_and_a_deleted_one_leaves_the_queue(queued):
+    """Plain pods queue one behind the other; deleting a pod still gated (a spawn given up)
+    takes its Workload out of the queue, and the next moves up; when quota frees, the first
+    in line is admitted and un-gated, with its flavor's tolerations."""
+    core = queued.core
+
+    def notebook(name: str) -> dict:
+        return {
+            "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": "lq"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [gpu_container("import time; time.sleep(60)")],
+            },
+        }
+
+    async def scheduled(name):
+        pod = await core.read_namespaced_pod(name, "default")
+        return pod if pod.spec.node_name else None
+
+    await core.create_namespaced_pod("default", notebook("first"))
+    await eventually(lambda: scheduled("first"))
+    for name in ("second", "third", "fourth"):
+        await core.create_namespaced_pod("default", notebook(name))
+
+    async def waiting(count: int):
+        items = await pending(queued)
+        return items if len(items) == count else None
+
+    items = await eventually(lambda: waiting(3))
+    assert [
+        (i["metadata"]["ownerReferences"][0]["name"], i["positionInLocalQueue"]) for i in items
+    ] == [("second", 0), ("third", 1), ("fourth", 2)]
+
+    # A gated pod deleted: Kueue lets go of it (its finalizer), its Workload leaves the queue.
+    third = await core.read_namespaced_pod("third", "default")
+    assert third.metadata.finalizers == ["kueue.x-k8s.io/managed"]
+    await core.delete_namespaced_pod("third", "default")
+
+    async def third_gone():
+        try:
+            await core.read_namespaced_pod("third", "default")
+        except ApiException as err:
+            return err.status == 404
+        return False
+
+    await eventually(third_gone)
+    items = await eventually(lambda: waiting(2))
+    assert [
+        (i["metadata"]["ownerReferences"][0]["name"], i["positionInLocalQueue"]) for i in items
+    ] == [("second", 0), ("fourth", 1)]
+    assert await workload_of(queued, "third") is None
+    fourth = await core.read_namespaced_pod("fourth", "default")
+    assert [g.name for g in fourth.spec.scheduling_gates] == ["kueue.x-k8s.io/admission"]
+
+    # The first ends: the second is admitted and un-gated, the fourth moves up.
+    await core.delete_namespaced_pod("first", "default", grace_period_seconds=0)
+    second = await eventually(lambda: scheduled("second"))
+    assert not second.spec.scheduling_gates
+    assert ("nvidia.com/gpu", "Exists", "NoSchedule") in [
+        (t.key, t.operator, t.effect) for t in second.spec.tolerations
+    ]
+    items = await eventually(lambda: waiting(1))
+    assert items[0]["metadata"]["ownerReferences"][0]["name"] == "fourth"
+    assert items[0]["positionInLocalQueue"] == 0
+
+
 async def test_misconfigured_queues_and_namespaces(queued):
     await queued.batch.create_namespaced_job("default", queued_job("lost", "pass", queue="nope"))
 
