@@ -25,7 +25,15 @@ from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
 from thinkube_core.accounting import MalformedObject
+from thinkube_core.job_labels import JOB_ID_LABEL
 from thinkube_core.scheduling import PodRules, node_reason, pod_demand
+from thinkube_core.waiting import (
+    QUEUE_ENTRY_OPTION,
+    WAIT_OPTION,
+    is_queue_entry_id,
+    scheduling_view,
+    wants_wait,
+)
 
 from .availability import (
     AvailabilitySettings,
@@ -34,8 +42,17 @@ from .availability import (
     paused_gc,
 )
 from .claims import storage_problems
-from .errors import choice_error, service_unavailable_error, spawn_error
-from .form import TEMPLATES, menu_profile, options_from_formdata, render_form, unavailable_profile
+from .errors import choice_error, service_unavailable_error, spawn_error, waiting_redirect
+from .form import (
+    TEMPLATES,
+    menu_profile,
+    options_from_formdata,
+    render_form,
+    unavailable_profile,
+    wait_label,
+    wait_offers,
+    wait_targets,
+)
 from .labels import server_label
 from .menu import (
     CLOUD_PREFIX,
@@ -289,6 +306,9 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             for name in {*MERGED_TRAITS, *SCHEDULING_TRAITS}
         }
         self._pod_template: PodTemplate | None = None
+        # The waiting request this start comes from (its id labels the pod), if any.
+        self._queue_entry: str | None = None
+        self._configured_labels = dict(self.extra_labels)
         self._cloud_settings = None
         self._backend: Server | None = None
         # kubespawner logs a pod it could not create in full, environment included: the
@@ -442,11 +462,19 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             )
         problems = await storage_problems(self, self.shared_volumes, fresh=False)
         cap = self.cloud_cap()
+        estimates = await self.waiting_estimates(menu)
         options_key = _options_key(options)
-        key = (options_key, cap, tuple(problems), search_path, self.profile_form_template)
+        key = (
+            options_key,
+            cap,
+            tuple(problems),
+            search_path,
+            self.profile_form_template,
+            _options_key(estimates or {}),
+        )
         html = _rendered_forms.get(menu, key) if options_key is not None else None
         if html is None:
-            profile = menu_profile(menu, options, cap)
+            profile = menu_profile(menu, options, cap, wait_offers(menu, estimates))
             profile["thinkube"]["storage_problems"] = problems
             html = render_form(
                 profile,
@@ -458,19 +486,35 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
                 _rendered_forms.put(menu, key, html)
         return html
 
+    async def waiting_estimates(self, menu: Menu) -> dict | None:
+        """The GPU queue's estimates, when the form offers to wait for a full GPU place
+        (None: nothing to wait for, waiting off, or the queue cannot say)."""
+        if not self.offer_waiting or not wait_targets(menu):
+            return None
+        return await self.availability.waiting_estimates()
+
     # -- the check at submit -----------------------------------------------------------------
 
     async def checked_choice(self) -> Choice:
         """The user's options checked against fresh availability; the spawn error to show
-        (nothing started) when they do not fit or are not offered."""
+        (nothing started) when they do not fit or are not offered. A choice to wait for a
+        full place joins the GPU queue instead (`wait_in_line`); one the queue starts is
+        checked as any other, and refused with 409 when it no longer fits (it then waits
+        again)."""
         try:
             menu = await self.menu(fresh=True)
         except ServiceUnavailable as err:
             raise service_unavailable_error(err) from None
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
+        wait = wants_wait(options)
+        entry = options.pop(QUEUE_ENTRY_OPTION, None)
+        options.pop(WAIT_OPTION, None)
+        self._queue_entry = entry if is_queue_entry_id(entry) else None
         try:
             choice = check_choice(options, menu, self.cloud_cap())
         except ChoiceError as err:
+            if wait and err.capacity and err.choice is not None and self.offer_waiting:
+                raise await self.wait_in_line(err.choice, str(err)) from None
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             raise choice_error(err) from None
         if not choice.cloud:
@@ -484,10 +528,41 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         self._checked = (time.monotonic(), dict(options), choice)
         return choice
 
+    async def wait_in_line(self, choice: Choice, why: str) -> Exception:
+        """Register a waiting request for this full choice with the service's GPU queue,
+        as the person (this start's server token is theirs): the error that sends them to
+        its page, or the refusal to show on the form."""
+        body = {
+            "server_name": self.name,
+            "user_options": choice.as_user_options(),
+            "pod": scheduling_view(self.pod_template().spec(choice)),
+            "label": wait_label(choice.placement, self.menu_settings().single_machine),
+        }
+        try:
+            status, answer = await self.availability.register_waiting(self.api_token, body)
+        except ServiceUnavailable as err:
+            return service_unavailable_error(err)
+        view = answer.get("waiting") if status == 409 else answer
+        if status in (201, 409) and isinstance(view, dict) and view.get("page"):
+            place = f"#{view['position']} in the queue" if view.get("position") else "in the queue"
+            lead = "You already wait for this server" if status == 409 else f"{why} You wait"
+            message = (
+                f"{lead} for {view.get('label')}: {place}, expected start "
+                f"{view.get('eta_text') or 'unknown'}. Your server starts by itself when a "
+                f"GPU frees; see your place or leave the queue at {view['page']}."
+            )
+            self.log.info("%s waits for %s (%s)", server_label(self), body["label"], view.get("id"))
+            return waiting_redirect(message, view["page"])
+        message = answer.get("error") or f"The GPU queue answered HTTP {status}."
+        self.log.info("%s may not wait: %s", server_label(self), message)
+        return spawn_error(f"{why} {message}", reason="waiting", status_code=409)
+
     async def choice_for_this_start(self) -> Choice:
         """The choice JupyterHub's apply_user_options just checked, else a fresh check (an
         admin may have replaced that hook)."""
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
+        options.pop(QUEUE_ENTRY_OPTION, None)
+        options.pop(WAIT_OPTION, None)
         checked, self._checked = self._checked, None
         if (
             checked is not None
@@ -508,6 +583,10 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         )
         for name, value in overrides.items():
             setattr(self, name, value)
+        # A server the GPU queue started: its pod carries the request's id, so the service
+        # counts the pod as the request's (and no longer assumes its room taken).
+        entry = {JOB_ID_LABEL: self._queue_entry} if self._queue_entry else {}
+        self.extra_labels = {**self._configured_labels, **entry}
         self.log.info(
             "Spawning %s: %s on %s, %s CPU, %s GiB, %d GPU(s)",
             server_label(self),
