@@ -765,10 +765,14 @@ class JobQueue:
     def _expired_text(entry: Mapping[str, Any]) -> str:
         label = (entry.get("request") or {}).get("label") or "a GPU"
         waited = (entry["deadline_at"] or 0) - entry["submitted_at"]
-        hours = f"{waited / 3600:g} h" if waited >= 3600 else f"{max(1, round(waited / 60))} min"
+        if waited >= 3600:
+            took = f"{waited / 3600:g} h"
+        else:
+            took = f"{round(waited / 60)} min" if waited >= 60 else f"{round(waited)} s"
         return (
-            f"No {label} became free within {hours}, the longest a request may wait on this "
-            "hub: it has left the queue. Start again from the spawn form to wait again."
+            f"Waited {took} for {label}, the longest a request may wait on this hub: it has "
+            "left the queue and nothing was started. Start again from the spawn form to wait "
+            "again."
         )
 
     async def submit_waiting(self, user: str, request: WaitingRequest) -> dict:

@@ -51,7 +51,7 @@ class WaitingLinks:
         server = quote(entry.get("name") or "", safe="")
         return {
             "page": url_path_join(self.service.service_prefix, "waiting", entry["id"]),
-            "server": url_path_join(base, "user", user, server) + ("/" if server else ""),
+            "server": url_path_join(base, "user", user, server).rstrip("/") + "/",
             "spawn_pending": url_path_join(hub_prefix, "spawn-pending", user, server),
             "spawn": url_path_join(hub_prefix, "spawn", user, server),
             "home": url_path_join(hub_prefix, "home"),
