@@ -74,7 +74,10 @@ def waiting_page_view(
 ) -> dict[str, Any]:
     """What the template shows: the request's API view, the links, the form's token."""
     options = view.get("user_options") or {}
+    expires = view.get("expires_at")
     return {
+        # "2026-12-06 20:17 UTC", from the view's ISO time
+        "expires_text": f"{expires[:10]} {expires[11:16]} UTC" if expires else None,
         "view": view,
         "links": dict(links),
         "xsrf": xsrf,
