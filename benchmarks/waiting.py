@@ -65,11 +65,14 @@ def server_pod(sim: KubeSim, user: str) -> dict | None:
     )
 
 
-async def until(check, within_s: float = 60.0, every_s: float = 0.001) -> float:
-    """Poll `check()` until true; the perf_counter time it first was."""
+async def until_pod(
+    sim: KubeSim, user: str, exists: bool, within_s: float = 60.0, every_s: float = 0.001
+) -> float:
+    """Poll kubesim until `user`'s server pod exists (or is gone); the perf_counter time it
+    first did."""
     deadline = time.perf_counter() + within_s
     while True:
-        if check():
+        if (server_pod(sim, user) is not None) == exists:
             return time.perf_counter()
         if time.perf_counter() > deadline:
             raise RuntimeError("timed out")
@@ -153,7 +156,7 @@ async def measure(sim: KubeSim, hub: Hub, samples: int) -> dict:
         began = time.perf_counter()
         starting = asyncio.ensure_future(hub.start(plain_user, WAITER_OPTIONS))
         try:
-            created = await until(lambda: server_pod(sim, plain_user) is not None)
+            created = await until_pod(sim, plain_user, exists=True)
         except RuntimeError:
             answer = await starting
             raise RuntimeError(
@@ -165,7 +168,7 @@ async def measure(sim: KubeSim, hub: Hub, samples: int) -> dict:
             raise RuntimeError("the plain spawn failed")
         await hub.running(plain_user)
         await hub.stop(plain_user)
-        await until(lambda: server_pod(sim, plain_user) is None)
+        await until_pod(sim, plain_user, exists=False)
 
         # every GPU taken, a request waits, the GPUs free
         answer = await hub.start_when_free(holder, {**WAITER_OPTIONS, "gpus": "4"})
@@ -176,13 +179,13 @@ async def measure(sim: KubeSim, hub: Hub, samples: int) -> dict:
         if answer.status_code != 303:
             raise RuntimeError(f"the waiter did not join the queue: {answer.text}")
         stopping = asyncio.ensure_future(hub.stop(holder))
-        freed = await until(lambda: server_pod(sim, holder) is None)
-        created = await until(lambda: server_pod(sim, waiter) is not None, within_s=30)
+        freed = await until_pod(sim, holder, exists=False)
+        created = await until_pod(sim, waiter, exists=True, within_s=30)
         freed_to_pod.append((created - freed) * 1000)
         await stopping
         await hub.running(waiter)
         await hub.stop(waiter)
-        await until(lambda: server_pod(sim, waiter) is None)
+        await until_pod(sim, waiter, exists=False)
 
     def figures(prefix: str, values: list[float]) -> dict:
         return {
