@@ -31,7 +31,6 @@ from thinkube_core.waiting import (
     QUEUE_ENTRY_OPTION,
     WAIT_OPTION,
     is_queue_entry_id,
-    scheduling_view,
     wants_wait,
 )
 
@@ -42,14 +41,13 @@ from .availability import (
     paused_gc,
 )
 from .claims import storage_problems
-from .errors import choice_error, service_unavailable_error, spawn_error, waiting_redirect
+from .errors import choice_error, service_unavailable_error, spawn_error
 from .form import (
     TEMPLATES,
     menu_profile,
     options_from_formdata,
     render_form,
     unavailable_profile,
-    wait_label,
     wait_offers,
     wait_targets,
 )
@@ -80,6 +78,7 @@ from .shaping import (
     apply_to_configured,
     spawner_overrides,
 )
+from .waiting import wait_in_line
 
 
 async def _apply_checked_options(spawner: ThinkubeSpawner, user_options: dict) -> None:
@@ -529,33 +528,9 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         return choice
 
     async def wait_in_line(self, choice: Choice, why: str) -> Exception:
-        """Register a waiting request for this full choice with the service's GPU queue,
-        as the person (this start's server token is theirs): the error that sends them to
-        its page, or the refusal to show on the form."""
-        body = {
-            "server_name": self.name,
-            "user_options": choice.as_user_options(),
-            "pod": scheduling_view(self.pod_template().spec(choice)),
-            "label": wait_label(choice.placement, self.menu_settings().single_machine),
-        }
-        try:
-            status, answer = await self.availability.register_waiting(self.api_token, body)
-        except ServiceUnavailable as err:
-            return service_unavailable_error(err)
-        view = answer.get("waiting") if status == 409 else answer
-        if status in (201, 409) and isinstance(view, dict) and view.get("page"):
-            place = f"#{view['position']} in the queue" if view.get("position") else "in the queue"
-            lead = "You already wait for this server" if status == 409 else f"{why} You wait"
-            message = (
-                f"{lead} for {view.get('label')}: {place}, expected start "
-                f"{view.get('eta_text') or 'unknown'}. Your server starts by itself when a "
-                f"GPU frees; see your place or leave the queue at {view['page']}."
-            )
-            self.log.info("%s waits for %s (%s)", server_label(self), body["label"], view.get("id"))
-            return waiting_redirect(message, view["page"])
-        message = answer.get("error") or f"The GPU queue answered HTTP {status}."
-        self.log.info("%s may not wait: %s", server_label(self), message)
-        return spawn_error(f"{why} {message}", reason="waiting", status_code=409)
+        """Join the GPU queue with this full choice (`waiting.wait_in_line`)."""
+        spec = self.pod_template().spec(choice)
+        return await wait_in_line(self, choice, why, spec, single_machine=False)
 
     async def choice_for_this_start(self) -> Choice:
         """The choice JupyterHub's apply_user_options just checked, else a fresh check (an

@@ -18,6 +18,7 @@ from hub_service.jobs.waiting import (
     waiting_view,
 )
 from hub_service.jobs.waiting_page import render_waiting_page, waiting_page_view
+from hub_service.local import allocations_from_users, held_servers
 from thinkube_core.scheduling import PodRules, capacity_reason, pod_demand
 from thinkube_core.waiting import eta_text, is_queue_entry_id, scheduling_view, wants_wait
 
@@ -312,3 +313,25 @@ def test_servers_with_a_longest_run_give_the_estimate_a_basis():
     waiting = [waiting_entry("s1", "carol", 10, expected=math.inf)]
     made = plan(waiting, running, nodes, now=600)
     assert made.eta["s1"] == 3600 and made.gpu_free_at["gpu-a"] is None
+
+
+def test_one_machine_servers_holding_gpus_are_read_from_the_hubs_models():
+    users = [
+        {
+            "name": "alice",
+            "servers": {
+                "": {
+                    "started": "2026-01-02T03:04:05.000000Z",
+                    "user_options": {"gpus": "1"},
+                    "state": {
+                        "thinkube_allocation": {"cores": [0], "gpus": ["GPU-a"], "memory_gib": 2}
+                    },
+                }
+            },
+        },
+        {"name": "bob", "servers": {"": {"user_options": {"gpus": "0", "cpu": "1"}}}},
+    ]
+    allocations = allocations_from_users(users)
+    held = held_servers(allocations + [{"job": "j-1", "server": "", "gpus": ["GPU-b"]}], "box")
+    assert [(h["user"], h["node"], h["gpus"]) for h in held] == [("alice", "box", 1)]
+    assert held[0]["started_at"] == 1767323045.0
