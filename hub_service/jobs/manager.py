@@ -981,7 +981,8 @@ class JobQueue:
         self._unplanned.pop(entry["id"], None)
         self._retry_at.pop(entry["id"], None)
         self.active.pop(entry["id"], None)
-        log.info("job %s of %s ended: %s", entry["id"], entry["user"], reason)
+        what = "server" if entry.get("kind") == SERVER else "job"
+        log.info("%s %s of %s ended: %s", what, entry["id"], entry["user"], reason)
         self.poke()
         return finished or dict(entry)
 
