@@ -40,6 +40,8 @@ from .jobs.placement import DEFAULT_IMAGE as DEFAULT_RUNPOD_JOB_IMAGE
 from .jobs.setup import make_job_queue
 from .jobs.spec import JobLimits
 from .jobs.uploads import upload_routes
+from .jobs.waiting import WaitingLimits
+from .jobs.waiting_handlers import waiting_routes
 from .lifecycle import HubWatch
 from .local import LocalInventory
 from .page import page_route
@@ -493,6 +495,48 @@ class ThinkubeService(Application):
         "stopped without reporting ends its job Lost), e.g. `15`.",
     )
 
+    # -- waiting for a GPU (notebook servers in the GPU queue) ---------------------------
+
+    waiting_max_seconds = Float(
+        8 * 3600.0,
+        config=True,
+        help="How long a notebook server request may wait for its GPU before it leaves the "
+        "queue with a message (it is not started then), e.g. `28800` (8 h).",
+    )
+    server_max_age_seconds = Float(
+        0.0,
+        config=True,
+        help="The longest a notebook server runs on this hub, when something ends them "
+        "(jupyterhub-idle-culler's --max-age, say): the basis of the estimate of when the "
+        "GPUs of running servers free, shown to people who wait. 0: servers run until "
+        "stopped, and give no estimate. E.g. `28800`.",
+    )
+    waiting_max_per_user = Integer(
+        2,
+        config=True,
+        help="Notebook server requests one person may have waiting at once (one per server "
+        "name in any case); 0: nobody may wait. E.g. `2`.",
+    )
+    waiting_max_per_group = Dict(
+        Integer(),
+        config=True,
+        help="The same per hub group, for each of its members (a person in several groups "
+        "gets the largest), e.g. `{'students': 1, 'staff': 3}`.",
+    )
+    gpus_max_per_user = Integer(
+        0,
+        config=True,
+        help="GPUs one person may hold at once, notebook servers and jobs together, checked "
+        "when a waiting request joins the queue (what they hold, what they already wait for, "
+        "and what it asks for); 0: no cap. E.g. `4`.",
+    )
+    gpus_max_per_group = Dict(
+        Integer(),
+        config=True,
+        help="The same per hub group, for each of its members (the largest of their groups; "
+        "0 there: no cap), e.g. `{'students': 1, 'staff': 8}`.",
+    )
+
     page_rows = Integer(
         50,
         config=True,
@@ -555,6 +599,15 @@ class ThinkubeService(Application):
         return JobLimits(
             max_script_bytes=self.jobs_max_script_bytes,
             max_expected_s=self.jobs_max_expected_seconds,
+        )
+
+    @property
+    def waiting_limits(self) -> WaitingLimits:
+        return WaitingLimits(
+            max_waiting=self.waiting_max_per_user,
+            max_gpus=self.gpus_max_per_user,
+            waiting_per_group=dict(self.waiting_max_per_group),
+            gpus_per_group=dict(self.gpus_max_per_group),
         )
 
     @property
@@ -787,6 +840,7 @@ class ThinkubeService(Application):
                 *routes(self.service_prefix),
                 *job_routes(self.service_prefix),
                 *upload_routes(self.service_prefix),
+                *waiting_routes(self.service_prefix),
                 *docs_routes(self.service_prefix),
             ],
             default_handler_class=NotFoundHandler,

@@ -260,6 +260,7 @@ class KubernetesInventory(Inventory):
             built_at=time.monotonic(),
             documents=documents,
             counted_jobs=self.state.counted_jobs(),
+            held_servers=self.state.held_servers(),
         )
         self.notify()
 

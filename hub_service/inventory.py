@@ -37,6 +37,8 @@ class Published:
     # pods they count (job id -> node).
     documents: list[dict] = field(default_factory=list)
     counted_jobs: Mapping[str, str] = field(default_factory=dict)
+    # Notebook servers holding GPUs (`ClusterState.held_servers`): whose, where, since when.
+    held_servers: list[dict] = field(default_factory=list)
 
     @functools.cached_property
     def summary_document(self) -> dict:

@@ -31,6 +31,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -122,9 +123,40 @@ def allocations_from_users(users: Iterable[Mapping[str, Any]]) -> list[dict]:
                     ),
                     "cpu_unpinned": 0 if picked else math.ceil(_number(options.get("cpu"))),
                     "gpus_unpinned": 0 if picked else int(_number(options.get("gpus"))),
+                    # since when (the GPU queue's estimates count a server's longest run)
+                    **({"started": server["started"]} if server.get("started") else {}),
                 }
             )
     return found
+
+
+def _epoch(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def held_servers(allocations: Iterable[Mapping[str, Any]], node: str) -> list[dict]:
+    """The hub's servers that hold GPUs on this machine, as the GPU queue reads them
+    (`Published.held_servers`): whose, since when (the hub's `started`), how many."""
+    held = []
+    for allocation in allocations:
+        if "job" in allocation or "server" not in allocation:
+            continue
+        gpus = len(allocation.get("gpus") or ()) + int(allocation.get("gpus_unpinned") or 0)
+        if gpus:
+            held.append(
+                {
+                    "id": f"{allocation.get('user')}/{allocation['server']}",
+                    "user": allocation.get("user"),
+                    "node": node,
+                    "started_at": _epoch(allocation.get("started")),
+                    "gpus": gpus,
+                    "entry": None,
+                }
+            )
+    return held
 
 
 def allocations_with_claims(allocations: list[dict], claims: Iterable[Claim]) -> list[dict]:
@@ -470,6 +502,7 @@ class LocalInventory(Inventory):
             documents=[document],
             # Every live job claim is counted in the document (the GPU queue stops assuming it).
             counted_jobs={a["job"]: document["name"] for a in allocations if "job" in a},
+            held_servers=held_servers(allocations, document["name"]),
         )
         self.notify()
 

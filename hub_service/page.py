@@ -765,7 +765,7 @@ class PageHandler(RootHandler):
         wheres = {e["id"]: queue.where(e) for e in head}
         visible = [e["id"] for e in head if e["user"] == user]
         items = queue_view(head, wheres, visible, now)
-        mine, _ = await queue.db(queue.store.search, users=[user], limit=MY_JOBS)
+        mine, _ = await queue.db(queue.store.search, users=[user], kinds=["job"], limit=MY_JOBS)
         views = [job_view(e, queue.where(e), now) for e in mine]
         for view in views:  # what changes by the second: not part of the page's version
             view.pop("eta", None)

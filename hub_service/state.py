@@ -116,6 +116,7 @@ class ClusterState:
         self.pods: dict[PodKey, PodSummary] = {}
         self.pods_by_node: dict[str, dict[PodKey, PodSummary]] = {}
         self.job_pods: dict[PodKey, PodSummary] = {}  # the GPU queue's pods
+        self.server_pods: dict[PodKey, PodSummary] = {}  # notebook servers' pods
         # The resourceVersion each summary was made from: a relist reuses unchanged ones.
         self._pod_versions: dict[PodKey, str] = {}
         # resource shape -> (requests, limits), shared by every pod of that shape
@@ -185,6 +186,7 @@ class ClusterState:
     def _unlink_pod(self, key: PodKey) -> None:
         self._pod_versions.pop(key, None)
         self.job_pods.pop(key, None)
+        self.server_pods.pop(key, None)
         old = self.pods.pop(key, None)
         if old is not None and old.node_name:
             self.pods_by_node.get(old.node_name, {}).pop(key, None)
@@ -218,6 +220,8 @@ class ClusterState:
         self.pods[key] = summary
         if summary.job_id:
             self.job_pods[key] = summary
+        if summary.server_user is not None:
+            self.server_pods[key] = summary
         if version is not None:
             self._pod_versions[key] = version
         if summary.node_name:
@@ -266,6 +270,9 @@ class ClusterState:
                 by_node.setdefault(summary.node_name, {})[key] = summary
         self.pods, self._pod_versions, self.pods_by_node = pods, versions, by_node
         self.job_pods = {key: summary for key, summary in pods.items() if summary.job_id}
+        self.server_pods = {
+            key: summary for key, summary in pods.items() if summary.server_user is not None
+        }
         self._bad_pods = bad
         self._unnamed["Pod"] = unnamed
 
@@ -276,6 +283,32 @@ class ClusterState:
             for summary in self.job_pods.values()
             if summary.job_id and summary.node_name and summary.counts_on_node
         }
+
+    def held_servers(self) -> list[dict[str, Any]]:
+        """Notebook servers' pods that hold GPUs on a node now: `id` (the pod's name),
+        `user`, `node`, `started_at` (its creation), `gpus`, and `entry` (the queue's id of
+        the waiting request that started it, if one did)."""
+        held = []
+        for summary in self.server_pods.values():
+            if not summary.node_name or not summary.counts_on_node:
+                continue
+            gpus = sum(
+                int(amount)
+                for name, amount in summary.requests.items()
+                if name.startswith("nvidia.com/")
+            )
+            if gpus:
+                held.append(
+                    {
+                        "id": summary.name,
+                        "user": summary.server_user,
+                        "node": summary.node_name,
+                        "started_at": summary.created_at,
+                        "gpus": gpus,
+                        "entry": summary.job_id,
+                    }
+                )
+        return held
 
     # -- nodes ---------------------------------------------------------------------
 

@@ -118,7 +118,8 @@ def service_hub_config(
 SPAWNER_HUB_ROLES = [
     {"name": "user", "scopes": ["self", ACCESS_SCOPE]},
     {"name": IMAGE_WRITERS_ROLE, "scopes": [ACCESS_SCOPE, IMAGES_WRITE_SCOPE]},
-    {"name": SERVICE_NAME, "scopes": [ACCESS_SCOPE], "services": [SERVICE_NAME]},
+    # `servers`: the service starts notebook servers that waited for a GPU
+    {"name": SERVICE_NAME, "scopes": [ACCESS_SCOPE, "servers"], "services": [SERVICE_NAME]},
 ]
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -78,6 +79,10 @@ class PodSummary:
     requests: Mapping[str, Decimal]
     limits: Mapping[str, Decimal]
     job_id: str | None = None  # a GPU job's pod: the queue's id of the job
+    # A notebook server's pod (kubespawner's `component: singleuser-server`): whose, and
+    # when it was created (epoch seconds), for the queue's estimates of when GPUs free.
+    server_user: str | None = None
+    created_at: float | None = None
 
     @property
     def counts_on_node(self) -> bool:
@@ -223,7 +228,34 @@ def summarize_pod(pod: dict) -> PodSummary:
         requests=MappingProxyType(pod_requests(pod)),
         limits=MappingProxyType(pod_limits(pod)),
         job_id=_job_id(metadata),
+        **_server_of(metadata),
     )
+
+
+SERVER_COMPONENT = "singleuser-server"
+USERNAME_KEY = "hub.jupyter.org/username"
+
+
+def _server_of(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A server pod's owner (kubespawner's username annotation, else its label) and creation
+    time; nothing for other pods."""
+    labels = metadata.get("labels")
+    if not isinstance(labels, Mapping) or labels.get("component") != SERVER_COMPONENT:
+        return {}
+    annotations = metadata.get("annotations")
+    user = (annotations.get(USERNAME_KEY) if isinstance(annotations, Mapping) else None) or (
+        labels.get(USERNAME_KEY)
+    )
+    created = metadata.get("creationTimestamp")
+    try:
+        created_at = (
+            datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+            if isinstance(created, str)
+            else None
+        )
+    except ValueError:
+        created_at = None
+    return {"server_user": user if isinstance(user, str) else None, "created_at": created_at}
 
 
 def _job_id(metadata: Mapping[str, Any]) -> str | None:

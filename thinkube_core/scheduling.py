@@ -44,6 +44,7 @@ __all__ = [
     "Requirement",
     "Term",
     "Toleration",
+    "capacity_reason",
     "demand_reason",
     "describe_amount",
     "node_reason",
@@ -333,3 +334,24 @@ def demand_reason(demand: Mapping[str, int], node: Mapping[str, Any]) -> str | N
 def node_reason(rules: PodRules, demand: Mapping[str, int], node: Mapping[str, Any]) -> str | None:
     """The filter: None when the pod fits the node now, else why not, in words."""
     return rules_reason(rules, node) or demand_reason(demand, node)
+
+
+def capacity_reason(
+    rules: PodRules, demand: Mapping[str, int], node: Mapping[str, Any]
+) -> str | None:
+    """Whether the node could ever hold the pod, were everything on it gone: None when its
+    rules take the pod and its allocatable room covers the demand; else why not, in words.
+    What a request to wait for a place is checked with (the filter asks about room now)."""
+    reason = rules_reason(rules, node)
+    if reason:
+        return reason
+    allocatable = node.get("allocatable") or {}
+    short = []
+    for name, units in demand.items():
+        if units <= 0 or name == PODS:
+            continue
+        amount = allocatable.get(name, 0)
+        have = round(float(amount) * 1000) if name == "cpu" else int(amount)
+        if units > have:
+            short.append(f"needs {describe_amount(name, units)}, has {describe_amount(name, have)}")
+    return "; ".join(short) or None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import httpx
-from traitlets import Float, Unicode, default
+from traitlets import Bool, Float, Unicode, default
 from traitlets.config import Configurable
 
 from thinkube_core.runpod.offers import Offer
@@ -160,6 +160,40 @@ class AvailabilityClient:
         version = response.headers.get("ETag", "").strip('"') or None
         return Answer(version, raw=response.content, **freshness)
 
+    async def waiting_estimates(self) -> dict | None:
+        """The GPU queue's estimates per GPU model and node (how many wait, when a GPU may
+        free), or None when the service does not queue (jobs off) or cannot answer."""
+        url = self.url.removesuffix("/availability") + "/waiting/estimates"
+        try:
+            response = await self._pool().get(url, headers=self._headers, timeout=self.timeout_s)
+            if response.status_code != 200:
+                return None
+            document = response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return document if isinstance(document, dict) else None
+
+    async def register_waiting(self, token: str, body: dict) -> tuple[int, dict]:
+        """Register a waiting server request as its owner (`token` is theirs): the status
+        and the JSON answer. ServiceUnavailable when the service cannot be asked."""
+        url = self.url.removesuffix("/availability") + "/waiting"
+        try:
+            response = await self._pool().post(
+                url,
+                json=body,
+                headers={"Authorization": f"token {token}"},
+                timeout=max(self.timeout_s, 10.0),
+            )
+        except httpx.HTTPError as err:
+            raise ServiceUnavailable(
+                f"The availability service cannot be reached ({type(err).__name__})."
+            ) from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        return response.status_code, answer if isinstance(answer, dict) else {}
+
     async def cloud_offers(self) -> list[Offer]:
         """RunPod's offers as the service holds them (its cache: no request to RunPod).
         ServiceUnavailable when the service cannot say, with the reason."""
@@ -216,6 +250,15 @@ class AvailabilitySettings(Configurable):
         "which `thinkube jobs` and `thinkube_core.jobs` use with the server's own "
         "$JUPYTERHUB_API_TOKEN), e.g. `https://hub.example.org/services/thinkube-resources/`. "
         "Default: availability_url.",
+    )
+
+    offer_waiting = Bool(
+        True,
+        config=True,
+        help="Offer “Wait for the next free <model>” (or for a node) in the spawn form when "
+        "every GPU of a kind is taken: the request waits in the service's GPU queue and the "
+        "server starts by itself when one frees (needs the service's jobs_enabled). E.g. "
+        "`False`.",
     )
 
     @default("jobs_url")

@@ -20,11 +20,13 @@ ON_DEMAND, SPOT = "on-demand", "spot"
 
 class ChoiceError(ValueError):
     """A choice that cannot be spawned; the message is meant for the person who made it.
-    `capacity` is true when the choice is valid but does not fit right now."""
+    `capacity` is true when the choice is valid but does not fit right now; `choice` is
+    then the checked choice (what a request to wait for its place holds)."""
 
-    def __init__(self, message: str, capacity: bool = False):
+    def __init__(self, message: str, capacity: bool = False, choice: Choice | None = None):
         super().__init__(message)
         self.capacity = capacity
+        self.choice = choice
 
 
 @dataclass

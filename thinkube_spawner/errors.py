@@ -42,3 +42,13 @@ def choice_error(err: Exception) -> web.HTTPError:
         reason="capacity" if capacity else "invalid-choice",
         status_code=409 if capacity else 400,
     )
+
+
+def waiting_redirect(message: str, location: str) -> web.HTTPError:
+    """A start that joined the GPU queue instead: the hub re-renders its form with this
+    message and answers 303 to `location` (the request's page), which a browser follows."""
+    error = spawn_error(message, reason="waiting", status_code=303)
+    # JupyterHub sets the headers an exception carries on the answer (its form page and
+    # its REST API alike).
+    error.headers = {"Location": location}
+    return error

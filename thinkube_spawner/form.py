@@ -5,12 +5,16 @@ narrow the choices in the browser. Pure."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from thinkube_core.quantity import QuantityError, parse_quantity
+from thinkube_core.scheduling import PODS, rules_reason
+from thinkube_core.waiting import WAIT_OPTION, WAIT_PREFIX, wants_wait
 
 from .menu import (
     GIB,
@@ -28,6 +32,7 @@ from .menu import (
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
+WAIT_GROUP = "Wait for a GPU"
 
 CLOUD_STORAGE_NOTE = (
     "A RunPod cloud server runs outside the lab: it does not have the lab's shared storage "
@@ -47,6 +52,162 @@ def _placement_data(menu: Menu, placement: Placement) -> dict:
     if placement.kind != "cloud":
         add, floor = demand_shape(menu.settings, placement)
         data.update(frontier=placement.frontier, add=add, floor=floor)
+    return data
+
+
+# -- waiting for a GPU ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WaitOffer:
+    """A full GPU place a person may wait for: "Wait for the next free A100" (any node that
+    takes the server) or "Wait for a GPU on gpu-a". `capacity` holds the allocatable room
+    of the nodes it could run on (frontier rows, as if empty): what it could ever hold."""
+
+    key: str  # the form's value: "wait:<placement key>"
+    placement: Placement
+    label: str  # what it waits for, for people and the queue
+    text: str  # the option's text, with how many wait and the estimate
+    waiting: int | None
+    eta_text: str | None
+    capacity: list[dict[str, Any]]
+
+
+def _allocatable_units(node: Mapping[str, Any]) -> dict[str, int]:
+    units = {}
+    for name, amount in (node.get("allocatable") or {}).items():
+        if name != PODS:
+            units[name] = round(float(amount) * 1000) if name == "cpu" else int(amount)
+    return units
+
+
+def _capacity_rows(menu: Menu, placement: Placement) -> list[dict[str, Any]]:
+    """The allocatable room of the nodes whose rules take this placement's pod."""
+    settings = menu.settings
+    cpu, memory, gpus = (
+        min(settings.cpu_choices, default=0),
+        min(settings.memory_choices_gib, default=0),
+        min((g for g in settings.gpu_choices if g > 0), default=1),
+    )
+    rules = pod_for(settings, placement, cpu, memory, gpus).rules
+    names = [placement.node] if placement.node else list(menu.nodes)
+    rows = []
+    for name in names:
+        node = menu.nodes.get(name or "")
+        if node is None or rules_reason(rules, node) is not None:
+            continue
+        units = _allocatable_units(node)
+        if units.get(placement.gpu_resource or "", 0) > 0:
+            rows.append({"node": name, "free": units})
+    return rows
+
+
+def wait_targets(menu: Menu) -> list[Placement]:
+    """The lab's GPU places that are full now and that a server could run on once GPUs
+    free: a GPU model no node of which has room, a GPU node with no GPU free."""
+    targets = []
+    for placement in menu.placements:
+        if (
+            not placement.gpu_resource
+            or placement.kind not in ("gpu", "node")
+            or not placement.taking
+        ):
+            continue
+        if placement.kind == "gpu" and placement.disabled:
+            targets.append(placement)
+        elif placement.kind == "node" and not menu.settings.single_machine:
+            node = menu.nodes.get(placement.node or "") or {}
+            free_gpus = (node.get("free") or {}).get(placement.gpu_resource, 0)
+            if placement.disabled or free_gpus <= 0:
+                targets.append(placement)
+    return targets
+
+
+def wait_label(placement: Placement, single_machine: bool = False) -> str:
+    """What a request to wait for this place waits for, in words."""
+    model = placement.gpu_model or "GPU"
+    if placement.kind == "node" and not single_machine:
+        return f"a GPU on {placement.node} ({model})"
+    return f"the next free {model}" + ("" if single_machine else " (any node)")
+
+
+def wait_offers(menu: Menu, estimates: Mapping[str, Any] | None) -> list[WaitOffer]:
+    """What the form offers instead of only greying a full GPU place out, with the queue's
+    estimates (`GET api/v1/waiting/estimates`: per model and node, how many wait and when a
+    GPU may free). None: the hub's queue cannot be asked, so no place is offered to wait
+    for."""
+    if estimates is None:
+        return []
+    models = {
+        (m.get("resource"), m.get("product")): m
+        for m in estimates.get("models") or ()
+        if isinstance(m, Mapping)
+    }
+    nodes = estimates.get("nodes") or {}
+    here = menu.settings.single_machine
+    offers = []
+    for placement in wait_targets(menu):
+        capacity = _capacity_rows(menu, placement)
+        if not capacity:
+            continue
+        model = _short_gpu_model(placement.gpu_model or "GPU")
+        label = wait_label(placement, here)
+        if placement.kind == "gpu":
+            estimate = models.get((placement.gpu_resource, placement.gpu_product)) or {}
+            text = f"Wait for the next free {model}"
+        else:
+            estimate = nodes.get(placement.node) or {}
+            text = f"Wait for a GPU on {placement.node} ({model})"
+            if here:
+                text = f"Wait for the next free {model}"
+        waiting = estimate.get("waiting")
+        eta = estimate.get("eta_text") or "unknown"
+        parts = []
+        if isinstance(waiting, int):
+            parts.append(f"{waiting} waiting")
+        parts.append(f"expected start {eta}")
+        offers.append(
+            WaitOffer(
+                WAIT_PREFIX + placement.key,
+                placement,
+                label,
+                f"{text} — {', '.join(parts)}",
+                waiting if isinstance(waiting, int) else None,
+                eta,
+                capacity,
+            )
+        )
+    return offers
+
+
+def _fits_wait(
+    menu: Menu, offers: list[WaitOffer], cpu: float | None, memory_gib: float | None, gpus: int
+) -> bool:
+    """Whether a server of this size could wait for one of these places (unset amounts
+    take the smallest offered)."""
+    settings = menu.settings
+    cpu = min(settings.cpu_choices, default=0) if cpu is None else cpu
+    memory = min(settings.memory_choices_gib, default=0) if memory_gib is None else memory_gib
+    gpus = gpus or min((g for g in settings.gpu_choices if g > 0), default=1)
+    for offer in offers:
+        demand = demand_for(settings, offer.placement, cpu, memory, gpus)
+        if any(
+            all(row["free"].get(n, 0) >= u for n, u in demand.items() if u > 0 and n != PODS)
+            for row in offer.capacity
+        ):
+            return True
+    return False
+
+
+def _short_gpu_model(model: str) -> str:
+    return model.removeprefix("NVIDIA ").removeprefix("GeForce ")
+
+
+def _wait_data(menu: Menu, offer: WaitOffer) -> dict:
+    """What the page's script checks a choice to wait with: the place's pod as for its
+    placement, and what its nodes could ever hold (their allocatable room)."""
+    data = _placement_data(menu, offer.placement)
+    data.update(wait=True, frontier=offer.capacity, label=offer.label)
     return data
 
 
@@ -166,11 +327,18 @@ def _choices(values, label, selected: str | None, why_not, default_index: int) -
     }
 
 
-def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.0) -> dict:
+def menu_profile(
+    menu: Menu,
+    user_options: dict[str, Any],
+    cloud_cap: float = 0.0,
+    waits: list[WaitOffer] | None = None,
+) -> dict:
     """One kubespawner profile whose options are the menu, last choices preselected.
     Cloud offers are listed when within `cloud_cap` (this person's USD/h; 0: none); how
-    many are over it is said once, not as a list of greyed-out offers."""
+    many are over it is said once, not as a list of greyed-out offers. `waits` are the full
+    GPU places offered to wait for (`wait_offers`), listed in a group of their own."""
     settings = menu.settings
+    waits = list(waits or ())
     placements = [p for p in menu.placements if p.kind != "cloud" or within_cap(p, cloud_cap)]
     over_cap = sum(
         1
@@ -190,9 +358,13 @@ def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.
         if any(i["name"] == last.get("image") for i in menu.images)
         else default_image
     )
+    wait_keys = {w.key: w for w in waits}
+    waited = WAIT_PREFIX + str(last.get("where")) if wants_wait(last) else None
     where_choice = last.get("where") if last.get("where") in offered else "cpu"
     where = offered.get(where_choice)
-    if where is None or where_reasons.get(where.key):  # not submittable: preselect another
+    if waited in wait_keys:
+        where_choice, where = waited, wait_keys[waited].placement  # they waited for it last
+    elif where is None or where_reasons.get(where.key):  # not submittable: preselect another
         usable = [p for p in placements if not where_reasons[p.key]]
         similar = [
             p for p in usable if where and p.gpu_product and p.gpu_product == where.gpu_product
@@ -202,21 +374,27 @@ def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.
     # A GPU model placement needs GPUs: without a last choice, preselect the fewest offered.
     gpu_default = (
         next((i for i, v in enumerate(settings.gpu_choices) if v > 0), 0)
-        if where and where.kind == "gpu"
+        if where and (where.kind == "gpu" or where_choice in wait_keys)
         else 0
     )
 
     # Without JavaScript the image can change after the page is made, so only room greys a
     # value out here; the page's script adds the chosen image's limits, and the check at
     # submit enforces them either way.
+    # A size that fits nowhere now may still wait for a full place that could hold it.
     def cpu_reason(value: float) -> str | None:
-        return None if fits_anywhere(menu, cpu=value) else NO_ROOM
+        room = fits_anywhere(menu, cpu=value) or _fits_wait(menu, waits, value, None, 0)
+        return None if room else NO_ROOM
 
     def memory_reason(value: float) -> str | None:
-        return None if fits_anywhere(menu, memory_gib=value) else NO_ROOM
+        room = fits_anywhere(menu, memory_gib=value) or _fits_wait(menu, waits, None, value, 0)
+        return None if room else NO_ROOM
 
     def gpus_reason(value: int) -> str | None:
-        return None if fits_anywhere(menu, gpus=value) else NO_ROOM
+        room = fits_anywhere(menu, gpus=value) or (
+            value > 0 and _fits_wait(menu, waits, None, None, value)
+        )
+        return None if room else NO_ROOM
 
     options = {
         "image": {
@@ -233,17 +411,32 @@ def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.
         },
         "where": {
             "display_name": "Where",
-            "groups": list(dict.fromkeys(p.group for p in placements)),
+            "groups": list(dict.fromkeys(p.group for p in placements))
+            + ([WAIT_GROUP] if waits else []),
             "choices": {
-                p.key: {
-                    "display_name": p.label,
-                    "default": p.key == where_choice,
-                    "disabled": bool(where_reasons[p.key]),
-                    "reason": where_reasons[p.key],
-                    "group": p.group,
-                    "kind": p.kind,
-                }
-                for p in placements
+                **{
+                    p.key: {
+                        "display_name": p.label,
+                        "default": p.key == where_choice,
+                        "disabled": bool(where_reasons[p.key]),
+                        "reason": where_reasons[p.key],
+                        "group": p.group,
+                        "kind": p.kind,
+                    }
+                    for p in placements
+                },
+                **{
+                    w.key: {
+                        "display_name": w.text,
+                        "default": w.key == where_choice,
+                        "disabled": False,
+                        "reason": None,
+                        "group": WAIT_GROUP,
+                        "kind": w.placement.kind,
+                        "wait": True,
+                    }
+                    for w in waits
+                },
             },
         },
         **({"pricing": _pricing_option(last.get("pricing"))} if cloud_listed else {}),
@@ -291,7 +484,16 @@ def menu_profile(menu: Menu, user_options: dict[str, Any], cloud_cap: float = 0.
             "room_notes": room_notes(menu, options),
             "units": _server_units(menu),
             "images": {i["name"]: _image_limits(i) for i in menu.images},
-            "placements": {p.key: _placement_data(menu, p) for p in placements},
+            "placements": {
+                **{p.key: _placement_data(menu, p) for p in placements},
+                **{w.key: _wait_data(menu, w) for w in waits},
+            },
+            "waits": [
+                {"key": w.key, "label": w.label, "waiting": w.waiting, "eta_text": w.eta_text}
+                for w in waits
+            ],
+            # where the cheapest cloud offer for a full choice is shown, when there is one
+            "cloud_instead": None,
             "cloud_note": CLOUD_STORAGE_NOTE if cloud_listed else None,
             "cloud_unavailable": menu.cloud_note if cloud_cap > 0 else None,
             "cloud_over_cap": (
@@ -417,6 +619,11 @@ def options_from_formdata(formdata: dict[str, list[str]]) -> dict[str, str]:
     for key, values in formdata.items():
         if key.startswith(prefix) and values:
             options[key[len(prefix) :]] = values[0]
+    where = options.get("where")
+    if isinstance(where, str) and where.startswith(WAIT_PREFIX):
+        # "Wait for the next free …": the place, and the wish to wait for it
+        options["where"] = where[len(WAIT_PREFIX) :]
+        options[WAIT_OPTION] = "1"
     return options
 
 

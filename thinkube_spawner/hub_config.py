@@ -140,7 +140,9 @@ c.JupyterHub.load_roles = [
     # everyone's GPU jobs.
     {"name": "jobs-admin", "scopes": ["custom:thinkube:jobs:admin"], "groups": ["jobs-admins"]},
     # The service reads which servers run and what they were given (their state, which only
-    # the hub writes): the single-machine allocation. The same scopes on JupyterHub 5.5 and 6.x.
+    # the hub writes): the single-machine allocation; and starts the servers that waited for
+    # a GPU (`servers`: JupyterHub 5.5 has no narrower scope that starts one). The same
+    # scopes on JupyterHub 5.5 and 6.x.
     {
         "name": SERVICE,
         "scopes": [
@@ -148,6 +150,7 @@ c.JupyterHub.load_roles = [
             "list:users",
             "read:servers",
             "admin:server_state",
+            "servers",
         ],
         "services": [SERVICE],
     },

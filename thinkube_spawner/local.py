@@ -54,6 +54,7 @@ from thinkube_core.allocation import STATE_KEY as ALLOCATION_STATE
 from thinkube_core.allocation import allocation_in
 from thinkube_core.device_claims import Claim, DeviceClaims, claims_dir, pick_cores, pick_gpus
 from thinkube_core.gpu_isolation import DEV_DIR, NVIDIA_PROC_DIR, isolated
+from thinkube_core.waiting import QUEUE_ENTRY_OPTION, WAIT_OPTION, wants_wait
 
 from .availability import AvailabilitySettings, ServiceUnavailable
 from .errors import choice_error, service_unavailable_error, spawn_error
@@ -69,6 +70,7 @@ from .menu import (
     check_choice,
 )
 from .shaping import PodSettings, PodTemplate
+from .waiting import wait_in_line
 
 __all__ = [
     "LocalAllocation",
@@ -373,7 +375,14 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         return None if self.memory_limit == "off" else memory_enforcement()
 
     async def _render_form(self, spawner=None) -> str:
-        from .form import machine_summary_html, menu_profile, render_form, unavailable_profile
+        from .form import (
+            machine_summary_html,
+            menu_profile,
+            render_form,
+            unavailable_profile,
+            wait_offers,
+            wait_targets,
+        )
 
         try:
             menu, machine = await self.fresh_menu()
@@ -382,7 +391,10 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
             return render_form(unavailable_profile(str(err)))
         before = machine_summary_html(machine, self.memory_mode() is not None) if machine else ""
         options = self.user_options or {}
-        return render_form(menu_profile(menu, options), options, before=before)
+        waits = []
+        if self.offer_waiting and wait_targets(menu):
+            waits = wait_offers(menu, await self.availability.waiting_estimates())
+        return render_form(menu_profile(menu, options, waits=waits), options, before=before)
 
     # -- the claim on this server's cores and GPUs ------------------------------------------
 
@@ -406,6 +418,9 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
         except ServiceUnavailable as err:
             raise service_unavailable_error(err) from None
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
+        wait = wants_wait(options)
+        options.pop(WAIT_OPTION, None)
+        options.pop(QUEUE_ENTRY_OPTION, None)  # the queue's start: checked as any other
         local = machine.get("local") or {}
         # What the service counted at its last reading (servers from the hub's API), besides
         # what the claims say now (servers and jobs, this very instant).
@@ -433,6 +448,10 @@ class ThinkubeLocalSpawner(AvailabilitySettings, LocalProcessSpawner):
                 self.claims.claim, "server", self.claim_id, self.user.name, os.getpid(), choose
             )
         except ChoiceError as err:
+            if wait and err.capacity and err.choice is not None and self.offer_waiting:
+                # every GPU taken: join the GPU queue instead (the hub answers at once)
+                spec = self.menu_settings().pod.spec(err.choice)
+                raise await wait_in_line(self, err.choice, str(err), spec, True) from None
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             raise choice_error(err) from None
         self.allocation = allocation = picked[-1]

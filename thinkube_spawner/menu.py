@@ -38,6 +38,7 @@ from thinkube_core.scheduling import (
     pod_demand,
     rules_reason,
 )
+from thinkube_core.waiting import QUEUE_ENTRY_OPTION, WAIT_OPTION
 
 from .choice import (
     ANY_CPU,
@@ -662,7 +663,10 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu, cloud_cap: float =
         raise ChoiceError(
             f"Unknown profile {str(profile)[:40]!r}: this hub offers {PROFILE_SLUG!r}."
         )
-    known = {"profile", "image", "where", "cpu", "memory", "gpus", "pricing"}
+    # `wait` and `queue_entry` are the GPU queue's (thinkube_core.waiting): the spawner
+    # reads them before the choice is checked.
+    known = {"profile", "image", "where", "cpu", "memory", "gpus", "pricing", WAIT_OPTION}
+    known.add(QUEUE_ENTRY_OPTION)
     unknown = sorted(str(k)[:40] for k in user_options if k not in known)
     if unknown:
         raise ChoiceError(f"Unknown server option(s): {', '.join(unknown)}.")
@@ -736,9 +740,14 @@ def check_choice(user_options: Mapping[str, Any], menu: Menu, cloud_cap: float =
         kind = f"{placement.gpu_model} servers" if placement.gpu_model else "CPU-only servers"
         raise ChoiceError(f"{kind} cannot start here: {placement.reason}.")
     cpu_request, memory_request = _request(settings, cpu, memory)
+    choice = Choice(
+        image, placement, cpu, memory, gpus, placement.node, cpu_request, memory_request
+    )
     if not fits(placement, demand):
-        raise ChoiceError(no_room_message(placement, menu, cpu, memory, gpus), capacity=True)
-    return Choice(image, placement, cpu, memory, gpus, placement.node, cpu_request, memory_request)
+        raise ChoiceError(
+            no_room_message(placement, menu, cpu, memory, gpus), capacity=True, choice=choice
+        )
+    return choice
 
 
 def _name(menu: Menu, node: str | None) -> str:

@@ -26,7 +26,14 @@ from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
 from thinkube_core.accounting import MalformedObject
 from thinkube_core.kueue import QUEUE_LABEL
+from thinkube_core.job_labels import JOB_ID_LABEL
 from thinkube_core.scheduling import PodRules, node_reason, pod_demand
+from thinkube_core.waiting import (
+    QUEUE_ENTRY_OPTION,
+    WAIT_OPTION,
+    is_queue_entry_id,
+    wants_wait,
+)
 
 from .availability import (
     AvailabilitySettings,
@@ -43,6 +50,8 @@ from .form import (
     options_from_querydata,
     render_form,
     unavailable_profile,
+    wait_offers,
+    wait_targets,
 )
 from .instead import cloud_instead, error_html, form_notice_html, instead_link
 from .labels import server_label
@@ -72,6 +81,7 @@ from .shaping import (
     apply_to_configured,
     spawner_overrides,
 )
+from .waiting import wait_in_line
 
 
 async def _apply_checked_options(spawner: ThinkubeSpawner, user_options: dict) -> None:
@@ -336,6 +346,9 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         # (when, options key, form notice) of the last refusal for lack of room that had a
         # cloud offer to start on instead: the form shown next says it.
         self._refused_for_room: tuple[float, str | None, str] | None = None
+        # The waiting request this start comes from (its id labels the pod), if any.
+        self._queue_entry: str | None = None
+        self._configured_labels = dict(self.extra_labels)
         self._cloud_settings = None
         self._backend: Server | None = None
         # kubespawner logs a pod it could not create in full, environment included: the
@@ -489,11 +502,19 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             )
         problems = await storage_problems(self, self.shared_volumes, fresh=False)
         cap = self.cloud_cap()
+        estimates = await self.waiting_estimates(menu)
         options_key = _options_key(options)
-        key = (options_key, cap, tuple(problems), search_path, self.profile_form_template)
+        key = (
+            options_key,
+            cap,
+            tuple(problems),
+            search_path,
+            self.profile_form_template,
+            _options_key(estimates or {}),
+        )
         html = _rendered_forms.get(menu, key) if options_key is not None else None
         if html is None:
-            profile = menu_profile(menu, options, cap)
+            profile = menu_profile(menu, options, cap, wait_offers(menu, estimates))
             profile["thinkube"]["storage_problems"] = problems
             html = render_form(
                 profile,
@@ -541,19 +562,35 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
             return ""
         return notice if key == _options_key({"profile": PROFILE_SLUG, **options}) else ""
 
+    async def waiting_estimates(self, menu: Menu) -> dict | None:
+        """The GPU queue's estimates, when the form offers to wait for a full GPU place
+        (None: nothing to wait for, waiting off, or the queue cannot say)."""
+        if not self.offer_waiting or not wait_targets(menu):
+            return None
+        return await self.availability.waiting_estimates()
+
     # -- the check at submit -----------------------------------------------------------------
 
     async def checked_choice(self) -> Choice:
         """The user's options checked against fresh availability; the spawn error to show
-        (nothing started) when they do not fit or are not offered."""
+        (nothing started) when they do not fit or are not offered. A choice to wait for a
+        full place joins the GPU queue instead (`wait_in_line`); one the queue starts is
+        checked as any other, and refused with 409 when it no longer fits (it then waits
+        again)."""
         try:
             menu = await self.menu(fresh=True)
         except ServiceUnavailable as err:
             raise service_unavailable_error(err) from None
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
+        wait = wants_wait(options)
+        entry = options.pop(QUEUE_ENTRY_OPTION, None)
+        options.pop(WAIT_OPTION, None)
+        self._queue_entry = entry if is_queue_entry_id(entry) else None
         try:
             choice = check_choice(options, menu, self.cloud_cap())
         except ChoiceError as err:
+            if wait and err.capacity and err.choice is not None and self.offer_waiting:
+                raise await self.wait_in_line(err.choice, str(err)) from None
             self.log.info("Rejected spawn options for %s: %s", self.user.name, err)
             error = choice_error(err)
             if err.capacity:
@@ -570,10 +607,17 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         self._checked = (time.monotonic(), dict(options), choice)
         return choice
 
+    async def wait_in_line(self, choice: Choice, why: str) -> Exception:
+        """Join the GPU queue with this full choice (`waiting.wait_in_line`)."""
+        spec = self.pod_template().spec(choice)
+        return await wait_in_line(self, choice, why, spec, single_machine=False)
+
     async def choice_for_this_start(self) -> Choice:
         """The choice JupyterHub's apply_user_options just checked, else a fresh check (an
         admin may have replaced that hook)."""
         options = {"profile": PROFILE_SLUG, **(self.user_options or {})}
+        options.pop(QUEUE_ENTRY_OPTION, None)
+        options.pop(WAIT_OPTION, None)
         checked, self._checked = self._checked, None
         if (
             checked is not None
@@ -594,6 +638,10 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
         )
         for name, value in overrides.items():
             setattr(self, name, value)
+        # A server the GPU queue started: its pod carries the request's id, so the service
+        # counts the pod as the request's (and no longer assumes its room taken).
+        entry = {JOB_ID_LABEL: self._queue_entry} if self._queue_entry else {}
+        self.extra_labels = {**self._configured_labels, **entry}
         self.log.info(
             "Spawning %s: %s on %s, %s CPU, %s GiB, %d GPU(s)",
             server_label(self),

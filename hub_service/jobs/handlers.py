@@ -106,7 +106,7 @@ class JobsAPIHandler(JSONHandler):
         """The job, when the asker may see it; else 404, as for a job that does not exist."""
         queue = self.queue
         entry = await queue.db(queue.store.get, job_id) if len(job_id) <= 64 else None
-        if entry is None or not self.may_see(entry):
+        if entry is None or entry.get("kind") == "server" or not self.may_see(entry):
             raise web.HTTPError(404, f"no job {_quoted(job_id)} of yours")
         return entry
 
@@ -334,6 +334,7 @@ class JobsHandler(JobsAPIHandler):
             "statuses": statuses,
             "project": self.get_query_argument("project", None),
             "metadata": metadata or None,
+            "kinds": ["job"],  # waiting notebook servers are api/v1/waiting's
             "offset": self._integer("offset", 0, 0, 10**9),
             "limit": self._integer("limit", 100, 1, MAX_PAGE),
         }
@@ -691,7 +692,11 @@ class CompatJobsHandler(JobsAPIHandler):
             statuses = COMPAT_FILTER[status]
         queue = self.queue
         entries, _ = await queue.db(
-            queue.store.search, users=[user_id], statuses=statuses, limit=MAX_PAGE
+            queue.store.search,
+            users=[user_id],
+            statuses=statuses,
+            kinds=["job"],
+            limit=MAX_PAGE,
         )
         self.send_json([compat_status(e, queue.where(e)) for e in entries])
 

@@ -30,6 +30,16 @@ from ..background import cancel_and_wait
 from .queue import Plan, QueueEntry, Running, planning, queue_order, with_assumed
 from .spec import JobRequest, job_pod_spec
 from .store import ACTIVE, CANCELLED, COMPLETED, FAILED, LOST, QUEUED, RUNNING, JobStore
+from .waiting import (
+    EXPIRED,
+    SERVER,
+    STARTED,
+    ServerStarter,
+    WaitingRequest,
+    join_estimates,
+    server_pod_of,
+    stored_waiting_request,
+)
 
 log = logging.getLogger("thinkube.jobs")
 
@@ -119,6 +129,13 @@ class QueueSettings:
     # How soon the queue is planned again for submissions that cannot start before
     # something else changes (to refresh the estimates of everything waiting).
     refresh_s: float = 2.0
+    # Waiting notebook servers: how long a request may wait, and the longest a server runs
+    # (the basis of estimates of when servers' GPUs free; 0: none, no estimate from them).
+    waiting_max_s: float = 8 * 3600.0
+    server_max_age_s: float = 0.0
+    # A waiting server the hub refused for lack of room (taken since the plan) is not tried
+    # again for this long.
+    server_retry_s: float = 2.0
 
 
 def request_of(entry: Mapping[str, Any]) -> JobRequest:
@@ -167,6 +184,8 @@ class JobQueue:
         run_db: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.time,
         counted: Callable[[], Mapping[str, str]] = dict,
+        servers: ServerStarter | None = None,
+        held_servers: Callable[[], Sequence[Mapping[str, Any]]] = tuple,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -199,6 +218,13 @@ class JobQueue:
         # all that came in while the last one was written: a commit is the slow part).
         self._to_add: list[tuple[dict[str, Any], asyncio.Future]] = []
         self._adding: asyncio.Task | None = None
+        # Waiting notebook servers: who starts them (the hub's REST API), the notebook
+        # servers that hold GPUs now (the inventory's), the starts under way, and the
+        # servers the hub refused for lack of room: id -> when to try again.
+        self.servers = servers
+        self.held_servers = held_servers
+        self._server_starts: dict[str, asyncio.Task] = {}
+        self._retry_at: dict[str, float] = {}
 
     async def db(self, fn, *args, **kwargs):
         if self._run_db is None:
@@ -226,6 +252,10 @@ class JobQueue:
         followed = []
         for entry in await self.db(self.store.active):
             self._keep(entry)
+            if entry["kind"] == SERVER:
+                if entry["status"] == RUNNING:  # its start was under way: follow it again
+                    self._follow_server_start(entry, resumed=True)
+                continue
             handed_over = entry["status"] == QUEUED and entry.get("placement")
             if entry["status"] == RUNNING or handed_over:
                 followed.append(entry)
@@ -268,7 +298,12 @@ class JobQueue:
             self._refresh = None
         await cancel_and_wait(self._task)
         await cancel_and_wait(self._adding)
+        for task in list(self._server_starts.values()):
+            await cancel_and_wait(task)
         self._task = self._adding = None
+        closing = getattr(self.servers, "aclose", None)
+        if closing is not None:
+            await closing()
         await self.backend.close()
 
     def poke(self) -> None:
@@ -297,6 +332,9 @@ class JobQueue:
 
     def _spec(self, entry: Mapping[str, Any]) -> tuple[PodRules, dict[str, int]]:
         held = self._specs.get(entry["id"])
+        if held is None and entry["kind"] == SERVER:
+            spec = server_pod_of(entry)
+            held = self._specs[entry["id"]] = (PodRules.of_pod_spec(spec), pod_demand(spec))
         if held is None:
             spec = job_pod_spec(
                 request_of(entry),
@@ -317,7 +355,7 @@ class JobQueue:
                 entry["id"],
                 entry["user"],
                 entry["submitted_at"],
-                entry["expected_s"],
+                self._expected_s(entry),
                 demand,
                 rules,
                 entry["priority"],
@@ -334,13 +372,79 @@ class JobQueue:
 
     def _elsewhere(self, entry: Mapping[str, Any]) -> str | None:
         """Where a job runs that the planner does not place (see JobBackend), or None."""
+        if entry["kind"] == SERVER:
+            return None  # a waiting server is always this queue's to place
         elsewhere = getattr(self.backend, "elsewhere", None)
         return elsewhere(entry) if elsewhere is not None else None
 
+    def _expected_s(self, entry: Mapping[str, Any]) -> float:
+        """How long it is expected to run once started; a server without a longest run
+        set has no expected end (it holds what it takes until someone stops it)."""
+        if entry["kind"] == SERVER:
+            return self.settings.server_max_age_s or float("inf")
+        return entry["expected_s"]
+
+    def _running_of(
+        self, entry: Mapping[str, Any], demand: Mapping[str, int], now: float
+    ) -> Running:
+        gpus = next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
+        expected = self._expected_s(entry)
+        return Running(
+            entry["id"],
+            entry["user"],
+            entry["node"],
+            entry["started_at"] or now,
+            expected if expected != float("inf") else None,
+            gpus,
+        )
+
+    def _servers_running(self, now: float) -> list[Running]:
+        """Notebook servers holding GPUs that are not this queue's entries: each frees its
+        GPUs at its start plus the longest a server runs, when that is set."""
+        max_age = self.settings.server_max_age_s or None
+        running = []
+        for held in self.held_servers():
+            if held.get("entry") in self.active:
+                continue  # started from a waiting request: the queue counts it
+            running.append(
+                Running(
+                    f"server:{held['id']}",
+                    str(held.get("user") or ""),
+                    held["node"],
+                    held.get("started_at") or now,
+                    max_age,
+                    int(held.get("gpus") or 0),
+                )
+            )
+        return running
+
+    def gpus_held(self, user: str) -> int:
+        """GPUs this person holds now: their notebook servers' and their running entries'."""
+        held = sum(
+            int(h.get("gpus") or 0)
+            for h in self.held_servers()
+            if h.get("user") == user and h.get("entry") not in self.active
+        )
+        for entry in self.active.values():
+            if entry["user"] == user and entry["status"] == RUNNING:
+                _, demand = self._spec(entry)
+                held += next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
+        return held
+
+    def gpus_waiting(self, user: str) -> int:
+        """GPUs this person's queued entries (jobs and servers) ask for."""
+        total = 0
+        for entry in self.active.values():
+            if entry["user"] == user and entry["status"] == QUEUED:
+                _, demand = self._spec(entry)
+                total += next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
+        return total
+
     async def _snapshot(self, active: Sequence[Mapping[str, Any]], now: float) -> tuple:
-        """The planner's view of `active`: (waiting QueueEntries, Running, what started
-        work holds that the node documents do not count yet, [(entry, place)] of queued
-        entries the planner does not place). Gives way to requests every SNAPSHOT_STEP."""
+        """The planner's view of `active`: (waiting QueueEntries, Running — with notebook
+        servers holding GPUs outside this queue —, what started work holds that the node
+        documents do not count yet, [(entry, place)] of queued entries the planner does not
+        place). Gives way to requests every SNAPSHOT_STEP."""
         waiting, running, assumed, elsewhere = [], [], [], []
         counted = self.counted()
         for index, entry in enumerate(active):
@@ -360,17 +464,8 @@ class JobQueue:
             elif entry["node"]:
                 if entry["id"] not in counted:
                     assumed.append((entry["node"], demand))
-                gpus = next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
-                running.append(
-                    Running(
-                        entry["id"],
-                        entry["user"],
-                        entry["node"],
-                        entry["started_at"] or now,
-                        entry["expected_s"],
-                        gpus,
-                    )
-                )
+                running.append(self._running_of(entry, demand, now))
+        running += self._servers_running(now)
         return waiting, running, assumed, elsewhere
 
     async def replan(self) -> Plan:
@@ -379,6 +474,10 @@ class JobQueue:
         now = self.clock()
         for entry in list(self.active.values()):
             deadline = entry["deadline_at"]
+            if entry["kind"] == SERVER:
+                if entry["status"] == QUEUED and deadline and deadline <= now:
+                    await self._finish(entry, CANCELLED, EXPIRED, None, self._expired_text(entry))
+                continue
             if entry["status"] == RUNNING and deadline and deadline + self._grace(entry) <= now:
                 await self._end_now(entry, FAILED, "DeadlineExceeded", "ran past its deadline")
         began = time.perf_counter()
@@ -386,13 +485,24 @@ class JobQueue:
         deadlines = [
             e["deadline_at"] + self._grace(e)
             for e in active
-            if e["status"] == RUNNING and e["deadline_at"]
+            if e["status"] == RUNNING and e["deadline_at"] and e["kind"] != SERVER
         ]
+        # a waiting server's expiry, and the retry of one the hub refused
+        deadlines += [
+            e["deadline_at"]
+            for e in active
+            if e["status"] == QUEUED and e["kind"] == SERVER and e["deadline_at"]
+        ]
+        deadlines += [at for at in self._retry_at.values() if at > now]
         if self.admits:
-            # The backend's admission decides: hand it what it does not have yet.
+            # The backend's admission decides: hand it what it does not have yet (waiting
+            # servers are this queue's own, planned below; cloud jobs are not its).
             active = [
                 await self._hand_over(e)
-                if e["status"] == QUEUED and not e.get("placement") and not self._elsewhere(e)
+                if e["status"] == QUEUED
+                and not e.get("placement")
+                and e["kind"] != SERVER
+                and not self._elsewhere(e)
                 else e
                 for e in active
             ]
@@ -401,11 +511,18 @@ class JobQueue:
         nodes = with_assumed(self.documents(), assumed)
         if self.admits:
             # No placement of ours: the waiting in the backend's order (its positions),
-            # those it has not placed yet after them in ours.
+            # those it has not placed yet after them in ours. Waiting servers are planned
+            # by this queue, and started when they fit.
+            servers = [e for e in waiting if e.kind == SERVER]
+            served = await self._plan_and_start(servers, running, nodes, now, deadlines)
             theirs = self.backend.positions() if hasattr(self.backend, "positions") else {}
-            order = [e.id for e in queue_order(waiting)]
+            order = [e.id for e in queue_order(waiting) if e.id in self.active]
+            order = [i for i in order if self.active[i]["status"] == QUEUED]
             order.sort(key=lambda i: (i not in theirs, theirs.get(i, 0)))
             self.plan = Plan(order=order, positions={e: i + 1 for i, e in enumerate(order)})
+            self.plan.expected_node.update(served.expected_node)
+            self.plan.eta.update(served.eta)
+            self.plan.gpu_free_at = served.gpu_free_at
             self.last_plan_s = time.perf_counter() - began
         else:
             steps = planning(waiting, running, nodes, now)
@@ -422,7 +539,9 @@ class JobQueue:
                         entry = self.active.get(queued.id)
                         if entry is not None:  # not cancelled meanwhile
                             deadline = await self._start(entry, node)
-                            deadlines.append(deadline + self._grace(entry) if deadline else None)
+                            if deadline and entry["kind"] != SERVER:
+                                deadlines.append(deadline + self._grace(entry))
+                            await asyncio.sleep(0)
                     starting_s = time.perf_counter() - began_starting
                 await asyncio.sleep(0)
             self.last_plan_s = time.perf_counter() - began - starting_s
@@ -438,6 +557,27 @@ class JobQueue:
         for callback in self.changed:
             callback()
         return self.plan
+
+    async def _plan_and_start(
+        self,
+        waiting: Sequence[QueueEntry],
+        running: Sequence[Running],
+        nodes: Sequence[Mapping[str, Any]],
+        now: float,
+        deadlines: list,
+    ) -> Plan:
+        """Plan these entries alone and start what fits now (waiting servers, beside a
+        backend that admits jobs itself)."""
+        steps = planning(waiting, running, nodes, now)
+        while True:
+            try:
+                starts = next(steps)
+            except StopIteration as made:
+                return made.value
+            for queued, node in starts or ():
+                if queued.id in self.active:
+                    deadlines.append(await self._start(self.active[queued.id], node))
+            await asyncio.sleep(0)
 
     def _placed(self, planned: set[str]) -> None:
         """A new plan is in place: what it saw is no longer unplanned; what came in while
@@ -560,6 +700,8 @@ class JobQueue:
 
     async def _start(self, entry: Mapping[str, Any], node: str) -> float | None:
         """Start it there; the deadline it runs under (None when it could not start)."""
+        if entry["kind"] == SERVER:
+            return await self._start_server(entry, node)
         now = self.clock()
         allowed = self.run_time_allowed(entry)
         deadline = now + allowed
@@ -591,6 +733,141 @@ class JobQueue:
             self._keep(updated)
         log.info("job %s of %s started on %s", entry["id"], entry["user"], node)
         return deadline
+
+    # -- waiting notebook servers ----------------------------------------------------------
+
+    async def _start_server(self, entry: Mapping[str, Any], node: str) -> None:
+        """The planner says a waiting server fits: it is marked starting (its room is
+        assumed taken from now on) and the hub is asked to start it, off the plan's path
+        (the hub answers once the spawn is under way or a few seconds have passed)."""
+        if self.servers is None:
+            return None
+        if self._retry_at.get(entry["id"], 0.0) > self.clock():
+            return None  # the hub refused it for lack of room a moment ago
+        updated = await self.db(
+            self.store.update,
+            entry["id"],
+            status=RUNNING,
+            started_at=self.clock(),
+            node=node,
+            placement={"starting": True},
+        )
+        if updated is None or entry["id"] not in self.active:
+            return None
+        self._keep(updated)
+        log.info("server %s of %s fits on %s: starting it", entry["id"], entry["user"], node)
+        self._follow_server_start(updated, resumed=False)
+        return None
+
+    def _follow_server_start(self, entry: Mapping[str, Any], resumed: bool) -> None:
+        task = asyncio.create_task(
+            self._bring_up(entry, resumed), name=f"thinkube-server-{entry['id']}"
+        )
+        self._server_starts[entry["id"]] = task
+        task.add_done_callback(lambda _: self._server_starts.pop(entry["id"], None))
+
+    async def _bring_up(self, entry: Mapping[str, Any], resumed: bool) -> None:
+        """Start the server through the hub and follow it until it is up or refused."""
+        assert self.servers is not None
+        request = entry["request"]
+        try:
+            if resumed:
+                outcome = await self.servers.resume(entry)
+            else:
+                outcome = await self.servers.start(entry)
+            if outcome.pending:
+                outcome = await self.servers.follow(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the hub unreachable: it goes back to waiting
+            log.warning("server %s could not be started: %s", entry["id"], err)
+            outcome = None
+        current = self.active.get(entry["id"])
+        if current is None or current["status"] != RUNNING:
+            return  # cancelled meanwhile
+        label = request.get("label") or "a GPU"
+        if outcome is not None and outcome.ready:
+            await self._finish(current, COMPLETED, STARTED, None, f"started on {label}")
+        elif outcome is None or outcome.retry:
+            # No room after all (taken since the plan), or the hub could not be asked: it
+            # waits again, at its place, and is tried again after a moment.
+            self._retry_at[entry["id"]] = self.clock() + self.settings.server_retry_s
+            updated = await self.db(
+                self.store.update,
+                entry["id"],
+                status=QUEUED,
+                started_at=None,
+                node=None,
+                placement={},
+                message=outcome.message if outcome else "the hub could not be asked",
+            )
+            if updated is not None and entry["id"] in self.active:
+                self._keep(updated)
+                self._place_unplanned(entry["id"], entry["user"], entry["priority"])
+            self.poke()
+        elif outcome.superseded:
+            await self._finish(current, CANCELLED, "Superseded", None, outcome.message)
+        else:
+            await self._finish(current, FAILED, "Failed", None, outcome.message)
+
+    @staticmethod
+    def _expired_text(entry: Mapping[str, Any]) -> str:
+        label = (entry.get("request") or {}).get("label") or "a GPU"
+        waited = (entry["deadline_at"] or 0) - entry["submitted_at"]
+        if waited >= 3600:
+            took = f"{waited / 3600:g} h"
+        else:
+            took = f"{round(waited / 60)} min" if waited >= 60 else f"{round(waited)} s"
+        return (
+            f"Waited {took} for {label}, the longest a request may wait on this hub: it has "
+            "left the queue and nothing was started. Start again from the spawn form to wait "
+            "again."
+        )
+
+    async def submit_waiting(self, user: str, request: WaitingRequest) -> dict:
+        """Queue a notebook server that waits for its place (kind "server")."""
+        now = self.clock()
+        entry = {
+            "id": f"s-{secrets.token_hex(6)}",
+            "kind": SERVER,
+            "user": user,
+            "name": request.server_name,
+            "project": "",
+            "status": QUEUED,
+            "priority": 0,
+            "request": stored_waiting_request(request),
+            "script": "",
+            "metadata": {},
+            "expected_s": self.settings.server_max_age_s,
+            "submitted_at": now,
+            "deadline_at": now + self.settings.waiting_max_s,
+        }
+        stored = await self._add(entry)
+        self._keep(stored)
+        self._place_unplanned(stored["id"], user, 0)
+        self.poke()
+        return stored
+
+    def join_estimates(self) -> dict[str, Any]:
+        """Per GPU model and node: how many wait, and when a request for one GPU joining now
+        could expect one (`waiting.join_estimates`), from the last plan."""
+        waiting = [
+            self._queue_entry(e, *self._spec(e))
+            for e in self.active.values()
+            if e["status"] == QUEUED
+        ]
+        return join_estimates(self.plan, waiting, self.documents(), self.clock())
+
+    def waiting_server(self, user: str, server_name: str) -> dict[str, Any] | None:
+        """This person's waiting (or starting) request for this server, if any."""
+        return next(
+            (
+                e
+                for e in self.active.values()
+                if e["kind"] == SERVER and e["user"] == user and e["name"] == server_name
+            ),
+            None,
+        )
 
     async def _hand_over(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         """Give a queued job to a backend that admits it itself; it stays queued (with the
@@ -718,7 +995,12 @@ class JobQueue:
         )
 
     async def cancel(self, entry: Mapping[str, Any]) -> dict:
-        """Idempotent: a queued job leaves the queue, a running one is ended now."""
+        """Idempotent: a queued job leaves the queue, a running one is ended now. A waiting
+        server leaves the queue; one the hub is starting is the hub's (stopped there)."""
+        if entry["kind"] == SERVER:
+            if entry["status"] == QUEUED:
+                return await self._finish(entry, CANCELLED, "Cancelled", None, "left the queue")
+            return dict(entry)
         if entry["status"] == RUNNING:
             return await self._end_now(entry, CANCELLED, "Cancelled", "cancelled")
         if entry["status"] == QUEUED and (entry.get("placement") or self.admits):
@@ -746,8 +1028,10 @@ class JobQueue:
         self._specs.pop(entry["id"], None)
         self._waiting.pop(entry["id"], None)
         self._unplanned.pop(entry["id"], None)
+        self._retry_at.pop(entry["id"], None)
         self.active.pop(entry["id"], None)
-        log.info("job %s of %s ended: %s", entry["id"], entry["user"], reason)
+        what = "server" if entry.get("kind") == SERVER else "job"
+        log.info("%s %s of %s ended: %s", what, entry["id"], entry["user"], reason)
         self.poke()
         return finished or dict(entry)
 
@@ -761,7 +1045,7 @@ class JobQueue:
         if entry["status"] != QUEUED:
             return {"position": None, "expected_node": entry.get("node"), "eta": None}
         positions = getattr(self.backend, "positions", None) if self.admits else None
-        if positions is not None:
+        if positions is not None and entry.get("kind") != SERVER:
             # The backend's admission orders the queue; it gives no estimate.
             return {"position": positions().get(entry_id), "expected_node": None, "eta": None}
         if entry_id not in self.plan.positions and entry_id in self._unplanned:

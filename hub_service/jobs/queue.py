@@ -103,6 +103,10 @@ class Plan:
     waiting_priorities: dict[str, list[int]] = field(default_factory=dict)
     # Per kind of entry (`kind_of`): the order key of the first that found no room.
     held: dict[tuple, tuple] = field(default_factory=dict)
+    # Per GPU node: when one of its GPUs is expected free after everything waiting was
+    # placed (epoch seconds; None: no basis, e.g. held by servers without an expected end).
+    # Where a request joining the queue now would stand.
+    gpu_free_at: dict[str, float | None] = field(default_factory=dict)
 
     def ahead_of(self, entry_id: str) -> int:
         return self.positions.get(entry_id, 0) - 1
@@ -235,7 +239,8 @@ def planning(
     gpu_ends: dict[str, list[float]] = defaultdict(list)  # per node: when each busy GPU frees
     for job in running:
         remaining = max(0.0, job.started_at + job.expected_s - now) if job.expected_s else None
-        load[job.node] += remaining if remaining is not None else 0.0
+        # Work with no expected end (a notebook server) keeps its node busy for good.
+        load[job.node] += remaining if remaining is not None else float("inf")
         end = now + remaining if remaining is not None else float("inf")
         gpu_ends[job.node].extend([end] * job.gpus)
     slots: dict[str, list[float]] = {}  # per node: a heap of when each GPU is next free
@@ -328,7 +333,15 @@ def planning(
             result.eta[entry.id] = start if start != float("inf") else None
         else:
             # Without GPUs to count, the work ahead of the node, done one after another.
-            result.eta[entry.id] = now + work_ahead if work_ahead > 0 else None
+            known = 0 < work_ahead < float("inf")
+            result.eta[entry.id] = now + work_ahead if known else None
+    for name, node in by_name.items():
+        resource = _gpu_resource_of_node(node, gpu_ends[name])
+        if resource is None:
+            continue
+        heap = timeline(name, resource)
+        first = heap[0] if heap else float("inf")
+        result.gpu_free_at[name] = first if first != float("inf") else None
     for entry, _ in result.start:
         result.positions.pop(entry.id, None)
         running_per_user[entry.user] += 1  # what it runs once these start
@@ -341,6 +354,16 @@ def planning(
         priorities[entry.user].append(entry.priority)
     result.waiting_priorities = {user: sorted(p) for user, p in priorities.items()}
     return result
+
+
+def _gpu_resource_of_node(node: Mapping, busy_gpus: list[float]) -> str | None:
+    """The GPU resource a node has (free or held), if any."""
+    allocatable = node.get("allocatable") or {}
+    free = node.get("free") or {}
+    for name in (*allocatable, *free):
+        if name.startswith("nvidia.com/") and (allocatable.get(name) or free.get(name)):
+            return name
+    return "nvidia.com/gpu" if busy_gpus else None
 
 
 def _could_ever_hold(entry: QueueEntry, node: Mapping, busy_gpus: list[float]) -> bool:

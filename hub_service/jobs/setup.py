@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .hub_servers import HubServers
 from .manager import Ending, JobQueue, QueueSettings
 from .routing import RoutedJobs
 from .store import JobStore
@@ -56,6 +57,8 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
     settings = QueueSettings(
         deadline_factor=service.jobs_deadline_factor,
         max_deadline_s=service.jobs_max_deadline_seconds,
+        waiting_max_s=service.waiting_max_seconds,
+        server_max_age_s=service.server_max_age_seconds,
     )
 
     async def ended(entry_id: str, ending: Ending) -> None:
@@ -142,6 +145,9 @@ def make_job_queue(service: ThinkubeService) -> JobQueue:
         settings=settings,
         run_db=service.run_db,
         counted=lambda: source.published.counted_jobs,
+        # waiting notebook servers are started through the hub's REST API
+        servers=HubServers(service.hub_auth.api_url, service.hub_auth.api_token),
+        held_servers=lambda: source.published.held_servers,
     )
     holder["queue"] = queue
     source.listeners.append(queue.poke)

@@ -167,6 +167,7 @@ class JobStore:
         statuses: Iterable[str] | None = None,
         project: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        kinds: Iterable[str] | None = None,
         offset: int = 0,
         limit: int = 100,
     ) -> tuple[list[dict[str, Any]], int]:
@@ -179,6 +180,8 @@ class JobStore:
             query = query.where(_Entry.status.in_(list(statuses)))
         if project is not None:
             query = query.where(_Entry.project == project)
+        if kinds is not None:
+            query = query.where(_Entry.kind.in_(list(kinds)))
         query = query.order_by(_Entry.submitted_at.desc(), _Entry.id)
         with self._lock, self._sessions() as session:
             if not metadata:

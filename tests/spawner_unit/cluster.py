@@ -160,10 +160,19 @@ class FakeAvailability:
     the real client does when the service cannot be reached."""
 
     def __init__(
-        self, nodes=None, pods=None, freshness: dict | None = None, error: str | None = None
+        self,
+        nodes=None,
+        pods=None,
+        freshness: dict | None = None,
+        error: str | None = None,
+        estimates: dict | None = None,
     ):
         self.nodes, self.pods, self.freshness, self.error = nodes, pods, freshness or {}, error
+        self.estimates = estimates  # the GPU queue's answer; None: the service does not queue
         self.calls = 0
+
+    async def waiting_estimates(self):
+        return self.estimates
 
     async def fetch(self, held_version: str | None = None):
         from thinkube_spawner.availability import Answer, ServiceUnavailable
