@@ -25,8 +25,8 @@ from kubespawner import KubeSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, Union, default
 
 from thinkube_core.accounting import MalformedObject
-from thinkube_core.kueue import QUEUE_LABEL
 from thinkube_core.job_labels import JOB_ID_LABEL
+from thinkube_core.kueue import QUEUE_LABEL
 from thinkube_core.scheduling import PodRules, node_reason, pod_demand
 from thinkube_core.waiting import (
     QUEUE_ENTRY_OPTION,
