@@ -797,7 +797,7 @@ DEFAULT_IMAGES: tuple[dict[str, Any], ...] = (
             "cpu_limit": 8,
             "mem_limit": "32Gi",
             "cloud_image": "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
-            "training": True,
+            # no `training`: this public image lacks the trainer (docs/jobs.md, Fine-tuning)
         },
     },
 )

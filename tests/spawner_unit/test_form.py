@@ -295,7 +295,6 @@ def test_the_page_data_lets_the_browser_narrow_the_choices(menu):
         "mem_limit": "32Gi",
         "mem_limit_bytes": 32 * 1024**3,
         "cloud_image": "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
-        "training": True,
     }
     # the server container's requests per value, in scheduler units (ratios applied)
     assert data["units"] == {
