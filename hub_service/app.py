@@ -918,7 +918,11 @@ class ThinkubeService(Application):
             self.jobs = make_job_queue(self)
             await self.jobs.start()
         self._heap_task = asyncio.create_task(
-            keep_frozen(lambda: self.source.ready), name="thinkube-heap"
+            keep_frozen(
+                lambda: self.source.ready,
+                held=(lambda: len(self.jobs.active)) if self.jobs is not None else None,
+            ),
+            name="thinkube-heap",
         )
         return server
 

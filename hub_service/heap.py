@@ -34,13 +34,27 @@ def refreeze() -> tuple[int, float]:
     return gc.get_freeze_count(), time.perf_counter() - started
 
 
-async def keep_frozen(ready: Callable[[], bool], renew_s: float = 600.0) -> None:
+async def keep_frozen(
+    ready: Callable[[], bool],
+    renew_s: float = 600.0,
+    held: Callable[[], int] | None = None,
+    grown_by: int = 2000,
+    check_s: float = 1.0,
+) -> None:
     """Freeze the heap once `ready()` (the first full list is in), and again every
-    `renew_s` while it is. Runs until cancelled."""
+    `renew_s` while it is, or as soon as `held()` (how many long-lived records the service
+    keeps: the GPU queue's entries) has grown by `grown_by` since the last freeze: 10,000
+    jobs queued in a minute would otherwise be walked by every full collection for ten.
+    Runs until cancelled."""
     while True:
         if not ready():
             await asyncio.sleep(0.5)
             continue
         count, seconds = refreeze()
         log.debug("%d objects frozen out of full collections (%.0f ms)", count, seconds * 1000)
-        await asyncio.sleep(renew_s)
+        frozen_held = held() if held is not None else 0
+        renew_at = time.monotonic() + renew_s
+        while (left := renew_at - time.monotonic()) > 0:
+            await asyncio.sleep(min(check_s, left))
+            if held is not None and held() - frozen_held >= grown_by:
+                break

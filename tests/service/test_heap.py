@@ -46,3 +46,30 @@ async def test_the_heap_is_frozen_once_ready_and_renewed():
     finally:
         await cancel_and_wait(task)
         gc.unfreeze()
+
+
+async def test_the_heap_is_frozen_again_once_the_queue_has_grown():
+    gc.collect()
+    gc.unfreeze()
+    held = 0
+    task = asyncio.create_task(
+        keep_frozen(lambda: True, renew_s=3600, held=lambda: held, grown_by=1000, check_s=0.05)
+    )
+    try:
+
+        async def frozen() -> int:
+            return gc.get_freeze_count()
+
+        first = await eventually(frozen)
+        kept = [Record() for _ in range(20_000)]  # what 1,000 queued entries might hold
+        await asyncio.sleep(0.3)
+        assert gc.get_freeze_count() < first + len(kept)  # not grown enough: not frozen again
+        held = 1000
+
+        async def refrozen() -> bool:
+            return gc.get_freeze_count() >= first + len(kept)
+
+        await eventually(refrozen)  # long before the hour
+    finally:
+        await cancel_and_wait(task)
+        gc.unfreeze()
