@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
     shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} is missing (`make test` installs it)"
 )
 
-METHODS = ("get", "put", "post", "delete", "patch")
+METHODS = ("get", "put", "post", "delete", "patch", "head")
 
 
 def documented_operations() -> int:
