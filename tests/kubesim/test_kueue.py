@@ -356,7 +356,12 @@ async def test_jobs_wait_in_queue_order_for_quota(queued):
     # Quota for one GPU: the next two wait, the later one with a higher priority first.
     await batch.create_namespaced_job("default", queued_job("second", "pass"))
     await batch.create_namespaced_job(
-        "default", queued_job("urgent", "pass", labels={"kueue.x-k8s.io/priority-class": "high"})
+        "default",
+        queued_job(
+            "urgent",
+            "import time; time.sleep(2)",  # holds the quota while the test looks
+            labels={"kueue.x-k8s.io/priority-class": "high"},
+        ),
     )
 
     async def two_pending():
