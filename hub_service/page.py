@@ -22,7 +22,6 @@ is thin.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
@@ -30,16 +29,15 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import jinja2
 from jupyterhub.utils import url_path_join
 from tornado import web
 
 from .handlers import RootHandler
 from .jobs.views import job_view, queue_view
+from .rendering import content_security_policy, read_template, template_environment
 
 if TYPE_CHECKING:
     from .inventory import Published
@@ -56,7 +54,6 @@ __all__ = [
     "select_nodes",
 ]
 
-TEMPLATES = Path(__file__).parent / "templates"
 GIB = 1024**3
 MAX_TEXT_FILTER = 100
 MAX_PAGE = 1_000_000
@@ -602,38 +599,15 @@ def page_view(
 # --- rendering ------------------------------------------------------------------------------
 
 
-def _read(name: str) -> str:
-    return (TEMPLATES / name).read_text()
-
-
-PAGE_CSS = _read("page.css")
-PAGE_JS = _read("page.js")
-
-
-def _csp_hash(source: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
-
-
-# Only this page's own inline style and script run; it talks to its own origin only.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; "
-    f"style-src {_csp_hash(PAGE_CSS)}; "
-    f"script-src {_csp_hash(PAGE_JS)}; "
-    "connect-src 'self'; img-src 'self' data:; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'self'"
-)
-
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+PAGE_CSS = read_template("page.css")
+PAGE_JS = read_template("page.js")
+CONTENT_SECURITY_POLICY = content_security_policy(PAGE_CSS, PAGE_JS)
+_environment = template_environment()
 _environment.filters["count"] = count_text
 # Changes when the page's look or script does, so a browser holding an older page re-renders.
 TEMPLATE_DIGEST = hashlib.blake2b(
-    (_read("page.html") + _read("error.html") + PAGE_CSS + PAGE_JS).encode(), digest_size=8
+    (read_template("page.html") + read_template("error.html") + PAGE_CSS + PAGE_JS).encode(),
+    digest_size=8,
 ).hexdigest()
 
 

@@ -9,49 +9,21 @@ soon as the server starts.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import jinja2
+from ..rendering import content_security_policy, read_template, template_environment
 
 __all__ = ["cloud_offer_for", "render_waiting_page", "waiting_page_view"]
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 WAIT_REFRESH_SECONDS = 15
 POLL_SECONDS = 2
 
 
-def _read(name: str) -> str:
-    return (TEMPLATES / name).read_text()
-
-
-WAITING_CSS = _read("waiting.css")
-WAITING_JS = _read("waiting.js")
-
-
-def _csp_hash(source: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
-
-
-# Only the page's own style and script run; it talks to its own origin only.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; "
-    f"style-src {_csp_hash(WAITING_CSS)}; "
-    f"script-src {_csp_hash(WAITING_JS)}; "
-    "connect-src 'self'; img-src 'self' data:; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'self'"
-)
-
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+WAITING_CSS = read_template("waiting.css")
+WAITING_JS = read_template("waiting.js")
+CONTENT_SECURITY_POLICY = content_security_policy(WAITING_CSS, WAITING_JS)
+_environment = template_environment()
 
 
 def cloud_offer_for(entry: Mapping[str, Any]) -> dict[str, Any] | None:
