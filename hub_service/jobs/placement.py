@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
 from typing import Any
 
 from thinkube_core.job_runner import encode_script
 from thinkube_core.runpod.offers import NO_CLOUD_FOR_YOU, Offer, price_problem, sort_offers
 
-from .errors import JobError
+from .errors import JobError, whole_number
 
 __all__ = [
     "CLOUD_PREFIX",
@@ -86,25 +85,8 @@ def wants_cloud(fields: Mapping[str, Any]) -> bool:
 
 
 def _gpus(fields: Mapping[str, Any], maximum: int) -> int:
-    value = fields.get("gpus")
-    if value in (None, ""):
-        return 1
-    try:
-        number = Decimal(str(value).strip())
-    except ArithmeticError:
-        number = None
-    if (
-        isinstance(value, bool)
-        or number is None
-        or not number.is_finite()
-        or number != number.to_integral_value()
-        or not 1 <= number <= maximum
-    ):
-        raise JobError(
-            "gpus",
-            f"A RunPod job runs on a GPU pod: gpus must be a whole number from 1 to {maximum}.",
-        )
-    return int(number)
+    message = f"A RunPod job runs on a GPU pod: gpus must be a whole number from 1 to {maximum}."
+    return whole_number(fields, "gpus", 1, 1, maximum, message)
 
 
 def scaled(offer: Offer, gpus: int) -> Offer:

@@ -17,7 +17,7 @@ from typing import Any
 
 from thinkube_core.quantity import QuantityError, parse_quantity
 
-from .errors import JobError
+from .errors import JobError, whole_number
 from .placement import CloudChoices, cloud_placement, wants_cloud
 
 __all__ = [
@@ -106,22 +106,8 @@ def _text(fields: Mapping[str, Any], name: str, default: str = "", limit: int = 
 
 
 def _count(fields: Mapping[str, Any], name: str, default: int, maximum: int) -> int:
-    value = fields.get(name, default)
-    if value in (None, ""):
-        return default
-    try:
-        number = Decimal(str(value).strip())
-    except ArithmeticError:
-        number = None
-    if (
-        isinstance(value, bool)
-        or number is None
-        or not number.is_finite()
-        or number != number.to_integral_value()
-        or not 0 <= number <= maximum
-    ):
-        raise JobError(name, f"{name} must be a whole number from 0 to {maximum}.")
-    return int(number)
+    message = f"{name} must be a whole number from 0 to {maximum}."
+    return whole_number(fields, name, default, 0, maximum, message)
 
 
 def _cpu(fields: Mapping[str, Any], limits: JobLimits) -> float:
