@@ -209,8 +209,9 @@ def _parse_form(
 def form_text_fields(
     content_type: str, body: bytes
 ) -> tuple[dict[str, Any], dict[str, list[httputil.HTTPFile]]]:
-    """A multipart/form-data body's fields as text (the last of each name) and its files;
-    BodyError (400) for a body that cannot be read or a field that is not UTF-8."""
+    """A multipart/form-data body's fields as text (the last of each name; `metadata`, sent
+    as JSON text, parsed) and its files; BodyError (400) for a body that cannot be read, a
+    field that is not UTF-8 or metadata that is not JSON."""
     arguments, files = _parse_form(content_type, body)
     if not arguments and not files and body:
         raise BodyError(400, None, "the multipart body could not be read")
@@ -220,6 +221,13 @@ def form_text_fields(
             fields[name] = values[-1].decode("utf-8")
         except UnicodeDecodeError:
             raise BodyError(400, name[:60], "fields must be UTF-8 text") from None
+    if "metadata" in fields:
+        try:
+            fields["metadata"] = json.loads(fields["metadata"])
+        except ValueError:
+            raise BodyError(
+                400, "metadata", "metadata must be a JSON object of text values"
+            ) from None
     return fields, files
 
 
@@ -247,13 +255,6 @@ class SubmissionParser:
                     script = part.body
                     fields.setdefault("script_name", part.filename or "script.py")
                     break
-            if isinstance(fields.get("metadata"), str):
-                try:
-                    fields["metadata"] = json.loads(fields["metadata"])
-                except ValueError:
-                    raise BodyError(
-                        400, "metadata", "metadata must be a JSON object of text values"
-                    ) from None
             return fields, script
         raise BodyError(
             415,

@@ -20,7 +20,6 @@ position in the queue), or for a cloud offer the most it may cost, and queues no
 from __future__ import annotations
 
 import base64
-import json
 import pprint
 import time
 import zlib
@@ -264,13 +263,6 @@ class TrainingSubmission:
                 dataset = files["dataset"][0].body
             elif "dataset" in fields:
                 dataset = fields.pop("dataset").encode("utf-8")
-            if isinstance(fields.get("metadata"), str):
-                try:
-                    fields["metadata"] = json.loads(fields["metadata"])
-                except ValueError:
-                    raise BodyError(
-                        400, "metadata", "metadata must be a JSON object of text values"
-                    ) from None
             return cls(cls._options(fields), cls._config(config), dataset)
         raise BodyError(
             415,
