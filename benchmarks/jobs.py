@@ -446,10 +446,18 @@ async def settle(hub: Hub, running: int, queued: int, within_s: float = 120) -> 
         if code == 200 and (document["running"], document["queued"]) == (running, queued):
             return document
         if time.perf_counter() > deadline:
+            # what the service's node documents say is free, to tell a queue that does not
+            # start what fits from GPUs held by something else
+            nodes_code, nodes, _ = await hub.call("GET", "api/v1/nodes")
+            free = (
+                sum((node.get("gpus") or {}).get("free", 0) for node in nodes["nodes"])
+                if nodes_code == 200
+                else nodes_code
+            )
             raise RuntimeError(
                 f"the queue did not settle at {running} running, {queued} queued: "
                 f"{document['running'] if code == 200 else code} running, "
-                f"{document['queued'] if code == 200 else ''} queued"
+                f"{document['queued'] if code == 200 else ''} queued, {free} GPUs free"
             )
         await asyncio.sleep(0.5)
 

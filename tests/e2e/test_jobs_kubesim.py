@@ -33,7 +33,8 @@ async def hub_on_kubesim(make_kubesim, tmp_path, kueue_queue: str = ""):
         "jobs_namespace": "default",
         "jobs_kueue_queue": kueue_queue,
     }
-    return sim, running_hub(tmp_path / "hub", sim=sim, config={"ThinkubeService": settings})
+    arguments = [f"--ThinkubeService.{name}={value}" for name, value in settings.items()]
+    return sim, running_hub(tmp_path / "hub", sim=sim, service_args=arguments)
 
 
 async def submit(client, script: str, **options) -> dict:

@@ -15,13 +15,14 @@ from kubernetes_asyncio import client
 from sqlalchemy import create_engine
 
 from hub_service.cluster import KubernetesInventory
-from hub_service.jobs.kube import KubeJobs
+from hub_service.jobs.kube import KubeJobs, WatchedPods
 from hub_service.jobs.manager import ArtifactsUnavailable, JobQueue, QueueSettings
 from hub_service.jobs.spec import JobRequest
 from hub_service.jobs.store import JobStore
 from tests.conftest import api_client_for
 from tests.kubesim.generator import GPU_MODELS, make_node
 from tests.utils import eventually
+from thinkube_core.job_labels import JOB_ID_LABEL
 
 PY = sys.executable
 L4 = GPU_MODELS[3]  # one GPU per node
@@ -492,3 +493,24 @@ def test_artifacts_are_served_from_the_services_mount_of_the_models_claim(tmp_pa
     served = backend(models_claim="thinkube-models", artifacts_root=str(tmp_path / "mounted"))
     real = Path(os.path.realpath(tmp_path / "real"))
     assert served.artifacts_dir(entry) == real / "jobs" / "ana%20mar%C3%ADa" / "j-1"
+
+
+def test_watched_pods_are_found_by_their_job_through_every_watch_event():
+    def pod(name: str, job: str | None) -> dict:
+        labels = {JOB_ID_LABEL: job} if job else {}
+        return {"metadata": {"name": name, "labels": labels}}
+
+    pods = WatchedPods()
+    pods.replace([pod("a-1", "a"), pod("b-1", "b"), pod("other", None)])
+    assert [p["metadata"]["name"] for p in pods.of_job("a")] == ["a-1"]
+    pods.apply("ADDED", pod("a-2", "a"))
+    assert sorted(p["metadata"]["name"] for p in pods.of_job("a")) == ["a-1", "a-2"]
+    pods.apply("MODIFIED", pod("a-1", "b"))  # relabelled: it moves to the other job
+    assert [p["metadata"]["name"] for p in pods.of_job("a")] == ["a-2"]
+    assert sorted(p["metadata"]["name"] for p in pods.of_job("b")) == ["a-1", "b-1"]
+    pods.apply("DELETED", pod("a-2", "a"))
+    assert pods.of_job("a") == [] and len(pods) == 3
+    pods.replace([pod("c-1", "c")])  # a relist forgets what it no longer lists
+    assert pods.of_job("b") == [] and [p["metadata"]["name"] for p in pods.of_job("c")] == ["c-1"]
+    pods.apply("ADDED", {"metadata": {}})  # nameless: ignored
+    assert len(pods) == 1
