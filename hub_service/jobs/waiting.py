@@ -53,6 +53,7 @@ MAX_SERVER_NAME = 255
 MAX_OPTIONS = 32
 MAX_OPTION_TEXT = 256
 MAX_LABEL = 200
+MAX_CLOUD_CAP = 10_000.0  # USD/h: above any GPU machine's price
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class WaitingRequest:
     label: str  # what it waits for, for people: "NVIDIA A100 SXM4 80GB (any node)"
     gpu_resource: str
     gpus: int
+    # What a cloud offer instead must match: the person's cloud price cap in USD/h (0: no
+    # cloud for them) and the memory of the chosen lab GPU (None: unknown). The spawner's
+    # check at submit checks a cloud start against the cap again: this only picks the offer
+    # the waiting page shows.
+    cloud_cap: float = 0.0
+    gpu_memory_mib: int | None = None
 
 
 def _text(value: Any, what: str, field_name: str, limit: int) -> str:
@@ -81,7 +88,7 @@ def check_waiting_request(body: Any, nodes: Sequence[Mapping[str, Any]]) -> Wait
     runs there ends (the filter's rules, and the node's allocatable room)."""
     if not isinstance(body, Mapping):
         raise JobError(None, "the body must be a JSON object")
-    unknown = sorted(set(body) - {"server_name", "user_options", "pod", "label"})
+    unknown = sorted(set(body) - {"server_name", "user_options", "pod", "label", "cloud"})
     if unknown:
         raise JobError(unknown[0][:60], f"unknown field {unknown[0][:60]!r}")
     server_name = _text(body.get("server_name", ""), "server_name", "server_name", MAX_SERVER_NAME)
@@ -125,9 +132,38 @@ def check_waiting_request(body: Any, nodes: Sequence[Mapping[str, Any]]) -> Wait
             "no node could ever hold this server, even with everything else stopped"
             + (f" ({top})" if top else " (there are no nodes)"),
         )
+    cap, gpu_memory = _checked_cloud(body.get("cloud"))
     return WaitingRequest(
-        server_name, checked, json.loads(json.dumps(pod)), label, resource, demand[resource]
+        server_name,
+        checked,
+        json.loads(json.dumps(pod)),
+        label,
+        resource,
+        demand[resource],
+        cap,
+        gpu_memory,
     )
+
+
+def _checked_cloud(value: Any) -> tuple[float, int | None]:
+    """The request's `cloud` field: `{"cap": USD/h, "gpu_memory_mib": MiB or null}`, both
+    optional; absent: no cloud offer instead."""
+    if value is None:
+        return 0.0, None
+    if not isinstance(value, Mapping):
+        raise JobError("cloud", 'cloud must be an object: {"cap": 0.5, "gpu_memory_mib": 81920}')
+    unknown = sorted(set(value) - {"cap", "gpu_memory_mib"})
+    if unknown:
+        raise JobError("cloud", f"unknown cloud field {str(unknown[0])[:60]!r}")
+    cap = value.get("cap", 0)
+    if isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 <= cap <= MAX_CLOUD_CAP:
+        raise JobError("cloud", f"cloud.cap must be a price in USD/h from 0 to {MAX_CLOUD_CAP:g}")
+    memory = value.get("gpu_memory_mib")
+    if memory is not None and (
+        isinstance(memory, bool) or not isinstance(memory, int) or not 0 < memory < 2**31
+    ):
+        raise JobError("cloud", "cloud.gpu_memory_mib must be a whole number of MiB, or null")
+    return float(cap), memory
 
 
 def stored_waiting_request(request: WaitingRequest) -> dict[str, Any]:
@@ -141,6 +177,7 @@ def stored_waiting_request(request: WaitingRequest) -> dict[str, Any]:
         "gpu_resource": request.gpu_resource,
         "gpus": request.gpus,
         "gpu_model": request.label,
+        "cloud": {"cap": request.cloud_cap, "gpu_memory_mib": request.gpu_memory_mib},
     }
 
 

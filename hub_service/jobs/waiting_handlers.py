@@ -9,7 +9,8 @@
   joining now could expect a GPU (what the spawn form shows).
 - `waiting/{id}`: the person's page (position, estimate, Leave the queue), complete without
   JavaScript; its script follows the request and moves on to the server when it starts.
-  `waiting/{id}/cancel` is the page's form.
+  `waiting/{id}/cancel` is the page's form; `waiting/{id}/cloud` its Start-there-instead
+  form (when a cloud offer within the person's cap runs the same choice now).
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from .manager import JobQueue
 from .spec import JobError
 from .store import QUEUED, RUNNING
 from .waiting import SERVER, check_waiting_request, limit_problem, waiting_view
-from .waiting_page import cloud_offer_for, render_waiting_page, waiting_page_view
+from .waiting_page import (
+    cloud_offer_for,
+    cloud_offer_of,
+    cloud_start_url,
+    render_waiting_page,
+    waiting_page_view,
+)
 
 __all__ = ["waiting_routes"]
 
@@ -183,6 +190,11 @@ class _WaitingPageBase(WaitingLinks, ServiceAuth, web.RequestHandler):
             raise web.HTTPError(404, "waiting for a GPU needs the GPU queue (jobs_enabled)")
         return queue
 
+    def cloud_offers(self) -> list:
+        """RunPod's offers as the service holds them (none without cloud)."""
+        cloud = self.service.cloud
+        return list(cloud.offers.offers) if cloud is not None and cloud.offers.configured else []
+
     @property
     def wants_html(self) -> bool:
         return "text/html" in self.request.headers.get("Accept", "")
@@ -237,12 +249,13 @@ class WaitingPageHandler(_WaitingPageBase):
             self.redirect(links["server"])
             return
         token = self.xsrf_token
+        xsrf = token.decode() if isinstance(token, bytes) else str(token)
         page = waiting_page_view(
             view,
             links,
-            xsrf=token.decode() if isinstance(token, bytes) else str(token),
+            xsrf=xsrf,
             api=url_path_join(self.service.service_prefix, "api/v1/waiting", entry["id"]),
-            cloud_offer=cloud_offer_for(entry),
+            cloud_offer=cloud_offer_for(entry, self.cloud_offers(), links["page"] + "/cloud", xsrf),
         )
         html, policy = render_waiting_page(page)
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -264,6 +277,27 @@ class WaitingCancelHandler(_WaitingPageBase):
         self.redirect(self.links(entry)["page"], status=303)
 
 
+class WaitingCloudHandler(_WaitingPageBase):
+    """`waiting/{id}/cloud`: the page's Start-there-instead form. The request leaves the
+    queue and the browser goes on to the hub's one-click cloud start (the spawn form's
+    refusal's link), which checks the choice as any start. When the offer shown is no
+    longer the one to make (taken, repriced) or the request no longer waits, nothing
+    changes: back to the page, which shows where things stand."""
+
+    async def post(self, entry_id: str) -> None:
+        entry = await self.entry(entry_id)
+        page = self.links(entry)["page"]
+        offer = cloud_offer_of(entry, self.cloud_offers())
+        if offer is None or offer.key != self.get_body_argument("offer", ""):
+            self.redirect(page, status=303)
+            return
+        await self.queue.cancel(entry)
+        self.service.log.info(
+            "server %s of %s left the queue for RunPod (%s)", entry["id"], entry["user"], offer.key
+        )
+        self.redirect(cloud_start_url(entry, offer, self.hub_auth.hub_prefix), status=303)
+
+
 def waiting_routes(prefix: str) -> list[tuple]:
     api = url_path_join(prefix, "api/v1")
     return [
@@ -272,4 +306,5 @@ def waiting_routes(prefix: str) -> list[tuple]:
         (url_path_join(api, r"waiting/(s-[^/]+)"), WaitingEntryHandler),
         (url_path_join(prefix, r"waiting/(s-[^/]+)"), WaitingPageHandler),
         (url_path_join(prefix, r"waiting/(s-[^/]+)/cancel"), WaitingCancelHandler),
+        (url_path_join(prefix, r"waiting/(s-[^/]+)/cloud"), WaitingCloudHandler),
     ]

@@ -14,11 +14,19 @@ from hub_service.jobs.waiting import (
     check_waiting_request,
     join_estimates,
     limit_problem,
+    stored_waiting_request,
     waiting_status,
     waiting_view,
 )
-from hub_service.jobs.waiting_page import render_waiting_page, waiting_page_view
+from hub_service.jobs.waiting_page import (
+    cloud_offer_for,
+    cloud_offer_of,
+    cloud_start_url,
+    render_waiting_page,
+    waiting_page_view,
+)
 from hub_service.local import allocations_from_users, held_servers
+from thinkube_core.runpod.offers import Offer
 from thinkube_core.scheduling import PodRules, capacity_reason, pod_demand
 from thinkube_core.waiting import eta_text, is_queue_entry_id, scheduling_view, wants_wait
 
@@ -159,12 +167,30 @@ def test_a_request_is_checked_and_kept_as_the_filter_reads_it():
         ({"server_name": 7}, "server_name", "must be text"),
         ({"server_name": "x" * 300}, "server_name", "longer than"),
         ({"script": "print(1)"}, "script", "unknown field"),
+        ({"cloud": 0.5}, "cloud", "must be an object"),
+        ({"cloud": {"cap": -1}}, "cloud", "cloud.cap must be a price"),
+        ({"cloud": {"cap": True}}, "cloud", "cloud.cap must be a price"),
+        ({"cloud": {"cap": "0.5"}}, "cloud", "cloud.cap must be a price"),
+        ({"cloud": {"cap": 1e9}}, "cloud", "cloud.cap must be a price"),
+        ({"cloud": {"cap": 1, "gpu_memory_mib": 1.5}}, "cloud", "whole number of MiB"),
+        ({"cloud": {"cap": 1, "gpu_memory_mib": 0}}, "cloud", "whole number of MiB"),
+        ({"cloud": {"cap": 1, "price": 2}}, "cloud", "unknown cloud field 'price'"),
     ],
 )
 def test_a_bad_request_names_what_is_wrong(changes, field, words):
     with pytest.raises(JobError) as raised:
         check_waiting_request(body(**changes), [gpu_node("gpu-a")])
     assert raised.value.field == field and words in str(raised.value)
+
+
+def test_the_cloud_cap_and_gpu_memory_are_kept_for_the_offer_instead():
+    request = check_waiting_request(
+        body(cloud={"cap": 0.6, "gpu_memory_mib": 24576}), [gpu_node("gpu-a")]
+    )
+    assert (request.cloud_cap, request.gpu_memory_mib) == (0.6, 24576)
+    assert stored_waiting_request(request)["cloud"] == {"cap": 0.6, "gpu_memory_mib": 24576}
+    plain = check_waiting_request(body(), [gpu_node("gpu-a")])
+    assert (plain.cloud_cap, plain.gpu_memory_mib) == (0.0, None)
 
 
 def test_not_an_object_is_refused():
@@ -254,7 +280,7 @@ def test_the_page_shows_position_estimate_and_a_form_to_leave():
     assert '<meta http-equiv="refresh" content="15"' in text  # without JavaScript
     assert "<dt>GPUs</dt><dd>1</dd>" in text
     assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy
-    assert 'id="cloud-offer"' not in text  # the hook gives no offer yet
+    assert 'id="cloud-offer"' not in text  # none given
     offered = waiting_page_view(
         view,
         links,
@@ -269,6 +295,65 @@ def test_the_page_shows_position_estimate_and_a_form_to_leave():
     gone = render_waiting_page(waiting_page_view(expired, links, "t", "/a"))[0].decode()
     assert "expired" in gone and "No A100 became free within 8 h" in gone
     assert 'http-equiv="refresh"' not in gone and "Back to the spawn form" in gone
+
+
+# -- a cloud offer instead ------------------------------------------------------------------------
+
+
+def offer(name, vram, price, stock="High", gpus=1, cloud="SECURE"):
+    return Offer(f"NVIDIA {name}", name, vram, cloud, price, None, stock, gpus)
+
+
+OFFERS = [
+    offer("RTX A4000", 16, 0.17),  # too small for a 24 GB choice
+    offer("RTX A6000", 48, 0.49),
+    offer("RTX 4090", 24, 0.69),
+    offer("L40S", 48, 0.39, stock=None),  # none free to rent
+    offer("A40", 48, 0.30, cloud="ELSEWHERE"),  # not a cloud the spawner rents from
+]
+
+
+def cloud_entry(cap, memory=24576, gpus=1, status="queued"):
+    entry = stored(status)
+    entry["request"] = {
+        **entry["request"],
+        "gpus": gpus,
+        "cloud": {"cap": cap, "gpu_memory_mib": memory},
+        "user_options": {
+            "profile": "thinkube",
+            "where": "gpu:rtx-4090",
+            "image": "scipy",
+            "cpu": "2",
+            "memory": "4",
+            "gpus": str(gpus),
+        },
+    }
+    return entry
+
+
+def test_the_waiting_page_offers_the_cheapest_cloud_gpu_that_fits_within_the_cap():
+    assert cloud_offer_of(cloud_entry(0.6), OFFERS).display_name == "RTX A6000"
+    assert cloud_offer_of(cloud_entry(1.0), OFFERS).display_name == "RTX A6000"
+    # below every fitting offer, no cap (no cloud for them), two GPUs, or no longer waiting
+    assert cloud_offer_of(cloud_entry(0.4), OFFERS) is None
+    assert cloud_offer_of(cloud_entry(0.0), OFFERS) is None
+    assert cloud_offer_of(cloud_entry(5.0, gpus=2), OFFERS) is None
+    assert cloud_offer_of(cloud_entry(1.0, status="running"), OFFERS) is None
+    assert cloud_offer_of(stored(), OFFERS) is None  # registered without a cloud part
+    # the lab GPU's memory unknown: the cheapest of the same count
+    assert cloud_offer_of(cloud_entry(1.0, memory=None), OFFERS).display_name == "RTX A4000"
+    shown = cloud_offer_for(cloud_entry(0.6), OFFERS, "/s/waiting/s-1/cloud", "tok")
+    assert shown == {
+        "text": "An RTX A6000 on RunPod is free now at $0.49/h — start there instead.",
+        "action": "/s/waiting/s-1/cloud",
+        "fields": {"_xsrf": "tok", "offer": "SECURE:NVIDIA RTX A6000:1"},
+    }
+    assert cloud_offer_for(cloud_entry(0.4), OFFERS, "/a", "tok") is None
+    url = cloud_start_url(cloud_entry(0.6), OFFERS[1], "/hub/")
+    assert url == (
+        "/hub/spawn/carol?opt-profile=thinkube&opt-image=scipy&opt-cpu=2&opt-memory=4"
+        "&opt-where=cloud%3ASECURE%3ANVIDIA+RTX+A6000%3A1&opt-pricing=on-demand&opt-gpus=1"
+    )
 
 
 # -- where a request joining now would stand ---------------------------------------------------------
