@@ -40,6 +40,7 @@ __all__ = [
     "server_pod_of",
     "stored_waiting_request",
     "waiting_status",
+    "waiting_event",
     "waiting_view",
 ]
 
@@ -331,6 +332,41 @@ def waiting_view(
         "page": links.get("page"),
         "server_url": links.get("server"),
     }
+
+
+# -- pushed changes ----------------------------------------------------------------------------
+
+# What a change of a waiting request's view is pushed as (`GET api/v1/waiting/{id}/events`).
+POSITION, STARTING, STARTED_EVENT, ENDED = "position", "starting", "started", "ended"
+_STANDING = ("position", "queued", "expected_node", "eta_text", "message", "expires_at")
+
+
+def waiting_event(
+    previous: Mapping[str, Any] | None, view: Mapping[str, Any], links: Mapping[str, str]
+) -> tuple[str, dict[str, Any], bool] | None:
+    """The event that says how `view` differs from `previous` (None: the first), as
+    (name, data, final); None when nothing people see changed.
+
+    - `position` while it waits: its place, how many wait, the estimate, any note;
+    - `starting` when the hub is asked to start it (it may wait again after);
+    - `started`, final: the server runs; `url` is where to go;
+    - `ended`, final: it left the queue (`cancelled`), `expired` or `failed`, with the
+      message in words."""
+    status = view["status"]
+    before = previous["status"] if previous is not None else None
+    if status == "waiting":
+        if before == "waiting" and all(previous.get(k) == view.get(k) for k in _STANDING):
+            return None
+        data = {"status": status, **{k: view.get(k) for k in _STANDING}}
+        return POSITION, data, False
+    if status == "starting":
+        if before == "starting":
+            return None
+        return STARTING, {"status": status, "message": view.get("message")}, False
+    if status == "started":
+        data = {"status": status, "url": links.get("server"), "message": view.get("message")}
+        return STARTED_EVENT, data, True
+    return ENDED, {"status": status, "message": view.get("message")}, True
 
 
 # -- where a request joining now would stand ---------------------------------------------------

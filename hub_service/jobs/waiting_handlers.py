@@ -5,6 +5,8 @@
   the pod as the filter reads it. One per person and server name; the admin's caps apply.
 - `GET api/v1/waiting`: the person's requests (`?user=` for jobs admins).
 - `GET`/`DELETE api/v1/waiting/{id}`: one request; DELETE leaves the queue.
+- `GET api/v1/waiting/{id}/events`: its changes as Server-Sent Events, until it starts or
+  ends.
 - `GET api/v1/waiting/estimates`: per GPU model and node, how many wait and when a request
   joining now could expect a GPU (what the spawn form shows).
 - `waiting/{id}`: the person's page (position, estimate, Leave the queue), complete without
@@ -15,13 +17,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from jupyterhub.utils import url_path_join
-from tornado import web
+from tornado import iostream, web
 
 from ..bodies import BodyError, parse_json_body
 from ..handlers import MAX_ENTRY_BODY_BYTES, ServiceAuth
@@ -29,7 +33,7 @@ from .handlers import JobsAPIHandler, _quoted
 from .manager import JobQueue
 from .spec import JobError
 from .store import QUEUED, RUNNING
-from .waiting import SERVER, check_waiting_request, limit_problem, waiting_view
+from .waiting import SERVER, check_waiting_request, limit_problem, waiting_event, waiting_view
 from .waiting_page import (
     cloud_offer_for,
     cloud_offer_of,
@@ -42,6 +46,10 @@ __all__ = ["waiting_routes"]
 
 # How long a registration waits for the plan that places it before answering without.
 PLAN_WAIT_SECONDS = 2.0
+# How often a followed request is looked at (in memory) for changes to push, and how long a
+# stream stays quiet before a comment line keeps proxies from closing it.
+EVENTS_POLL_SECONDS = 0.25
+EVENTS_HEARTBEAT_SECONDS = 15.0
 MY_REQUESTS = 50
 
 
@@ -170,6 +178,50 @@ class WaitingEntryHandler(WaitingAPIHandler):
         ended = await queue.cancel(entry)
         self.service.log.info("server %s of %s left the queue", entry["id"], entry["user"])
         self.send_json(self.waiting_view(queue, ended))
+
+
+class WaitingEventsHandler(WaitingAPIHandler):
+    """`GET api/v1/waiting/{id}/events`: Server-Sent Events (`waiting.waiting_event`): where
+    it stands now, then each change (`position`, `starting`), ending with `started` (and
+    the server's URL) or `ended` (and why)."""
+
+    async def get(self, entry_id: str) -> None:
+        entry = await self.visible_request(entry_id)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")  # proxies pass each event on at once
+        try:
+            await self.stream(entry)
+        except iostream.StreamClosedError:
+            return  # the client left
+        self.finish()
+
+    async def stream(self, entry: Mapping[str, Any]) -> None:
+        queue, links = self.queue, self.links(entry)
+        previous: Mapping[str, Any] | None = None
+        quiet_since = time.monotonic()
+        while True:
+            current = queue.active.get(entry["id"])
+            if current is None:  # ended: as the store has it
+                current = await queue.db(queue.store.get, entry["id"]) or entry
+            view = self.waiting_view(queue, current)
+            change = waiting_event(previous, view, links)
+            if change is not None:
+                name, data, final = change
+                await self.event(name, data)
+                if final:
+                    return
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= EVENTS_HEARTBEAT_SECONDS:
+                self.write(": still waiting\n\n")
+                await self.flush()
+                quiet_since = time.monotonic()
+            previous = view
+            await asyncio.sleep(EVENTS_POLL_SECONDS)
+
+    async def event(self, name: str, data: Mapping[str, Any]) -> None:
+        self.write(f"event: {name}\ndata: {json.dumps(data)}\n\n")
+        await self.flush()
 
 
 class WaitingEstimatesHandler(WaitingAPIHandler):
@@ -304,6 +356,7 @@ def waiting_routes(prefix: str) -> list[tuple]:
         (url_path_join(api, "waiting"), WaitingListHandler),
         (url_path_join(api, "waiting/estimates"), WaitingEstimatesHandler),
         (url_path_join(api, r"waiting/(s-[^/]+)"), WaitingEntryHandler),
+        (url_path_join(api, r"waiting/(s-[^/]+)/events"), WaitingEventsHandler),
         (url_path_join(prefix, r"waiting/(s-[^/]+)"), WaitingPageHandler),
         (url_path_join(prefix, r"waiting/(s-[^/]+)/cancel"), WaitingCancelHandler),
         (url_path_join(prefix, r"waiting/(s-[^/]+)/cloud"), WaitingCloudHandler),

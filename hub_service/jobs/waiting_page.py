@@ -5,8 +5,9 @@ that runs the same choice within the person's cap. Pure (the handler is
 
 Complete without JavaScript: the page refreshes itself every WAIT_REFRESH_SECONDS and its
 form leaves the queue; a request that starts moves the page on to the hub's. The inline
-script follows the request through the API every couple of seconds instead, and moves on as
-soon as the server starts.
+script follows the request's pushed changes instead (`api/v1/waiting/{id}/events`, or the
+API every couple of seconds where the stream cannot be had), and moves on to the server as
+soon as it starts.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ start_timeout."""
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import urljoin
 
@@ -208,3 +209,86 @@ async def test_a_request_that_waits_too_long_expires_and_starts_nothing(
 
 async def _no_pods(sim) -> bool:
     return await pods(sim) == []
+
+
+async def wait_through_the_api(hub, user: str) -> dict:
+    """`user` waits for the next free A100 through the hub's REST API; their request."""
+    async with httpx.AsyncClient(
+        base_url=urljoin(hub.url, "hub/api/"),
+        headers={"Authorization": f"token {hub.token(user)}"},
+        timeout=60,
+    ) as api:
+        response = await api.post(
+            f"users/{user}/server",
+            json={"where": A100_KEY, "gpus": "1", "cpu": "1", "memory": "1", "wait": "1"},
+        )
+    assert response.status_code == 303, response.text
+    (request,) = (await hub.client(hub.token(user)).get("api/v1/waiting")).json()["waiting"]
+    return request
+
+
+async def server_sent_events(response: httpx.Response):
+    """(event, data) of a Server-Sent Events stream, comments skipped."""
+    name, data = None, []
+    async for line in response.aiter_lines():
+        if line.startswith(":"):
+            continue
+        if not line:
+            if name is not None:
+                yield name, json.loads("\n".join(data))
+            name, data = None, []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+async def test_position_changes_are_pushed_until_the_server_starts(make_kubesim, hub_with_service):
+    sim = await a100_lab(make_kubesim, nodes=1)
+    hub = await hub_with_service(sim=sim, config=hub_config(sim), service_args=service_args())
+    await fill(hub, "alice")
+    carol = await wait_through_the_api(hub, "carol")
+    dave = await wait_through_the_api(hub, "dave")
+    events_path = f"api/v1/waiting/{dave['id']}/events"
+    # someone else's request is not theirs to follow; nor is one that does not exist
+    assert (await hub.client(hub.token("carol")).get(events_path)).status_code == 404
+    missing = await hub.client(hub.token("dave")).get("api/v1/waiting/s-000000000000/events")
+    assert missing.status_code == 404 and "no waiting request" in missing.json()["error"]
+
+    seen, carol_left = [], False
+    async with httpx.AsyncClient(
+        base_url=hub.service_url,
+        headers={"Authorization": f"token {hub.token('dave')}"},
+        timeout=httpx.Timeout(10, read=90),
+    ) as http:
+        async with http.stream("GET", events_path) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for name, data in server_sent_events(response):
+                seen.append((name, data))
+                if name == "position" and data["position"] == 2 and not carol_left:
+                    # carol, ahead of him, leaves the queue
+                    carol_left = True
+                    left = await hub.client(hub.token("carol")).delete(
+                        f"api/v1/waiting/{carol['id']}"
+                    )
+                    assert left.status_code == 200
+                elif name == "position" and data["position"] == 1:
+                    await stop(hub, "alice")  # a GPU frees: his server starts
+    names = [name for name, _ in seen]
+    assert names[0] == "position" and seen[0][1]["position"] == 2
+    assert seen[0][1]["queued"] == 2 and seen[0][1]["eta_text"]
+    places = [data["position"] for name, data in seen if name == "position"]
+    assert places[-1] == 1 and sorted(places, reverse=True) == places  # it only moved up
+    assert names[-1] == "started" and "starting" in names
+    assert names.index("starting") < len(names) - 1
+    assert seen[-1][1]["url"] == "/user/dave/"
+    model = await wait_running(hub, "dave", within=60)
+    assert model["servers"][""]["ready"]
+    # the stream of a request that ended says so at once, and ends
+    async with httpx.AsyncClient(
+        base_url=hub.service_url, headers={"Authorization": f"token {hub.token('carol')}"}
+    ) as http:
+        async with http.stream("GET", f"api/v1/waiting/{carol['id']}/events") as response:
+            ended = [event async for event in server_sent_events(response)]
+    assert ended == [("ended", {"status": "cancelled", "message": "left the queue"})]

@@ -15,6 +15,7 @@ from hub_service.jobs.waiting import (
     join_estimates,
     limit_problem,
     stored_waiting_request,
+    waiting_event,
     waiting_status,
     waiting_view,
 )
@@ -295,6 +296,48 @@ def test_the_page_shows_position_estimate_and_a_form_to_leave():
     gone = render_waiting_page(waiting_page_view(expired, links, "t", "/a"))[0].decode()
     assert "expired" in gone and "No A100 became free within 8 h" in gone
     assert 'http-equiv="refresh"' not in gone and "Back to the spawn form" in gone
+
+
+def test_changes_people_see_are_pushed_and_the_last_event_says_where_to_go():
+    links = {"page": "/s/waiting/s-1", "server": "/user/carol/"}
+
+    def view(entry, position=2, eta=1000 + 1800, queued=3, now=1000):
+        return waiting_view(entry, {"position": position, "eta": eta}, queued, now, links)
+
+    first = view(stored())
+    name, data, final = waiting_event(None, first, links)
+    assert (name, final) == ("position", False)
+    assert (data["position"], data["queued"], data["eta_text"]) == (
+        2,
+        3,
+        "in about 30 min (estimate)",
+    )
+    assert waiting_event(first, view(stored()), links) is None  # nothing changed
+    moved = view(stored(), position=1, queued=2)
+    assert waiting_event(first, moved, links)[1]["position"] == 1
+    later = view(stored(), now=1000 + 600)  # the estimate comes closer
+    assert waiting_event(first, later, links)[1]["eta_text"] == "in about 20 min (estimate)"
+    starting = view(stored("running"))
+    assert waiting_event(first, starting, links)[:3:2] == ("starting", False)
+    assert waiting_event(starting, view(stored("running")), links) is None
+    # back in the queue after a start that failed: where it stands again
+    assert waiting_event(starting, first, links)[0] == "position"
+    started = view(stored("completed", "Started", message="started on an A100"))
+    assert waiting_event(starting, started, links) == (
+        "started",
+        {"status": "started", "url": "/user/carol/", "message": "started on an A100"},
+        True,
+    )
+    for entry, status in (
+        (stored("cancelled", "Cancelled", message="left the queue"), "cancelled"),
+        (stored("cancelled", "Expired", message="Waited 8 h"), "expired"),
+        (stored("failed", "Failed", message="the hub could not start it"), "failed"),
+    ):
+        assert waiting_event(first, view(entry), links) == (
+            "ended",
+            {"status": status, "message": entry["message"]},
+            True,
+        )
 
 
 # -- a cloud offer instead ------------------------------------------------------------------------
