@@ -159,6 +159,11 @@ def request_of(entry: Mapping[str, Any]) -> JobRequest:
     )
 
 
+def _rented(entry: Mapping[str, Any]) -> bool:
+    """Whether a job runs on a rented cloud GPU rather than this hub's."""
+    return bool((entry.get("request") or {}).get("placement"))
+
+
 def stored_request(request: JobRequest) -> dict[str, Any]:
     stored = {
         "script_name": request.script_name,
@@ -419,14 +424,15 @@ class JobQueue:
         return running
 
     def gpus_held(self, user: str) -> int:
-        """GPUs this person holds now: their notebook servers' and their running entries'."""
+        """GPUs of this hub this person holds now: their notebook servers' and their running
+        entries' (a job rented on RunPod holds none of them)."""
         held = sum(
             int(h.get("gpus") or 0)
             for h in self.held_servers()
             if h.get("user") == user and h.get("entry") not in self.active
         )
         for entry in self.active.values():
-            if entry["user"] == user and entry["status"] == RUNNING:
+            if entry["user"] == user and entry["status"] == RUNNING and not _rented(entry):
                 _, demand = self._spec(entry)
                 held += next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
         return held
@@ -435,7 +441,7 @@ class JobQueue:
         """GPUs this person's queued entries (jobs and servers) ask for."""
         total = 0
         for entry in self.active.values():
-            if entry["user"] == user and entry["status"] == QUEUED:
+            if entry["user"] == user and entry["status"] == QUEUED and not _rented(entry):
                 _, demand = self._spec(entry)
                 total += next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
         return total

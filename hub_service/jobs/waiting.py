@@ -35,6 +35,7 @@ __all__ = [
     "WaitingLimits",
     "WaitingRequest",
     "check_waiting_request",
+    "gpu_cap_problem",
     "join_estimates",
     "limit_problem",
     "server_pod_of",
@@ -224,7 +225,8 @@ def limit_problem(
     """Why this person may not join the queue with this request, in words; None if they
     may. `waiting_requests` counts their waiting servers, `gpus_held` the GPUs their
     servers and jobs hold, `gpus_waiting` what their other queued entries ask for."""
-    max_waiting, max_gpus = limits.for_groups(groups)
+    groups = list(groups)
+    max_waiting, _ = limits.for_groups(groups)
     if max_waiting <= 0:
         return "Waiting for a GPU is not open to you on this hub; please ask the hub's admin."
     if waiting_requests >= max_waiting:
@@ -232,16 +234,31 @@ def limit_problem(
             f"You already wait for {_count(waiting_requests, 'server')}, the most this hub "
             "allows at once: leave one of those queues to wait for another."
         )
+    return gpu_cap_problem(limits, groups, gpus_held, gpus_waiting, gpus_asked)
+
+
+def gpu_cap_problem(
+    limits: WaitingLimits,
+    groups: Iterable[str],
+    gpus_held: int,
+    gpus_waiting: int,
+    gpus_asked: int,
+    asking: str = "this server",
+) -> str | None:
+    """Why `asking` ("this server", "this job") would take this person over their cap on
+    GPUs held at once, in words; None when it would not (or there is no cap). The one
+    check of that cap: at a waiting server's queue entry and at a GPU job's submission."""
+    _, max_gpus = limits.for_groups(groups)
     total = gpus_held + gpus_waiting + gpus_asked
-    if max_gpus and total > max_gpus:
-        parts = [f"hold {_count(gpus_held, 'GPU')} (notebook servers and jobs)"]
-        if gpus_waiting:
-            parts.append(f"wait for {gpus_waiting} more")
-        return (
-            f"You {' and '.join(parts)}; this server's {gpus_asked} would make {total}, over "
-            f"your limit of {_count(max_gpus, 'GPU')} at once. Stop a server or end a job first."
-        )
-    return None
+    if not max_gpus or not gpus_asked or total <= max_gpus:
+        return None
+    parts = [f"hold {_count(gpus_held, 'GPU')} (notebook servers and jobs)"]
+    if gpus_waiting:
+        parts.append(f"wait for {gpus_waiting} more")
+    return (
+        f"You {' and '.join(parts)}; {asking}'s {gpus_asked} would make {total}, over "
+        f"your limit of {_count(max_gpus, 'GPU')} at once. Stop a server or end a job first."
+    )
 
 
 # -- starting a waiting server -----------------------------------------------------------------

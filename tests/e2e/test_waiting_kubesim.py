@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from html import unescape
 from urllib.parse import urljoin
 
 import httpx
@@ -292,3 +293,48 @@ async def test_position_changes_are_pushed_until_the_server_starts(make_kubesim,
         async with http.stream("GET", f"api/v1/waiting/{carol['id']}/events") as response:
             ended = [event async for event in server_sent_events(response)]
     assert ended == [("ended", {"status": "cancelled", "message": "left the queue"})]
+
+
+async def test_the_cap_on_gpus_held_counts_notebooks_and_jobs_at_submit_too(
+    make_kubesim, hub_with_service
+):
+    sim = await a100_lab(make_kubesim, nodes=1)
+    hub = await hub_with_service(
+        sim=sim, config=hub_config(sim), service_args=service_args(gpus_max_per_user=2)
+    )
+    await fill(hub, "alice")  # her notebook server holds all four A100s
+    job = {"script": "print('hi')", "gpus": 1, "cpu": 1, "memory": "1Gi", "expected_time": "10m"}
+
+    # a GPU job over her cap is refused, in words, and nothing is queued
+    alice = hub.client(hub.token("alice"))
+    refused = await alice.post("api/v1/jobs", json=job)
+    assert refused.status_code == 409, refused.text
+    assert refused.json() == {
+        "status": 409,
+        "error": "You hold 4 GPUs (notebook servers and jobs); this job's 1 would make 5, over "
+        "your limit of 2 GPUs at once. Stop a server or end a job first.",
+        "field": "gpus",
+    }
+    # a job without GPUs is not counted
+    cpu_job = await alice.post("api/v1/jobs", json={**job, "gpus": 0})
+    assert cpu_job.status_code == 201, cpu_job.text
+
+    # carol holds nothing: a job of two GPUs waits; one GPU more, as a job or as a waiting
+    # server, is over her cap (what she waits for counts), by the same check
+    carol = hub.client(hub.token("carol"))
+    queued = await carol.post("api/v1/jobs", json={**job, "gpus": 2})
+    assert queued.status_code == 201, queued.text
+    assert queued.json()["status"] == "queued"
+    again = await carol.post("api/v1/jobs", json=job)
+    assert again.status_code == 409
+    assert again.json()["error"].startswith(
+        "You hold 0 GPUs (notebook servers and jobs) and wait for 2 more; this job's 1 would "
+        "make 3, over your limit of 2 GPUs at once."
+    )
+    _, server = await wait_choice(hub, "carol")
+    assert server.status_code == 409
+    assert "and wait for 2 more; this server's 1 would make 3" in unescape(server.text)
+    jobs = (await carol.get("api/v1/queue")).json()["jobs"]
+    assert [(j["user"], j["kind"]) for j in jobs if j["user"] == "carol"] == [("carol", "job")]
+    assert (await carol.post(f"api/v1/jobs/{queued.json()['id']}/cancel")).status_code == 200
+    await alice.post(f"api/v1/jobs/{cpu_job.json()['id']}/cancel")

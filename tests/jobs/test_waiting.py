@@ -12,6 +12,7 @@ from hub_service.jobs.spec import JobError
 from hub_service.jobs.waiting import (
     WaitingLimits,
     check_waiting_request,
+    gpu_cap_problem,
     join_estimates,
     limit_problem,
     stored_waiting_request,
@@ -218,6 +219,21 @@ def test_caps_per_person_and_per_group():
     # a group whose GPU value is 0 lifts the cap; the largest group value wins
     assert limits.for_groups(["a", "staff"]) == (3, 8)
     assert WaitingLimits(gpus_per_group={"x": 0, "y": 2}).for_groups(["x", "y"]) == (2, 0)
+
+
+def test_the_gpu_cap_is_one_check_for_servers_and_jobs():
+    limits = WaitingLimits(max_gpus=2, gpus_per_group={"staff": 8})
+    assert gpu_cap_problem(limits, [], 1, 0, 1, asking="this job") is None
+    over = gpu_cap_problem(limits, [], 2, 0, 1, asking="this job")
+    assert over == (
+        "You hold 2 GPUs (notebook servers and jobs); this job's 1 would make 3, over your "
+        "limit of 2 GPUs at once. Stop a server or end a job first."
+    )
+    assert gpu_cap_problem(limits, [], 2, 0, 0, asking="this job") is None  # no GPU asked
+    assert gpu_cap_problem(limits, ["staff"], 6, 1, 1) is None
+    assert gpu_cap_problem(WaitingLimits(max_gpus=0), [], 50, 50, 8) is None  # no cap
+    # the queue entry of a waiting server says the same, by the same check
+    assert limit_problem(limits, [], 0, 2, 0, 1) == gpu_cap_problem(limits, [], 2, 0, 1)
 
 
 # -- views -------------------------------------------------------------------------------------------
