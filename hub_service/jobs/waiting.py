@@ -31,9 +31,11 @@ __all__ = [
     "SERVER",
     "STARTED",
     "ServerStarter",
+    "AfterFailedStart",
     "StartOutcome",
     "WaitingLimits",
     "WaitingRequest",
+    "after_failed_start",
     "check_waiting_request",
     "gpu_cap_problem",
     "join_estimates",
@@ -267,14 +269,54 @@ def gpu_cap_problem(
 @dataclass(frozen=True)
 class StartOutcome:
     """What the hub said to a start: up (`ready`), under way (`pending`), no room after all
-    or the hub unreachable (`retry`: it waits again), started another way meanwhile
-    (`superseded`), else failed with `message`."""
+    or the hub not answering (`retry`), started another way meanwhile (`superseded`), else
+    refused or failed; `message` says why, in the hub's words. Any but ready, pending and
+    superseded puts the request back at its place, a few times (`after_failed_start`)."""
 
     ready: bool = False
     pending: bool = False
     retry: bool = False
     superseded: bool = False
     message: str = ""
+
+
+@dataclass(frozen=True)
+class AfterFailedStart:
+    """What a start that did not bring the server up does to its request: it waits again at
+    its place (`waits_again`), or, after `failed_starts` reached the most allowed, ends
+    with `message`."""
+
+    waits_again: bool
+    failed_starts: int
+    message: str
+
+
+def after_failed_start(
+    outcome: StartOutcome | None, failed_starts: int, most: int
+) -> AfterFailedStart:
+    """A start the hub refused or that failed (`outcome`), or that could not be asked
+    (None: the hub unreachable, which is not counted): back in the queue at its place, up
+    to `most` failed starts in all; the last ends the request with the hub's reason."""
+    if outcome is None:
+        return AfterFailedStart(
+            True, failed_starts, "The hub could not be asked to start it; it waits again."
+        )
+    reason = (outcome.message or "the hub did not say why").strip()
+    if reason[-1:] not in ".!?":
+        reason += "."
+    reason = reason[:1].upper() + reason[1:]
+    failed = failed_starts + 1
+    if failed >= most:
+        tries = "once" if failed == 1 else f"{failed} times"
+        return AfterFailedStart(
+            False,
+            failed,
+            f"The hub was asked {tries} to start it and could not: {reason} "
+            "It has left the queue; start again from the spawn form to wait again.",
+        )
+    return AfterFailedStart(
+        True, failed, f"Not started yet: {reason} It waits again, at its place."
+    )
 
 
 class ServerStarter(Protocol):

@@ -12,8 +12,10 @@ from html import unescape
 from urllib.parse import urljoin
 
 import httpx
+from kubernetes_asyncio import client
 
 from hub_service.catalog import DEFAULT_IMAGES
+from tests.conftest import api_client_for
 from tests.e2e.test_thinkube_spawner import (
     A100,
     CLAIMS,
@@ -338,3 +340,83 @@ async def test_the_cap_on_gpus_held_counts_notebooks_and_jobs_at_submit_too(
     assert [(j["user"], j["kind"]) for j in jobs if j["user"] == "carol"] == [("carol", "job")]
     assert (await carol.post(f"api/v1/jobs/{queued.json()['id']}/cancel")).status_code == 200
     await alice.post(f"api/v1/jobs/{cpu_job.json()['id']}/cancel")
+
+
+async def delete_claim(sim, name: str) -> None:
+    api = await api_client_for(sim.kubeconfig)
+    try:
+        await client.CoreV1Api(api).delete_namespaced_persistent_volume_claim(name, "default")
+    finally:
+        await api.close()
+
+
+async def claim_gone(sim, name: str) -> bool:
+    api = await api_client_for(sim.kubeconfig)
+    try:
+        await client.CoreV1Api(api).read_namespaced_persistent_volume_claim(name, "default")
+    except client.ApiException as err:
+        return err.status == 404
+    finally:
+        await api.close()
+    return False
+
+
+async def test_a_start_that_fails_puts_the_request_back_at_its_place(
+    make_kubesim, hub_with_service
+):
+    sim = await a100_lab(make_kubesim, nodes=1)
+    hub = await hub_with_service(sim=sim, config=hub_config(sim), service_args=service_args())
+    await fill(hub, "alice")
+    request = await wait_through_the_api(hub, "carol")
+    carol = hub.client(hub.token("carol"))
+    # the storage the servers mount goes away: the spawner's check at submit refuses
+    await delete_claim(sim, CLAIMS[1])
+    await stop(hub, "alice")  # a GPU frees: the queue asks the hub to start carol's server
+
+    async def back_in_the_queue():
+        view = (await carol.get(f"api/v1/waiting/{request['id']}")).json()
+        return view if view["status"] == "waiting" and view["message"] else None
+
+    view = await eventually(back_in_the_queue, within=30, interval=0.2)
+    assert view["position"] == 1
+    assert view["message"].startswith(
+        f"Not started yet: The shared storage claim {CLAIMS[1]!r} does not exist"
+    )
+    assert view["message"].endswith("It waits again, at its place.")
+    # the storage is back: the next try starts it
+    await eventually(lambda: claim_gone(sim, CLAIMS[1]), within=20, interval=0.2)
+    sim.load([claim(CLAIMS[1])])
+    model = await wait_running(hub, "carol", within=60)
+    assert model["servers"][""]["ready"]
+    done = (await carol.get(f"api/v1/waiting/{request['id']}")).json()
+    assert done["status"] == "started"
+
+
+async def test_a_start_that_keeps_failing_ends_with_the_hubs_reason(make_kubesim, hub_with_service):
+    sim = await a100_lab(make_kubesim, nodes=1)
+    hub = await hub_with_service(sim=sim, config=hub_config(sim), service_args=service_args())
+    await fill(hub, "alice")
+    request = await wait_through_the_api(hub, "carol")
+    carol = hub.client(hub.token("carol"))
+    await delete_claim(sim, CLAIMS[1])
+    await stop(hub, "alice")
+
+    async def ended():
+        view = (await carol.get(f"api/v1/waiting/{request['id']}")).json()
+        return view if view["status"] not in ("waiting", "starting") else None
+
+    view = await eventually(ended, within=60, interval=0.2)
+    assert view["status"] == "failed"
+    assert view["message"] == (
+        "The hub was asked 3 times to start it and could not: The shared storage claim "
+        f"{CLAIMS[1]!r} does not exist in namespace 'default'. Nothing was started; please "
+        "tell the hub's admin. It has left the queue; start again from the spawn form to "
+        "wait again."
+    )
+    # nothing of hers runs, nothing waits
+    assert not [p for p in await pods(sim) if "carol" in p.metadata.name]
+    async with httpx.AsyncClient(
+        base_url=urljoin(hub.url, "hub/api/"), headers={"Authorization": f"token {hub._admin}"}
+    ) as admin:
+        assert (await admin.get("users/carol")).json()["servers"] == {}
+    assert (await carol.get("api/v1/queue")).json()["jobs"] == []

@@ -10,7 +10,9 @@ import pytest
 from hub_service.jobs.queue import QueueEntry, Running, plan
 from hub_service.jobs.spec import JobError
 from hub_service.jobs.waiting import (
+    StartOutcome,
     WaitingLimits,
+    after_failed_start,
     check_waiting_request,
     gpu_cap_problem,
     join_estimates,
@@ -354,6 +356,28 @@ def test_changes_people_see_are_pushed_and_the_last_event_says_where_to_go():
             {"status": status, "message": entry["message"]},
             True,
         )
+
+
+def test_a_failed_start_waits_again_a_few_times_then_ends_with_the_hubs_reason():
+    taken = StartOutcome(retry=True, message="No A100 is free now")
+    first = after_failed_start(taken, 0, 3)
+    assert (first.waits_again, first.failed_starts) == (True, 1)
+    assert first.message == "Not started yet: No A100 is free now. It waits again, at its place."
+    second = after_failed_start(StartOutcome(message="spawn failed: image gone."), 1, 3)
+    assert (second.waits_again, second.failed_starts) == (True, 2)
+    assert second.message.startswith("Not started yet: Spawn failed: image gone. It waits")
+    last = after_failed_start(taken, 2, 3)
+    assert (last.waits_again, last.failed_starts) == (False, 3)
+    assert last.message == (
+        "The hub was asked 3 times to start it and could not: No A100 is free now. It has "
+        "left the queue; start again from the spawn form to wait again."
+    )
+    assert after_failed_start(StartOutcome(), 0, 1).message.startswith(
+        "The hub was asked once to start it and could not: The hub did not say why."
+    )
+    # the hub not answering at all is not counted
+    unreachable = after_failed_start(None, 2, 3)
+    assert (unreachable.waits_again, unreachable.failed_starts) == (True, 2)
 
 
 # -- a cloud offer instead ------------------------------------------------------------------------
