@@ -33,7 +33,14 @@ from .handlers import JobsAPIHandler, _quoted
 from .manager import JobQueue
 from .spec import JobError
 from .store import QUEUED, RUNNING
-from .waiting import SERVER, check_waiting_request, limit_problem, waiting_event, waiting_view
+from .waiting import (
+    ENDED,
+    SERVER,
+    check_waiting_request,
+    limit_problem,
+    waiting_event,
+    waiting_view,
+)
 from .waiting_page import (
     cloud_offer_for,
     cloud_offer_of,
@@ -203,7 +210,10 @@ class WaitingEventsHandler(WaitingAPIHandler):
         while True:
             current = queue.active.get(entry["id"])
             if current is None:  # ended: as the store has it
-                current = await queue.db(queue.store.get, entry["id"]) or entry
+                current = await queue.db(queue.store.get, entry["id"])
+                if current is None:
+                    await self.event(ENDED, {"status": "cancelled", "message": "it is gone"})
+                    return
             view = self.waiting_view(queue, current)
             change = waiting_event(previous, view, links)
             if change is not None:
