@@ -32,7 +32,7 @@ from ..handlers import MAX_ENTRY_BODY_BYTES, ServiceAuth
 from .handlers import JobsAPIHandler, _quoted
 from .manager import JobQueue
 from .spec import JobError
-from .store import QUEUED, RUNNING
+from .store import CANCELLED, QUEUED, RUNNING
 from .waiting import (
     ENDED,
     SERVER,
@@ -353,7 +353,10 @@ class WaitingCloudHandler(_WaitingPageBase):
         if offer is None or offer.key != self.get_body_argument("offer", ""):
             self.redirect(page, status=303)
             return
-        await self.queue.cancel(entry)
+        left = await self.queue.cancel(entry)
+        if left.get("status") != CANCELLED:  # its lab start began meanwhile: that is the one
+            self.redirect(page, status=303)
+            return
         self.service.log.info(
             "server %s of %s left the queue for RunPod (%s)", entry["id"], entry["user"], offer.key
         )
