@@ -526,9 +526,10 @@ class ThinkubeService(Application):
     gpus_max_per_user = Integer(
         0,
         config=True,
-        help="GPUs one person may hold at once, notebook servers and jobs together, checked "
-        "when a waiting request joins the queue (what they hold, what they already wait for, "
-        "and what it asks for); 0: no cap. E.g. `4`.",
+        help="GPUs of this hub one person may hold at once, notebook servers and jobs "
+        "together, checked when a waiting server request joins the queue and when a GPU job is "
+        "submitted (what they hold, what they already wait for, and what it asks for; a job "
+        "rented on RunPod counts for nothing); 0: no cap. E.g. `4`.",
     )
     gpus_max_per_group = Dict(
         Integer(),

@@ -610,7 +610,9 @@ class ThinkubeSpawner(AvailabilitySettings, RunPodCloudSettings, KubeSpawner):
     async def wait_in_line(self, choice: Choice, why: str) -> Exception:
         """Join the GPU queue with this full choice (`waiting.wait_in_line`)."""
         spec = self.pod_template().spec(choice)
-        return await wait_in_line(self, choice, why, spec, single_machine=False)
+        return await wait_in_line(
+            self, choice, why, spec, single_machine=False, cloud_cap=self.cloud_cap()
+        )
 
     async def choice_for_this_start(self) -> Choice:
         """The choice JupyterHub's apply_user_options just checked, else a fresh check (an

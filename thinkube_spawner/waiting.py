@@ -15,18 +15,27 @@ from .labels import server_label
 
 
 async def wait_in_line(
-    spawner: Any, choice: Choice, why: str, pod_spec: dict, single_machine: bool
+    spawner: Any,
+    choice: Choice,
+    why: str,
+    pod_spec: dict,
+    single_machine: bool,
+    cloud_cap: float = 0.0,
 ) -> Exception:
     """Register a waiting request for this full choice with the service's GPU queue, as
     the person (this start's server token is theirs): the error that sends them to its
     page (the hub answers 303 there), or the refusal to show on the form (why they may not
-    wait)."""
-    body = {
+    wait). With `cloud_cap` (the person's cloud price cap, USD/h), the waiting page may
+    offer a cloud GPU within it that runs the same choice now."""
+    body: dict[str, Any] = {
         "server_name": spawner.name,
         "user_options": choice.as_user_options(),
         "pod": scheduling_view(pod_spec),
         "label": wait_label(choice.placement, single_machine),
     }
+    if cloud_cap > 0:
+        memory = choice.placement.gpu_memory_mib
+        body["cloud"] = {"cap": cloud_cap, "gpu_memory_mib": int(memory) if memory else None}
     try:
         status, answer = await spawner.availability.register_waiting(spawner.api_token, body)
     except ServiceUnavailable as err:

@@ -33,7 +33,7 @@ from ..handlers import JSONHandler
 from .manager import JobQueue
 from .placement import CloudChoices
 from .setup import cloud_jobs_unavailable
-from .spec import JobError, check_submission
+from .spec import JobError, JobRequest, check_submission
 from .store import ACTIVE, FINISHED, QUEUED, RUNNING
 from .views import (
     COMPAT_STATUS,
@@ -46,6 +46,7 @@ from .views import (
     queue_view,
     result_view,
 )
+from .waiting import gpu_cap_problem
 
 __all__ = ["job_routes"]
 
@@ -143,6 +144,23 @@ class JobsAPIHandler(JSONHandler):
             default_image=service.jobs_runpod_image,
         )
 
+    def gpu_cap_problem(self, request: JobRequest) -> str | None:
+        """Why this job would take the asker over their cap on GPUs held at once (the
+        admin's gpus_max_per_user / gpus_max_per_group, as when a server waits); None if
+        it would not. A job rented on RunPod takes none of this hub's GPUs."""
+        if request.placement:
+            return None
+        queue = self.queue
+        groups = [g for g in self.current_user.get("groups") or [] if isinstance(g, str)]
+        return gpu_cap_problem(
+            self.service.waiting_limits,
+            groups,
+            queue.gpus_held(self.user_name),
+            queue.gpus_waiting(self.user_name),
+            request.gpus,
+            asking="this job",
+        )
+
     async def load_images(self) -> None:
         self._images = await self.service.run_db(self.service.catalog.list, None)
 
@@ -157,6 +175,10 @@ class JobsAPIHandler(JSONHandler):
             request = self.checked_submission(fields, script)
         except JobError as err:
             self.send_bad_request(err.field, str(err))
+            return None
+        problem = self.gpu_cap_problem(request)
+        if problem:
+            self.send_json({"status": 409, "error": problem, "field": "gpus"}, 409)
             return None
         entry = await self.queue.submit(self.user_name, request)
         self.service.log.info("job %s submitted by %s", entry["id"], self.user_name)

@@ -37,6 +37,13 @@ def _message(response: httpx.Response) -> str:
     return f"the hub answered HTTP {response.status_code}"
 
 
+def _spawn_failure(event: Mapping[str, Any]) -> str:
+    """The hub's words for a spawn that failed, from its progress event ("Spawn failed:
+    <the spawner's message>")."""
+    message = str(event.get("message") or "").strip()
+    return message.removeprefix("Spawn failed:").strip() or "the spawn failed"
+
+
 class HubServers:
     """The hub's REST API, with the service's own token."""
 
@@ -101,12 +108,12 @@ class HubServers:
         if response.status_code in (409, 503) or response.status_code >= 500:
             # no room after all (taken since the plan), or the service or the hub could
             # not be asked: it waits again
-            return StartOutcome(retry=True, message=f"not started yet: {message}")
+            return StartOutcome(retry=True, message=message)
         if response.status_code == 400 and (
             "is pending" in message or "already running" in message
         ):
             return StartOutcome(superseded=True, message=message)
-        return StartOutcome(message=f"the hub could not start it: {message}")
+        return StartOutcome(message=message)
 
     async def follow(self, entry: Mapping[str, Any]) -> StartOutcome:
         """The spawn's progress stream until it is ready or failed; the server's model if
@@ -126,9 +133,7 @@ class HubServers:
                             if event.get("ready"):
                                 return StartOutcome(ready=True)
                             if event.get("failed"):
-                                return StartOutcome(
-                                    message=str(event.get("message") or "the spawn failed")
-                                )
+                                return StartOutcome(message=_spawn_failure(event))
         return await self._settled(user, server_name)
 
     async def _settled(self, user: str, server_name: str) -> StartOutcome:
@@ -137,7 +142,7 @@ class HubServers:
             while True:
                 server = await self._server(user, server_name)
                 if server is None:
-                    return StartOutcome(message="the hub could not start it")
+                    return StartOutcome(message="the spawn failed")
                 if server.get("ready"):
                     return StartOutcome(ready=True)
                 await asyncio.sleep(self.poll_s)

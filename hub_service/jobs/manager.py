@@ -36,6 +36,7 @@ from .waiting import (
     STARTED,
     ServerStarter,
     WaitingRequest,
+    after_failed_start,
     join_estimates,
     server_pod_of,
     stored_waiting_request,
@@ -136,6 +137,8 @@ class QueueSettings:
     # A waiting server the hub refused for lack of room (taken since the plan) is not tried
     # again for this long.
     server_retry_s: float = 2.0
+    # Starts of a waiting server the hub may refuse or fail before the request ends.
+    server_start_tries: int = 3
 
 
 def request_of(entry: Mapping[str, Any]) -> JobRequest:
@@ -157,6 +160,11 @@ def request_of(entry: Mapping[str, Any]) -> JobRequest:
         priority=int(entry.get("priority") or 0),
         placement=stored.get("placement"),
     )
+
+
+def _rented(entry: Mapping[str, Any]) -> bool:
+    """Whether a job runs on a rented cloud GPU rather than this hub's."""
+    return bool((entry.get("request") or {}).get("placement"))
 
 
 def stored_request(request: JobRequest) -> dict[str, Any]:
@@ -419,14 +427,15 @@ class JobQueue:
         return running
 
     def gpus_held(self, user: str) -> int:
-        """GPUs this person holds now: their notebook servers' and their running entries'."""
+        """GPUs of this hub this person holds now: their notebook servers' and their running
+        entries' (a job rented on RunPod holds none of them)."""
         held = sum(
             int(h.get("gpus") or 0)
             for h in self.held_servers()
             if h.get("user") == user and h.get("entry") not in self.active
         )
         for entry in self.active.values():
-            if entry["user"] == user and entry["status"] == RUNNING:
+            if entry["user"] == user and entry["status"] == RUNNING and not _rented(entry):
                 _, demand = self._spec(entry)
                 held += next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
         return held
@@ -435,7 +444,7 @@ class JobQueue:
         """GPUs this person's queued entries (jobs and servers) ask for."""
         total = 0
         for entry in self.active.values():
-            if entry["user"] == user and entry["status"] == QUEUED:
+            if entry["user"] == user and entry["status"] == QUEUED and not _rented(entry):
                 _, demand = self._spec(entry)
                 total += next((u for n, u in demand.items() if n.startswith("nvidia.com/")), 0)
         return total
@@ -750,7 +759,7 @@ class JobQueue:
             status=RUNNING,
             started_at=self.clock(),
             node=node,
-            placement={"starting": True},
+            placement={**(entry.get("placement") or {}), "starting": True},
         )
         if updated is None or entry["id"] not in self.active:
             return None
@@ -788,9 +797,16 @@ class JobQueue:
         label = request.get("label") or "a GPU"
         if outcome is not None and outcome.ready:
             await self._finish(current, COMPLETED, STARTED, None, f"started on {label}")
-        elif outcome is None or outcome.retry:
-            # No room after all (taken since the plan), or the hub could not be asked: it
-            # waits again, at its place, and is tried again after a moment.
+        elif outcome is not None and outcome.superseded:
+            await self._finish(current, CANCELLED, "Superseded", None, outcome.message)
+        else:
+            # Refused (taken since the plan), failed, or the hub could not be asked: it
+            # waits again at its place and is tried again after a moment, a few times.
+            failed = int((current.get("placement") or {}).get("failed_starts") or 0)
+            after = after_failed_start(outcome, failed, self.settings.server_start_tries)
+            if not after.waits_again:
+                await self._finish(current, FAILED, "Failed", None, after.message)
+                return
             self._retry_at[entry["id"]] = self.clock() + self.settings.server_retry_s
             updated = await self.db(
                 self.store.update,
@@ -798,17 +814,13 @@ class JobQueue:
                 status=QUEUED,
                 started_at=None,
                 node=None,
-                placement={},
-                message=outcome.message if outcome else "the hub could not be asked",
+                placement={"failed_starts": after.failed_starts},
+                message=after.message,
             )
             if updated is not None and entry["id"] in self.active:
                 self._keep(updated)
                 self._place_unplanned(entry["id"], entry["user"], entry["priority"])
             self.poke()
-        elif outcome.superseded:
-            await self._finish(current, CANCELLED, "Superseded", None, outcome.message)
-        else:
-            await self._finish(current, FAILED, "Failed", None, outcome.message)
 
     @staticmethod
     def _expired_text(entry: Mapping[str, Any]) -> str:
@@ -1056,6 +1068,14 @@ class JobQueue:
                 "eta": None,
             }
         position = self.plan.positions.get(entry_id)
+        if position is None and entry_id in self._retry_at:
+            # A waiting server the plan starts, held back a moment after a failed start:
+            # nothing is ahead of it.
+            return {
+                "position": 1,
+                "expected_node": self.plan.expected_node.get(entry_id),
+                "eta": self._retry_at[entry_id],
+            }
         if position is not None and self._unplanned and self.plan.order_keys:
             # entries submitted since the plan that come before it
             key = self.plan.order_keys[position - 1]

@@ -31,15 +31,19 @@ __all__ = [
     "SERVER",
     "STARTED",
     "ServerStarter",
+    "AfterFailedStart",
     "StartOutcome",
     "WaitingLimits",
     "WaitingRequest",
+    "after_failed_start",
     "check_waiting_request",
+    "gpu_cap_problem",
     "join_estimates",
     "limit_problem",
     "server_pod_of",
     "stored_waiting_request",
     "waiting_status",
+    "waiting_event",
     "waiting_view",
 ]
 
@@ -53,6 +57,7 @@ MAX_SERVER_NAME = 255
 MAX_OPTIONS = 32
 MAX_OPTION_TEXT = 256
 MAX_LABEL = 200
+MAX_CLOUD_CAP = 10_000.0  # USD/h: above any GPU machine's price
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,12 @@ class WaitingRequest:
     label: str  # what it waits for, for people: "NVIDIA A100 SXM4 80GB (any node)"
     gpu_resource: str
     gpus: int
+    # What a cloud offer instead must match: the person's cloud price cap in USD/h (0: no
+    # cloud for them) and the memory of the chosen lab GPU (None: unknown). The spawner's
+    # check at submit checks a cloud start against the cap again: this only picks the offer
+    # the waiting page shows.
+    cloud_cap: float = 0.0
+    gpu_memory_mib: int | None = None
 
 
 def _text(value: Any, what: str, field_name: str, limit: int) -> str:
@@ -81,7 +92,7 @@ def check_waiting_request(body: Any, nodes: Sequence[Mapping[str, Any]]) -> Wait
     runs there ends (the filter's rules, and the node's allocatable room)."""
     if not isinstance(body, Mapping):
         raise JobError(None, "the body must be a JSON object")
-    unknown = sorted(set(body) - {"server_name", "user_options", "pod", "label"})
+    unknown = sorted(set(body) - {"server_name", "user_options", "pod", "label", "cloud"})
     if unknown:
         raise JobError(unknown[0][:60], f"unknown field {unknown[0][:60]!r}")
     server_name = _text(body.get("server_name", ""), "server_name", "server_name", MAX_SERVER_NAME)
@@ -125,9 +136,38 @@ def check_waiting_request(body: Any, nodes: Sequence[Mapping[str, Any]]) -> Wait
             "no node could ever hold this server, even with everything else stopped"
             + (f" ({top})" if top else " (there are no nodes)"),
         )
+    cap, gpu_memory = _checked_cloud(body.get("cloud"))
     return WaitingRequest(
-        server_name, checked, json.loads(json.dumps(pod)), label, resource, demand[resource]
+        server_name,
+        checked,
+        json.loads(json.dumps(pod)),
+        label,
+        resource,
+        demand[resource],
+        cap,
+        gpu_memory,
     )
+
+
+def _checked_cloud(value: Any) -> tuple[float, int | None]:
+    """The request's `cloud` field: `{"cap": USD/h, "gpu_memory_mib": MiB or null}`, both
+    optional; absent: no cloud offer instead."""
+    if value is None:
+        return 0.0, None
+    if not isinstance(value, Mapping):
+        raise JobError("cloud", 'cloud must be an object: {"cap": 0.5, "gpu_memory_mib": 81920}')
+    unknown = sorted(set(value) - {"cap", "gpu_memory_mib"})
+    if unknown:
+        raise JobError("cloud", f"unknown cloud field {str(unknown[0])[:60]!r}")
+    cap = value.get("cap", 0)
+    if isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 <= cap <= MAX_CLOUD_CAP:
+        raise JobError("cloud", f"cloud.cap must be a price in USD/h from 0 to {MAX_CLOUD_CAP:g}")
+    memory = value.get("gpu_memory_mib")
+    if memory is not None and (
+        isinstance(memory, bool) or not isinstance(memory, int) or not 0 < memory < 2**31
+    ):
+        raise JobError("cloud", "cloud.gpu_memory_mib must be a whole number of MiB, or null")
+    return float(cap), memory
 
 
 def stored_waiting_request(request: WaitingRequest) -> dict[str, Any]:
@@ -141,6 +181,7 @@ def stored_waiting_request(request: WaitingRequest) -> dict[str, Any]:
         "gpu_resource": request.gpu_resource,
         "gpus": request.gpus,
         "gpu_model": request.label,
+        "cloud": {"cap": request.cloud_cap, "gpu_memory_mib": request.gpu_memory_mib},
     }
 
 
@@ -186,7 +227,8 @@ def limit_problem(
     """Why this person may not join the queue with this request, in words; None if they
     may. `waiting_requests` counts their waiting servers, `gpus_held` the GPUs their
     servers and jobs hold, `gpus_waiting` what their other queued entries ask for."""
-    max_waiting, max_gpus = limits.for_groups(groups)
+    groups = list(groups)
+    max_waiting, _ = limits.for_groups(groups)
     if max_waiting <= 0:
         return "Waiting for a GPU is not open to you on this hub; please ask the hub's admin."
     if waiting_requests >= max_waiting:
@@ -194,16 +236,31 @@ def limit_problem(
             f"You already wait for {_count(waiting_requests, 'server')}, the most this hub "
             "allows at once: leave one of those queues to wait for another."
         )
+    return gpu_cap_problem(limits, groups, gpus_held, gpus_waiting, gpus_asked)
+
+
+def gpu_cap_problem(
+    limits: WaitingLimits,
+    groups: Iterable[str],
+    gpus_held: int,
+    gpus_waiting: int,
+    gpus_asked: int,
+    asking: str = "this server",
+) -> str | None:
+    """Why `asking` ("this server", "this job") would take this person over their cap on
+    GPUs held at once, in words; None when it would not (or there is no cap). The one
+    check of that cap: at a waiting server's queue entry and at a GPU job's submission."""
+    _, max_gpus = limits.for_groups(groups)
     total = gpus_held + gpus_waiting + gpus_asked
-    if max_gpus and total > max_gpus:
-        parts = [f"hold {_count(gpus_held, 'GPU')} (notebook servers and jobs)"]
-        if gpus_waiting:
-            parts.append(f"wait for {gpus_waiting} more")
-        return (
-            f"You {' and '.join(parts)}; this server's {gpus_asked} would make {total}, over "
-            f"your limit of {_count(max_gpus, 'GPU')} at once. Stop a server or end a job first."
-        )
-    return None
+    if not max_gpus or not gpus_asked or total <= max_gpus:
+        return None
+    parts = [f"hold {_count(gpus_held, 'GPU')} (notebook servers and jobs)"]
+    if gpus_waiting:
+        parts.append(f"wait for {gpus_waiting} more")
+    return (
+        f"You {' and '.join(parts)}; {asking}'s {gpus_asked} would make {total}, over "
+        f"your limit of {_count(max_gpus, 'GPU')} at once. Stop a server or end a job first."
+    )
 
 
 # -- starting a waiting server -----------------------------------------------------------------
@@ -212,14 +269,54 @@ def limit_problem(
 @dataclass(frozen=True)
 class StartOutcome:
     """What the hub said to a start: up (`ready`), under way (`pending`), no room after all
-    or the hub unreachable (`retry`: it waits again), started another way meanwhile
-    (`superseded`), else failed with `message`."""
+    or the hub not answering (`retry`), started another way meanwhile (`superseded`), else
+    refused or failed; `message` says why, in the hub's words. Any but ready, pending and
+    superseded puts the request back at its place, a few times (`after_failed_start`)."""
 
     ready: bool = False
     pending: bool = False
     retry: bool = False
     superseded: bool = False
     message: str = ""
+
+
+@dataclass(frozen=True)
+class AfterFailedStart:
+    """What a start that did not bring the server up does to its request: it waits again at
+    its place (`waits_again`), or, after `failed_starts` reached the most allowed, ends
+    with `message`."""
+
+    waits_again: bool
+    failed_starts: int
+    message: str
+
+
+def after_failed_start(
+    outcome: StartOutcome | None, failed_starts: int, most: int
+) -> AfterFailedStart:
+    """A start the hub refused or that failed (`outcome`), or that could not be asked
+    (None: the hub unreachable, which is not counted): back in the queue at its place, up
+    to `most` failed starts in all; the last ends the request with the hub's reason."""
+    if outcome is None:
+        return AfterFailedStart(
+            True, failed_starts, "The hub could not be asked to start it; it waits again."
+        )
+    reason = (outcome.message or "the hub did not say why").strip()
+    if reason[-1:] not in ".!?":
+        reason += "."
+    reason = reason[:1].upper() + reason[1:]
+    failed = failed_starts + 1
+    if failed >= most:
+        tries = "once" if failed == 1 else f"{failed} times"
+        return AfterFailedStart(
+            False,
+            failed,
+            f"The hub was asked {tries} to start it and could not: {reason} "
+            "It has left the queue; start again from the spawn form to wait again.",
+        )
+    return AfterFailedStart(
+        True, failed, f"Not started yet: {reason} It waits again, at its place."
+    )
 
 
 class ServerStarter(Protocol):
@@ -294,6 +391,41 @@ def waiting_view(
         "page": links.get("page"),
         "server_url": links.get("server"),
     }
+
+
+# -- pushed changes ----------------------------------------------------------------------------
+
+# What a change of a waiting request's view is pushed as (`GET api/v1/waiting/{id}/events`).
+POSITION, STARTING, STARTED_EVENT, ENDED = "position", "starting", "started", "ended"
+_STANDING = ("position", "queued", "expected_node", "eta_text", "message", "expires_at")
+
+
+def waiting_event(
+    previous: Mapping[str, Any] | None, view: Mapping[str, Any], links: Mapping[str, str]
+) -> tuple[str, dict[str, Any], bool] | None:
+    """The event that says how `view` differs from `previous` (None: the first), as
+    (name, data, final); None when nothing people see changed.
+
+    - `position` while it waits: its place, how many wait, the estimate, any note;
+    - `starting` when the hub is asked to start it (it may wait again after);
+    - `started`, final: the server runs; `url` is where to go;
+    - `ended`, final: it left the queue (`cancelled`), `expired` or `failed`, with the
+      message in words."""
+    status = view["status"]
+    before = previous["status"] if previous is not None else None
+    if status == "waiting":
+        if before == "waiting" and all(previous.get(k) == view.get(k) for k in _STANDING):
+            return None
+        data = {"status": status, **{k: view.get(k) for k in _STANDING}}
+        return POSITION, data, False
+    if status == "starting":
+        if before == "starting":
+            return None
+        return STARTING, {"status": status, "message": view.get("message")}, False
+    if status == "started":
+        data = {"status": status, "url": links.get("server"), "message": view.get("message")}
+        return STARTED_EVENT, data, True
+    return ENDED, {"status": status, "message": view.get("message")}, True
 
 
 # -- where a request joining now would stand ---------------------------------------------------

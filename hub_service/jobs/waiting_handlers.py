@@ -5,36 +5,58 @@
   the pod as the filter reads it. One per person and server name; the admin's caps apply.
 - `GET api/v1/waiting`: the person's requests (`?user=` for jobs admins).
 - `GET`/`DELETE api/v1/waiting/{id}`: one request; DELETE leaves the queue.
+- `GET api/v1/waiting/{id}/events`: its changes as Server-Sent Events, until it starts or
+  ends.
 - `GET api/v1/waiting/estimates`: per GPU model and node, how many wait and when a request
   joining now could expect a GPU (what the spawn form shows).
 - `waiting/{id}`: the person's page (position, estimate, Leave the queue), complete without
   JavaScript; its script follows the request and moves on to the server when it starts.
-  `waiting/{id}/cancel` is the page's form.
+  `waiting/{id}/cancel` is the page's form; `waiting/{id}/cloud` its Start-there-instead
+  form (when a cloud offer within the person's cap runs the same choice now).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from jupyterhub.utils import url_path_join
-from tornado import web
+from tornado import iostream, web
 
 from ..bodies import BodyError, parse_json_body
 from ..handlers import MAX_ENTRY_BODY_BYTES, ServiceAuth
 from .handlers import JobsAPIHandler, _quoted
 from .manager import JobQueue
 from .spec import JobError
-from .store import QUEUED, RUNNING
-from .waiting import SERVER, check_waiting_request, limit_problem, waiting_view
-from .waiting_page import cloud_offer_for, render_waiting_page, waiting_page_view
+from .store import CANCELLED, QUEUED, RUNNING
+from .waiting import (
+    ENDED,
+    SERVER,
+    check_waiting_request,
+    limit_problem,
+    waiting_event,
+    waiting_view,
+)
+from .waiting_page import (
+    cloud_offer_for,
+    cloud_offer_of,
+    cloud_start_url,
+    render_waiting_page,
+    waiting_page_view,
+)
 
 __all__ = ["waiting_routes"]
 
 # How long a registration waits for the plan that places it before answering without.
 PLAN_WAIT_SECONDS = 2.0
+# How often a followed request is looked at (in memory) for changes to push, and how long a
+# stream stays quiet before a comment line keeps proxies from closing it.
+EVENTS_POLL_SECONDS = 0.25
+EVENTS_HEARTBEAT_SECONDS = 15.0
 MY_REQUESTS = 50
 
 
@@ -165,6 +187,53 @@ class WaitingEntryHandler(WaitingAPIHandler):
         self.send_json(self.waiting_view(queue, ended))
 
 
+class WaitingEventsHandler(WaitingAPIHandler):
+    """`GET api/v1/waiting/{id}/events`: Server-Sent Events (`waiting.waiting_event`): where
+    it stands now, then each change (`position`, `starting`), ending with `started` (and
+    the server's URL) or `ended` (and why)."""
+
+    async def get(self, entry_id: str) -> None:
+        entry = await self.visible_request(entry_id)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")  # proxies pass each event on at once
+        try:
+            await self.stream(entry)
+        except iostream.StreamClosedError:
+            return  # the client left
+        self.finish()
+
+    async def stream(self, entry: Mapping[str, Any]) -> None:
+        queue, links = self.queue, self.links(entry)
+        previous: Mapping[str, Any] | None = None
+        quiet_since = time.monotonic()
+        while True:
+            current = queue.active.get(entry["id"])
+            if current is None:  # ended: as the store has it
+                current = await queue.db(queue.store.get, entry["id"])
+                if current is None:
+                    await self.event(ENDED, {"status": "cancelled", "message": "it is gone"})
+                    return
+            view = self.waiting_view(queue, current)
+            change = waiting_event(previous, view, links)
+            if change is not None:
+                name, data, final = change
+                await self.event(name, data)
+                if final:
+                    return
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= EVENTS_HEARTBEAT_SECONDS:
+                self.write(": still waiting\n\n")
+                await self.flush()
+                quiet_since = time.monotonic()
+            previous = view
+            await asyncio.sleep(EVENTS_POLL_SECONDS)
+
+    async def event(self, name: str, data: Mapping[str, Any]) -> None:
+        self.write(f"event: {name}\ndata: {json.dumps(data)}\n\n")
+        await self.flush()
+
+
 class WaitingEstimatesHandler(WaitingAPIHandler):
     """`GET api/v1/waiting/estimates`: what the spawn form shows beside a full GPU model."""
 
@@ -182,6 +251,11 @@ class _WaitingPageBase(WaitingLinks, ServiceAuth, web.RequestHandler):
         if queue is None:
             raise web.HTTPError(404, "waiting for a GPU needs the GPU queue (jobs_enabled)")
         return queue
+
+    def cloud_offers(self) -> list:
+        """RunPod's offers as the service holds them (none without cloud)."""
+        cloud = self.service.cloud
+        return list(cloud.offers.offers) if cloud is not None and cloud.offers.configured else []
 
     @property
     def wants_html(self) -> bool:
@@ -237,12 +311,13 @@ class WaitingPageHandler(_WaitingPageBase):
             self.redirect(links["server"])
             return
         token = self.xsrf_token
+        xsrf = token.decode() if isinstance(token, bytes) else str(token)
         page = waiting_page_view(
             view,
             links,
-            xsrf=token.decode() if isinstance(token, bytes) else str(token),
+            xsrf=xsrf,
             api=url_path_join(self.service.service_prefix, "api/v1/waiting", entry["id"]),
-            cloud_offer=cloud_offer_for(entry),
+            cloud_offer=cloud_offer_for(entry, self.cloud_offers(), links["page"] + "/cloud", xsrf),
         )
         html, policy = render_waiting_page(page)
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -264,12 +339,38 @@ class WaitingCancelHandler(_WaitingPageBase):
         self.redirect(self.links(entry)["page"], status=303)
 
 
+class WaitingCloudHandler(_WaitingPageBase):
+    """`waiting/{id}/cloud`: the page's Start-there-instead form. The request leaves the
+    queue and the browser goes on to the hub's one-click cloud start (the spawn form's
+    refusal's link), which checks the choice as any start. When the offer shown is no
+    longer the one to make (taken, repriced) or the request no longer waits, nothing
+    changes: back to the page, which shows where things stand."""
+
+    async def post(self, entry_id: str) -> None:
+        entry = await self.entry(entry_id)
+        page = self.links(entry)["page"]
+        offer = cloud_offer_of(entry, self.cloud_offers())
+        if offer is None or offer.key != self.get_body_argument("offer", ""):
+            self.redirect(page, status=303)
+            return
+        left = await self.queue.cancel(entry)
+        if left.get("status") != CANCELLED:  # its lab start began meanwhile: that is the one
+            self.redirect(page, status=303)
+            return
+        self.service.log.info(
+            "server %s of %s left the queue for RunPod (%s)", entry["id"], entry["user"], offer.key
+        )
+        self.redirect(cloud_start_url(entry, offer, self.hub_auth.hub_prefix), status=303)
+
+
 def waiting_routes(prefix: str) -> list[tuple]:
     api = url_path_join(prefix, "api/v1")
     return [
         (url_path_join(api, "waiting"), WaitingListHandler),
         (url_path_join(api, "waiting/estimates"), WaitingEstimatesHandler),
         (url_path_join(api, r"waiting/(s-[^/]+)"), WaitingEntryHandler),
+        (url_path_join(api, r"waiting/(s-[^/]+)/events"), WaitingEventsHandler),
         (url_path_join(prefix, r"waiting/(s-[^/]+)"), WaitingPageHandler),
         (url_path_join(prefix, r"waiting/(s-[^/]+)/cancel"), WaitingCancelHandler),
+        (url_path_join(prefix, r"waiting/(s-[^/]+)/cloud"), WaitingCloudHandler),
     ]

@@ -1,8 +1,8 @@
 """Waiting for a GPU in a real browser (Debian's chromium through Playwright) against a real
 hub on kubesim: every A100 is taken; the person chooses "Wait for the next free A100" in the
 spawn form, lands on their place in the queue (screenshot with position and estimate), leaves
-the queue and joins again, and the page moves on to their running server by itself when a
-GPU frees. Screenshots go to test-artifacts/."""
+the queue and joins again, and the page, told by the pushed events, moves on to their
+running server by itself when a GPU frees. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ async def test_the_waiting_page_shows_place_and_estimate_and_moves_on_to_the_ser
                 await page.wait_for_url("**/services/thinkube-resources/waiting/s-*")
 
             await join()
+            # changes are pushed to the page (Server-Sent Events, with its login cookie)
+            await page.wait_for_selector("#waiting[data-live=events]")
             assert (await page.inner_text("#position")).strip() == "#1"
             assert "in about 1 h (estimate)" in await page.inner_text("#eta")
             await page.screenshot(path=str(ARTIFACTS / "waiting-page.png"), full_page=True)
@@ -68,9 +70,11 @@ async def test_the_waiting_page_shows_place_and_estimate_and_moves_on_to_the_ser
             await page.wait_for_selector("text=You left the queue")
             await join()
 
-            # alice stops: the page moves on to the server by itself.
+            # alice stops: the page moves on to the server by itself, told by the stream.
+            await page.wait_for_selector("#waiting[data-live=events]")
             await stop(hub, "alice")
             await page.wait_for_url(f"**/user/{USER}/**", timeout=90_000)
+            assert not [e for e in errors if "Content Security Policy" in e], errors
             await page.wait_for_selector(".jp-LabShell", timeout=60_000)
             await page.screenshot(path=str(ARTIFACTS / "waited-server.png"))
         finally:

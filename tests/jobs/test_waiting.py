@@ -10,15 +10,27 @@ import pytest
 from hub_service.jobs.queue import QueueEntry, Running, plan
 from hub_service.jobs.spec import JobError
 from hub_service.jobs.waiting import (
+    StartOutcome,
     WaitingLimits,
+    after_failed_start,
     check_waiting_request,
+    gpu_cap_problem,
     join_estimates,
     limit_problem,
+    stored_waiting_request,
+    waiting_event,
     waiting_status,
     waiting_view,
 )
-from hub_service.jobs.waiting_page import render_waiting_page, waiting_page_view
+from hub_service.jobs.waiting_page import (
+    cloud_offer_for,
+    cloud_offer_of,
+    cloud_start_url,
+    render_waiting_page,
+    waiting_page_view,
+)
 from hub_service.local import allocations_from_users, held_servers
+from thinkube_core.runpod.offers import Offer
 from thinkube_core.scheduling import PodRules, capacity_reason, pod_demand
 from thinkube_core.waiting import eta_text, is_queue_entry_id, scheduling_view, wants_wait
 
@@ -159,12 +171,30 @@ def test_a_request_is_checked_and_kept_as_the_filter_reads_it():
         ({"server_name": 7}, "server_name", "must be text"),
         ({"server_name": "x" * 300}, "server_name", "longer than"),
         ({"script": "print(1)"}, "script", "unknown field"),
+        ({"cloud": 0.5}, "cloud", "must be an object"),
+        ({"cloud": {"cap": -1}}, "cloud", "cloud.cap must be a price"),
+        ({"cloud": {"cap": True}}, "cloud", "cloud.cap must be a price"),
+        ({"cloud": {"cap": "0.5"}}, "cloud", "cloud.cap must be a price"),
+        ({"cloud": {"cap": 1e9}}, "cloud", "cloud.cap must be a price"),
+        ({"cloud": {"cap": 1, "gpu_memory_mib": 1.5}}, "cloud", "whole number of MiB"),
+        ({"cloud": {"cap": 1, "gpu_memory_mib": 0}}, "cloud", "whole number of MiB"),
+        ({"cloud": {"cap": 1, "price": 2}}, "cloud", "unknown cloud field 'price'"),
     ],
 )
 def test_a_bad_request_names_what_is_wrong(changes, field, words):
     with pytest.raises(JobError) as raised:
         check_waiting_request(body(**changes), [gpu_node("gpu-a")])
     assert raised.value.field == field and words in str(raised.value)
+
+
+def test_the_cloud_cap_and_gpu_memory_are_kept_for_the_offer_instead():
+    request = check_waiting_request(
+        body(cloud={"cap": 0.6, "gpu_memory_mib": 24576}), [gpu_node("gpu-a")]
+    )
+    assert (request.cloud_cap, request.gpu_memory_mib) == (0.6, 24576)
+    assert stored_waiting_request(request)["cloud"] == {"cap": 0.6, "gpu_memory_mib": 24576}
+    plain = check_waiting_request(body(), [gpu_node("gpu-a")])
+    assert (plain.cloud_cap, plain.gpu_memory_mib) == (0.0, None)
 
 
 def test_not_an_object_is_refused():
@@ -191,6 +221,21 @@ def test_caps_per_person_and_per_group():
     # a group whose GPU value is 0 lifts the cap; the largest group value wins
     assert limits.for_groups(["a", "staff"]) == (3, 8)
     assert WaitingLimits(gpus_per_group={"x": 0, "y": 2}).for_groups(["x", "y"]) == (2, 0)
+
+
+def test_the_gpu_cap_is_one_check_for_servers_and_jobs():
+    limits = WaitingLimits(max_gpus=2, gpus_per_group={"staff": 8})
+    assert gpu_cap_problem(limits, [], 1, 0, 1, asking="this job") is None
+    over = gpu_cap_problem(limits, [], 2, 0, 1, asking="this job")
+    assert over == (
+        "You hold 2 GPUs (notebook servers and jobs); this job's 1 would make 3, over your "
+        "limit of 2 GPUs at once. Stop a server or end a job first."
+    )
+    assert gpu_cap_problem(limits, [], 2, 0, 0, asking="this job") is None  # no GPU asked
+    assert gpu_cap_problem(limits, ["staff"], 6, 1, 1) is None
+    assert gpu_cap_problem(WaitingLimits(max_gpus=0), [], 50, 50, 8) is None  # no cap
+    # the queue entry of a waiting server says the same, by the same check
+    assert limit_problem(limits, [], 0, 2, 0, 1) == gpu_cap_problem(limits, [], 2, 0, 1)
 
 
 # -- views -------------------------------------------------------------------------------------------
@@ -254,7 +299,7 @@ def test_the_page_shows_position_estimate_and_a_form_to_leave():
     assert '<meta http-equiv="refresh" content="15"' in text  # without JavaScript
     assert "<dt>GPUs</dt><dd>1</dd>" in text
     assert "script-src 'sha256-" in policy and "unsafe-inline" not in policy
-    assert 'id="cloud-offer"' not in text  # the hook gives no offer yet
+    assert 'id="cloud-offer"' not in text  # none given
     offered = waiting_page_view(
         view,
         links,
@@ -269,6 +314,129 @@ def test_the_page_shows_position_estimate_and_a_form_to_leave():
     gone = render_waiting_page(waiting_page_view(expired, links, "t", "/a"))[0].decode()
     assert "expired" in gone and "No A100 became free within 8 h" in gone
     assert 'http-equiv="refresh"' not in gone and "Back to the spawn form" in gone
+
+
+def test_changes_people_see_are_pushed_and_the_last_event_says_where_to_go():
+    links = {"page": "/s/waiting/s-1", "server": "/user/carol/"}
+
+    def view(entry, position=2, eta=1000 + 1800, queued=3, now=1000):
+        return waiting_view(entry, {"position": position, "eta": eta}, queued, now, links)
+
+    first = view(stored())
+    name, data, final = waiting_event(None, first, links)
+    assert (name, final) == ("position", False)
+    assert (data["position"], data["queued"], data["eta_text"]) == (
+        2,
+        3,
+        "in about 30 min (estimate)",
+    )
+    assert waiting_event(first, view(stored()), links) is None  # nothing changed
+    moved = view(stored(), position=1, queued=2)
+    assert waiting_event(first, moved, links)[1]["position"] == 1
+    later = view(stored(), now=1000 + 600)  # the estimate comes closer
+    assert waiting_event(first, later, links)[1]["eta_text"] == "in about 20 min (estimate)"
+    starting = view(stored("running"))
+    assert waiting_event(first, starting, links)[:3:2] == ("starting", False)
+    assert waiting_event(starting, view(stored("running")), links) is None
+    # back in the queue after a start that failed: where it stands again
+    assert waiting_event(starting, first, links)[0] == "position"
+    started = view(stored("completed", "Started", message="started on an A100"))
+    assert waiting_event(starting, started, links) == (
+        "started",
+        {"status": "started", "url": "/user/carol/", "message": "started on an A100"},
+        True,
+    )
+    for entry, status in (
+        (stored("cancelled", "Cancelled", message="left the queue"), "cancelled"),
+        (stored("cancelled", "Expired", message="Waited 8 h"), "expired"),
+        (stored("failed", "Failed", message="the hub could not start it"), "failed"),
+    ):
+        assert waiting_event(first, view(entry), links) == (
+            "ended",
+            {"status": status, "message": entry["message"]},
+            True,
+        )
+
+
+def test_a_failed_start_waits_again_a_few_times_then_ends_with_the_hubs_reason():
+    taken = StartOutcome(retry=True, message="No A100 is free now")
+    first = after_failed_start(taken, 0, 3)
+    assert (first.waits_again, first.failed_starts) == (True, 1)
+    assert first.message == "Not started yet: No A100 is free now. It waits again, at its place."
+    second = after_failed_start(StartOutcome(message="spawn failed: image gone."), 1, 3)
+    assert (second.waits_again, second.failed_starts) == (True, 2)
+    assert second.message.startswith("Not started yet: Spawn failed: image gone. It waits")
+    last = after_failed_start(taken, 2, 3)
+    assert (last.waits_again, last.failed_starts) == (False, 3)
+    assert last.message == (
+        "The hub was asked 3 times to start it and could not: No A100 is free now. It has "
+        "left the queue; start again from the spawn form to wait again."
+    )
+    assert after_failed_start(StartOutcome(), 0, 1).message.startswith(
+        "The hub was asked once to start it and could not: The hub did not say why."
+    )
+    # the hub not answering at all is not counted
+    unreachable = after_failed_start(None, 2, 3)
+    assert (unreachable.waits_again, unreachable.failed_starts) == (True, 2)
+
+
+# -- a cloud offer instead ------------------------------------------------------------------------
+
+
+def offer(name, vram, price, stock="High", gpus=1, cloud="SECURE"):
+    return Offer(f"NVIDIA {name}", name, vram, cloud, price, None, stock, gpus)
+
+
+OFFERS = [
+    offer("RTX A4000", 16, 0.17),  # too small for a 24 GB choice
+    offer("RTX A6000", 48, 0.49),
+    offer("RTX 4090", 24, 0.69),
+    offer("L40S", 48, 0.39, stock=None),  # none free to rent
+    offer("A40", 48, 0.30, cloud="ELSEWHERE"),  # not a cloud the spawner rents from
+]
+
+
+def cloud_entry(cap, memory=24576, gpus=1, status="queued"):
+    entry = stored(status)
+    entry["request"] = {
+        **entry["request"],
+        "gpus": gpus,
+        "cloud": {"cap": cap, "gpu_memory_mib": memory},
+        "user_options": {
+            "profile": "thinkube",
+            "where": "gpu:rtx-4090",
+            "image": "scipy",
+            "cpu": "2",
+            "memory": "4",
+            "gpus": str(gpus),
+        },
+    }
+    return entry
+
+
+def test_the_waiting_page_offers_the_cheapest_cloud_gpu_that_fits_within_the_cap():
+    assert cloud_offer_of(cloud_entry(0.6), OFFERS).display_name == "RTX A6000"
+    assert cloud_offer_of(cloud_entry(1.0), OFFERS).display_name == "RTX A6000"
+    # below every fitting offer, no cap (no cloud for them), two GPUs, or no longer waiting
+    assert cloud_offer_of(cloud_entry(0.4), OFFERS) is None
+    assert cloud_offer_of(cloud_entry(0.0), OFFERS) is None
+    assert cloud_offer_of(cloud_entry(5.0, gpus=2), OFFERS) is None
+    assert cloud_offer_of(cloud_entry(1.0, status="running"), OFFERS) is None
+    assert cloud_offer_of(stored(), OFFERS) is None  # registered without a cloud part
+    # the lab GPU's memory unknown: the cheapest of the same count
+    assert cloud_offer_of(cloud_entry(1.0, memory=None), OFFERS).display_name == "RTX A4000"
+    shown = cloud_offer_for(cloud_entry(0.6), OFFERS, "/s/waiting/s-1/cloud", "tok")
+    assert shown == {
+        "text": "An RTX A6000 on RunPod is free now at $0.49/h — start there instead.",
+        "action": "/s/waiting/s-1/cloud",
+        "fields": {"_xsrf": "tok", "offer": "SECURE:NVIDIA RTX A6000:1"},
+    }
+    assert cloud_offer_for(cloud_entry(0.4), OFFERS, "/a", "tok") is None
+    url = cloud_start_url(cloud_entry(0.6), OFFERS[1], "/hub/")
+    assert url == (
+        "/hub/spawn/carol?opt-profile=thinkube&opt-image=scipy&opt-cpu=2&opt-memory=4"
+        "&opt-where=cloud%3ASECURE%3ANVIDIA+RTX+A6000%3A1&opt-pricing=on-demand&opt-gpus=1"
+    )
 
 
 # -- where a request joining now would stand ---------------------------------------------------------

@@ -1,5 +1,6 @@
 """On a machine with NVIDIA GPUs (marker `gpu`; skipped elsewhere): two servers asking for
-one GPU each get different GPUs, and inside each, CUDA and nvidia-smi list only its own.
+one GPU each get different GPUs, and inside each, CUDA and nvidia-smi list only its own; a
+person who waits for a GPU held by another's server gets one when that server stops.
 
 What a server sees is recorded from inside it: its command starts with tests/local/probe.py,
 which runs nvidia-smi and the CUDA driver API in the server's own namespace, environment and
@@ -21,6 +22,7 @@ import pytest
 from hub_service.nvml import gpus_from_records, read_nvml
 from tests.local.hubproc import local_hub, option
 from tests.local.test_hub_command import form_fields, options_of
+from tests.utils import eventually
 
 GPUS = gpus_from_records(read_nvml()) if shutil.which("nvidia-smi") else []
 PROBE = Path(__file__).with_name("probe.py")
@@ -110,3 +112,56 @@ async def test_two_servers_get_different_gpus_and_see_only_their_own(tmp_path, s
             assert seen["cpus"] == allocation["cores"]
             assert seen["cuda"] == allocation["gpus"]
             assert listed_by_nvidia_smi(seen) == allocation["gpus"]
+
+
+async def test_a_person_waits_for_the_machines_gpus_and_gets_a_server_when_they_free(
+    tmp_path, shared
+):
+    """One machine (`thinkube hub`): alice's server holds every GPU; carol chooses to wait
+    for one in the form, the hub answers at once with her place in the queue, and her
+    server starts by itself, on a GPU of its own, when alice stops."""
+    async with local_hub(tmp_path / "hub", config=probing_config(shared)) as hub:
+        alice = await hub.login("alice")
+        html = await hub.form(alice)
+        where = next(
+            key
+            for key, enabled in options_of(html, "where").items()
+            if enabled and key.startswith("gpu:")
+        )
+        fields = {
+            **form_fields(html),
+            option("where"): where,
+            option("gpus"): str(len(GPUS)),
+            option("cpu"): "1",
+            option("memory"): "2",
+        }
+        await alice.post(urljoin(hub.url, "hub/spawn"), data={**fields, "_xsrf": hub.xsrf(alice)})
+        await hub.server(alice, "alice")
+
+        carol = await hub.login("carol")
+
+        async def full_form():
+            html = await hub.form(carol)
+            return html if f"wait:{where}" in options_of(html, "where") else None
+
+        html = await eventually(full_form, within=30, interval=0.5)
+        fields = {
+            **form_fields(html),
+            option("where"): f"wait:{where}",
+            option("gpus"): "1",
+            option("cpu"): "1",
+            option("memory"): "2",
+        }
+        answer = await carol.post(
+            urljoin(hub.url, "hub/spawn"),
+            data={**fields, "_xsrf": hub.xsrf(carol)},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303, answer.text[-1500:]
+        assert "/waiting/s-" in answer.headers["location"]
+
+        await hub.stop_server(alice, "alice")
+        await hub.server(carol, "carol")
+        allocation = await hub.allocation("carol")
+        assert len(allocation["gpus"]) == 1
+        assert seen_by(shared, "carol")["cuda"] == allocation["gpus"]
