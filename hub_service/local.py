@@ -40,6 +40,7 @@ from thinkube_core.allocation import allocation_in
 from thinkube_core.device_claims import Claim, DeviceClaims
 
 from .background import cancel_and_wait
+from .gpu_idle import GpuReading, gpu_label
 from .inventory import Inventory, Published, dumps, iso_now
 from .nodes import GPU_RESOURCE, summary_document
 from .nvml import gpus_from_records, read_nvml
@@ -515,6 +516,37 @@ class LocalInventory(Inventory):
                 raise
             except Exception as err:  # psutil or NVML broke in a new way: keep serving
                 self._set_error(f"refresh failed ({type(err).__name__}: {err})")
+
+    def server_gpus(self) -> list[dict] | None:
+        """The hub's servers that hold GPUs by UUID, with NVML's utilisation of each (None
+        for a GPU NVML does not show now: no driver, gone, or no reading)."""
+        by_uuid = {gpu["uuid"]: gpu for gpu in gpus_from_records(self._nvml)}
+        if not self._synced or self._error:
+            return None  # who holds what is not known now: nothing is decided meanwhile
+        found = []
+        for allocation in allocations_with_claims(self._allocations, self._claims):
+            if "job" in allocation or not allocation.get("gpus"):
+                continue
+            readings = []
+            for uuid in allocation["gpus"]:
+                gpu = by_uuid.get(uuid)
+                readings.append(
+                    GpuReading(
+                        key=uuid,
+                        label=gpu_label(gpu["index"], gpu["name"]) if gpu else uuid,
+                        utilization=None if gpu is None else gpu["utilization"],
+                    )
+                )
+            found.append(
+                {
+                    "user": allocation["user"],
+                    "server": allocation["server"],
+                    "node": self._host["hostname"] if self._host else "",
+                    "gpus": len(readings),
+                    "readings": readings,
+                }
+            )
+        return found
 
     # -- Inventory -----------------------------------------------------------------------
 
