@@ -33,6 +33,7 @@ from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
 from .cloud import Cloud
 from .gpu_culler import GpuIdleCuller, HubServerControl
 from .gpu_idle import IdlePolicy, PolicyError, policy_from_settings
+from .gpu_idle_handlers import gpu_idle_routes
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
 from .heap import keep_frozen
 from .inventory import Inventory
@@ -971,6 +972,7 @@ class ThinkubeService(Application):
                 *job_routes(self.service_prefix),
                 *upload_routes(self.service_prefix),
                 *waiting_routes(self.service_prefix),
+                *gpu_idle_routes(self.service_prefix),
                 *docs_routes(self.service_prefix),
             ],
             default_handler_class=NotFoundHandler,
