@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -149,16 +150,11 @@ class GpuIdleCuller:
         self.stop_servers = stop_servers
         self.on_stop = on_stop
         self.clock = clock
-        # a window as long as the longest idle time of any policy, and a little more
-        self.keep_seconds = (
-            max(
-                [
-                    default_policy.idle_seconds,
-                    *(p.idle_seconds for p in self.group_policies.values()),
-                ]
-            )
-            + 3 * interval_s
-        )
+        # a window as long as the longest idle time and grace of any policy, and a little
+        # more: the whole idle run of a server that is stopped is in it
+        policies = [default_policy, *self.group_policies.values()]
+        self.keep_seconds = max(p.idle_seconds + p.grace_seconds for p in policies) + 3 * interval_s
+        self.max_samples = math.ceil(self.keep_seconds / interval_s) + 10
         # a gap longer than this between samples breaks an idle run (the clock restarts)
         self.max_gap = 3 * interval_s
         self.servers: dict[ServerKey, ServerRecord] = {}
@@ -202,7 +198,9 @@ class GpuIdleCuller:
             listed.add(key)
             record = self.servers.get(key)
             if record is None:
-                record = self.servers[key] = ServerRecord(UsageWindow(self.keep_seconds))
+                record = self.servers[key] = ServerRecord(
+                    UsageWindow(self.keep_seconds, max_samples=self.max_samples)
+                )
             record.gpus, record.node = server["gpus"], server.get("node", "")
             record.window.add(now, server["readings"])
         for key in set(self.servers) - listed:

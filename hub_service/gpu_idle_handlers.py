@@ -35,8 +35,10 @@ class _ServerRoute:
     @property
     def culler(self) -> GpuIdleCuller:
         culler = self.service.gpu_idle
-        if culler is None:
-            raise web.HTTPError(503, "the GPU usage loop has not started yet")
+        if culler is None or culler.rounds == 0:
+            # not "holds no GPU" (404), which jupyterhub-idle-culler's hook reads as "its
+            # own rule decides": right after a start nothing is known yet
+            raise web.HTTPError(503, "the GPUs of servers are not sampled yet: ask again soon")
         return culler
 
     def allowed(self, user: str, scope: str) -> bool:
