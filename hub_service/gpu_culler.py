@@ -81,9 +81,9 @@ class HubServerControl:
             return kept[1]
         try:
             response = await self.client.get(self.api_url + f"users/{quote(name, safe='')}")
-        except httpx.HTTPError:
+            model = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
             return kept[1] if kept else None
-        model = response.json() if response.status_code == 200 else None
         self._users[name] = (time.monotonic(), model if isinstance(model, dict) else None)
         return self._users[name][1]
 
