@@ -16,6 +16,7 @@ The times are seconds here (idle 3 s, grace 3 s); the defaults are 2 h and 30 mi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -23,12 +24,19 @@ import time
 from urllib.parse import urljoin
 
 import httpx
+import jsonschema
 import pytest
 
 from tests.dcgm_exporter import DcgmExporter, ExporterGpu
 from tests.e2e.test_thinkube_spawner import A100, CLAIMS, claim, hub_config, pods, storage_class
 from tests.e2e.test_thinkube_spawner import wait_running as wait_ready_server
-from tests.hub_fixtures import ACCESS_SCOPE, IMAGE_WRITERS_ROLE, IMAGES_WRITE_SCOPE, SERVICE_NAME
+from tests.hub_fixtures import (
+    ACCESS_SCOPE,
+    IMAGE_WRITERS_ROLE,
+    IMAGES_WRITE_SCOPE,
+    REPO_ROOT,
+    SERVICE_NAME,
+)
 from tests.kubesim.generator import make_node
 from tests.kubesim.sim import free_port
 from tests.utils import eventually
@@ -40,6 +48,9 @@ WARNED = re.compile(
     r"^GPU \d \(A100\) at 1 % for the last \d+ s; this server stops at \d\d:\d\d UTC "
     r"unless you keep it$"
 )
+
+OPENAPI = json.loads((REPO_ROOT / "hub_service" / "openapi.json").read_text())
+USAGE_SCHEMA = OPENAPI["components"]["schemas"]["GpuUsage"]
 
 ROLES = [
     {"name": "user", "scopes": ["self", ACCESS_SCOPE]},
@@ -190,6 +201,8 @@ async def test_an_idle_gpu_server_is_warned_kept_then_stopped_a_busy_one_never(
         "idle_seconds": IDLE_S,
         "grace_seconds": GRACE_S,
     }
+    # the answer is what the OpenAPI document says (schemathesis sees only the 404s)
+    jsonschema.validate(warned, USAGE_SCHEMA)
     # someone else's server is not theirs to see
     assert (await bob.get("api/v1/servers/alice/gpu-usage")).status_code == 404
 
@@ -226,6 +239,7 @@ async def test_an_idle_gpu_server_is_warned_kept_then_stopped_a_busy_one_never(
     missing = await state(carol, "carol")
     assert missing["decision"]["state"] == "no-data" and missing["warned_at"] is None
     assert missing["decision"]["reason"].startswith("no GPU metrics")
+    jsonschema.validate(missing, USAGE_SCHEMA)
     carol_page = await (await hub.login("carol")).get("", headers={"Accept": "text/html"})
     assert "no GPU metrics" in carol_page.text and "Keep this server" not in carol_page.text
     assert not await server_gone(hub, "bob") and not await server_gone(hub, "carol")
