@@ -212,6 +212,7 @@ class GpuIdleCuller:
         if record is None:
             return
         user, server = key
+        kept_before = record.kept_at
         model = await self.hub.user(user)
         groups = (model or {}).get("groups") or []
         policy = policy_for(
@@ -230,6 +231,8 @@ class GpuIdleCuller:
             # idle GPUs: only now are the kernels asked (a request through the proxy)
             kernels = await self.hub.kernels(record.url)
             decision = decide(record.window.samples, policy, now, **arguments, kernels=kernels)
+        if record.kept_at != kept_before or self.servers.get(key) is not record:
+            return  # kept (or gone) while the hub was asked: this round's decision is stale
         self._apply(key, record, decision, now)
         if decision.state == STOP and self.stop_servers and not record.stopping:
             await self._stop(key, record, decision, now)
