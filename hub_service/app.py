@@ -31,6 +31,9 @@ from .availability import AvailabilityAnswers
 from .background import DaemonThreadPool, cancel_and_wait
 from .catalog import DEFAULT_IMAGES, Catalog, CatalogError
 from .cloud import Cloud
+from .gpu_culler import GpuIdleCuller, HubServerControl
+from .gpu_idle import IdlePolicy, PolicyError, policy_from_settings
+from .gpu_idle_handlers import gpu_idle_routes
 from .handlers import OPENAPI_PATH, NotFoundHandler, ReadyHandler, routes
 from .heap import keep_frozen
 from .inventory import Inventory
@@ -538,6 +541,71 @@ class ThinkubeService(Application):
         "0 there: no cap), e.g. `{'students': 1, 'staff': 8}`.",
     )
 
+    # -- idle GPUs given back (notebook servers only; jobs have their deadline) ------------
+
+    gpu_idle_enabled = Bool(
+        False,
+        config=True,
+        help="Stop notebook servers that hold GPUs they do not use, for everyone without a "
+        "gpu_idle_groups entry: a server whose GPUs all stayed below "
+        "gpu_idle_threshold_percent for gpu_idle_seconds, with no busy kernel, is warned, "
+        "then stopped after gpu_idle_grace_seconds unless its owner keeps it (docs/culling.md). "
+        "E.g. `True`.",
+    )
+    gpu_idle_threshold_percent = Float(
+        5.0,
+        config=True,
+        help="A GPU below this utilisation (percent) counts as idle, e.g. `5`.",
+    )
+    gpu_idle_seconds = Float(
+        2 * 3600.0,
+        config=True,
+        help="How long a server's GPUs must stay idle, without a gap in the metrics, before "
+        "it is warned, in seconds, e.g. `7200` (2 h).",
+    )
+    gpu_idle_grace_seconds = Float(
+        30 * 60.0,
+        config=True,
+        help="How long after the warning an idle server is stopped, unless its owner keeps "
+        "it or a GPU gets busy, in seconds, e.g. `1800` (30 min).",
+    )
+    gpu_idle_groups = Dict(
+        Dict(),
+        config=True,
+        help="The policy per hub group, over the defaults above: each entry may set "
+        "`enabled`, `threshold_percent`, `idle_seconds`, `grace_seconds`. A group with "
+        "`enabled: False` exempts its members; a person in several groups gets the most "
+        "lenient. E.g. `{'students': {'enabled': True, 'idle_seconds': 3600}, "
+        "'staff': {'enabled': False}}`.",
+    )
+    gpu_idle_interval_seconds = Float(
+        30.0,
+        config=True,
+        help="Seconds between samples of each server's GPU utilisation (and decisions); a "
+        "gap of three intervals without metrics restarts a server's idle clock. E.g. `30`.",
+    )
+    gpu_idle_stopped_by = Enum(
+        ["service", "jupyterhub-idle-culler"],
+        "service",
+        config=True,
+        help="Who stops a server whose grace period is over: `service` (this service, "
+        "through the hub's API) or `jupyterhub-idle-culler` (its cull_arbiter_hook "
+        "thinkube_core.idle_culler_hook.gpu_cull_arbiter asks this service; the service "
+        "still samples and warns). E.g. `jupyterhub-idle-culler`.",
+    )
+    gpu_idle_proxy_url = Unicode(
+        config=True,
+        help="Where this service reaches notebook servers through the hub's proxy, to see "
+        "whether a kernel is busy (`GET /user/<name>/api/kernels`, with the scope "
+        "access:servers); empty: kernels cannot be read and no server is warned. Default: "
+        "the origin of JUPYTERHUB_PUBLIC_URL. E.g. `http://proxy-public`.",
+    )
+
+    @default("gpu_idle_proxy_url")
+    def _default_gpu_idle_proxy_url(self) -> str:
+        public = urlparse(os.environ.get("JUPYTERHUB_PUBLIC_URL", ""))
+        return f"{public.scheme}://{public.netloc}" if public.scheme and public.netloc else ""
+
     page_rows = Integer(
         50,
         config=True,
@@ -594,6 +662,27 @@ class ThinkubeService(Application):
     cloud = Instance(Cloud, allow_none=True)
     # The GPU job queue (None with jobs_enabled off).
     jobs = Instance(JobQueue, allow_none=True)
+    # Idle GPUs given back: the servers' GPU history and the policy's loop.
+    gpu_idle = Instance(GpuIdleCuller, allow_none=True)
+
+    def gpu_idle_policies(self) -> tuple[IdlePolicy, dict[str, IdlePolicy]]:
+        """The default policy and each group's, checked (ServiceConfigError if not)."""
+        try:
+            default = IdlePolicy(
+                enabled=self.gpu_idle_enabled,
+                threshold_percent=self.gpu_idle_threshold_percent,
+                idle_seconds=self.gpu_idle_seconds,
+                grace_seconds=self.gpu_idle_grace_seconds,
+            ).checked()
+            groups = {
+                str(group): policy_from_settings(default, settings, f"gpu_idle_groups[{group!r}]")
+                for group, settings in self.gpu_idle_groups.items()
+            }
+        except PolicyError as err:
+            raise ServiceConfigError(f"GPU idle policy: {err}") from None
+        if self.gpu_idle_interval_seconds <= 0:
+            raise ServiceConfigError("gpu_idle_interval_seconds must be more than 0")
+        return default, groups
 
     @property
     def job_limits(self) -> JobLimits:
@@ -653,6 +742,7 @@ class ThinkubeService(Application):
         self._cloud_kept: tuple[tuple, bytes] | None = None
         self.availability_answers = AvailabilityAnswers()
         self.openapi_bytes = OPENAPI_PATH.read_bytes()
+        self._gpu_idle_policies = self.gpu_idle_policies()  # a bad policy stops the start here
         self._setup_metrics()
 
     def _init_logging(self) -> None:
@@ -722,6 +812,21 @@ class ThinkubeService(Application):
         self.requests_total = Counter(
             "thinkube_requests", "Requests served", ["handler"], registry=self.registry
         )
+        self.gpu_servers_culled = Counter(
+            "thinkube_gpu_servers_culled",
+            "Notebook servers stopped because their GPUs stayed idle",
+            registry=self.registry,
+        )
+        self.gpu_hours_reclaimed = Counter(
+            "thinkube_gpu_hours_reclaimed",
+            "GPU-hours the stopped idle servers had held idle (GPUs x idle time), given back",
+            registry=self.registry,
+        )
+        self.gpu_servers_warned = Gauge(
+            "thinkube_gpu_servers_warned",
+            "Notebook servers warned now that they stop unless kept",
+            registry=self.registry,
+        )
 
     def observe_request(self, handler: web.RequestHandler, seconds: float) -> None:
         name = type(handler).__name__
@@ -739,6 +844,8 @@ class ThinkubeService(Application):
         self.inventory_age.set(max(0.0, time.time() - since) if since is not None else 0)
         self.inventory_stale.set(1 if since is not None else 0)
         self.inventory_ready.set(1 if inventory.ready else 0)
+        if self.gpu_idle is not None:
+            self.gpu_servers_warned.set(self.gpu_idle.warned_count())
         self.node_count.set(published.node_count)
         self.pod_count.set(published.pod_count)
         for kind, count in (stats.get("skipped") or {}).items():
@@ -834,6 +941,30 @@ class ThinkubeService(Application):
             f"unknown inventory {self.inventory!r}: this version serves 'kubernetes' and 'local'"
         )
 
+    def make_gpu_idle(self) -> GpuIdleCuller:
+        default, groups = self._gpu_idle_policies
+        culler = GpuIdleCuller(
+            self.source,
+            HubServerControl(
+                self.hub_auth.api_url, self.hub_auth.api_token, proxy_url=self.gpu_idle_proxy_url
+            ),
+            default_policy=default,
+            group_policies=groups,
+            interval_s=self.gpu_idle_interval_seconds,
+            stop_servers=self.gpu_idle_stopped_by == "service",
+            on_stop=self._count_culled,
+        )
+        if culler.any_policy_on and not self.gpu_idle_proxy_url:
+            self.log.warning(
+                "GPU idle policy on, but gpu_idle_proxy_url is empty: kernels cannot be read, "
+                "so no server is warned or stopped"
+            )
+        return culler
+
+    def _count_culled(self, key, decision, gpus: int, idle_seconds: float) -> None:
+        self.gpu_servers_culled.inc()
+        self.gpu_hours_reclaimed.inc(gpus * idle_seconds / 3600.0)
+
     def make_app(self) -> web.Application:
         return web.Application(
             [
@@ -842,6 +973,7 @@ class ThinkubeService(Application):
                 *job_routes(self.service_prefix),
                 *upload_routes(self.service_prefix),
                 *waiting_routes(self.service_prefix),
+                *gpu_idle_routes(self.service_prefix),
                 *docs_routes(self.service_prefix),
             ],
             default_handler_class=NotFoundHandler,
@@ -918,6 +1050,8 @@ class ThinkubeService(Application):
         if self.jobs_enabled:
             self.jobs = make_job_queue(self)
             await self.jobs.start()
+        self.gpu_idle = self.make_gpu_idle()
+        self.gpu_idle.start()
         self._heap_task = asyncio.create_task(
             keep_frozen(
                 lambda: self.source.ready,
@@ -943,7 +1077,9 @@ class ThinkubeService(Application):
             server.stop()
         await cancel_and_wait(self._heap_task)
         parts = [
-            part.stop() for part in (self.hub_watch, self.jobs, self.source) if part is not None
+            part.stop()
+            for part in (self.hub_watch, self.gpu_idle, self.jobs, self.source)
+            if part is not None
         ]
         if self.cloud is not None:
             parts.append(self.cloud.aclose())

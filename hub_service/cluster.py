@@ -22,6 +22,7 @@ import time
 from kubernetes_asyncio import client, config
 
 from .dcgm import DcgmMetrics, DcgmScraper
+from .gpu_idle import GpuReading, gpu_label
 from .inventory import Inventory, Published, dumps, iso_now
 from .kube import ResourceWatcher, describe_error
 from .nodes import summary_document
@@ -146,6 +147,49 @@ class KubernetesInventory(Inventory):
             await self.dcgm.stop()
         if self._api is not None:
             await self._api.close()
+
+    def server_gpus(self) -> list[dict] | None:
+        """Notebook servers' pods holding GPUs, with what the DCGM exporters (run with
+        Kubernetes mapping, which labels each GPU's samples with the pod using it) say of
+        each; no answering exporter, or none naming the pod: no readings."""
+        if not self.ready:
+            return None  # who holds what may be out of date: nothing is decided meanwhile
+        usage = self.dcgm.fresh_pod_usage() if self.dcgm is not None else {}
+        found = []
+        for summary in self.state.server_pods.values():
+            if not summary.node_name or summary.phase != "Running" or summary.terminating:
+                continue
+            count = sum(
+                int(amount)
+                for name, amount in summary.requests.items()
+                if name.startswith("nvidia.com/")
+            )
+            if not count or summary.server_user is None:
+                continue
+            entries = usage.get((summary.namespace, summary.name), [])
+            readings = [
+                GpuReading(
+                    key=entry["key"],
+                    label=gpu_label(entry["gpu"], entry["model"], entry["instance"]),
+                    utilization=entry["utilization"],
+                )
+                for entry in entries
+            ]
+            # a GPU of the pod that no sample names is a GPU without data
+            readings += [
+                GpuReading(key=f"{summary.name}/missing-{n}", label="a GPU", utilization=None)
+                for n in range(count - len(readings))
+            ]
+            found.append(
+                {
+                    "user": summary.server_user,
+                    "server": summary.server_name or "",
+                    "node": summary.node_name,
+                    "gpus": count,
+                    "readings": readings,
+                }
+            )
+        return found
 
     # -- health ------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ __all__ = [
     "metrics_for_node",
     "parse_dcgm",
     "parse_dcgm_counted",
+    "parse_dcgm_with_pods",
 ]
 
 GpuMetrics = dict[str, Any]
@@ -62,6 +63,8 @@ FIELD_BY_METRIC = {
     "DCGM_FI_DEV_GPU_UTIL": "utilization",
     "DCGM_FI_DEV_FB_USED": "memory_used_mib",
     "DCGM_FI_DEV_FB_FREE": "memory_free_mib",
+    # 0..1; on MIG the only utilisation a GPU instance has (profiling metrics, DCGM >= 2.1)
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "engine_active",
 }
 # DCGM marks missing values with sentinels: int64 blanks start at 0x7ffffffffffffff0 and the
 # float64 blank is 2**47. No utilization or MiB value comes near either.
@@ -82,6 +85,8 @@ class _GpuSamples:
     # field name -> {GPU instance id ("" for the whole GPU): value}
     values: dict[str, dict[str, float]] = field(default_factory=dict)
     pods: list[dict[str, str]] = field(default_factory=list)
+    # (namespace, pod) -> GPU instance id -> field -> value: what each pod's own samples say
+    pod_values: dict[tuple[str, str], dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def add(self, metric_field: str, labels: dict[str, str], value: float) -> None:
         self.uuid = self.uuid or labels.get("UUID", "")
@@ -91,6 +96,32 @@ class _GpuSamples:
         pod = {key: _first_label(labels, names) for key, names in _POD_LABELS.items()}
         if pod["pod"] and pod not in self.pods:
             self.pods.append(pod)
+        if pod["pod"]:
+            by_instance = self.pod_values.setdefault((pod["namespace"], pod["pod"]), {})
+            by_instance.setdefault(instance, {})[metric_field] = value
+
+    def pod_usage(self, hostname: str, gpu_index: int) -> dict[tuple[str, str], list[dict]]:
+        """Each pod's utilisation of this GPU (of its MIG instance on MIG), in percent:
+        DCGM_FI_DEV_GPU_UTIL of a whole GPU, else 100 x DCGM_FI_PROF_GR_ENGINE_ACTIVE;
+        None when its samples carry neither."""
+        usage: dict[tuple[str, str], list[dict]] = {}
+        for pod, by_instance in self.pod_values.items():
+            for instance, fields in sorted(by_instance.items()):
+                utilization = fields.get("utilization") if instance == _WHOLE_GPU else None
+                if utilization is None and "engine_active" in fields:
+                    utilization = round(100.0 * min(1.0, fields["engine_active"]), 2)
+                usage.setdefault(pod, []).append(
+                    {
+                        "key": (self.uuid or f"{hostname}/{gpu_index}")
+                        + (f"/{instance}" if instance else ""),
+                        "hostname": hostname,
+                        "gpu": gpu_index,
+                        "instance": instance,
+                        "model": self.model,
+                        "utilization": utilization,
+                    }
+                )
+        return usage
 
     def _combined(self, metric_field: str, *, average: bool) -> float | None:
         by_instance = self.values.get(metric_field)
@@ -129,6 +160,9 @@ def _parse_sample(line: str) -> tuple[dict[str, str], float] | None:
         return None
 
 
+PodUsage = dict[tuple[str, str], list[dict]]
+
+
 def parse_dcgm_counted(text: str) -> tuple[DcgmMetrics, int]:
     """Parse DCGM exporter output; also return how many samples were skipped.
 
@@ -137,6 +171,15 @@ def parse_dcgm_counted(text: str) -> tuple[DcgmMetrics, int]:
     hostname label. Lines of other metrics, comments and blank lines are ignored, not counted.
     Each line is parsed on its own, so one bad line never hides the rest.
     """
+    metrics, skipped, _ = parse_dcgm_with_pods(text)
+    return metrics, skipped
+
+
+def parse_dcgm_with_pods(text: str) -> tuple[DcgmMetrics, int, PodUsage]:
+    """:func:`parse_dcgm_counted`, and each pod's GPUs with their utilisation (exporters
+    run with Kubernetes mapping label a GPU's, or a MIG instance's, samples with the pod
+    using it): ``{(namespace, pod): [{"key", "hostname", "gpu", "instance", "model",
+    "utilization"}]}``."""
     gpus: dict[tuple[str, int], _GpuSamples] = {}
     skipped = 0
     for raw_line in text.splitlines():
@@ -159,9 +202,12 @@ def parse_dcgm_counted(text: str) -> tuple[DcgmMetrics, int]:
         gpus.setdefault((hostname, int(gpu_index)), _GpuSamples()).add(metric_field, labels, value)
 
     metrics: DcgmMetrics = {}
+    pods: PodUsage = {}
     for (hostname, gpu_index), samples in sorted(gpus.items()):
         metrics.setdefault(hostname, {})[gpu_index] = samples.result()
-    return metrics, skipped
+        for pod, entries in samples.pod_usage(hostname, gpu_index).items():
+            pods.setdefault(pod, []).extend(entries)
+    return metrics, skipped, pods
 
 
 def parse_dcgm(text: str) -> DcgmMetrics:
@@ -222,6 +268,7 @@ class _Endpoint:
     since: str | None = None  # iso8601 of the first failure of the current streak
     error: str | None = None
     metrics: DcgmMetrics = field(default_factory=dict)
+    pods: PodUsage = field(default_factory=dict)
     metrics_at: float | None = None  # time.monotonic() of the last good data
 
     def details(self) -> dict[str, Any]:
@@ -264,6 +311,9 @@ class DcgmScraper:
         self.log = log or logging.getLogger(__name__)
         self.on_update = on_update
         self.metrics: DcgmMetrics = {}
+        # (namespace, pod) -> the GPUs its samples name, with utilisation (see
+        # parse_dcgm_with_pods); empty without the exporters' Kubernetes mapping
+        self.pod_usage: PodUsage = {}
         self._endpoints = [_Endpoint(url) for url in dict.fromkeys(endpoints)]
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
@@ -304,7 +354,7 @@ class DcgmScraper:
 
     async def _scrape(self, endpoint: _Endpoint) -> None:
         try:
-            metrics = await self._fetch(endpoint.url)
+            metrics, pods = await self._fetch(endpoint.url)
         except _ScrapeFailed as failure:
             self._mark_unreachable(endpoint, str(failure))
         except Exception as exc:  # never let one endpoint break the round
@@ -319,8 +369,9 @@ class DcgmScraper:
             endpoint.status, endpoint.since, endpoint.error = "ok", None, None
             endpoint.last_scrape = _now_iso()
             endpoint.metrics, endpoint.metrics_at = metrics, time.monotonic()
+            endpoint.pods = pods
 
-    async def _fetch(self, url: str) -> DcgmMetrics:
+    async def _fetch(self, url: str) -> tuple[DcgmMetrics, PodUsage]:
         assert self._client is not None
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -333,12 +384,12 @@ class DcgmScraper:
             raise _ScrapeFailed(f"{type(exc).__name__}: {exc}"[:200]) from exc
         if response.status_code != 200:
             raise _ScrapeFailed(f"HTTP {response.status_code}")
-        metrics, skipped = parse_dcgm_counted(response.text)
+        metrics, skipped, pods = parse_dcgm_with_pods(response.text)
         if not metrics:
             raise _ScrapeFailed(f"no DCGM GPU metrics in response ({skipped} bad samples)")
         if skipped:
             self.log.debug("DCGM endpoint %s: skipped %d bad samples", url, skipped)
-        return metrics
+        return metrics, pods
 
     def _mark_unreachable(self, endpoint: _Endpoint, reason: str) -> None:
         if endpoint.status != "unreachable":
@@ -350,6 +401,7 @@ class DcgmScraper:
 
     def _merge(self) -> DcgmMetrics:
         merged: DcgmMetrics = {}
+        pods: PodUsage = {}
         now = time.monotonic()
         for endpoint in self._endpoints:
             if endpoint.metrics_at is not None and now - endpoint.metrics_at > self.stale_after_s:
@@ -358,9 +410,12 @@ class DcgmScraper:
                     endpoint.url,
                     endpoint.last_scrape,
                 )
-                endpoint.metrics, endpoint.metrics_at = {}, None
+                endpoint.metrics, endpoint.metrics_at, endpoint.pods = {}, None, {}
             for hostname, gpus in endpoint.metrics.items():
                 merged.setdefault(hostname, {}).update(gpus)
+            for pod, entries in endpoint.pods.items():
+                pods.setdefault(pod, []).extend(entries)
+        self.pod_usage = pods
         return merged
 
     async def _notify(self, metrics: DcgmMetrics) -> None:
@@ -375,6 +430,16 @@ class DcgmScraper:
             self._on_update_failing = True
         else:
             self._on_update_failing = False
+
+    def fresh_pod_usage(self) -> PodUsage:
+        """:attr:`pod_usage` of the endpoints whose last scrape succeeded only: what decides
+        whether a GPU is idle never comes from an exporter that stopped answering."""
+        pods: PodUsage = {}
+        for endpoint in self._endpoints:
+            if endpoint.status == "ok":
+                for pod, entries in endpoint.pods.items():
+                    pods.setdefault(pod, []).extend(entries)
+        return pods
 
     def metrics_status(self) -> dict[str, Any]:
         """Overall state: off | pending | ok | partial | unreachable (with ``since``).

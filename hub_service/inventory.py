@@ -91,3 +91,10 @@ class Inventory:
 
     def stats(self) -> dict:
         return {}
+
+    def server_gpus(self) -> list[dict] | None:
+        """Notebook servers holding GPUs now, each with its GPUs' utilisation as the live
+        metrics give it: ``user``, ``server`` (its name, "" for the default one), ``gpus``
+        (how many it holds) and ``readings`` (:class:`~hub_service.gpu_idle.GpuReading`,
+        utilisation None where no metric says). None: this inventory cannot tell."""
+        return None

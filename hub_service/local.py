@@ -40,6 +40,7 @@ from thinkube_core.allocation import allocation_in
 from thinkube_core.device_claims import Claim, DeviceClaims
 
 from .background import cancel_and_wait
+from .gpu_idle import GpuReading, gpu_label
 from .inventory import Inventory, Published, dumps, iso_now
 from .nodes import GPU_RESOURCE, summary_document
 from .nvml import gpus_from_records, read_nvml
@@ -52,6 +53,7 @@ __all__ = [
     "allocations_with_claims",
     "host_snapshot",
     "machine_document",
+    "server_gpus_from",
 ]
 
 GIB = 1024**3
@@ -193,6 +195,40 @@ def allocations_with_claims(allocations: list[dict], claims: Iterable[Claim]) ->
             }
         )
     return merged
+
+
+def server_gpus_from(
+    allocations: list[dict], claims: Iterable[Claim], nvml: Mapping[str, Any], hostname: str
+) -> list[dict]:
+    """The hub's servers that hold GPUs by UUID (as the inventory's allocations and the
+    claims say), with NVML's utilisation of each, as `Inventory.server_gpus` answers. A GPU
+    NVML does not show now (no driver, gone, no reading) has utilisation None. Jobs are left
+    out: they have their deadline."""
+    by_uuid = {gpu["uuid"]: gpu for gpu in gpus_from_records(dict(nvml))}
+    found = []
+    for allocation in allocations_with_claims(allocations, claims):
+        if "job" in allocation or not allocation.get("gpus"):
+            continue
+        readings = []
+        for uuid in allocation["gpus"]:
+            gpu = by_uuid.get(uuid)
+            readings.append(
+                GpuReading(
+                    key=uuid,
+                    label=gpu_label(gpu["index"], gpu["name"]) if gpu else uuid,
+                    utilization=None if gpu is None else gpu["utilization"],
+                )
+            )
+        found.append(
+            {
+                "user": allocation["user"],
+                "server": allocation["server"],
+                "node": hostname,
+                "gpus": len(readings),
+                "readings": readings,
+            }
+        )
+    return found
 
 
 # --- the node document ----------------------------------------------------------------------
@@ -515,6 +551,12 @@ class LocalInventory(Inventory):
                 raise
             except Exception as err:  # psutil or NVML broke in a new way: keep serving
                 self._set_error(f"refresh failed ({type(err).__name__}: {err})")
+
+    def server_gpus(self) -> list[dict] | None:
+        if not self._synced or self._error:
+            return None  # who holds what is not known now: nothing is decided meanwhile
+        hostname = self._host["hostname"] if self._host else ""
+        return server_gpus_from(self._allocations, self._claims, self._nvml, hostname)
 
     # -- Inventory -----------------------------------------------------------------------
 

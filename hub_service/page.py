@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from jupyterhub.utils import url_path_join
 from tornado import web
@@ -529,6 +529,40 @@ def jobs_view(
     }
 
 
+GPU_STATE_WORDS = {
+    "off": "not reclaimed when idle",
+    "no-data": "no GPU metrics",
+    "active": "in use",
+    "kernel-busy": "GPUs idle, a kernel busy",
+    "kernels-unknown": "GPUs idle, kernels unknown",
+    "warned": "idle: stops unless kept",
+    "stop": "idle: stopping",
+}
+
+
+def _utilization_text(value: float | None) -> str:
+    return "no metric" if value is None else f"{value:.0f} %"
+
+
+def gpu_server_view(usage: Mapping[str, Any], prefix: str) -> dict:
+    """One of the person's GPU servers as the page shows it (a whole-minute reason, so the
+    page's version changes by the minute at most)."""
+    decision = usage["decision"]
+    latest = usage["history"][-1]["gpus"] if usage["history"] else []
+    path = "/".join(quote(part, safe="") for part in (usage["user"], usage["server"]) if part)
+    return {
+        "name": usage["server"] or "default server",
+        "state": decision["state"],
+        "state_text": GPU_STATE_WORDS.get(decision["state"], decision["state"]),
+        "warned": decision["state"] in ("warned", "stop"),
+        "reason": decision["reason"],
+        "now": ", ".join(f"{g['gpu']}: {_utilization_text(g['utilization'])}" for g in latest)
+        or "no GPU metrics",
+        "keep": url_path_join(prefix, "servers", path, "keep"),
+        "api": url_path_join(prefix, "api/v1/servers", path, "gpu-usage"),
+    }
+
+
 def page_view(
     *,
     nodes: list[dict],
@@ -546,6 +580,7 @@ def page_view(
     etag: str = "",
     now: float | None = None,
     jobs: dict | None = None,
+    gpu_servers: list[dict] | None = None,
 ) -> dict:
     """Everything the template shows, from the published documents (as parsed JSON), the
     freshness fields, the cloud offers' state (None: no cloud part) and the query."""
@@ -592,6 +627,7 @@ def page_view(
         "pager": pager,
         "cloud": cloud_view,
         "jobs": jobs,
+        "gpu_servers": gpu_servers or [],
         "links": links,
     }
 
@@ -690,8 +726,10 @@ class PageHandler(RootHandler):
             cloud.pop("age_seconds", None)  # it changes with time; fetched_at says the same
         user = (self.current_user or {}).get("name")
         jobs = await self.jobs_part(user)
+        gpu_servers = self.gpu_part(user)
         etag = page_etag(
             [
+                gpu_servers,
                 json.dumps(jobs, sort_keys=True),
                 source.published.content_digest,
                 fresh["stale"],
@@ -725,8 +763,19 @@ class PageHandler(RootHandler):
             xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes) else "",
             etag=etag,
             jobs=jobs,
+            gpu_servers=gpu_servers,
         )
         self.send_html(render_page(view))
+
+    def gpu_part(self, user: str | None) -> list[dict]:
+        """The person's servers that hold GPUs: utilisation, the decision and its reason,
+        and where their Keep button posts."""
+        culler = self.service.gpu_idle
+        if culler is None or user is None:
+            return []
+        return [
+            gpu_server_view(usage, self.service.service_prefix) for _, usage in culler.of_user(user)
+        ]
 
     async def jobs_part(self, user: str | None) -> dict | None:
         """The queue's head and the person's own jobs (None with jobs off)."""

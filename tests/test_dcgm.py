@@ -10,7 +10,13 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from hub_service.dcgm import DcgmScraper, metrics_for_node, parse_dcgm, parse_dcgm_counted
+from hub_service.dcgm import (
+    DcgmScraper,
+    metrics_for_node,
+    parse_dcgm,
+    parse_dcgm_counted,
+    parse_dcgm_with_pods,
+)
 
 LABELS_01 = (
     'pci_bus_id="00000000:{bus}:00.0",device="nvidia{gpu}",modelName="NVIDIA A100-SXM4-80GB",'
@@ -164,6 +170,42 @@ def test_parse_mig_instances_add_up() -> None:
     )
     gpu = parse_dcgm(text)["mig-node"][0]
     assert (gpu["memory_used_mib"], gpu["memory_free_mib"]) == (4000.0, 78000.0)
+
+
+def test_each_pods_gpus_and_their_utilisation() -> None:
+    """With Kubernetes mapping each GPU's samples name the pod using it: the idle-GPU loop
+    reads a notebook server's GPUs from them. GPU_UTIL for a whole GPU; on MIG, where an
+    instance has no GPU_UTIL, 100 x GR_ENGINE_ACTIVE of that instance."""
+    _, _, pods = parse_dcgm_with_pods(NODE_01 + NODE_02)
+    assert pods[("jupyterhub", "jupyter-alice")] == [
+        {
+            "key": "GPU-5d8f3c1e-0b6a-4e07-9c1f-2a7d9b3e4f10",
+            "hostname": "gpu-node-01",
+            "gpu": 0,
+            "instance": "",
+            "model": "NVIDIA A100-SXM4-80GB",
+            "utilization": 87.0,
+        }
+    ]
+    # a time-sliced GPU: each pod sees the GPU's utilisation
+    assert [e["utilization"] for e in pods[("ns", "jupyter-bob")]] == [40.0]
+    assert [e["utilization"] for e in pods[("ns", "jupyter-carol")]] == [40.0]
+    assert len(pods) == 3  # GPUs no pod uses are nobody's
+    base = 'gpu="0",UUID="GPU-h",Hostname="mig-node",modelName="NVIDIA H100 80GB HBM3"'
+    mig = "\n".join(
+        [
+            f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{base},GPU_I_ID="1",namespace="hub",pod="jupyter-dan"}} 0.012',
+            f'DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{base},GPU_I_ID="2",namespace="hub",pod="jupyter-eve"}} 0.93',
+            f'DCGM_FI_DEV_FB_USED{{{base},GPU_I_ID="3",namespace="hub",pod="jupyter-fay"}} 10',
+        ]
+    )
+    _, _, pods = parse_dcgm_with_pods(mig)
+    assert [(e["key"], e["instance"], e["utilization"]) for e in pods[("hub", "jupyter-dan")]] == [
+        ("GPU-h/1", "1", 1.2)
+    ]
+    assert pods[("hub", "jupyter-eve")][0]["utilization"] == 93.0
+    # a pod whose samples carry no utilisation has its GPU, without data
+    assert pods[("hub", "jupyter-fay")][0]["utilization"] is None
 
 
 def test_metrics_for_node() -> None:

@@ -83,6 +83,7 @@ class PodSummary:
     # when it was created (epoch seconds), for the queue's estimates of when GPUs free.
     server_user: str | None = None
     created_at: float | None = None
+    server_name: str | None = None  # the server's name ("" for the default server)
 
     @property
     def counts_on_node(self) -> bool:
@@ -234,6 +235,7 @@ def summarize_pod(pod: dict) -> PodSummary:
 
 SERVER_COMPONENT = "singleuser-server"
 USERNAME_KEY = "hub.jupyter.org/username"
+SERVERNAME_KEY = "hub.jupyter.org/servername"
 
 
 def _server_of(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,7 +257,15 @@ def _server_of(metadata: Mapping[str, Any]) -> dict[str, Any]:
         )
     except ValueError:
         created_at = None
-    return {"server_user": user if isinstance(user, str) else None, "created_at": created_at}
+    # kubespawner's annotation holds the name as it is; its label, escaped, is the fallback
+    server_name = (
+        annotations.get(SERVERNAME_KEY) if isinstance(annotations, Mapping) else None
+    ) or labels.get(SERVERNAME_KEY, "")
+    return {
+        "server_user": user if isinstance(user, str) else None,
+        "created_at": created_at,
+        "server_name": server_name if isinstance(server_name, str) else "",
+    }
 
 
 def _job_id(metadata: Mapping[str, Any]) -> str | None:

@@ -106,12 +106,16 @@ seed = [
         "metadata": {"training": can_train(python)},
     }
 ]
+_proxy_host = settings["ip"] if settings["ip"] not in ("", "0.0.0.0", "::") else "127.0.0.1"
+proxy_for_service = f"{scheme}://{_proxy_host}:{settings['port']}"
 service_config = data / "service_config.py"
 service_config.write_text(
     "c = get_config()  # noqa: F821\n"
     "c.ThinkubeService.inventory = 'local'\n"
     f"c.ThinkubeService.db_url = {('sqlite:///' + str(data / 'catalog.sqlite'))!r}\n"
     f"c.ThinkubeService.seed_images = {seed!r}\n"
+    # idle GPUs given back: kernels are read through the hub's own proxy
+    f"c.ThinkubeService.gpu_idle_proxy_url = {proxy_for_service!r}\n"
 )
 c.JupyterHub.services = [
     {
@@ -151,6 +155,10 @@ c.JupyterHub.load_roles = [
             "read:servers",
             "admin:server_state",
             "servers",
+            # idle GPUs given back (docs/culling.md): the owners' groups pick the policy,
+            # and whether a kernel is busy is read from the server itself
+            "read:users:groups",
+            "access:servers",
         ],
         "services": [SERVICE],
     },

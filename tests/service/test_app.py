@@ -122,3 +122,31 @@ def test_a_token_cache_of_0_is_refused_not_read_as_forever(tmp_path):
     assert result.returncode == 1
     assert "token_cache_seconds must be at least 1 (it is 0)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_idle_gpu_policy_is_a_clear_error(tmp_path):
+    config = tmp_path / "service_config.py"
+    config.write_text(
+        "c.ThinkubeService.gpu_idle_groups = {'students': {'enabled': True, 'idle': 3600}}\n"
+    )
+    result = run_service(
+        "--config",
+        str(config),
+        "--db-url",
+        f"sqlite:///{tmp_path / 'c.sqlite'}",
+        env={"JUPYTERHUB_API_TOKEN": "not-a-real-token"},
+    )
+    assert result.returncode == 1
+    assert (
+        "GPU idle policy: gpu_idle_groups['students']: unknown setting 'idle' (known: enabled, "
+        "threshold_percent, idle_seconds, grace_seconds)"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_service(
+        "--ThinkubeService.gpu_idle_threshold_percent=120",
+        "--db-url",
+        f"sqlite:///{tmp_path / 'c.sqlite'}",
+        env={"JUPYTERHUB_API_TOKEN": "not-a-real-token"},
+    )
+    assert result.returncode == 1
+    assert "threshold_percent is a percentage, 0 to 100 (it is 120.0)" in result.stderr

@@ -25,6 +25,7 @@ from hub_service.page import (
     bar,
     bytes_pair_text,
     duration_text,
+    gpu_server_view,
     page_view,
     parse_query,
     render_page,
@@ -458,3 +459,43 @@ def test_the_inline_style_and_script_are_the_ones_the_policy_allows():
         assert f"{directive} 'sha256-{digest}';" in CONTENT_SECURITY_POLICY
     assert "default-src 'none'" in CONTENT_SECURITY_POLICY
     assert "connect-src 'self'" in CONTENT_SECURITY_POLICY
+
+
+def test_a_warned_gpu_server_shows_why_and_a_keep_button_others_do_not():
+    def usage(server: str, state: str, reason: str, utilization) -> dict:
+        return {
+            "user": "alice",
+            "server": server,
+            "decision": {"state": state, "reason": reason},
+            "history": [{"at": "x", "gpus": [{"gpu": "GPU 0 (A100)", "utilization": utilization}]}],
+        }
+
+    prefix = "/services/thinkube-resources/"
+    warned = gpu_server_view(
+        usage(
+            "",
+            "warned",
+            "GPU 0 (A100) at 0–2 % for the last 2 h 10 min; this server stops at 15:40 UTC "
+            "unless you keep it",
+            1.0,
+        ),
+        prefix,
+    )
+    unknown = gpu_server_view(
+        usage("big <b>one</b>", "no-data", "no GPU metrics: nothing is decided", None), prefix
+    )
+    assert warned["keep"] == "/services/thinkube-resources/servers/alice/keep"
+    assert (
+        unknown["keep"]
+        == "/services/thinkube-resources/servers/alice/big%20%3Cb%3Eone%3C%2Fb%3E/keep"
+    )
+    page = render([], gpu_servers=[warned, unknown], xsrf="x5rf")
+    section = page.split('<section id="gpu-servers"', 1)[1].split("</section>", 1)[0]
+    assert "this server stops at 15:40 UTC unless you keep it" in section
+    assert "idle: stops unless kept" in section and "now GPU 0 (A100): 1 %" in section
+    assert section.count("Keep this server") == 1  # only the warned one
+    assert f'action="{warned["keep"]}"' in section and 'value="x5rf"' in section
+    assert "no GPU metrics" in section and "GPU 0 (A100): no metric" in section
+    assert "<b>one</b>" not in section and "big &lt;b&gt;one&lt;/b&gt;" in section
+    # nobody's GPU servers: the section is there, hidden, for the refresh to fill
+    assert '<section id="gpu-servers" data-live hidden>' in render([])
