@@ -173,13 +173,14 @@ async def test_an_idle_gpu_server_is_warned_kept_then_stopped_a_busy_one_never(
     hub = await start_hub(hub_with_service, sim, exporter)
     for user in ("alice", "bob", "carol"):
         await start_server(hub, user, gpus=1)
+    # taken before her GPU reads idle: a lower bound of when the service's clock started
+    idle_started = time.monotonic()
     await map_gpu(sim, exporter, "alice", 1)  # idle
     await map_gpu(sim, exporter, "bob", 90)  # training
     await map_gpu(sim, exporter, "carol", None)  # no utilisation metric for her GPU
     alice = hub.client(hub.token("alice"))
     bob = hub.client(hub.token("bob"))
     carol = hub.client(hub.token("carol"))
-    idle_started = time.monotonic()
 
     async def state(client, user: str, wanted: str | None = None):
         response = await client.get(f"api/v1/servers/{user}/gpu-usage")
@@ -212,12 +213,12 @@ async def test_an_idle_gpu_server_is_warned_kept_then_stopped_a_busy_one_never(
     assert page.status_code == 200
     assert "Keep this server" in page.text and "stops at" in page.text
     xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+    kept_at = time.monotonic()  # before the press: the service's keep comes after it
     kept = await browser.post("servers/alice/keep", data={"_xsrf": xsrf})
     assert kept.status_code == 303, kept.text
     after_keep = (await alice.get("api/v1/servers/alice/gpu-usage")).json()
     assert after_keep["decision"]["state"] == "active"
     assert after_keep["warned_at"] is None and after_keep["kept_at"] is not None
-    kept_at = time.monotonic()
 
     # still idle: warned again a full idle time after the keep, then stopped after the grace
     await eventually(lambda: state(alice, "alice", "warned"), within=30, interval=0.2)
@@ -246,8 +247,8 @@ async def test_an_idle_gpu_server_is_warned_kept_then_stopped_a_busy_one_never(
     assert "of bob" not in log and "of carol" not in log
 
     # carol's metric comes back: her clock starts then, not when her server started
-    exporter.gpu("GPU-carol-0000-0000").utilization = 0
     back = time.monotonic()
+    exporter.gpu("GPU-carol-0000-0000").utilization = 0
     active = await eventually(lambda: state(carol, "carol", "active"), within=10, interval=0.2)
     assert active["decision"]["idle_since"] is not None
     await eventually(lambda: state(carol, "carol", "warned"), within=30, interval=0.2)
