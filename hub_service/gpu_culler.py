@@ -37,6 +37,7 @@ from .gpu_idle import (
     iso_time,
     policy_for,
 )
+from .hub_api import HubAPI, server_path
 from .inventory import Inventory
 
 log = logging.getLogger("thinkube.gpu_idle")
@@ -48,31 +49,13 @@ USER_CACHE_SECONDS = 30.0
 BUSY_KERNEL_STATES = {"busy", "starting"}
 
 
-def server_path(user: str, server: str) -> str:
-    user_path = f"users/{quote(user, safe='')}"
-    return f"{user_path}/servers/{quote(server, safe='')}" if server else f"{user_path}/server"
-
-
-class HubServerControl:
+class HubServerControl(HubAPI):
     """The hub's REST API and the servers behind its proxy, with the service's token."""
 
     def __init__(self, api_url: str, token: str, proxy_url: str = "", timeout_s: float = 10.0):
-        self.api_url = api_url.rstrip("/") + "/"
+        super().__init__(api_url, token, timeout_s)
         self.proxy_url = proxy_url.rstrip("/")
-        self._headers = {"Authorization": f"token {token}"}
-        self.timeout_s = timeout_s
-        self._client: httpx.AsyncClient | None = None
         self._users: dict[str, tuple[float, dict | None]] = {}
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
-            self._client = httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s)
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
 
     async def user(self, name: str, fresh: bool = False) -> dict | None:
         """The hub's model of `name` (None: unknown or unreadable), kept a few seconds."""

@@ -99,14 +99,6 @@ class KeepFormHandler(_ServerRoute, ServiceAuth, web.RequestHandler):
         self.service.log.info("%s kept server %s of %s", user, key[1] or "(default)", user)
         self.redirect(self.service.service_prefix + "#gpu-servers", status=303)
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = self._reason
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        self.set_header("Content-Type", "application/json")
-        self.finish({"status": status_code, "error": message})
-
 
 def gpu_idle_routes(prefix: str) -> list[tuple]:
     api = url_path_join(prefix, "api/v1")

@@ -117,6 +117,13 @@ class ServiceAuth(HubOAuthenticated):
             return exc.log_message % exc.args if exc.args else exc.log_message
         return self._reason
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors as `{"status", "error"}` in words, never tornado's HTML page with a
+        traceback (JSONHandler adds its own headers and fields)."""
+        body = {"status": status_code, "error": self.error_message(kwargs)}
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
     def log_exception(self, typ, value, tb) -> None:
         # tornado's default logs the full URI, query string included; the access log line
         # (ThinkubeService._log_request) already records every 4xx.
@@ -663,11 +670,6 @@ class OAuthCallbackHandler(ServiceAuth, HubOAuthCallbackHandler, BoundedBody):
         # HubOAuthCallbackHandler.get asks the hub twice (the code's token, its owner);
         # one bound for the whole exchange.
         await self.ask_hub(super().get())
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        body = {"status": status_code, "error": self.error_message(kwargs)}
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
 
 
 def routes(prefix: str) -> list[tuple]:

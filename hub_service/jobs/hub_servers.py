@@ -20,6 +20,7 @@ import httpx
 
 from thinkube_core.waiting import QUEUE_ENTRY_OPTION
 
+from ..hub_api import HubAPI, server_path
 from .waiting import StartOutcome
 
 log = logging.getLogger("thinkube.jobs")
@@ -44,7 +45,7 @@ def _spawn_failure(event: Mapping[str, Any]) -> str:
     return message.removeprefix("Spawn failed:").strip() or "the spawn failed"
 
 
-class HubServers:
+class HubServers(HubAPI):
     """The hub's REST API, with the service's own token."""
 
     def __init__(
@@ -55,28 +56,9 @@ class HubServers:
         poll_s: float = 0.5,
         follow_max_s: float = 3600.0,
     ) -> None:
-        self.api_url = api_url.rstrip("/") + "/"
-        self._headers = {"Authorization": f"token {token}"}
-        self.timeout_s = timeout_s
+        super().__init__(api_url, token, timeout_s)
         self.poll_s = poll_s
         self.follow_max_s = follow_max_s
-        self._client: httpx.AsyncClient | None = None
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
-            self._client = httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s)
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-
-    def _server_path(self, user: str, server_name: str) -> str:
-        user_path = f"users/{quote(user, safe='')}"
-        if not server_name:
-            return f"{user_path}/server"
-        return f"{user_path}/servers/{quote(server_name, safe='')}"
 
     async def _server(self, user: str, server_name: str) -> dict[str, Any] | None:
         """The server's model in the hub (None: it has none); raises for a hub error."""
@@ -98,7 +80,7 @@ class HubServers:
         options = dict((entry.get("request") or {}).get("user_options") or {})
         options[QUEUE_ENTRY_OPTION] = entry["id"]
         response = await self.client.post(
-            self.api_url + self._server_path(user, server_name), json=options
+            self.api_url + server_path(user, server_name), json=options
         )
         if response.status_code == 201:
             return StartOutcome(ready=True)
@@ -119,7 +101,7 @@ class HubServers:
         """The spawn's progress stream until it is ready or failed; the server's model if
         the stream ends without saying."""
         user, server_name = entry["user"], entry.get("name") or ""
-        progress = self.api_url + self._server_path(user, server_name) + "/progress"
+        progress = self.api_url + server_path(user, server_name) + "/progress"
         with contextlib.suppress(TimeoutError, httpx.HTTPError, ValueError):
             async with asyncio.timeout(self.follow_max_s):
                 async with self.client.stream(

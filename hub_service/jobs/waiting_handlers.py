@@ -281,14 +281,6 @@ class _WaitingPageBase(WaitingLinks, ServiceAuth, web.RequestHandler):
             raise web.HTTPError(404, f"no waiting request {_quoted(entry_id)} of yours")
         return entry
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = self._reason
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        self.set_header("Content-Type", "application/json")
-        self.finish({"status": status_code, "error": message})
-
 
 class WaitingPageHandler(_WaitingPageBase):
     """`waiting/{id}`: the page (HTML for a browser, the JSON view otherwise); a request
