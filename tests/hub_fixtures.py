@@ -309,6 +309,7 @@ async def running_hub(
     )
     if config:
         hub_config.merge(Config(config) if not isinstance(config, Config) else config)
+    forget_kubernetes_configuration()
     MockHub.clear_instance()
     app = MockHub.instance(config=hub_config)
     hub = None
@@ -360,12 +361,22 @@ async def stop_hub(app: MockHub) -> None:
     await stop_kubespawner_reflectors()
 
 
+def forget_kubernetes_configuration() -> None:
+    """kubespawner sets the process's default Kubernetes configuration once per API host (a
+    cached function): a later test whose kubesim got the port an earlier one had would skip
+    it and keep the configuration of the kubesim in between, which is gone."""
+    from kubespawner import clients
+
+    clients.load_config.cache_clear()
+
+
 async def stop_kubespawner_reflectors() -> None:
     """kubespawner keeps its pod and event watchers on the class, shared by every spawner of
     the process; a hub that stops must take them along, or the next test's spawners reuse
     watchers of a kubesim that is gone."""
     from kubespawner import KubeSpawner
 
+    forget_kubernetes_configuration()
     reflectors = list(KubeSpawner.reflectors.values())
     KubeSpawner.reflectors.clear()
     for reflector in reflectors:
